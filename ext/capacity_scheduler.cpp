@@ -1,0 +1,41 @@
+// ext/capacity_scheduler.cpp: policy factory and the fitting / disagg-gen-init output split.
+#include "capacity_scheduler.h"
+
+#include <string>
+
+namespace tllm {
+
+CapacityScheduler::CapacityScheduler(int32_t max_num_requests, CapacitySchedulerPolicy policy, bool has_kv,
+                                     bool two_steps, int32_t until, int32_t after)
+    : max_num_requests_(max_num_requests), policy_(policy), has_kv_(has_kv), two_steps_look_ahead_(two_steps),
+      no_schedule_until_(until), no_schedule_after_(after) {
+    if (max_num_requests <= 0) throw InputError("max_num_requests must be positive, got " + std::to_string(max_num_requests));
+    if (!has_kv) {
+        fn_ = schedule_max_requests;
+        return;
+    }
+    switch (policy) {
+        case CapacitySchedulerPolicy::kMAX_UTILIZATION: fn_ = schedule_max_utilization; break;
+        case CapacitySchedulerPolicy::kGUARANTEED_NO_EVICT: fn_ = schedule_guaranteed_no_evict; break;
+        case CapacitySchedulerPolicy::kSTATIC_BATCH: fn_ = schedule_static_batch; break;
+        default: throw InputError("unknown capacity scheduler policy " + std::to_string(static_cast<int32_t>(policy)));
+    }
+}
+
+void CapacityScheduler::schedule(RequestTable& t, const int32_t* slots, int32_t n, KVCacheManager* kv,
+                                 PeftCacheManager* peft, KVCacheManager* cross_kv, CapacityOutput& out) const {
+    if (has_kv_ && !kv) throw InputError("this CapacityScheduler was built with a KV cache: pass kv_cache_manager");
+    if (!has_kv_ && kv) throw InputError("this CapacityScheduler was built without a KV cache: pass no kv_cache_manager");
+    if (kv && &kv->table() != &t) throw InputError("kv_cache_manager belongs to another RequestTable");
+    if (cross_kv && &cross_kv->table() != &t) throw InputError("cross_kv_cache_manager belongs to another RequestTable");
+    out.clear();
+    CapacityContext c{&t, slots, n, kv, cross_kv, peft, max_num_requests_, two_steps_look_ahead_,
+                      no_schedule_until_, no_schedule_after_};
+    fn_(c, out);
+    for (int32_t s : out.scheduled) {
+        if (state::is_disagg_generation_init(t.state[s])) out.fitting_disagg_gen_init.push_back(s);
+        else out.fitting.push_back(s);
+    }
+}
+
+}  // namespace tllm

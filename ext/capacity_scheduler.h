@@ -1,0 +1,34 @@
+// ext/capacity_scheduler.h: which active requests get KV blocks and LoRA pages this step.
+//
+// Python twin: tllm_sched/capacity_scheduler.py. Mirrors TensorRT-LLM's CapacityScheduler
+// (scheduler.md §2): the policy is chosen once, at construction (no KV cache -> max-requests).
+#pragma once
+
+#include "policies/common.h"
+
+namespace tllm {
+
+class CapacityScheduler {
+public:
+    CapacityScheduler(int32_t max_num_requests, CapacitySchedulerPolicy policy, bool has_kv_cache_manager,
+                      bool two_steps_look_ahead = false, int32_t no_schedule_until = state::CONTEXT_INIT,
+                      int32_t no_schedule_after = state::GEN_COMPLETE);
+
+    /// Fills `out` for the active list `slots`. `kv` must be given iff built with a KV cache.
+    void schedule(RequestTable& t, const int32_t* slots, int32_t num_slots, KVCacheManager* kv,
+                  PeftCacheManager* peft, KVCacheManager* cross_kv, CapacityOutput& out) const;
+
+    int32_t max_num_requests() const { return max_num_requests_; }
+    CapacitySchedulerPolicy policy() const { return policy_; }
+    bool has_kv_cache_manager() const { return has_kv_; }
+
+private:
+    int32_t max_num_requests_;
+    CapacitySchedulerPolicy policy_;
+    bool has_kv_;
+    bool two_steps_look_ahead_;
+    int32_t no_schedule_until_, no_schedule_after_;
+    CapacityPolicyFn fn_;  ///< chosen once
+};
+
+}  // namespace tllm

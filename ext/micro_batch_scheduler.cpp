@@ -1,0 +1,112 @@
+// ext/micro_batch_scheduler.cpp: the micro-batch loop, chunking call, output sort and commit.
+#include "micro_batch_scheduler.h"
+
+#include <algorithm>
+#include <string>
+#include <unordered_set>
+
+namespace tllm {
+
+namespace {
+[[gnu::noinline, noreturn]] void fail_context_too_long(int64_t id, int64_t n, int32_t max_ctx) {
+    throw SchedulingError("request " + std::to_string(id) + ": context of " + std::to_string(n) +
+                          " tokens exceeds max_context_length " + std::to_string(max_ctx) +
+                          " and chunking is disabled");
+}
+}  // namespace
+
+MicroBatchScheduler::MicroBatchScheduler(std::optional<ContextChunkingConfig> chunking,
+                                         std::optional<int32_t> max_context_length, int32_t until, int32_t after)
+    : chunking_(chunking), max_context_length_(max_context_length), no_schedule_until_(until), no_schedule_after_(after) {
+    if (chunking && chunking->unit_size <= 0)
+        throw InputError("chunk unit size must be positive, got " + std::to_string(chunking->unit_size));
+    if (max_context_length && *max_context_length <= 0)
+        throw InputError("max_context_length must be positive, got " + std::to_string(*max_context_length));
+}
+
+void MicroBatchScheduler::schedule(RequestTable& t, const int32_t* slots, int32_t n, const int64_t* inflight,
+                                   int32_t num_inflight, int32_t max_batch_size, std::optional<int32_t> budget,
+                                   MicroBatchOutput& out) {
+    out.clear();
+    items_.clear();
+    std::unordered_set<int64_t> inflight_set;
+    if (num_inflight > 0) inflight_set.insert(inflight, inflight + num_inflight);
+    const std::optional<int32_t> max_ctx = max_context_length_;
+    int64_t batch_tokens = 0, chunked_tokens = 0;
+    int32_t batch_size = 0, beam = 0;
+    bool all_fit = true;
+
+    for (int32_t i = 0; i < n; ++i) {
+        int32_t s = slots[i], st = t.state[s];
+        if (st < no_schedule_until_ || st >= no_schedule_after_) continue;
+        if (num_inflight > 0 && inflight_set.count(t.request_id[s])) continue;
+        if (state::is_encoder_init(st)) {
+            int64_t tokens = t.encoder_output_len[s];
+            if (max_ctx && tokens > *max_ctx) fail_context_too_long(t.request_id[s], tokens, *max_ctx);
+            if (budget && batch_tokens + tokens > *budget) break;
+            out.context.push_back(s);
+            batch_tokens += tokens;
+        } else if (state::is_context_init(st)) {
+            if (!chunking_) {
+                int64_t tokens = int64_t{t.num_tokens[s]} + t.num_draft_tokens[s];
+                if (max_ctx && tokens > *max_ctx) fail_context_too_long(t.request_id[s], tokens, *max_ctx);
+                if (budget && batch_tokens + tokens > *budget) break;
+                out.context.push_back(s);
+                batch_tokens += tokens;
+            } else {
+                // The chunk becomes the whole remainder, so this is the last chunk: drafts count.
+                int32_t remaining = t.context_remaining_length(s);
+                int64_t tokens = int64_t{remaining} + t.num_draft_tokens[s];
+                if (max_ctx && tokens > *max_ctx) {
+                    tokens = *max_ctx;
+                    all_fit = false;
+                }
+                items_.push_back(ChunkItem{s, remaining, t.num_draft_tokens[s], remaining, 0});
+                chunked_tokens += tokens;  // not budgeted until after the loop
+            }
+        } else {
+            int32_t bw = t.beam_width_by_iter[s];
+            int64_t tokens = int64_t{bw} + t.num_draft_tokens[s];
+            if (budget && batch_tokens + tokens > *budget) break;
+            if (beam == 0) {
+                beam = bw;
+            } else if (beam != bw) {
+                continue;  // a different beam width waits; it takes no batch slot
+            }
+            out.generation.push_back(s);
+            batch_tokens += tokens;
+        }
+        if (++batch_size >= max_batch_size) break;
+    }
+
+    if (budget && chunked_tokens > *budget - batch_tokens) all_fit = false;
+    if (!all_fit) {
+        if (!chunking_) throw SchedulingError("contexts do not fit and chunking is disabled");
+        std::optional<int32_t> capacity;
+        if (budget) capacity = static_cast<int32_t>(*budget - batch_tokens);
+        set_ctx_requests_chunk_size(items_, chunking_->policy, capacity, chunking_->unit_size, max_ctx);
+    }
+    // Commit: nothing above changed a request.
+    for (const ChunkItem& it : items_) {
+        t.context_chunk_size[it.slot] = std::min(it.chunk, t.context_remaining_length(it.slot));
+        if (it.discard > 0) t.discard_draft_tokens(it.slot, it.discard);
+        if (it.chunk > 0) out.context.push_back(it.slot);
+    }
+    sort_requests(t, out.context, out.generation, !all_fit);
+}
+
+void sort_requests(const RequestTable& t, std::vector<int32_t>& context, std::vector<int32_t>& generation,
+                   bool chunks_present) {
+    auto by_lora = [&t](int32_t a, int32_t b) { return t.lora_task_id[a] < t.lora_task_id[b]; };  // none (-1) first
+    if (chunks_present) {
+        auto mid = std::stable_partition(context.begin(), context.end(),
+                                         [&t](int32_t s) { return !t.is_last_context_chunk(s); });
+        std::stable_sort(context.begin(), mid, by_lora);
+        std::stable_sort(mid, context.end(), by_lora);
+    } else {
+        std::stable_sort(context.begin(), context.end(), by_lora);
+    }
+    std::stable_sort(generation.begin(), generation.end(), by_lora);
+}
+
+}  // namespace tllm

@@ -1,0 +1,53 @@
+// ext/micro_batch_scheduler.h: batch size, token budget and chunked prefill (MicroBatchScheduler).
+//
+// Python twin: tllm_sched/micro_batch_scheduler.py. Mirrors TensorRT-LLM's MicroBatchScheduler
+// (scheduler.md §3). Decisions are made on scratch arrays and committed at the end, so a
+// SchedulingError leaves every request as it was.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "policies/chunking.h"
+#include "policies/common.h"
+
+namespace tllm {
+
+struct MicroBatchOutput {
+    std::vector<int32_t> context;     ///< context (and encoder) slots, in output order
+    std::vector<int32_t> generation;  ///< generation slots, in output order
+    void clear() {
+        context.clear();
+        generation.clear();
+    }
+};
+
+class MicroBatchScheduler {
+public:
+    MicroBatchScheduler(std::optional<ContextChunkingConfig> chunking, std::optional<int32_t> max_context_length,
+                        int32_t no_schedule_until = state::CONTEXT_INIT,
+                        int32_t no_schedule_after = state::GEN_TO_COMPLETE);
+
+    /// Schedules `slots` (the capacity scheduler's fitting list) skipping `inflight_ids`.
+    /// Sets chunk sizes and discards draft tokens of the requests it chunks.
+    void schedule(RequestTable& t, const int32_t* slots, int32_t num_slots, const int64_t* inflight_ids,
+                  int32_t num_inflight, int32_t max_batch_size, std::optional<int32_t> max_num_tokens,
+                  MicroBatchOutput& out);
+
+    const std::optional<ContextChunkingConfig>& chunking() const { return chunking_; }
+    std::optional<int32_t> max_context_length() const { return max_context_length_; }
+
+private:
+    std::optional<ContextChunkingConfig> chunking_;
+    std::optional<int32_t> max_context_length_;
+    int32_t no_schedule_until_, no_schedule_after_;
+    std::vector<ChunkItem> items_;   ///< scratch: contexts to be chunked (reused across calls)
+    std::vector<int32_t> scratch_;   ///< scratch: sort buffer
+};
+
+/// Stable partition (non-last chunks first, if `chunks_present`) then stable sort by LoRA task id.
+void sort_requests(const RequestTable& t, std::vector<int32_t>& context, std::vector<int32_t>& generation,
+                   bool chunks_present);
+
+}  // namespace tllm

@@ -1,0 +1,72 @@
+// ext/policies/chunking.cpp: EQUAL_PROGRESS, FIRST_COME_FIRST_SERVED and draft-token fitting.
+#include "policies/chunking.h"
+
+#include <algorithm>
+
+namespace tllm {
+
+namespace {
+
+void chunk_equal_progress(std::vector<ChunkItem>& items, std::optional<int32_t> cap, int32_t unit,
+                          std::optional<int32_t> max_ctx) {
+    int64_t num = 0, progress = 1;
+    while ((!cap || num < *cap) && progress > 0) {
+        progress = 0;
+        for (ChunkItem& it : items) {
+            int32_t grown = std::min(it.chunk + unit, it.remaining);  // the setter clamps
+            int32_t inc = grown - it.chunk;
+            if ((cap && num + inc > *cap) || (max_ctx && grown > *max_ctx)) continue;
+            it.chunk = grown;
+            num += inc;
+            progress += inc;
+        }
+    }
+}
+
+void chunk_first_come_first_served(std::vector<ChunkItem>& items, std::optional<int32_t> cap, int32_t unit,
+                                   std::optional<int32_t> max_ctx) {
+    std::optional<int64_t> left = cap;
+    for (ChunkItem& it : items) {
+        int64_t want = it.remaining, act = want;
+        if (left) act = std::min(*left, act);
+        if (max_ctx) act = std::min<int64_t>(*max_ctx, act);
+        if (act != want) act = act / unit * unit;  // a truncated chunk ends on a unit
+        it.chunk = static_cast<int32_t>(act);
+        if (left) *left -= act;
+    }
+}
+
+/// Draft tokens may only fill the last chunk's partial unit: they never open a new one.
+void fit_draft_tokens(std::vector<ChunkItem>& items, std::optional<int32_t> cap, int32_t unit,
+                      std::optional<int32_t> max_ctx) {
+    int64_t num = 0;
+    for (const ChunkItem& it : items) num += it.chunk;
+    for (ChunkItem& it : items) {
+        if (it.chunk != it.remaining || it.draft <= 0) continue;  // not the last chunk, or no drafts
+        int64_t space = it.chunk % unit == 0 ? 0 : unit - it.chunk % unit;
+        if (max_ctx) space = std::min<int64_t>(space, *max_ctx - it.chunk);
+        if (cap) {
+            space = std::min<int64_t>(space, *cap - num);
+            num += space;
+        }
+        int64_t discard = it.draft - space;
+        it.discard = discard > 0 ? static_cast<int32_t>(discard) : 0;
+    }
+}
+
+}  // namespace
+
+void set_ctx_requests_chunk_size(std::vector<ChunkItem>& items, ContextChunkingPolicy policy,
+                                 std::optional<int32_t> capacity, int32_t unit, std::optional<int32_t> max_ctx) {
+    for (ChunkItem& it : items) {
+        it.chunk = 0;
+        it.discard = 0;
+    }
+    if (policy == ContextChunkingPolicy::kEQUAL_PROGRESS)
+        chunk_equal_progress(items, capacity, unit, max_ctx);
+    else
+        chunk_first_come_first_served(items, capacity, unit, max_ctx);
+    fit_draft_tokens(items, capacity, unit, max_ctx);
+}
+
+}  // namespace tllm

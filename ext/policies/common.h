@@ -1,0 +1,67 @@
+// ext/policies/common.h: what every capacity policy shares: its inputs, its output, gating.
+//
+// Python twin: tllm_sched/policies/common.py. Mirrors the helpers of TensorRT-LLM's
+// CapacityScheduler (canBeScheduled, the disagg exception, the output split).
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "kv_cache_manager.h"
+#include "request_table.h"
+
+namespace tllm {
+
+enum class CapacitySchedulerPolicy : int32_t { kMAX_UTILIZATION = 0, kGUARANTEED_NO_EVICT = 1, kSTATIC_BATCH = 2 };
+
+/// A scheduling invariant the caller broke (a too-long context, chunking needed but disabled):
+/// TensorRT-LLM asserts; we raise RuntimeError before anything is changed.
+struct SchedulingError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+/// Inputs of one capacity-scheduling call. Pointers are borrowed for the call.
+struct CapacityContext {
+    RequestTable* table;           ///< request columns
+    const int32_t* slots;          ///< the active list, in order
+    int32_t num_slots;             ///< its length
+    KVCacheManager* kv;            ///< self-attention cache (null: max-requests path)
+    KVCacheManager* cross_kv;      ///< cross-attention cache or null
+    PeftCacheManager* peft;        ///< LoRA pages or null
+    int32_t max_num_requests;      ///< admission count limit
+    bool two_steps_look_ahead;     ///< MAX_UTILIZATION: reserve two steps of blocks
+    int32_t no_schedule_until;     ///< gating window start (inclusive)
+    int32_t no_schedule_after;     ///< gating window end (exclusive)
+};
+
+/// Scheduled and paused slots, in admission / pausing order.
+struct CapacityOutput {
+    std::vector<int32_t> scheduled;  ///< everything admitted (split into the two lists below)
+    std::vector<int32_t> fitting;                   ///< admitted, not disagg-generation-init
+    std::vector<int32_t> fitting_disagg_gen_init;   ///< admitted, disagg-generation-init
+    std::vector<int32_t> paused;                    ///< MAX_UTILIZATION victims, in pausing order
+    void clear() {
+        scheduled.clear();
+        fitting.clear();
+        fitting_disagg_gen_init.clear();
+        paused.clear();
+    }
+};
+
+inline bool can_be_scheduled(const CapacityContext& c, int32_t st) {
+    return st >= c.no_schedule_until && st < c.no_schedule_after;
+}
+/// Disagg-generation-init requests bypass the window "so that their KV cache gets allocated".
+inline bool can_be_scheduled_with_disagg_exception(const CapacityContext& c, int32_t st) {
+    return state::is_disagg_generation_init(st) || can_be_scheduled(c, st);
+}
+
+using CapacityPolicyFn = void (*)(const CapacityContext&, CapacityOutput&);
+
+void schedule_max_requests(const CapacityContext& c, CapacityOutput& out);
+void schedule_guaranteed_no_evict(const CapacityContext& c, CapacityOutput& out);
+void schedule_static_batch(const CapacityContext& c, CapacityOutput& out);
+void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out);
+
+}  // namespace tllm

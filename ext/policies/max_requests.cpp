@@ -1,0 +1,19 @@
+// ext/policies/max_requests.cpp: the capacity path without a KV cache: admit by count only.
+//
+// Python twin: tllm_sched/policies/max_requests.py. Mirrors MaxRequestsScheduler (scheduler.md §2.2).
+#include "policies/common.h"
+
+namespace tllm {
+
+void schedule_max_requests(const CapacityContext& c, CapacityOutput& out) {
+    const RequestTable& t = *c.table;
+    for (int32_t i = 0; i < c.num_slots; ++i) {
+        int32_t s = c.slots[i], st = t.state[s];
+        if (!can_be_scheduled(c, st)) continue;  // no disagg exception here
+        if (static_cast<int32_t>(out.scheduled.size()) >= c.max_num_requests) break;
+        if (state::is_encoder_init(st) || state::is_context_init(st) || state::is_generation_in_progress(st))
+            out.scheduled.push_back(s);
+    }
+}
+
+}  // namespace tllm

@@ -1,0 +1,182 @@
+// ext/request_table.h: request state as structure-of-arrays (TensorRT-LLM's LlmRequest, by slot).
+//
+// Python twin: tllm_sched/requests.py. Every scalar the schedulers read is a column of fixed
+// capacity, so numpy views of a column never dangle and never see a reallocation. A request lives
+// in one slot from add_request to remove_request; its tokens live in a TokenStore shared with any
+// view taken of them, so a view survives the request.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace tllm {
+
+/// TensorRT-LLM's LlmRequestState numbering (Dec 2025); only the order matters.
+enum class LlmRequestState : int32_t {
+    kDISAGG_TRANS_ERROR = -1,
+    kUNKNOWN = 0,
+    kENCODER_INIT = 1,
+    kDISAGG_GENERATION_INIT = 8,
+    kDISAGG_GENERATION_TRANS_IN_PROGRESS = 9,
+    kCONTEXT_INIT = 10,
+    kDISAGG_CONTEXT_INIT_AND_TRANS = 11,
+    kDISAGG_GENERATION_TRANS_COMPLETE = 12,
+    kGENERATION_IN_PROGRESS = 13,
+    kGENERATION_TO_COMPLETE = 14,
+    kGENERATION_COMPLETE = 20,
+    kDISAGG_CONTEXT_TRANS_IN_PROGRESS = 21,
+    kDISAGG_CONTEXT_COMPLETE = 22,
+};
+
+/// State predicates on the raw int32 column value (all exact-state tests, scheduler.md §1.1).
+namespace state {
+constexpr int32_t ENCODER_INIT = 1, DISAGG_GEN_INIT = 8, CONTEXT_INIT = 10,
+                  DISAGG_CTX_INIT_AND_TRANS = 11, DISAGG_GEN_TRANS_COMPLETE = 12,
+                  GEN_IN_PROGRESS = 13, GEN_TO_COMPLETE = 14, GEN_COMPLETE = 20;
+inline bool is_encoder_init(int32_t s) { return s == ENCODER_INIT; }
+inline bool is_context_init(int32_t s) { return s == CONTEXT_INIT || s == DISAGG_CTX_INIT_AND_TRANS; }
+inline bool is_generation_in_progress(int32_t s) {
+    return s == GEN_IN_PROGRESS || s == GEN_TO_COMPLETE || s == DISAGG_GEN_TRANS_COMPLETE;
+}
+inline bool is_disagg_generation_init(int32_t s) { return s == DISAGG_GEN_INIT; }
+bool is_valid(int32_t s);
+}  // namespace state
+
+/// User-input error: the bindings turn it into ValueError. Thrown before any state changes.
+struct InputError : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+/// Wrong-kind input (shape, dtype): the bindings turn it into TypeError.
+struct TypeInputError : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
+/// Tokens of one request (beam 0). Size: fixed at creation; never reallocated.
+struct TokenStore {
+    std::unique_ptr<int32_t[]> tokens;     ///< owned; capacity entries, first `size` valid
+    std::unique_ptr<uint64_t[]> extra_ids;  ///< owned; null unless the prompt had extra ids
+    int32_t capacity = 0;                   ///< reserved: prompt + max new tokens + draft tokens
+    int32_t size = 0;                       ///< tokens currently held
+};
+
+/// Options of a new request (the binding's keyword arguments).
+struct RequestOptions {
+    int64_t lora_task_id = -1;        ///< -1: no LoRA task
+    float priority = 0.5f;            ///< executor priority in [0, 1]
+    int32_t beam_width = 1;           ///< sampling beam width
+    int32_t num_draft_tokens = 0;     ///< speculative draft tokens of the next step
+    int32_t encoder_output_len = 0;   ///< encoder output length (cross attention); 0: none
+    int32_t state = state::CONTEXT_INIT;
+    std::vector<int32_t> beam_width_schedule;  ///< beam width per decoding iteration (empty: fixed)
+    std::vector<uint64_t> extra_ids;            ///< per-prompt-token extra ids (empty: none)
+};
+
+/// The columns. Every pointer addresses `capacity` entries owned by RequestTable.
+/// Layout claim: one int32/int64/float array per field, indexed by slot (structure-of-arrays).
+class RequestTable {
+public:
+    explicit RequestTable(int32_t capacity);
+    RequestTable(const RequestTable&) = delete;
+    RequestTable& operator=(const RequestTable&) = delete;
+
+    int32_t capacity() const { return capacity_; }
+    int32_t size() const { return size_; }
+
+    /// Adds a request; returns its slot. Throws InputError (state unchanged) on bad input.
+    int32_t add_request(int64_t request_id, const int32_t* prompt, int32_t prompt_len,
+                        int32_t max_new_tokens, const RequestOptions& opts);
+    /// Frees the slot. Throws if a KV cache still holds the request's sequence.
+    void remove_request(int32_t slot);
+    /// Slot of a live request id, or -1.
+    int32_t find(int64_t request_id) const {
+        auto it = slot_of_id_.find(request_id);
+        return it == slot_of_id_.end() ? -1 : it->second;
+    }
+    /// Slot of a live request id; throws InputError naming the id otherwise.
+    int32_t slot_of(int64_t request_id) const;
+    bool is_live(int32_t slot) const { return slot >= 0 && slot < capacity_ && live_[slot] != 0; }
+    /// Throws InputError unless `slot` holds a live request.
+    void check_slot(int32_t slot) const;
+    uint32_t generation(int32_t slot) const { return generation_[slot]; }
+
+    // --- LlmRequest methods, by slot (scheduler.md §1.2, kvcache.md §3.3) ---
+    int32_t context_remaining_length(int32_t s) const { return prompt_len[s] - context_position[s]; }
+    bool is_first_context_chunk(int32_t s) const { return context_position[s] == prepopulated_prompt_len[s]; }
+    bool is_last_context_chunk(int32_t s) const {
+        int32_t st = state[s];
+        return st == state::DISAGG_GEN_INIT || st == state::DISAGG_GEN_TRANS_COMPLETE ||
+               context_position[s] + context_chunk_size[s] == prompt_len[s];
+    }
+    /// Clamping setter: stores min(n, remaining). Requires n >= 0 and a context/disagg-init state.
+    void set_context_chunk_size(int32_t s, int32_t n);
+    /// pos += chunk; chunk := 0.
+    void move_to_next_context_chunk(int32_t s);
+    /// Sets the reused prefix length and aligns the current chunk to a block boundary (kvcache.md §1.6).
+    void set_prepopulated_prompt_len(int32_t s, int32_t len, int32_t tokens_per_block);
+    void set_context_current_position(int32_t s, int32_t pos);
+    void set_state(int32_t s, int32_t st);
+    /// Appends one generated token (extra id 0). Throws past the reserved capacity.
+    void add_new_token(int32_t s, int32_t token);
+    /// Drops n trailing draft tokens, 0 < n <= count.
+    void discard_draft_tokens(int32_t s, int32_t n);
+    void set_num_draft_tokens(int32_t s, int32_t n);
+    /// Folds generated tokens into the prompt (beam 1) and restarts the request (scheduler.md §1.2).
+    void pause(int32_t s, int32_t max_input_len);
+    /// Advances the decoding iteration (selects the beam width of a variable-beam schedule).
+    void advance_decoding_iteration(int32_t s);
+    int32_t max_num_generated_tokens(int32_t s) const { return num_tokens[s] - prompt_len[s]; }
+
+    const std::shared_ptr<TokenStore>& tokens(int32_t s) const { return token_store_[s]; }
+    bool has_extra_ids(int32_t s) const { return token_store_[s]->extra_ids != nullptr; }
+    uint64_t extra_id(int32_t s, int32_t i) const {
+        const TokenStore& t = *token_store_[s];
+        return t.extra_ids ? t.extra_ids[i] : 0;
+    }
+
+    // --- columns (public for the schedulers' hot loops; written only through methods above) ---
+    int64_t* request_id;               ///< id of the request in the slot
+    int32_t* state;                    ///< LlmRequestState value
+    int32_t* prompt_len;               ///< current prompt length (grows on pause)
+    int32_t* orig_prompt_len;          ///< prompt length at creation
+    int32_t* max_new_tokens;           ///< remaining generation budget (shrinks on pause)
+    int32_t* num_tokens;               ///< tokens of beam 0 (prompt + generated)
+    int32_t* context_position;         ///< prompt tokens processed or reused
+    int32_t* context_chunk_size;       ///< tokens to process this step
+    int32_t* prepopulated_prompt_len;  ///< prompt tokens found in the KV cache at add_sequence
+    int32_t* num_draft_tokens;         ///< draft tokens of the next step
+    int64_t* lora_task_id;             ///< LoRA task id, -1 for none
+    int32_t* beam_width;               ///< sampling beam width (KV formulas)
+    int32_t* beam_width_by_iter;       ///< beam width of the current decoding iteration
+    float* priority;                   ///< executor priority
+    int32_t* encoder_output_len;       ///< encoder output length, 0 for none
+    int32_t* decoding_iter;            ///< decoding iterations completed
+    int32_t* kv_refs;                  ///< KV caches holding a sequence of this request (owned by them)
+    int32_t* list_refs;                ///< RequestLists holding this request (owned by them)
+
+private:
+    template <class T>
+    T* column(std::vector<T>& storage) {
+        storage.assign(static_cast<size_t>(capacity_), T{});
+        return storage.data();
+    }
+    void check_context_state(int32_t s, const char* what) const;
+
+    int32_t capacity_;
+    int32_t size_ = 0;
+    std::vector<int64_t> c_request_id_, c_lora_;
+    std::vector<int32_t> c_state_, c_prompt_len_, c_orig_prompt_len_, c_max_new_, c_num_tokens_, c_pos_,
+        c_chunk_, c_prepop_, c_draft_, c_beam_, c_beam_iter_, c_enc_, c_dec_iter_, c_kv_refs_, c_list_refs_;
+    std::vector<float> c_priority_;
+    std::vector<uint8_t> live_;                         ///< 1 if the slot holds a request
+    std::vector<uint32_t> generation_;                  ///< bumped on every add/remove of the slot
+    std::vector<std::shared_ptr<TokenStore>> token_store_;  ///< per slot; shared with views
+    std::vector<std::vector<int32_t>> beam_schedule_;  ///< per slot; usually empty (cold)
+    std::vector<int32_t> free_slots_;                  ///< stack of free slots
+    std::unordered_map<int64_t, int32_t> slot_of_id_;  ///< live request id -> slot
+};
+
+}  // namespace tllm
