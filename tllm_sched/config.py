@@ -1,0 +1,55 @@
+"""tllm_sched/config.py: configuration of caches and schedulers (one home for both the scenario
+loader and the schedulers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["KvCacheConfig", "PeftConfig", "ChunkingConfig", "SchedulerConfig"]
+
+
+@dataclass(frozen=True)
+class KvCacheConfig:
+    """A KV cache (`kv_cache` or `cross_kv_cache`)."""
+
+    tokens_per_block: int  # tokens held by one block
+    num_blocks: int  # primary (device) blocks
+    max_seq_len: int  # longest sequence; also the single attention window
+    enable_block_reuse: bool = False  # keep finished blocks in the reuse tree
+    enable_partial_reuse: bool = True  # allow reuse of a partially matching block
+    copy_on_partial_reuse: bool = True  # copy (not take over) a partially reused block
+    num_secondary_blocks: int = 0  # secondary (host) blocks; 0 means no secondary pool
+
+
+@dataclass(frozen=True)
+class PeftConfig:
+    """The PEFT (LoRA) page cache."""
+
+    pages_per_task: int  # pages needed by each distinct LoRA task in one scheduling call
+    max_device_pages: int  # pages available on the device
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """Context chunking (`scheduler.chunking`)."""
+
+    policy: str  # "FIRST_COME_FIRST_SERVED" or "EQUAL_PROGRESS"
+    unit_size: int  # chunk sizes are multiples of this
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The capacity and micro-batch schedulers (`scheduler`)."""
+
+    policy: str  # "MAX_UTILIZATION", "GUARANTEED_NO_EVICT" or "STATIC_BATCH"
+    max_num_requests: int  # capacity scheduler: most requests in flight
+    max_batch_size: Optional[int] = None  # micro-batch size limit; None becomes max_num_requests
+    max_num_tokens: Optional[int] = None  # micro-batch token budget; None means unlimited
+    max_context_length: Optional[int] = None  # longest context chunk; None means unlimited
+    chunking: Optional[ChunkingConfig] = None  # None: contexts are never chunked
+    two_steps_look_ahead: bool = False  # reserve for two decoding steps when chunking
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size is None:
+            object.__setattr__(self, "max_batch_size", self.max_num_requests)

@@ -1,0 +1,128 @@
+"""tllm_sched/scheduler.py: one scheduling step (capacity, then micro-batch) on a chosen backend.
+
+C++ twin: ext/scheduler.h (`StepScheduler`). Mirrors TensorRT-LLM's `SimpleScheduler` /
+`SimpleUnifiedScheduler`: the capacity scheduler picks the requests that get KV blocks and LoRA
+pages, the micro-batch scheduler picks this step's batch among them.
+
+Backends, chosen once at construction:
+  - "cpp": the reference C++ schedulers (one crossing per step);
+  - "python": the batched Python scheduler (`tllm_sched.policies`), a few crossings per step;
+  - "python-naive": the same policies structured like TensorRT-LLM's first Python port, with
+    per-request property reads and cache queries; a baseline showing what batching buys.
+All three make identical decisions. Outputs are arrays of request slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from tllm_sched import _core
+from tllm_sched.config import SchedulerConfig
+
+__all__ = ["BACKENDS", "Scheduler", "SchedulerOutput"]
+
+BACKENDS = ("cpp", "python", "python-naive")
+
+_EMPTY = np.zeros(0, dtype=np.int32)
+_EMPTY.flags.writeable = False
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """One step's decisions, as request slots of the table."""
+
+    fitting: np.ndarray  # admitted by the capacity scheduler (not disagg-gen-init), admission order
+    fitting_disagg_gen_init: np.ndarray  # admitted disagg-generation-init requests
+    paused: np.ndarray  # MAX_UTILIZATION victims, in pausing order
+    context: np.ndarray  # micro-batch context requests, output order
+    generation: np.ndarray  # micro-batch generation requests, output order
+
+    @classmethod
+    def make_empty(cls) -> "SchedulerOutput":
+        return cls(_EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY)
+
+
+def chunking_policy(config: SchedulerConfig) -> Optional[_core.ContextChunkingPolicy]:
+    """The C++ enum of the configured chunking policy, or None without chunking."""
+    if config.chunking is None:
+        return None
+    return getattr(_core.ContextChunkingPolicy, config.chunking.policy)
+
+
+def capacity_policy(config: SchedulerConfig) -> _core.CapacitySchedulerPolicy:
+    try:
+        return getattr(_core.CapacitySchedulerPolicy, config.policy)
+    except AttributeError:
+        raise ValueError(f"unknown capacity scheduler policy {config.policy!r}") from None
+
+
+class _CppBackend:
+    """The reference C++ schedulers behind one-call-per-stage bindings."""
+
+    def __init__(self, config, table, kv, cross_kv, peft):
+        self._table, self._kv, self._cross, self._peft = table, kv, cross_kv, peft
+        self._capacity = _core.CapacityScheduler(
+            config.max_num_requests, capacity_policy(config), kv is not None, config.two_steps_look_ahead
+        )
+        policy = chunking_policy(config)
+        chunk_cfg = None if policy is None else (policy, config.chunking.unit_size)
+        self._micro = _core.MicroBatchScheduler(chunk_cfg, config.max_context_length)
+        self._step = _core.StepScheduler(
+            self._capacity, self._micro, table, kv, cross_kv, peft, config.max_batch_size, config.max_num_tokens
+        )
+        self._max_batch_size = config.max_batch_size
+        self._max_num_tokens = config.max_num_tokens
+
+    def schedule(self, active, inflight_ids):
+        return SchedulerOutput(*self._step.schedule(active, inflight_ids))
+
+    def schedule_capacity(self, slots):
+        return self._capacity.schedule(self._table, slots, self._kv, self._peft, self._cross)
+
+    def schedule_micro(self, slots, inflight_ids):
+        return self._micro.schedule(self._table, slots, inflight_ids, self._max_batch_size, self._max_num_tokens)
+
+
+class Scheduler:
+    """Capacity + micro-batch scheduling over one `RequestTable`, on one backend."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        table: _core.RequestTable,
+        kv_cache_manager: Optional[_core.KVCacheManager] = None,
+        cross_kv_cache_manager: Optional[_core.KVCacheManager] = None,
+        peft_cache_manager: Optional[_core.PeftCacheManager] = None,
+        *,
+        backend: str = "cpp",
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        if config.max_batch_size is None or config.max_batch_size <= 0:
+            raise ValueError("max_batch_size must be positive")
+        self.config = config
+        self.backend = backend
+        self.table = table
+        if backend == "cpp":
+            self._impl = _CppBackend(config, table, kv_cache_manager, cross_kv_cache_manager, peft_cache_manager)
+        else:
+            from tllm_sched.py_scheduler import make_python_backend
+
+            self._impl = make_python_backend(
+                backend, config, table, kv_cache_manager, cross_kv_cache_manager, peft_cache_manager
+            )
+
+    def schedule(self, active: _core.RequestList, inflight_ids: Optional[np.ndarray] = None) -> SchedulerOutput:
+        """One full step: capacity over `active`, then micro-batch over the fitting requests."""
+        return self._impl.schedule(active, inflight_ids)
+
+    def schedule_capacity(self, slots: np.ndarray):
+        """Capacity stage alone: (fitting, fitting_disagg_gen_init, paused) slot arrays."""
+        return self._impl.schedule_capacity(slots)
+
+    def schedule_micro(self, slots: np.ndarray, inflight_ids: Optional[np.ndarray] = None):
+        """Micro-batch stage alone over `slots`: (context, generation) slot arrays."""
+        return self._impl.schedule_micro(slots, inflight_ids)
