@@ -16,7 +16,7 @@ import numpy as np
 from tllm_sched import _core
 from tllm_sched.config import KvCacheConfig
 from tllm_sched.scenario import Scenario
-from tllm_sched.scheduler import Scheduler, chunking_policy
+from tllm_sched.scheduler import Scheduler
 
 __all__ = ["RunFailure", "replay"]
 
@@ -100,10 +100,8 @@ def replay(sc: Scenario, backend: str, out: IO[str]) -> None:
 
 def _replay_chunking(run: _Run) -> None:
     sc, table = run.sc, run.table
-    cfg = sc.scheduler
     slots_in_file_order = table.slots_of(np.array([r.id for r in sc.requests], dtype=np.int64))
     id_order = np.argsort([r.id for r in sc.requests], kind="stable")
-    policy = chunking_policy(cfg)
     it = 0
     while True:
         cols = table.gather(slots_in_file_order)
@@ -113,9 +111,7 @@ def _replay_chunking(run: _Run) -> None:
             break
         if it >= sc.max_iterations:
             raise RunFailure(f"requests remain after max_iterations ({sc.max_iterations})")
-        _core.set_ctx_requests_chunk_size(
-            table, np.ascontiguousarray(todo), policy, cfg.max_num_tokens, cfg.chunking.unit_size, cfg.max_context_length
-        )
+        run.scheduler.set_ctx_requests_chunk_size(todo)
         advanced = 0
         for s in todo.tolist():
             req = table.request_at(s)

@@ -62,7 +62,8 @@ def capacity_policy(config: SchedulerConfig) -> _core.CapacitySchedulerPolicy:
 class _CppBackend:
     """The reference C++ schedulers behind one-call-per-stage bindings."""
 
-    def __init__(self, config, table, kv, cross_kv, peft):
+    def __init__(self, config, table, kv, cross_kv, peft, counter=None):
+        self.config = config
         self._table, self._kv, self._cross, self._peft = table, kv, cross_kv, peft
         self._capacity = _core.CapacityScheduler(
             config.max_num_requests, capacity_policy(config), kv is not None, config.two_steps_look_ahead
@@ -75,6 +76,12 @@ class _CppBackend:
         )
         self._max_batch_size = config.max_batch_size
         self._max_num_tokens = config.max_num_tokens
+        if counter is not None:
+            from tllm_sched.crossings import CountingProxy
+
+            self._step = CountingProxy(self._step, counter)
+            self._capacity = CountingProxy(self._capacity, counter)
+            self._micro = CountingProxy(self._micro, counter)
 
     def schedule(self, active, inflight_ids):
         return SchedulerOutput(*self._step.schedule(active, inflight_ids))
@@ -84,6 +91,11 @@ class _CppBackend:
 
     def schedule_micro(self, slots, inflight_ids):
         return self._micro.schedule(self._table, slots, inflight_ids, self._max_batch_size, self._max_num_tokens)
+
+    def set_ctx_requests_chunk_size(self, slots):
+        cfg = self.config
+        _core.set_ctx_requests_chunk_size(self._table, slots, chunking_policy(cfg), cfg.max_num_tokens,
+                                          cfg.chunking.unit_size, cfg.max_context_length)
 
 
 class Scheduler:
@@ -98,6 +110,7 @@ class Scheduler:
         peft_cache_manager: Optional[_core.PeftCacheManager] = None,
         *,
         backend: str = "cpp",
+        count_crossings: bool = False,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
@@ -106,18 +119,29 @@ class Scheduler:
         self.config = config
         self.backend = backend
         self.table = table
+        self._counter = None
+        if count_crossings:
+            from tllm_sched.crossings import Counter
+
+            self._counter = Counter()
+        self.last_step_crossings: Optional[int] = None  # set by schedule() when counting
+        managers = (kv_cache_manager, cross_kv_cache_manager, peft_cache_manager)
         if backend == "cpp":
-            self._impl = _CppBackend(config, table, kv_cache_manager, cross_kv_cache_manager, peft_cache_manager)
+            self._impl = _CppBackend(config, table, *managers, counter=self._counter)
         else:
             from tllm_sched.py_scheduler import make_python_backend
 
-            self._impl = make_python_backend(
-                backend, config, table, kv_cache_manager, cross_kv_cache_manager, peft_cache_manager
-            )
+            self._impl = make_python_backend(backend, config, table, *managers, counter=self._counter)
 
     def schedule(self, active: _core.RequestList, inflight_ids: Optional[np.ndarray] = None) -> SchedulerOutput:
-        """One full step: capacity over `active`, then micro-batch over the fitting requests."""
-        return self._impl.schedule(active, inflight_ids)
+        """One full step: capacity over `active`, then micro-batch over the fitting requests.
+        With `count_crossings`, `last_step_crossings` then holds the Python -> C++ calls it made."""
+        if self._counter is None:
+            return self._impl.schedule(active, inflight_ids)
+        self._counter.n = 0
+        out = self._impl.schedule(active, inflight_ids)
+        self.last_step_crossings = self._counter.n
+        return out
 
     def schedule_capacity(self, slots: np.ndarray):
         """Capacity stage alone: (fitting, fitting_disagg_gen_init, paused) slot arrays."""
@@ -126,3 +150,10 @@ class Scheduler:
     def schedule_micro(self, slots: np.ndarray, inflight_ids: Optional[np.ndarray] = None):
         """Micro-batch stage alone over `slots`: (context, generation) slot arrays."""
         return self._impl.schedule_micro(slots, inflight_ids)
+
+    def set_ctx_requests_chunk_size(self, slots: np.ndarray) -> None:
+        """Sets the chunk sizes of the context requests `slots` directly under the configured
+        chunking policy, with max_num_tokens as the capacity (TensorRT-LLM's setCtxRequestsChunkSize)."""
+        if self.config.chunking is None:
+            raise ValueError("set_ctx_requests_chunk_size needs a chunking policy in the scheduler config")
+        self._impl.set_ctx_requests_chunk_size(np.ascontiguousarray(slots, dtype=np.int32))

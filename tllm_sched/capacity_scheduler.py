@@ -1,0 +1,67 @@
+"""tllm_sched/capacity_scheduler.py: which active requests get KV blocks and LoRA pages, batched.
+
+C++ twin: ext/capacity_scheduler.cpp. Mirrors TensorRT-LLM's CapacityScheduler (scheduler.md §2):
+the policy function is picked once at construction (`make_capacity_policy`); each call gathers
+the active list's columns from zero-copy views and returns slot arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from tllm_sched.policies import guaranteed_no_evict, max_requests, max_utilization
+from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, GEN_COMPLETE, StepContext
+
+CapacityPolicy = Callable[[StepContext], tuple]
+
+
+def make_capacity_policy(policy: str, has_kv_cache_manager: bool) -> CapacityPolicy:
+    """The policy function (scheduler.md §2.1): no KV cache means the max-requests path."""
+    if not has_kv_cache_manager:
+        return max_requests.schedule
+    table = {
+        "MAX_UTILIZATION": max_utilization.schedule,
+        "GUARANTEED_NO_EVICT": guaranteed_no_evict.schedule,
+        "STATIC_BATCH": guaranteed_no_evict.schedule_static_batch,
+    }
+    try:
+        return table[policy]
+    except KeyError:
+        raise ValueError(f"unknown capacity scheduler policy {policy!r}") from None
+
+
+class PyCapacityScheduler:
+    """Capacity scheduling over request slots."""
+
+    def __init__(self, cols: dict, table, max_num_requests: int, policy: str, kv_cache_manager=None,
+                 peft_cache_manager=None, cross_kv_cache_manager=None, two_steps_look_ahead: bool = False,
+                 no_schedule_until: int = CONTEXT_INIT, no_schedule_after: int = GEN_COMPLETE,
+                 reuse: bool = False, max_device_pages: Optional[int] = None):
+        if max_num_requests <= 0:
+            raise ValueError(f"max_num_requests must be positive, got {max_num_requests}")
+        self._c = cols
+        self._table = table
+        self._policy = make_capacity_policy(policy, kv_cache_manager is not None)
+        self._kv, self._peft, self._cross = kv_cache_manager, peft_cache_manager, cross_kv_cache_manager
+        self._max = max_num_requests
+        self._two = two_steps_look_ahead
+        self._until, self._after = no_schedule_until, no_schedule_after
+        self._reuse = reuse
+        self._max_pages = max_device_pages
+
+    def schedule(self, slots: np.ndarray):
+        """(fitting, fitting_disagg_gen_init, paused) slot arrays."""
+        c = self._c
+        st = c["state"][slots]
+        ctx = StepContext(
+            slots=slots, ids=c["request_id"][slots], state=st,
+            first_chunk=c["context_current_position"][slots] == c["prepopulated_prompt_len"][slots],
+            lora=c["lora_task_id"][slots], kv=self._kv, cross_kv=self._cross, peft=self._peft, table=self._table,
+            max_num_requests=self._max, two_steps_look_ahead=self._two, until=self._until, after=self._after,
+            reuse=self._reuse, max_device_pages=self._max_pages,
+        )
+        scheduled, paused = self._policy(ctx)
+        disagg = st[scheduled] == DISAGG_GEN_INIT
+        return slots[scheduled[~disagg]], slots[scheduled[disagg]], slots[paused]

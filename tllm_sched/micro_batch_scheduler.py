@@ -1,0 +1,161 @@
+"""tllm_sched/micro_batch_scheduler.py: batch size, token budget and chunked prefill, batched.
+
+C++ twin: ext/micro_batch_scheduler.cpp. Mirrors TensorRT-LLM's MicroBatchScheduler
+(scheduler.md §3). The walk over the fitting list is a cumulative sum of tokens with two
+first-break searches (token budget, batch size); beam-width mismatches, rare, take a scalar
+walk. Decisions are committed with at most two batched calls (chunk sizes, draft discards).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from tllm_sched import _core
+from tllm_sched.policies import chunking
+from tllm_sched.policies.common import (
+    CONTEXT_INIT,
+    DISAGG_GEN_INIT,
+    DISAGG_GEN_TRANS_COMPLETE,
+    ENCODER_INIT,
+    GEN_TO_COMPLETE,
+    is_context_init,
+)
+
+_EMPTY = np.zeros(0, dtype=np.int32)
+
+
+class PyMicroBatchScheduler:
+    """Micro-batch scheduling over request slots, reading columns through zero-copy views."""
+
+    def __init__(self, cols: dict, table, chunking_policy: Optional[str], chunk_unit_size: Optional[int],
+                 max_context_length: Optional[int], no_schedule_until: int = CONTEXT_INIT,
+                 no_schedule_after: int = GEN_TO_COMPLETE):
+        self._c = cols  # zero-copy column views of the table, built once
+        self._table = table  # RequestTable (or a counting proxy): only for commits
+        self.chunking_policy = chunking_policy
+        self.unit = chunk_unit_size
+        self.max_ctx = max_context_length
+        self.until, self.after = no_schedule_until, no_schedule_after
+
+    def schedule(self, slots: np.ndarray, inflight_ids: Optional[np.ndarray], max_batch_size: int,
+                 max_num_tokens: Optional[int]):
+        """(context slots, generation slots) in output order; commits chunk sizes and discards."""
+        c = self._c
+        st = c["state"][slots]
+        ok = (st >= self.until) & (st < self.after)
+        if inflight_ids is not None and len(inflight_ids):
+            ok &= ~np.isin(c["request_id"][slots], inflight_ids)
+        idx = np.flatnonzero(ok)
+        s, st = slots[idx], st[idx]
+        is_enc = st == ENCODER_INIT
+        is_ctx = is_context_init(st)
+        is_gen = ~(is_enc | is_ctx)
+        draft = c["num_draft_tokens"][s].astype(np.int64)
+        chunked = is_ctx if self.chunking_policy is not None else np.zeros(s.size, dtype=bool)
+        tokens = np.where(is_enc, c["encoder_output_len"][s], 0).astype(np.int64)
+        tokens += np.where(is_ctx & ~chunked, c["num_tokens"][s] + draft, 0)
+        beam = c["beam_width_by_iter"][s]
+        tokens += np.where(is_gen, beam + draft, 0)
+        gen_beams = beam[is_gen]
+        if gen_beams.size and (gen_beams != gen_beams[0]).any():
+            taken = self._walk_scalar(is_gen, chunked, tokens, beam, max_batch_size, max_num_tokens, is_enc | is_ctx)
+        else:
+            taken = self._walk(chunked, tokens, max_batch_size, max_num_tokens, is_enc | is_ctx)
+        return self._finish(s, taken, is_gen, chunked, draft, tokens, max_num_tokens)
+
+    def _check_context_length(self, tokens, positions):
+        if self.max_ctx is None or positions.size == 0:
+            return
+        too_long = positions[tokens[positions] > self.max_ctx]
+        if too_long.size:
+            raise _core.SchedulingError(
+                f"a context of {int(tokens[too_long[0]])} tokens exceeds max_context_length {self.max_ctx} "
+                "and chunking is disabled"
+            )
+
+    def _walk(self, chunked, tokens, max_batch_size, budget, is_ctx_like):
+        """Positions taken: up to the first budget overflow (not taken) or the batch-size limit."""
+        n = tokens.size
+        stop = n
+        budgeted = ~chunked
+        if budget is not None and n:
+            over = budgeted & (np.cumsum(np.where(budgeted, tokens, 0)) > budget)
+            if over.any():
+                stop = int(np.argmax(over))
+        reached = min(stop + 1, n, max_batch_size)  # the overflowing request is checked, not taken
+        self._check_context_length(tokens, np.flatnonzero(is_ctx_like[:reached] & budgeted[:reached]))
+        return np.arange(min(stop, max_batch_size))
+
+    def _walk_scalar(self, is_gen, chunked, tokens, beam, max_batch_size, budget, is_ctx_like):
+        taken, used, sched_beam = [], 0, 0
+        for k in range(tokens.size):
+            t = int(tokens[k])
+            if not chunked[k]:
+                if is_ctx_like[k] and self.max_ctx is not None and t > self.max_ctx:
+                    self._check_context_length(tokens, np.array([k]))
+                if budget is not None and used + t > budget:
+                    break
+            if is_gen[k]:
+                if sched_beam == 0:
+                    sched_beam = int(beam[k])
+                elif sched_beam != int(beam[k]):
+                    continue  # a different beam width waits and takes no batch slot
+            taken.append(k)
+            if not chunked[k]:
+                used += t
+            if len(taken) >= max_batch_size:
+                break
+        return np.array(taken, dtype=np.int64)
+
+    def _finish(self, s, taken, is_gen, chunked, draft, tokens, budget):
+        c = self._c
+        s_t, gen_t, ch_t = s[taken], is_gen[taken], chunked[taken]
+        generation = s_t[gen_t]
+        plain_ctx = s_t[~gen_t & ~ch_t]
+        items = s_t[ch_t]
+        chunks = discard = None
+        chunks_present = False
+        if items.size:
+            remaining = (c["prompt_len"][items] - c["context_current_position"][items]).astype(np.int64)
+            d = draft[taken][ch_t]
+            want = remaining + d
+            all_fit = True
+            if self.max_ctx is not None and (want > self.max_ctx).any():
+                all_fit = False
+            want_total = int(np.minimum(want, self.max_ctx).sum() if self.max_ctx is not None else want.sum())
+            used = int(tokens[taken].sum())  # chunked contexts carry 0: they are budgeted after the walk
+            if budget is not None and want_total > budget - used:
+                all_fit = False
+            chunks, discard = remaining.tolist(), [0] * items.size
+            if not all_fit:
+                cap = None if budget is None else budget - used
+                chunks, discard = chunking.set_ctx_requests_chunk_size(
+                    chunks, d.tolist(), self.chunking_policy, cap, self.unit, self.max_ctx)
+            chunks_present = not all_fit
+            self._commit(items, chunks, discard)
+        context = plain_ctx if items.size == 0 else np.concatenate([plain_ctx, items[np.array(chunks) > 0]])
+        return self._sort(context, chunks_present), self._sort_lora(generation)
+
+    def _commit(self, items, chunks, discard):
+        self._table.set_context_chunk_sizes(items, np.asarray(chunks, dtype=np.int32))
+        d = np.asarray(discard, dtype=np.int32)
+        if d.any():
+            self._table.discard_draft_tokens(items[d > 0], d[d > 0])
+
+    def _sort_lora(self, s):
+        if s.size < 2:
+            return s
+        return s[np.argsort(self._c["lora_task_id"][s], kind="stable")]
+
+    def _sort(self, ctx, chunks_present):
+        if ctx.size < 2:
+            return ctx
+        if not chunks_present:
+            return self._sort_lora(ctx)
+        c = self._c
+        st = c["state"][ctx]
+        last = (st == DISAGG_GEN_INIT) | (st == DISAGG_GEN_TRANS_COMPLETE) | (
+            c["context_current_position"][ctx] + c["context_chunk_size"][ctx] == c["prompt_len"][ctx])
+        return ctx[np.lexsort((c["lora_task_id"][ctx], last))]  # non-last first, then by LoRA, stable

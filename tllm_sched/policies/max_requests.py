@@ -1,0 +1,16 @@
+"""tllm_sched/policies/max_requests.py: the capacity path without a KV cache: admit by count.
+
+C++ twin: ext/policies/max_requests.cpp. Mirrors MaxRequestsScheduler (scheduler.md §2.2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tllm_sched.policies.common import ENCODER_INIT, EMPTY, StepContext, is_context_init, is_generation_in_progress
+
+
+def schedule(ctx: StepContext):
+    st = ctx.state
+    ok = ctx.schedulable() & ((st == ENCODER_INIT) | is_context_init(st) | is_generation_in_progress(st))
+    return np.flatnonzero(ok)[: ctx.max_num_requests], EMPTY

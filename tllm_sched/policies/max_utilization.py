@@ -1,0 +1,95 @@
+"""tllm_sched/policies/max_utilization.py: MAX_UTILIZATION: admit one step of blocks, pause from the tail.
+
+C++ twin: ext/policies/max_utilization.cpp. Mirrors MaxUtilizationScheduler and
+trySchedulingRequestMaxUtilization (scheduler.md §2.5). The common case, where everything up to
+some request fits, is a cumulative sum and a first-failure search; from the first failure on,
+a scalar loop pauses started requests from the tail (one crossing per pause) exactly as C++ does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tllm_sched.policies.common import StepContext, is_context_init, is_generation_in_progress, new_task_pages
+from tllm_sched.policies.reuse_skipping import ReuseSkipper
+
+
+def schedule(ctx: StepContext):
+    free = ctx.kv.start_scheduling()
+    skipper = ReuseSkipper(ctx)
+    gated = np.flatnonzero(ctx.schedulable_with_disagg_exception())
+    try_pos = gated[~skipper.skip_flags(gated)]
+    need = np.zeros(ctx.slots.size, dtype=np.int64)
+    pages = np.zeros(ctx.slots.size, dtype=np.int64)
+    if try_pos.size:
+        need[try_pos] = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots[try_pos], ctx.two_steps_look_ahead)
+        if ctx.peft is not None:
+            pages[try_pos] = ctx.pages(try_pos)
+
+    # Request k of the prefix fits iff the running totals up to k fit (blocks, pages, count).
+    total = np.cumsum(need[try_pos])
+    add_pages = new_task_pages(ctx.lora[try_pos], pages[try_pos], set())
+    ok = (total <= free) & (np.arange(try_pos.size) < ctx.max_num_requests)
+    if ctx.peft is not None:
+        ok &= np.cumsum(add_pages) <= ctx.max_device_pages
+    f = int(np.argmin(ok)) if not ok.all() else try_pos.size
+    if f == try_pos.size:
+        return try_pos, try_pos[:0]
+
+    # Scalar continuation from the first failure, in the state the prefix left behind.
+    i = int(try_pos[f])
+    skipper.claim_all(gated[gated < i])
+    prefix = try_pos[:f]
+    state = _Totals(
+        scheduled=prefix.tolist(),
+        blocks=int(total[f - 1]) if f else 0,
+        pages=int(add_pages[:f].sum()),
+        seen={int(x) for x in ctx.lora[prefix] if x >= 0},
+        free=free,
+    )
+    paused = _pause_and_retry(ctx, skipper, state, i, need, pages)
+    return np.array(state.scheduled, dtype=np.int64), np.array(paused, dtype=np.int64)
+
+
+class _Totals:
+    __slots__ = ("scheduled", "blocks", "pages", "seen", "free")
+
+    def __init__(self, scheduled, blocks, pages, seen, free):
+        self.scheduled, self.blocks, self.pages, self.seen, self.free = scheduled, blocks, pages, seen, free
+
+
+def _try(ctx: StepContext, t: _Totals, i: int, need: np.ndarray, pages: np.ndarray) -> bool:
+    if len(t.scheduled) >= ctx.max_num_requests:
+        return False
+    task = int(ctx.lora[i])
+    new_task = task >= 0 and task not in t.seen
+    p = int(pages[i]) if new_task else 0
+    total = t.blocks + int(need[i])
+    if total > t.free or (ctx.max_device_pages is not None and p + t.pages > ctx.max_device_pages):
+        return False
+    t.blocks, t.pages = total, t.pages + p
+    t.scheduled.append(i)
+    if new_task:
+        t.seen.add(task)
+    return True
+
+
+def _pause_and_retry(ctx, skipper, t: _Totals, i: int, need, pages) -> list:
+    st = ctx.state
+    gate = ctx.schedulable_with_disagg_exception()
+    started = ctx.schedulable() & ((is_context_init(st) & ~ctx.first_chunk) | is_generation_in_progress(st))
+    paused, end = [], ctx.slots.size
+    while i < end:
+        if not gate[i] or skipper.beneficial_to_skip(i):
+            i += 1
+        elif _try(ctx, t, i, need, pages):
+            i += 1
+        else:  # pause the last started request in [i, end), then retry request i
+            cand = np.flatnonzero(started[i:end])
+            if cand.size == 0:
+                break
+            j = i + int(cand[-1])
+            t.free = ctx.kv.scheduling_remove_sequence(int(ctx.ids[j]))
+            paused.append(j)
+            end = j
+    return paused

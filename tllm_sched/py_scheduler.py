@@ -1,0 +1,68 @@
+"""tllm_sched/py_scheduler.py: the Python backends behind `Scheduler(backend="python" | "python-naive")`.
+
+Builds the column views once, wraps the C++ objects in crossing counters when asked, and wires
+the capacity and micro-batch stages. "python-naive" lives in tllm_sched/naive_scheduler.py.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from tllm_sched import _core
+from tllm_sched.capacity_scheduler import PyCapacityScheduler
+from tllm_sched.crossings import Counter, CountingProxy
+from tllm_sched.micro_batch_scheduler import PyMicroBatchScheduler
+from tllm_sched.policies import chunking
+from tllm_sched.scheduler import SchedulerOutput
+
+
+class PythonBackend:
+    """The batched Python scheduler: a few Python -> C++ calls per step, whatever the load."""
+
+    def __init__(self, config, table, kv, cross_kv, peft, counter: Optional[Counter] = None):
+        self.cols = table.columns()  # zero-copy views, built once
+        wrap = (lambda o: None if o is None else CountingProxy(o, counter)) if counter else (lambda o: o)
+        self._table = wrap(table)
+        self._kv, self._cross, self._peft = wrap(kv), wrap(cross_kv), wrap(peft)
+        self.config = config
+        ch = config.chunking
+        self.capacity = PyCapacityScheduler(
+            self.cols, self._table, config.max_num_requests, config.policy, self._kv, self._peft, self._cross,
+            config.two_steps_look_ahead, reuse=bool(kv is not None and kv.enable_block_reuse),
+            max_device_pages=None if peft is None else peft.max_device_pages,
+        )
+        self.micro = PyMicroBatchScheduler(
+            self.cols, self._table, None if ch is None else ch.policy, None if ch is None else ch.unit_size,
+            config.max_context_length,
+        )
+        self._wrap = wrap
+
+    def schedule(self, active, inflight_ids):
+        slots = self._wrap(active).slots  # the one read of the list
+        fit, disagg, paused = self.capacity.schedule(slots)
+        ctx, gen = self.micro.schedule(fit, inflight_ids, self.config.max_batch_size, self.config.max_num_tokens)
+        return SchedulerOutput(fit, disagg, paused, ctx, gen)
+
+    def schedule_capacity(self, slots):
+        return self.capacity.schedule(slots)
+
+    def schedule_micro(self, slots, inflight_ids):
+        return self.micro.schedule(slots, inflight_ids, self.config.max_batch_size, self.config.max_num_tokens)
+
+    def set_ctx_requests_chunk_size(self, slots: np.ndarray) -> None:
+        c, cfg = self.cols, self.config
+        remaining = (c["prompt_len"][slots] - c["context_current_position"][slots]).tolist()
+        chunks, discard = chunking.set_ctx_requests_chunk_size(
+            remaining, c["num_draft_tokens"][slots].tolist(), cfg.chunking.policy, cfg.max_num_tokens,
+            cfg.chunking.unit_size, cfg.max_context_length)
+        self.micro._commit(slots, chunks, discard)
+
+
+def make_python_backend(backend, config, table, kv, cross_kv, peft, counter=None):
+    if backend == "python":
+        return PythonBackend(config, table, kv, cross_kv, peft, counter)
+    from tllm_sched.naive_scheduler import NaiveBackend
+
+    return NaiveBackend(config, table, kv, cross_kv, peft, counter)
