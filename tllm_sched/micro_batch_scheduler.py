@@ -26,6 +26,12 @@ from tllm_sched.policies.common import (
 _EMPTY = np.zeros(0, dtype=np.int32)
 
 
+def context_too_long(request_id: int, tokens: int, max_ctx: int) -> str:
+    """The run-failure message, worded as the C++ scheduler words it."""
+    return (f"request {request_id}: context of {tokens} tokens exceeds max_context_length {max_ctx} "
+            "and chunking is disabled")
+
+
 class PyMicroBatchScheduler:
     """Micro-batch scheduling over request slots, reading columns through zero-copy views."""
 
@@ -60,22 +66,20 @@ class PyMicroBatchScheduler:
         tokens += np.where(is_gen, beam + draft, 0)
         gen_beams = beam[is_gen]
         if gen_beams.size and (gen_beams != gen_beams[0]).any():
-            taken = self._walk_scalar(is_gen, chunked, tokens, beam, max_batch_size, max_num_tokens, is_enc | is_ctx)
+            taken = self._walk_scalar(s, is_gen, chunked, tokens, beam, max_batch_size, max_num_tokens, is_enc | is_ctx)
         else:
-            taken = self._walk(chunked, tokens, max_batch_size, max_num_tokens, is_enc | is_ctx)
+            taken = self._walk(s, chunked, tokens, max_batch_size, max_num_tokens, is_enc | is_ctx)
         return self._finish(s, taken, is_gen, chunked, draft, tokens, max_num_tokens)
 
-    def _check_context_length(self, tokens, positions):
+    def _check_context_length(self, s, tokens, positions):
         if self.max_ctx is None or positions.size == 0:
             return
         too_long = positions[tokens[positions] > self.max_ctx]
         if too_long.size:
-            raise _core.SchedulingError(
-                f"a context of {int(tokens[too_long[0]])} tokens exceeds max_context_length {self.max_ctx} "
-                "and chunking is disabled"
-            )
+            k = int(too_long[0])
+            raise _core.SchedulingError(context_too_long(int(self._c["request_id"][s[k]]), int(tokens[k]), self.max_ctx))
 
-    def _walk(self, chunked, tokens, max_batch_size, budget, is_ctx_like):
+    def _walk(self, s, chunked, tokens, max_batch_size, budget, is_ctx_like):
         """Positions taken: up to the first budget overflow (not taken) or the batch-size limit."""
         n = tokens.size
         stop = n
@@ -85,16 +89,16 @@ class PyMicroBatchScheduler:
             if over.any():
                 stop = int(np.argmax(over))
         reached = min(stop + 1, n, max_batch_size)  # the overflowing request is checked, not taken
-        self._check_context_length(tokens, np.flatnonzero(is_ctx_like[:reached] & budgeted[:reached]))
+        self._check_context_length(s, tokens, np.flatnonzero(is_ctx_like[:reached] & budgeted[:reached]))
         return np.arange(min(stop, max_batch_size))
 
-    def _walk_scalar(self, is_gen, chunked, tokens, beam, max_batch_size, budget, is_ctx_like):
+    def _walk_scalar(self, s, is_gen, chunked, tokens, beam, max_batch_size, budget, is_ctx_like):
         taken, used, sched_beam = [], 0, 0
         for k in range(tokens.size):
             t = int(tokens[k])
             if not chunked[k]:
                 if is_ctx_like[k] and self.max_ctx is not None and t > self.max_ctx:
-                    self._check_context_length(tokens, np.array([k]))
+                    self._check_context_length(s, tokens, np.array([k]))
                 if budget is not None and used + t > budget:
                     break
             if is_gen[k]:

@@ -72,7 +72,11 @@ def _build(sc: Scenario, backend: str, out: IO[str]) -> _Run:
             state=getattr(_core.LlmRequestState, r.state),
         )
         if r.context_chunk_size is not None:
-            table.get(r.id).context_chunk_size = r.context_chunk_size
+            req = table.get(r.id)
+            # Set as a test would, before the first iteration; the setter wants a context state.
+            req.set_state(_core.LlmRequestState.CONTEXT_INIT)
+            req.context_chunk_size = r.context_chunk_size
+            req.set_state(getattr(_core.LlmRequestState, r.state))
     kv = make_kv_cache_manager(table, sc.kv_cache)
     cross = make_kv_cache_manager(table, sc.cross_kv_cache, cross=True)
     peft = None if sc.peft is None else _core.PeftCacheManager(sc.peft.pages_per_task, sc.peft.max_device_pages)
