@@ -698,12 +698,10 @@ NB_MODULE(_core, m) {
         .def("schedule", [](StepScheduler& s, const RequestList& active, nb::handle inflight) {
                 if (active.table() != s.table()) throw InputError("the RequestList belongs to another RequestTable");
                 auto [ip, in] = inflight_ids(inflight);
-                StepOutput out;
-                s.schedule(active.data(), active.size(), ip, in, out);
-                return nb::make_tuple(to_numpy(std::move(out.capacity.fitting)),
-                                      to_numpy(std::move(out.capacity.fitting_disagg_gen_init)),
-                                      to_numpy(std::move(out.capacity.paused)), to_numpy(std::move(out.micro.context)),
-                                      to_numpy(std::move(out.micro.generation)));
+                const StepOutput& out = s.schedule(active.data(), active.size(), ip, in);
+                return nb::make_tuple(to_numpy(out.capacity.fitting), to_numpy(out.capacity.fitting_disagg_gen_init),
+                                      to_numpy(out.capacity.paused), to_numpy(out.micro.context),
+                                      to_numpy(out.micro.generation));
             }, "active_requests"_a, "inflight_request_ids"_a = nb::none(),
             "Returns slot arrays (fitting, fitting_disagg_gen_init, paused, context, generation).");
 

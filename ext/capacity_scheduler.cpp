@@ -29,6 +29,8 @@ void CapacityScheduler::schedule(RequestTable& t, const int32_t* slots, int32_t 
     if (kv && &kv->table() != &t) throw InputError("kv_cache_manager belongs to another RequestTable");
     if (cross_kv && &cross_kv->table() != &t) throw InputError("cross_kv_cache_manager belongs to another RequestTable");
     out.clear();
+    out.scheduled.reserve(static_cast<size_t>(n));  // no-op once a reused output has grown
+    out.fitting.reserve(static_cast<size_t>(n));
     CapacityContext c{&t, slots, n, kv, cross_kv, peft, max_num_requests_, two_steps_look_ahead_,
                       no_schedule_until_, no_schedule_after_};
     fn_(c, out);

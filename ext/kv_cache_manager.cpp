@@ -292,11 +292,13 @@ void KVCacheManager::add_block_to_sequence(int32_t slot, int32_t b) {
 int32_t KVCacheManager::count_blocks_needed(int32_t slot, const std::vector<BlockKey>& keys) const {
     (void)slot;
     // Free blocks the walk of allocate_with_reuse will take: every position costs one, except a
-    // full match of a block another sequence holds. Evictions during the walk only hit free
-    // blocks, which cost one either way, so this count is exact.
+    // full match of a block another sequence holds. Without a host pool nothing is evicted
+    // before the last match, so the count is exact. Onboarding a host block takes a primary
+    // block, which may evict a cached parent and cut a held child out of the tree; after the
+    // first onboarding every position is therefore charged one (a safe upper bound).
     int32_t needed = 0;
     int32_t search = kRoot;
-    bool searching = true;
+    bool searching = true, onboarded = false;
     for (const BlockKey& key : keys) {
         Match m = searching ? find_matching_block(search, key) : Match{};
         if (m.block < 0 || m.partial) {
@@ -304,7 +306,9 @@ int32_t KVCacheManager::count_blocks_needed(int32_t slot, const std::vector<Bloc
             ++needed;
             continue;
         }
-        if (blocks_[static_cast<size_t>(m.block)].ref_count == 0) ++needed;
+        const Block& b = blocks_[static_cast<size_t>(m.block)];
+        if (b.ref_count == 0 || onboarded) ++needed;
+        onboarded = onboarded || b.level != 0;
         search = m.block;
     }
     return needed;
@@ -386,6 +390,7 @@ void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t be
     }
     seq_live_[static_cast<size_t>(slot)] = 1;
     seq_tokens_[static_cast<size_t>(slot)] = input_length;
+    seq_sched_removed_[static_cast<size_t>(slot)] = 0;  // a new sequence in a reused slot
     ++t.kv_refs[slot];
 }
 
@@ -458,12 +463,14 @@ int32_t KVCacheManager::get_remaining_blocks_to_completion(int32_t slot) const {
     const int64_t w = cfg_.max_seq_len;
     const int64_t prompt = t.prompt_len[slot], total_len = prompt + t.max_new_tokens[slot];
     const int64_t beams = t.beam_width[slot];
-    const int64_t ctx = std::min(prompt, w) / tpb;
-    const int64_t total_per_beam = ceil_div(std::min(total_len, w), tpb);
+    // 32-bit divisions: every length here fits int32 (add_request bounds prompt + max new tokens).
+    const int32_t tpb32 = cfg_.tokens_per_block;
+    const int64_t ctx = static_cast<int32_t>(std::min(prompt, w)) / tpb32;
+    const int64_t total_per_beam = (static_cast<int32_t>(std::min(total_len, w)) + tpb32 - 1) / tpb32;
     const int64_t gen = total_per_beam - ctx;
     const int64_t alloc = seq_live_[static_cast<size_t>(slot)] ? static_cast<int64_t>(seq_blocks_[static_cast<size_t>(slot)].size()) : 0;
-    const int64_t full = ceil_div(total_len, tpb);
-    const int64_t extra = (total_len > w && full > ceil_div(t.num_tokens[slot], tpb) && full > total_per_beam) ? 1 : 0;
+    const int64_t extra = (total_len > w && ceil_div(total_len, tpb) > ceil_div(t.num_tokens[slot], tpb) &&
+                           ceil_div(total_len, tpb) > total_per_beam) ? 1 : 0;  // never with one window
     int64_t r = alloc < ctx ? (ctx - alloc) + (gen + extra) * beams : (total_per_beam - alloc + extra) * beams;
     return static_cast<int32_t>(r);
 }
@@ -487,7 +494,10 @@ int32_t KVCacheManager::get_needed_blocks_one_step(int32_t slot, bool two_steps)
                                           t.max_new_tokens[slot] - generated);
     const int64_t next = cur + add;
     if (next > cfg_.max_seq_len) return 0;
-    return static_cast<int32_t>((ceil_div(next, tpb) - ceil_div(cur, tpb)) * beams);
+    // ceil(cur / tpb) is the block count the (beam-1) sequence already holds (an invariant that
+    // check_invariants verifies), so the division is only paid when a boundary is crossed.
+    const int64_t room = static_cast<int64_t>(seq_blocks_[static_cast<size_t>(slot)].size()) * tpb;
+    return next <= room ? 0 : static_cast<int32_t>(ceil_div(next - room, tpb) * beams);
 }
 
 // ---------------------------------------------------------------- introspection
@@ -514,6 +524,8 @@ void KVCacheManager::check_invariants() const {
             continue;
         }
         for (int32_t b : seq_blocks_[s]) ++refs[static_cast<size_t>(b)];
+        if (static_cast<int64_t>(seq_blocks_[s].size()) != ceil_div(seq_tokens_[s], cfg_.tokens_per_block))
+            fail_invariant("sequence of slot " + std::to_string(s) + " holds a block count other than ceil(tokens / tpb)");
     }
     int32_t in_queue[2] = {0, 0}, primary = 0;
     for (int32_t b = 0; b < num_total_; ++b) {

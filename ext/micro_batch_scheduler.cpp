@@ -28,6 +28,7 @@ void MicroBatchScheduler::schedule(RequestTable& t, const int32_t* slots, int32_
                                    int32_t num_inflight, int32_t max_batch_size, std::optional<int32_t> budget,
                                    MicroBatchOutput& out) {
     out.clear();
+    out.generation.reserve(static_cast<size_t>(n));
     items_.clear();
     std::unordered_set<int64_t> inflight_set;
     if (num_inflight > 0) inflight_set.insert(inflight, inflight + num_inflight);
@@ -98,15 +99,19 @@ void MicroBatchScheduler::schedule(RequestTable& t, const int32_t* slots, int32_
 void sort_requests(const RequestTable& t, std::vector<int32_t>& context, std::vector<int32_t>& generation,
                    bool chunks_present) {
     auto by_lora = [&t](int32_t a, int32_t b) { return t.lora_task_id[a] < t.lora_task_id[b]; };  // none (-1) first
+    // Stable sorts allocate and merge; most batches are already in order (no LoRA at all).
+    auto sort_range = [&](std::vector<int32_t>::iterator b, std::vector<int32_t>::iterator e) {
+        if (!std::is_sorted(b, e, by_lora)) std::stable_sort(b, e, by_lora);
+    };
     if (chunks_present) {
         auto mid = std::stable_partition(context.begin(), context.end(),
                                          [&t](int32_t s) { return !t.is_last_context_chunk(s); });
-        std::stable_sort(context.begin(), mid, by_lora);
-        std::stable_sort(mid, context.end(), by_lora);
+        sort_range(context.begin(), mid);
+        sort_range(mid, context.end());
     } else {
-        std::stable_sort(context.begin(), context.end(), by_lora);
+        sort_range(context.begin(), context.end());
     }
-    std::stable_sort(generation.begin(), generation.end(), by_lora);
+    sort_range(generation.begin(), generation.end());
 }
 
 }  // namespace tllm

@@ -31,7 +31,11 @@ public:
             throw InputError("cross_kv_cache_manager belongs to another RequestTable");
     }
 
-    /// Capacity over `slots`, then micro-batch over the fitting list.
+    /// Capacity over `slots`, then micro-batch over the fitting list, into last_output().
+    const StepOutput& schedule(const int32_t* slots, int32_t n, const int64_t* inflight, int32_t num_inflight) {
+        schedule(slots, n, inflight, num_inflight, last_);
+        return last_;
+    }
     void schedule(const int32_t* slots, int32_t n, const int64_t* inflight, int32_t num_inflight, StepOutput& out) {
         capacity_.schedule(*table_, slots, n, kv_.get(), peft_.get(), cross_kv_.get(), out.capacity);
         const std::vector<int32_t>& fit = out.capacity.fitting;
@@ -53,6 +57,7 @@ private:
     std::shared_ptr<PeftCacheManager> peft_;         ///< shared; may be null
     int32_t max_batch_size_;
     std::optional<int32_t> max_num_tokens_;
+    StepOutput last_;  ///< reused across steps so its vectors keep their capacity
 };
 
 }  // namespace tllm

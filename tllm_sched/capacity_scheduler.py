@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from tllm_sched.policies import guaranteed_no_evict, max_requests, max_utilization
-from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, GEN_COMPLETE, StepContext
+from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, StepContext
 
 CapacityPolicy = Callable[[StepContext], tuple]
 
@@ -53,15 +53,13 @@ class PyCapacityScheduler:
 
     def schedule(self, slots: np.ndarray):
         """(fitting, fitting_disagg_gen_init, paused) slot arrays."""
-        c = self._c
-        st = c["state"][slots]
         ctx = StepContext(
-            slots=slots, ids=c["request_id"][slots], state=st,
-            first_chunk=c["context_current_position"][slots] == c["prepopulated_prompt_len"][slots],
-            lora=c["lora_task_id"][slots], kv=self._kv, cross_kv=self._cross, peft=self._peft, table=self._table,
+            self._c, slots, kv=self._kv, cross_kv=self._cross, peft=self._peft, table=self._table,
             max_num_requests=self._max, two_steps_look_ahead=self._two, until=self._until, after=self._after,
             reuse=self._reuse, max_device_pages=self._max_pages,
         )
         scheduled, paused = self._policy(ctx)
-        disagg = st[scheduled] == DISAGG_GEN_INIT
-        return slots[scheduled[~disagg]], slots[scheduled[disagg]], slots[paused]
+        if ctx.all_generation:  # no disagg-gen-init request among them
+            return slots.take(scheduled), EMPTY, slots.take(paused)
+        disagg = ctx.state.take(scheduled) == DISAGG_GEN_INIT
+        return slots.take(scheduled[~disagg]), slots.take(scheduled[disagg]), slots.take(paused)

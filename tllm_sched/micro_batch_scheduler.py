@@ -49,7 +49,12 @@ class PyMicroBatchScheduler:
                  max_num_tokens: Optional[int]):
         """(context slots, generation slots) in output order; commits chunk sizes and discards."""
         c = self._c
-        st = c["state"][slots]
+        st = c["state"].take(slots)
+        no_inflight = inflight_ids is None or len(inflight_ids) == 0
+        if no_inflight and self._all_generation(st):
+            fast = self._generations_only(slots, max_batch_size, max_num_tokens)
+            if fast is not None:
+                return _EMPTY, fast
         ok = (st >= self.until) & (st < self.after)
         if inflight_ids is not None and len(inflight_ids):
             ok &= ~np.isin(c["request_id"][slots], inflight_ids)
@@ -70,6 +75,24 @@ class PyMicroBatchScheduler:
         else:
             taken = self._walk(s, chunked, tokens, max_batch_size, max_num_tokens, is_enc | is_ctx)
         return self._finish(s, taken, is_gen, chunked, draft, tokens, max_num_tokens)
+
+    def _all_generation(self, st: np.ndarray) -> bool:
+        """Every request is a schedulable generation (states 12..14 are contiguous)."""
+        lo, hi = DISAGG_GEN_TRANS_COMPLETE, min(GEN_TO_COMPLETE, self.after - 1)
+        return bool(st.size and self.until <= lo and st.min() >= lo and st.max() <= hi)
+
+    def _generations_only(self, slots, max_batch_size, budget):
+        """The common decode step: a token-budget prefix of equal-beam generations, or None
+        when beams differ (the general walk handles the skipping)."""
+        c = self._c
+        beam = c["beam_width_by_iter"].take(slots)
+        if beam.min() != beam.max():
+            return None
+        k = slots.size
+        if budget is not None:
+            tokens = beam.astype(np.int64) + c["num_draft_tokens"].take(slots)
+            k = int(np.searchsorted(np.cumsum(tokens), budget, side="right"))  # totals only grow
+        return self._sort_lora(slots[: min(k, max_batch_size)])
 
     def _check_context_length(self, s, tokens, positions):
         if self.max_ctx is None or positions.size == 0:
@@ -151,7 +174,10 @@ class PyMicroBatchScheduler:
     def _sort_lora(self, s):
         if s.size < 2:
             return s
-        return s[np.argsort(self._c["lora_task_id"][s], kind="stable")]
+        lora = self._c["lora_task_id"].take(s)
+        if lora.max() < 0 or (lora[1:] >= lora[:-1]).all():  # already in order (e.g. no LoRA)
+            return s
+        return s.take(np.argsort(lora, kind="stable"))
 
     def _sort(self, ctx, chunks_present):
         if ctx.size < 2:

@@ -6,9 +6,6 @@ per step from zero-copy views (no crossing), and the managers the policies may q
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
-
 import numpy as np
 
 from tllm_sched import _core
@@ -35,25 +32,56 @@ def is_generation_in_progress(st: np.ndarray) -> np.ndarray:
     return (st == GEN_IN_PROGRESS) | (st == GEN_TO_COMPLETE) | (st == DISAGG_GEN_TRANS_COMPLETE)
 
 
-@dataclass(slots=True)
 class StepContext:
-    """One capacity-scheduling call: the active list's columns and the managers."""
+    """One capacity-scheduling call: the active list's columns and the managers.
 
-    slots: np.ndarray  # int32 slots of the active list, in order
-    ids: np.ndarray  # int64 request ids per list entry
-    state: np.ndarray  # state per list entry
-    first_chunk: np.ndarray  # bool: context position == prepopulated length
-    lora: np.ndarray  # int64 LoRA task id, -1 for none
-    kv: Any  # self KVCacheManager (maybe a counting proxy) or None
-    cross_kv: Any  # cross KVCacheManager or None
-    peft: Any  # PeftCacheManager or None
-    table: Any  # RequestTable (maybe a counting proxy)
-    max_num_requests: int  # admission count limit
-    two_steps_look_ahead: bool  # MAX_UTILIZATION: reserve two steps
-    until: int  # gating window start (inclusive)
-    after: int  # gating window end (exclusive)
-    reuse: bool  # the self cache has block reuse on
-    max_device_pages: Optional[int]  # PEFT capacity, None without PEFT
+    Columns are gathered from the zero-copy views only when a policy asks for them (`take` is
+    the cheapest gather), so the common all-generation step touches just the state column.
+    """
+
+    __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
+                 "two_steps_look_ahead", "until", "after", "reuse", "max_device_pages", "all_generation",
+                 "_first_chunk", "_lora", "_ids")
+
+    def __init__(self, cols, slots, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
+                 until, after, reuse, max_device_pages):
+        self.cols = cols  # zero-copy column views of the table
+        self.slots = slots  # int32 slots of the active list, in order
+        self.state = cols["state"].take(slots)  # state per list entry
+        self.kv, self.cross_kv, self.peft, self.table = kv, cross_kv, peft, table  # managers (maybe proxies)
+        self.max_num_requests = max_num_requests  # admission count limit
+        self.two_steps_look_ahead = two_steps_look_ahead  # MAX_UTILIZATION: reserve two steps
+        self.until, self.after = until, after  # gating window [until, after)
+        self.reuse = reuse  # the self cache has block reuse on
+        self.max_device_pages = max_device_pages  # PEFT capacity, None without PEFT
+        # Generation states are one contiguous range: two reductions tell the common case.
+        st = self.state
+        self.all_generation = bool(
+            st.size and until <= DISAGG_GEN_TRANS_COMPLETE and after > GEN_TO_COMPLETE
+            and st.min() >= DISAGG_GEN_TRANS_COMPLETE and st.max() <= GEN_TO_COMPLETE)
+        self._first_chunk = self._lora = self._ids = None
+
+    @property
+    def first_chunk(self) -> np.ndarray:
+        """bool: context position == prepopulated length."""
+        if self._first_chunk is None:
+            c = self.cols
+            self._first_chunk = c["context_current_position"].take(self.slots) == c["prepopulated_prompt_len"].take(self.slots)
+        return self._first_chunk
+
+    @property
+    def lora(self) -> np.ndarray:
+        """int64 LoRA task id per entry, -1 for none."""
+        if self._lora is None:
+            self._lora = self.cols["lora_task_id"].take(self.slots)
+        return self._lora
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64 request id per entry."""
+        if self._ids is None:
+            self._ids = self.cols["request_id"].take(self.slots)
+        return self._ids
 
     def schedulable(self) -> np.ndarray:
         return (self.state >= self.until) & (self.state < self.after)
@@ -66,6 +94,12 @@ class StepContext:
         if self.peft is None or idx.size == 0:
             return np.zeros(idx.size, dtype=np.int64)
         return self.peft.determine_num_pages_batch(self.table, self.slots[idx]).astype(np.int64)
+
+
+def task_ids(lora: np.ndarray) -> set:
+    """Distinct LoRA task ids among `lora` (vectorised: no per-request Python loop)."""
+    have = lora[lora >= 0]
+    return set(np.unique(have).tolist()) if have.size else set()
 
 
 def new_task_pages(lora: np.ndarray, pages: np.ndarray, seen: set) -> np.ndarray:

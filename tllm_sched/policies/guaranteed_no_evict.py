@@ -18,6 +18,7 @@ from tllm_sched.policies.common import (
     is_context_init,
     is_generation_in_progress,
     new_task_pages,
+    task_ids,
 )
 from tllm_sched.policies.reuse_skipping import ReuseSkipper
 
@@ -43,18 +44,22 @@ def _classify(ctx: StepContext):
 
 
 def schedule(ctx: StepContext, static_batch: bool = False):
+    if ctx.all_generation:
+        # Only running generations: pass 1 admits them in order up to the count limit and pass 2
+        # has nothing to consider, so no block or page count can change the outcome.
+        return np.arange(min(ctx.slots.size, ctx.max_num_requests)), EMPTY
     classified, is_gen, pending_disagg, pending = _classify(ctx)
     gens = classified[is_gen]
-    rem = _remaining(ctx.kv, ctx.slots[classified])
-    rem_cross = _remaining(ctx.cross_kv, ctx.slots[classified]) if ctx.cross_kv is not None else None
+    classified_slots = ctx.slots.take(classified)
+    rem = _remaining(ctx.kv, classified_slots)
+    rem_cross = _remaining(ctx.cross_kv, classified_slots) if ctx.cross_kv is not None else None
     avail = (ctx.kv.num_free_blocks if ctx.kv is not None else 0) - int(rem[is_gen].sum())
     avail_cross = None
     if ctx.cross_kv is not None:
         avail_cross = ctx.cross_kv.num_free_blocks - int(rem_cross[is_gen].sum())
     pages = ctx.pages(classified)
-    seen: set = set()
-    claimed = int(new_task_pages(ctx.lora[gens], pages[is_gen], seen).sum())
-    seen.update(int(x) for x in ctx.lora[gens] if x >= 0)
+    claimed = int(new_task_pages(ctx.lora[gens], pages[is_gen], set()).sum())
+    seen = task_ids(ctx.lora[gens])
     if static_batch and gens.size:
         return gens, EMPTY
 

@@ -10,41 +10,52 @@ from __future__ import annotations
 
 import numpy as np
 
-from tllm_sched.policies.common import StepContext, is_context_init, is_generation_in_progress, new_task_pages
+from tllm_sched.policies.common import (
+    StepContext,
+    is_context_init,
+    is_generation_in_progress,
+    new_task_pages,
+    task_ids,
+)
 from tllm_sched.policies.reuse_skipping import ReuseSkipper
 
 
 def schedule(ctx: StepContext):
     free = ctx.kv.start_scheduling()
     skipper = ReuseSkipper(ctx)
-    gated = np.flatnonzero(ctx.schedulable_with_disagg_exception())
-    try_pos = gated[~skipper.skip_flags(gated)]
-    need = np.zeros(ctx.slots.size, dtype=np.int64)
-    pages = np.zeros(ctx.slots.size, dtype=np.int64)
-    if try_pos.size:
-        need[try_pos] = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots[try_pos], ctx.two_steps_look_ahead)
-        if ctx.peft is not None:
-            pages[try_pos] = ctx.pages(try_pos)
+    n = ctx.slots.size
+    gated = np.arange(n) if ctx.all_generation else np.flatnonzero(ctx.schedulable_with_disagg_exception())
+    try_pos = gated[~skipper.skip_flags(gated)] if skipper.enabled else gated
+    if try_pos.size == 0:
+        return try_pos, try_pos
+    need_t = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots.take(try_pos), ctx.two_steps_look_ahead)
+    pages_t = ctx.pages(try_pos) if ctx.peft is not None else None
 
-    # Request k of the prefix fits iff the running totals up to k fit (blocks, pages, count).
-    total = np.cumsum(need[try_pos])
-    add_pages = new_task_pages(ctx.lora[try_pos], pages[try_pos], set())
-    ok = (total <= free) & (np.arange(try_pos.size) < ctx.max_num_requests)
-    if ctx.peft is not None:
-        ok &= np.cumsum(add_pages) <= ctx.max_device_pages
-    f = int(np.argmin(ok)) if not ok.all() else try_pos.size
-    if f == try_pos.size:
+    # Blocks needed are >= 0, so the running totals only grow: the prefix that fits ends at the
+    # first total over the free count, the count limit, or (with PEFT) the page limit.
+    total = np.cumsum(need_t, dtype=np.int64)
+    f = min(int(np.searchsorted(total, free, side="right")), ctx.max_num_requests)
+    add_pages = None
+    if pages_t is not None:
+        add_pages = new_task_pages(ctx.lora.take(try_pos), pages_t, set())
+        f = min(f, int(np.searchsorted(np.cumsum(add_pages), ctx.max_device_pages, side="right")))
+    if f >= try_pos.size:
         return try_pos, try_pos[:0]
 
     # Scalar continuation from the first failure, in the state the prefix left behind.
+    need = np.zeros(n, dtype=np.int64)
+    need[try_pos] = need_t
+    pages = np.zeros(n, dtype=np.int64)
+    if pages_t is not None:
+        pages[try_pos] = pages_t
     i = int(try_pos[f])
     skipper.claim_all(gated[gated < i])
     prefix = try_pos[:f]
     state = _Totals(
         scheduled=prefix.tolist(),
         blocks=int(total[f - 1]) if f else 0,
-        pages=int(add_pages[:f].sum()),
-        seen={int(x) for x in ctx.lora[prefix] if x >= 0},
+        pages=int(add_pages[:f].sum()) if add_pages is not None else 0,
+        seen=task_ids(ctx.lora.take(prefix)),
         free=free,
     )
     paused = _pause_and_retry(ctx, skipper, state, i, need, pages)

@@ -1,0 +1,13 @@
+"""tests/conftest.py: make `python -m pytest` in a checkout test the built package.
+
+`python -m` puts the checkout first on sys.path. Unless a developer put a built _core extension
+into its tllm_sched/, drop the checkout so that the installed tllm_sched is the one tested.
+"""
+
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if not any((_ROOT / "tllm_sched" / f"_core{s}").exists() for s in EXTENSION_SUFFIXES):
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]

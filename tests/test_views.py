@@ -1,0 +1,102 @@
+"""tests/test_views.py: lifetime and aliasing of the zero-copy views (tokens, token_buffer, columns)."""
+
+import gc
+import subprocess
+import sys
+
+import pytest
+
+import tllm_sched as ts
+from utils import add_req, new_kv, new_table, toks
+
+
+def ptr(a):
+    return a.__array_interface__["data"][0]
+
+
+def test_tokens_view_outlives_request_table_and_cache():
+    t = new_table(4)
+    kv = new_kv(t, 4, 8, 64, enable_block_reuse=True)
+    r = add_req(t, 1, toks(6, 50), max_new=4)
+    kv.add_sequence(1, 6, 1, r)
+    r.add_new_token(77)
+    kv.add_token(1)
+    view = r.tokens
+    assert view.tolist() == [50, 51, 52, 53, 54, 55, 77]
+    assert not view.flags.writeable
+    kv.remove_sequence(1, r)
+    t.remove_request(r)
+    del r, kv, t
+    gc.collect()
+    # Churn the allocator so freed memory would be reused if the view did not own its storage.
+    junk = []
+    for i in range(50):
+        t2 = new_table(4)
+        junk.append(t2)
+        add_req(t2, i, [9999] * 7, max_new=4).add_new_token(9999)
+    gc.collect()
+    assert view.tolist() == [50, 51, 52, 53, 54, 55, 77]
+    assert view.sum() == sum(range(50, 56)) + 77
+
+
+def test_token_buffer_sees_appends_without_reallocation():
+    t = new_table(2)
+    r = add_req(t, 1, [1, 2, 3], max_new=5, num_draft_tokens=2)
+    buf = r.token_buffer
+    assert buf.shape == (3 + 5 + 2,)           # reserved once: prompt + max_new + drafts
+    assert not buf.flags.writeable
+    p = ptr(buf)
+    assert ptr(r.tokens) == p
+    before = r.tokens                           # length fixed when taken: 3
+    for i in range(7):
+        r.add_new_token(10 + i)
+    assert buf[:10].tolist() == [1, 2, 3, 10, 11, 12, 13, 14, 15, 16]
+    assert ptr(r.tokens) == p and ptr(r.token_buffer) == p
+    assert r.tokens.shape == (10,) and before.shape == (3,)
+    assert before.tolist() == [1, 2, 3]
+
+
+def test_pause_truncation_keeps_the_buffer():
+    t = new_table(2)
+    r = add_req(t, 1, toks(10), max_new=5, state=ts.LlmRequestState.GENERATION_IN_PROGRESS)
+    buf = r.token_buffer
+    p = ptr(buf)
+    for tok in (100, 101, 102):
+        r.add_new_token(tok)
+    old = r.tokens                               # 13 tokens
+    r.pause(12)                                  # prompt 12 (see test_request_table): truncated to 12
+    assert r.tokens.shape == (12,) and ptr(r.tokens) == p and ptr(r.token_buffer) == p
+    assert r.tokens.tolist() == toks(10) + [100, 101]
+    # A view is a window on the same storage: the next append rewrites position 12 in place.
+    r.add_new_token(555)
+    assert buf[12] == 555 and old[12] == 555 and r.tokens.tolist()[-1] == 555
+
+
+def test_columns_outlive_the_table_object():
+    t = new_table(4)
+    r = add_req(t, 3, 5, max_new=2)
+    cols = t.columns()
+    slot = r.slot
+    del t, r
+    gc.collect()
+    assert cols["request_id"][slot] == 3 and cols["prompt_len"][slot] == 5
+
+
+def test_tokens_torch_shares_memory():
+    torch = pytest.importorskip("torch")
+    t = new_table(2)
+    r = add_req(t, 1, [4, 5, 6], max_new=3)
+    tt = r.tokens_torch()
+    view = r.tokens
+    assert tt.dtype == torch.int32 and tt.tolist() == [4, 5, 6]
+    assert tt.data_ptr() == ptr(view)
+    t.remove_request(r)
+    del r, t
+    gc.collect()
+    assert tt.tolist() == [4, 5, 6]
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, tllm_sched; assert 'torch' not in sys.modules, 'torch imported'"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
