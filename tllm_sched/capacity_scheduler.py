@@ -41,23 +41,16 @@ class PyCapacityScheduler:
                  reuse: bool = False, max_device_pages: Optional[int] = None):
         if max_num_requests <= 0:
             raise ValueError(f"max_num_requests must be positive, got {max_num_requests}")
-        self._c = cols
-        self._table = table
         self._policy = make_capacity_policy(policy, kv_cache_manager is not None)
-        self._kv, self._peft, self._cross = kv_cache_manager, peft_cache_manager, cross_kv_cache_manager
-        self._max = max_num_requests
-        self._two = two_steps_look_ahead
-        self._until, self._after = no_schedule_until, no_schedule_after
-        self._reuse = reuse
-        self._max_pages = max_device_pages
+        self._ctx = StepContext(
+            cols, kv=kv_cache_manager, cross_kv=cross_kv_cache_manager, peft=peft_cache_manager, table=table,
+            max_num_requests=max_num_requests, two_steps_look_ahead=two_steps_look_ahead,
+            until=no_schedule_until, after=no_schedule_after, reuse=reuse, max_device_pages=max_device_pages,
+        )
 
     def schedule(self, slots: np.ndarray):
         """(fitting, fitting_disagg_gen_init, paused) slot arrays."""
-        ctx = StepContext(
-            self._c, slots, kv=self._kv, cross_kv=self._cross, peft=self._peft, table=self._table,
-            max_num_requests=self._max, two_steps_look_ahead=self._two, until=self._until, after=self._after,
-            reuse=self._reuse, max_device_pages=self._max_pages,
-        )
+        ctx = self._ctx.reset(slots)
         scheduled, paused = self._policy(ctx)
         if ctx.all_generation:  # no disagg-gen-init request among them
             return slots.take(scheduled), EMPTY, slots.take(paused)

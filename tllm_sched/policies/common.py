@@ -40,26 +40,30 @@ class StepContext:
     """
 
     __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
-                 "two_steps_look_ahead", "until", "after", "reuse", "max_device_pages", "all_generation",
+                 "two_steps_look_ahead", "until", "after", "reuse", "max_device_pages", "all_generation", "_gen_window",
                  "_first_chunk", "_lora", "_ids")
 
-    def __init__(self, cols, slots, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
+    def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
                  until, after, reuse, max_device_pages):
+        """Built once per scheduler; `reset` points it at one step's active list."""
         self.cols = cols  # zero-copy column views of the table
-        self.slots = slots  # int32 slots of the active list, in order
-        self.state = cols["state"].take(slots)  # state per list entry
         self.kv, self.cross_kv, self.peft, self.table = kv, cross_kv, peft, table  # managers (maybe proxies)
         self.max_num_requests = max_num_requests  # admission count limit
         self.two_steps_look_ahead = two_steps_look_ahead  # MAX_UTILIZATION: reserve two steps
         self.until, self.after = until, after  # gating window [until, after)
         self.reuse = reuse  # the self cache has block reuse on
         self.max_device_pages = max_device_pages  # PEFT capacity, None without PEFT
+        self._gen_window = until <= DISAGG_GEN_TRANS_COMPLETE and after > GEN_TO_COMPLETE
+        self.reset(EMPTY)
+
+    def reset(self, slots: np.ndarray) -> "StepContext":
+        self.slots = slots  # int32 slots of the active list, in order
+        st = self.state = self.cols["state"].take(slots)  # state per list entry
         # Generation states are one contiguous range: two reductions tell the common case.
-        st = self.state
         self.all_generation = bool(
-            st.size and until <= DISAGG_GEN_TRANS_COMPLETE and after > GEN_TO_COMPLETE
-            and st.min() >= DISAGG_GEN_TRANS_COMPLETE and st.max() <= GEN_TO_COMPLETE)
+            st.size and self._gen_window and st.min() >= DISAGG_GEN_TRANS_COMPLETE and st.max() <= GEN_TO_COMPLETE)
         self._first_chunk = self._lora = self._ids = None
+        return self
 
     @property
     def first_chunk(self) -> np.ndarray:

@@ -20,7 +20,7 @@ from tllm_sched.policies.common import (
     new_task_pages,
     task_ids,
 )
-from tllm_sched.policies.reuse_skipping import ReuseSkipper
+from tllm_sched.policies.reuse_skipping import make_skipper
 
 INT32_MAX = 2**31 - 1
 
@@ -68,7 +68,7 @@ def schedule(ctx: StepContext, static_batch: bool = False):
     pos_of[classified] = np.arange(classified.size)
     state = _Pass2(ctx, rem, rem_cross, pages, pos_of, avail, avail_cross,
                    (ctx.max_device_pages or INT32_MAX) - claimed, seen, gens.size)
-    skipper = ReuseSkipper(ctx, enabled=not static_batch)
+    skipper = make_skipper(ctx, enabled=not static_batch)
     admitted = [gens]
     admitted.append(state.run(pending_disagg, np.zeros(pending_disagg.size, dtype=bool)))
     admitted.append(state.run(pending, skipper.skip_flags(pending)))

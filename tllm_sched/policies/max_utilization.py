@@ -17,12 +17,12 @@ from tllm_sched.policies.common import (
     new_task_pages,
     task_ids,
 )
-from tllm_sched.policies.reuse_skipping import ReuseSkipper
+from tllm_sched.policies.reuse_skipping import make_skipper
 
 
 def schedule(ctx: StepContext):
     free = ctx.kv.start_scheduling()
-    skipper = ReuseSkipper(ctx)
+    skipper = make_skipper(ctx)
     n = ctx.slots.size
     gated = np.arange(n) if ctx.all_generation else np.flatnonzero(ctx.schedulable_with_disagg_exception())
     try_pos = gated[~skipper.skip_flags(gated)] if skipper.enabled else gated

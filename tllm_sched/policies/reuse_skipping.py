@@ -18,6 +18,7 @@ class ReuseSkipper:
     __slots__ = ("enabled", "key", "candidate", "prefill", "claimed")
 
     def __init__(self, ctx: StepContext, enabled: bool = True):
+        # Callers use NO_SKIP when reuse is off; this stays correct either way.
         self.enabled = bool(enabled and ctx.reuse and ctx.kv is not None)
         self.prefill: set = set()  # step A: keys of contexts already prefilling
         self.claimed: set = set()  # the live set of the scalar path
@@ -70,3 +71,28 @@ class ReuseSkipper:
             return True
         self.claimed.add(k)
         return False
+
+
+class _NoSkip:
+    """The skipper of a cache without block reuse: never skips, claims nothing."""
+
+    enabled = False
+
+    @staticmethod
+    def skip_flags(order: np.ndarray) -> np.ndarray:
+        return np.zeros(order.size, dtype=bool)
+
+    @staticmethod
+    def beneficial_to_skip(pos: int) -> bool:
+        return False
+
+    @staticmethod
+    def claim_all(order: np.ndarray) -> None:
+        pass
+
+
+NO_SKIP = _NoSkip()
+
+
+def make_skipper(ctx: StepContext, enabled: bool = True):
+    return ReuseSkipper(ctx, enabled) if (enabled and ctx.reuse and ctx.kv is not None) else NO_SKIP
