@@ -25,6 +25,9 @@ PROG = "tllm-sched bench"
 DEFAULTS = dict(workloads=list(wl.WORKLOADS), policies=list(wl.POLICIES), active=[64, 256, 1024, 4096], steps=1000,
                 warmup=20, seed=0)
 QUICK = dict(active=[64, 512], steps=100, warmup=5)
+# A full Mooncake replay takes ~7 min with all three backends on 2 cores (the python backend's
+# reuse skipping dominates); by default a trace run covers its first half of the requests.
+TRACE_DEFAULT_LIMIT = {"mooncake": 6000}
 ALIASES = {"GNE": "GUARANTEED_NO_EVICT", "MU": "MAX_UTILIZATION", "MAX_UTIL": "MAX_UTILIZATION"}
 
 
@@ -52,6 +55,16 @@ def _list(kind: str, choices=None, convert=str):
             out.append(v)
         return list(dict.fromkeys(out))
     return parse
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
 
 
 def _positive(text: str) -> int:
@@ -84,9 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--quick", action="store_true", help="a run under 20 seconds: 64 and 512 active, 100 steps")
     g.add_argument("--out", help="output folder (default bench-results/, for a trace bench-results/trace-FORMAT/)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    g.add_argument("--no-plot", action="store_true", help="do not draw report.png (skips importing matplotlib)")
     t = p.add_argument_group("trace run")
     t.add_argument("--trace", metavar="FILE", help="replay a Mooncake JSONL or Azure CSV trace (format detected)")
-    t.add_argument("--trace-limit", type=_positive, metavar="N", help="only the first N requests")
+    t.add_argument("--trace-limit", type=_count, metavar="N", help="only the first N requests; 0: all (default: all, "
+                   f"Mooncake {TRACE_DEFAULT_LIMIT['mooncake']:,})")
     t.add_argument("--max-steps", type=_positive, default=wl.TraceOptions.max_steps,
                    help=f"stop a trace run after this many steps (default {wl.TraceOptions.max_steps:,})")
     t.add_argument("--num-blocks", type=_positive, default=wl.TraceOptions.num_blocks, help="KV blocks (default 16384)")
@@ -166,16 +181,22 @@ def run_synthetic(args) -> dict:
 
 
 def run_trace(args) -> dict:
-    from tllm_sched.traces import TraceError, load_trace
+    from tllm_sched.traces import TraceError, detect_format, load_trace
 
     try:
-        trace = load_trace(args.trace, limit=args.trace_limit)
+        fmt = detect_format(args.trace)
+        limit = args.trace_limit if args.trace_limit is not None else TRACE_DEFAULT_LIMIT.get(fmt)
+        trace = load_trace(args.trace, limit=limit or None)
     except TraceError as e:
         raise UsageError(str(e)) from None
     except OSError as e:
         raise UsageError(f"{args.trace}: {e.strerror or e}") from None
     backends = _backends(args)
     policies = args.policies or ["GUARANTEED_NO_EVICT"]
+    partial = args.trace_limit is None and limit is not None and len(trace) == limit
+    if partial:
+        print(f"{PROG}: {fmt} trace: replaying its first {limit:,} requests by default (--trace-limit 0 for all)",
+              file=sys.stderr)
     reuse = {"auto": None, "on": True, "off": False}[args.reuse]
     duration = float(trace.arrival_ms[-1]) / 1e3
     results, series, wall, opt = [], {}, 0.0, None
@@ -195,7 +216,8 @@ def run_trace(args) -> dict:
     notes = [f"step-time model: step_ms = {args.step_base_ms:g} + {args.step_token_ms:g} x tokens computed "
              f"(context tokens excluding reused prefix, plus one per generating request); an idle engine jumps to "
              f"the next arrival",
-             f"{len(trace)} requests{'' if args.trace_limit is None else f' (--trace-limit {args.trace_limit})'}, "
+             f"{len(trace)} requests{f' (--trace-limit {limit})' if limit and len(trace) == limit else ''}"
+             f"{' (the default for this format; --trace-limit 0 replays all)' if partial else ''}, "
              f"{duration:.0f} s of arrivals; backends interleaved step by step; wall time {wall:.1f} s"]
     if any(r["truncated"] for r in results):
         notes.append(f"TRUNCATED: stopped at --max-steps {args.max_steps:,} before every request finished")
@@ -203,7 +225,7 @@ def run_trace(args) -> dict:
                                                                    "reuse": args.reuse, "backends": backends}
     doc = _doc("trace", results, notes, cfg, wall_s=wall)
     doc["trace"] = dict(path=os.path.abspath(args.trace), format=trace.format, requests=len(trace),
-                        duration_s=duration, limit=args.trace_limit)
+                        duration_s=duration, limit=limit or None)
     doc["series"] = series
     return doc
 
@@ -247,7 +269,7 @@ def _main(argv: Optional[List[str]]) -> int:
     print(report.format_table(doc["results"]))
     for n in doc["notes"]:
         print(f"note: {n}")
-    paths = report.write_outputs(doc, out)
+    paths = report.write_outputs(doc, out, plot=not args.no_plot)
     print("wrote " + ", ".join(paths))
     return _compare(baseline, doc, args.max_ratio) if baseline is not None else 0
 

@@ -106,7 +106,7 @@ def _markdown_table(results: Iterable[dict]) -> str:
     return "\n".join(out)
 
 
-def write_outputs(doc: dict, out_dir: str) -> List[str]:
+def write_outputs(doc: dict, out_dir: str, plot: bool = True) -> List[str]:
     """Writes results.json, report.md and (with matplotlib) report.png; returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, "results.json")]
@@ -114,7 +114,7 @@ def write_outputs(doc: dict, out_dir: str) -> List[str]:
         json.dump(doc, f, indent=1)
         f.write("\n")
     png = os.path.join(out_dir, "report.png")
-    drawn = _plot(doc, png)
+    drawn = plot and _plot(doc, png)
     md = os.path.join(out_dir, "report.md")
     with open(md, "w", encoding="utf-8") as f:
         f.write(_markdown(doc, drawn))

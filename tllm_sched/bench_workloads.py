@@ -23,6 +23,7 @@ excluded, plus one per generating request); an empty system jumps to the next ar
 
 from __future__ import annotations
 
+import gc
 import time
 import zlib
 from array import array
@@ -36,8 +37,8 @@ from tllm_sched.config import ChunkingConfig, KvCacheConfig, SchedulerConfig
 from tllm_sched.replay import RunFailure, make_kv_cache_manager
 from tllm_sched.scheduler import Scheduler
 
-__all__ = ["WORKLOADS", "POLICIES", "SimState", "SyntheticCase", "TraceOptions", "probe_backends",
-           "naive_steps", "run_synthetic_case", "run_trace"]
+__all__ = ["WORKLOADS", "POLICIES", "SimState", "SyntheticCase", "TraceOptions", "build_synthetic_state",
+           "naive_steps", "probe_backends", "run_synthetic_case", "run_trace"]
 
 WORKLOADS = ("decode", "mixed")
 POLICIES = ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION")
@@ -176,8 +177,8 @@ class SyntheticCase:
 
 
 def naive_steps(steps: int, n_active: int) -> int:
-    """Measured steps of python-naive: all up to 128 active, then fewer (>= 20) as N grows."""
-    return min(steps, max(20, steps * 128 // max(n_active, 1)))
+    """Measured steps of python-naive: all up to 512 active, then fewer (>= 50) as N grows."""
+    return min(steps, max(50, steps * 512 // max(n_active, 1)))
 
 
 def _scheduler_config(policy: str, n: int) -> SchedulerConfig:
@@ -223,9 +224,25 @@ def _refill(st: SimState, src: Optional[_Source], n_finished: int) -> None:
         st.add(*src.draw())
 
 
+def _pool(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed ^ 0x5EED).integers(0, 32000, _POOL_TOKENS, dtype=np.int32)
+
+
+def build_synthetic_state(workload: str, policy: str, n_active: int, backend: str, *, seed: int = 0,
+                          warmup: int = 5, steps: int = 1000) -> SimState:
+    """A state of `workload` with N active after `warmup` executed steps (for bench/ and tests).
+    Scheduling it again without executing is idempotent: every call makes the same decisions."""
+    st, src = _build_synthetic(SyntheticCase(workload, policy, n_active, steps, warmup, seed), backend, _pool(seed))
+    for _ in range(warmup):
+        fin = st.step()[3]
+        if fin.size and src is not None:
+            _refill(st, src, int(fin.size))
+    return st
+
+
 def run_synthetic_case(case: SyntheticCase, backends: Sequence[str], progress: Progress = _noop) -> List[dict]:
     """Measures one case on every backend, interleaved step by step; one result dict per backend."""
-    pool = np.random.default_rng(case.seed ^ 0x5EED).integers(0, 32000, _POOL_TOKENS, dtype=np.int32)
+    pool = _pool(case.seed)
     built = [_build_synthetic(case, b, pool) for b in backends]
     states = [s for s, _ in built]
     sources = {id(s): src for s, src in built}
@@ -236,6 +253,7 @@ def run_synthetic_case(case: SyntheticCase, backends: Sequence[str], progress: P
             _refill(st, sources[id(st)], int(r[3].size))
         return r
 
+    gc.collect()  # start every case with a clean heap; the collector stays on, as in a server
     for w in range(case.warmup):
         for st in states:
             one(st, count=w < _COUNT_STEPS)

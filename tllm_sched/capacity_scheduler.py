@@ -14,6 +14,7 @@ import numpy as np
 from tllm_sched.policies import guaranteed_no_evict, max_requests, max_utilization
 from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, StepContext
 
+# A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix).
 CapacityPolicy = Callable[[StepContext], tuple]
 
 
@@ -52,6 +53,8 @@ class PyCapacityScheduler:
         """(fitting, fitting_disagg_gen_init, paused) slot arrays."""
         ctx = self._ctx.reset(slots)
         scheduled, paused = self._policy(ctx)
+        if isinstance(scheduled, slice):  # a prefix of running generations: views, no copies
+            return slots[scheduled], EMPTY, EMPTY
         if ctx.all_generation:  # no disagg-gen-init request among them
             return slots.take(scheduled), EMPTY, slots.take(paused)
         disagg = ctx.state.take(scheduled) == DISAGG_GEN_INIT

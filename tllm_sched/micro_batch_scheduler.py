@@ -16,6 +16,7 @@ from tllm_sched import _core
 from tllm_sched.policies import chunking
 from tllm_sched.policies.common import (
     CONTEXT_INIT,
+    DISAGG_CTX_INIT_AND_TRANS,
     DISAGG_GEN_INIT,
     DISAGG_GEN_TRANS_COMPLETE,
     ENCODER_INIT,
@@ -56,24 +57,31 @@ class PyMicroBatchScheduler:
             if fast is not None:
                 return _EMPTY, fast
         ok = (st >= self.until) & (st < self.after)
-        if inflight_ids is not None and len(inflight_ids):
-            ok &= ~np.isin(c["request_id"][slots], inflight_ids)
-        idx = np.flatnonzero(ok)
-        s, st = slots[idx], st[idx]
-        is_enc = st == ENCODER_INIT
-        is_ctx = is_context_init(st)
-        is_gen = ~(is_enc | is_ctx)
-        draft = c["num_draft_tokens"][s].astype(np.int64)
-        chunked = is_ctx if self.chunking_policy is not None else np.zeros(s.size, dtype=bool)
-        tokens = np.where(is_enc, c["encoder_output_len"][s], 0).astype(np.int64)
-        tokens += np.where(is_ctx & ~chunked, c["num_tokens"][s] + draft, 0)
-        beam = c["beam_width_by_iter"][s]
-        tokens += np.where(is_gen, beam + draft, 0)
+        if not no_inflight:
+            ok &= ~np.isin(c["request_id"].take(slots), inflight_ids)
+        s = slots
+        if not ok.all():
+            idx = np.flatnonzero(ok)
+            s, st = slots.take(idx), st.take(idx)
+        # Context states (10, 11) are contiguous; encoder requests only exist in a widened window.
+        is_ctx = (st >= CONTEXT_INIT) & (st <= DISAGG_CTX_INIT_AND_TRANS)
+        is_enc = (st == ENCODER_INIT) if self.until <= ENCODER_INIT else None
+        is_ctx_like = is_ctx if is_enc is None else (is_ctx | is_enc)
+        is_gen = ~is_ctx_like
+        draft = c["num_draft_tokens"].take(s).astype(np.int64)
+        beam = c["beam_width_by_iter"].take(s)
+        chunked = is_ctx if self.chunking_policy is not None else None
+        # Tokens each request adds to the budget; chunked contexts add theirs after the walk.
+        tokens = np.where(is_gen, beam + draft, 0 if chunked is not None else c["num_tokens"].take(s) + draft)
+        if is_enc is not None:
+            tokens = np.where(is_enc, c["encoder_output_len"].take(s), tokens)
+        if chunked is None:
+            chunked = np.zeros(s.size, dtype=bool)
         gen_beams = beam[is_gen]
-        if gen_beams.size and (gen_beams != gen_beams[0]).any():
-            taken = self._walk_scalar(s, is_gen, chunked, tokens, beam, max_batch_size, max_num_tokens, is_enc | is_ctx)
+        if gen_beams.size and gen_beams.min() != gen_beams.max():
+            taken = self._walk_scalar(s, is_gen, chunked, tokens, beam, max_batch_size, max_num_tokens, is_ctx_like)
         else:
-            taken = self._walk(s, chunked, tokens, max_batch_size, max_num_tokens, is_enc | is_ctx)
+            taken = self._walk(s, chunked, tokens, max_batch_size, max_num_tokens, is_ctx_like)
         return self._finish(s, taken, is_gen, chunked, draft, tokens, max_num_tokens)
 
     def _all_generation(self, st: np.ndarray) -> bool:
@@ -103,17 +111,17 @@ class PyMicroBatchScheduler:
             raise _core.SchedulingError(context_too_long(int(self._c["request_id"][s[k]]), int(tokens[k]), self.max_ctx))
 
     def _walk(self, s, chunked, tokens, max_batch_size, budget, is_ctx_like):
-        """Positions taken: up to the first budget overflow (not taken) or the batch-size limit."""
+        """The prefix taken: up to the first budget overflow (not taken) or the batch-size limit.
+        Chunked contexts carry 0 tokens here, so the running total only grows and the first
+        overflow is always a budgeted request."""
         n = tokens.size
         stop = n
-        budgeted = ~chunked
         if budget is not None and n:
-            over = budgeted & (np.cumsum(np.where(budgeted, tokens, 0)) > budget)
-            if over.any():
-                stop = int(np.argmax(over))
-        reached = min(stop + 1, n, max_batch_size)  # the overflowing request is checked, not taken
-        self._check_context_length(s, tokens, np.flatnonzero(is_ctx_like[:reached] & budgeted[:reached]))
-        return np.arange(min(stop, max_batch_size))
+            stop = int(np.searchsorted(np.cumsum(tokens), budget, side="right"))
+        if self.max_ctx is not None:
+            reached = min(stop + 1, n, max_batch_size)  # the overflowing request is checked, not taken
+            self._check_context_length(s, tokens, np.flatnonzero(is_ctx_like[:reached] & ~chunked[:reached]))
+        return slice(0, min(stop, max_batch_size))
 
     def _walk_scalar(self, s, is_gen, chunked, tokens, beam, max_batch_size, budget, is_ctx_like):
         taken, used, sched_beam = [], 0, 0
@@ -145,7 +153,7 @@ class PyMicroBatchScheduler:
         chunks = discard = None
         chunks_present = False
         if items.size:
-            remaining = (c["prompt_len"][items] - c["context_current_position"][items]).astype(np.int64)
+            remaining = (c["prompt_len"].take(items) - c["context_current_position"].take(items)).astype(np.int64)
             d = draft[taken][ch_t]
             want = remaining + d
             all_fit = True
@@ -155,14 +163,18 @@ class PyMicroBatchScheduler:
             used = int(tokens[taken].sum())  # chunked contexts carry 0: they are budgeted after the walk
             if budget is not None and want_total > budget - used:
                 all_fit = False
-            chunks, discard = remaining.tolist(), [0] * items.size
+            chunks, discard = remaining, np.zeros(items.size, dtype=np.int64)
             if not all_fit:
                 cap = None if budget is None else budget - used
-                chunks, discard = chunking.set_ctx_requests_chunk_size(
-                    chunks, d.tolist(), self.chunking_policy, cap, self.unit, self.max_ctx)
+                if items.size >= chunking.VECTOR_MIN_ITEMS:
+                    chunks, discard = chunking.set_ctx_requests_chunk_size_vec(
+                        remaining, d, self.chunking_policy, cap, self.unit, self.max_ctx)
+                else:
+                    chunks, discard = chunking.set_ctx_requests_chunk_size(
+                        remaining.tolist(), d.tolist(), self.chunking_policy, cap, self.unit, self.max_ctx)
             chunks_present = not all_fit
             self._commit(items, chunks, discard)
-        context = plain_ctx if items.size == 0 else np.concatenate([plain_ctx, items[np.array(chunks) > 0]])
+        context = plain_ctx if items.size == 0 else np.concatenate([plain_ctx, items[np.asarray(chunks) > 0]])
         return self._sort(context, chunks_present), self._sort_lora(generation)
 
     def _commit(self, items, chunks, discard):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+import numpy as np
+
 EQUAL_PROGRESS = "EQUAL_PROGRESS"
 FIRST_COME_FIRST_SERVED = "FIRST_COME_FIRST_SERVED"
 
@@ -60,6 +62,115 @@ def _fit_draft_tokens(chunk, remaining, draft, cap, unit, max_ctx) -> List[int]:
             num += space
         discard[k] = max(0, d - space)
     return discard
+
+
+# --------------------------------------------------------------------------- vectorised twins
+# Many waiting contexts (hundreds per step in mixed prefill + decode) make the scalar loops the
+# step's main cost. These give identical results with a few array passes; tests/test_chunking_vec.py
+# checks them against the scalar versions above.
+
+VECTOR_MIN_ITEMS = 32  # below this the plain loops are faster
+
+
+def _greedy_tail(want: np.ndarray, fits_whole: np.ndarray, start: int, left: int, out: np.ndarray) -> int:
+    """With `left` below one unit, a request whose whole remainder fits takes it; any other gets 0.
+    Fewer than `unit` requests can fit, so this loops that few times."""
+    i = start
+    while left > 0 and i < want.size:
+        cand = np.flatnonzero(fits_whole[i:] & (want[i:] <= left))
+        if cand.size == 0:
+            break
+        k = i + int(cand[0])
+        out[k] = want[k]
+        left -= int(want[k])
+        i = k + 1
+    return left
+
+
+def _first_come_first_served_vec(want, cap, unit, max_ctx) -> np.ndarray:
+    whole = np.ones(want.size, dtype=bool) if max_ctx is None else want <= max_ctx
+    lim = want if max_ctx is None else np.minimum(want, max_ctx)
+    base = np.where(whole, want, lim // unit * unit)  # the chunk while capacity is not binding
+    if cap is None:
+        return base
+    out = np.zeros(want.size, dtype=np.int64)
+    total = np.cumsum(base)
+    j = int(np.searchsorted(total, cap, side="right"))  # requests 0..j-1 get their base chunk
+    out[:j] = base[:j]
+    if j == want.size:
+        return out
+    left = cap - (int(total[j - 1]) if j else 0)
+    act = min(left, int(lim[j]))
+    if act != want[j]:
+        act = act // unit * unit
+    out[j] = act
+    left -= act  # now below one unit
+    _greedy_tail(want, whole, j + 1, left, out)
+    return out
+
+
+def _equal_progress_vec(remaining, cap, unit, max_ctx) -> np.ndarray:
+    chunk = np.zeros(remaining.size, dtype=np.int64)
+    num, progress = 0, 1
+    while (cap is None or num < cap) and progress > 0:
+        grown = np.minimum(chunk + unit, remaining)
+        inc = grown - chunk
+        ok = np.ones(remaining.size, dtype=bool) if max_ctx is None else grown <= max_ctx
+        inc_ok = np.where(ok, inc, 0)
+        if cap is None:
+            chunk = np.where(ok, grown, chunk)
+            progress = int(inc_ok.sum())
+            num += progress
+            continue
+        total = np.cumsum(inc_ok)
+        j = int(np.searchsorted(total, cap - num, side="right"))  # 0..j-1 all grow
+        applied = np.zeros(remaining.size, dtype=bool)
+        applied[:j] = ok[:j]
+        progress = int(total[j - 1]) if j else 0
+        if j < remaining.size:
+            # Request j does not fit; later ones grow only if their increment fits what is left
+            # (smaller than one unit now).
+            left = cap - num - progress
+            i = j + 1
+            while left > 0 and i < remaining.size:
+                cand = np.flatnonzero(ok[i:] & (inc[i:] <= left) & (inc[i:] > 0))
+                if cand.size == 0:
+                    break
+                k = i + int(cand[0])
+                applied[k] = True
+                left -= int(inc[k])
+                progress += int(inc[k])
+                i = k + 1
+        chunk = np.where(applied, grown, chunk)
+        num += progress
+    return chunk
+
+
+def _fit_draft_tokens_vec(chunk, remaining, draft, cap, unit, max_ctx) -> np.ndarray:
+    last = (chunk == remaining) & (draft > 0)
+    space = np.where(chunk % unit == 0, 0, unit - chunk % unit)
+    if max_ctx is not None:
+        space = np.minimum(space, max_ctx - chunk)
+    space = np.where(last, space, 0)
+    if cap is not None:
+        # Each takes its room while capacity lasts, in order.
+        before = np.cumsum(space) - space
+        space = np.minimum(space, np.maximum(0, cap - int(chunk.sum()) - before))
+    return np.where(last, np.maximum(0, draft - space), 0)
+
+
+def set_ctx_requests_chunk_size_vec(remaining: np.ndarray, draft: np.ndarray, policy: str, capacity: Optional[int],
+                                    unit: int, max_context_length: Optional[int]):
+    """Array twin of `set_ctx_requests_chunk_size`: (chunk sizes, discards) as int64 arrays."""
+    remaining = remaining.astype(np.int64)
+    draft = draft.astype(np.int64)
+    if policy == EQUAL_PROGRESS:
+        chunk = _equal_progress_vec(remaining, capacity, unit, max_context_length)
+    elif policy == FIRST_COME_FIRST_SERVED:
+        chunk = _first_come_first_served_vec(remaining, capacity, unit, max_context_length)
+    else:
+        raise ValueError(f"unknown chunking policy {policy!r}")
+    return chunk, _fit_draft_tokens_vec(chunk, remaining, draft, capacity, unit, max_context_length)
 
 
 def set_ctx_requests_chunk_size(

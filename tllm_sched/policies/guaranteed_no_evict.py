@@ -25,68 +25,73 @@ from tllm_sched.policies.reuse_skipping import make_skipper
 INT32_MAX = 2**31 - 1
 
 
-def _remaining(kv, slots: np.ndarray) -> np.ndarray:
-    if kv is None or slots.size == 0:
-        return np.zeros(slots.size, dtype=np.int64)
-    return kv.get_remaining_blocks_to_completion_batch(slots).astype(np.int64)
-
-
 def _classify(ctx: StepContext):
-    """Pass 1: positions of admitted generations, pending disagg-gen-init and pending contexts."""
-    cand = np.flatnonzero(ctx.schedulable_with_disagg_exception())
-    is_gen = is_generation_in_progress(ctx.state[cand])
-    before = np.cumsum(is_gen) - is_gen  # generations admitted before each candidate
-    k = int(np.searchsorted(before, ctx.max_num_requests, side="left"))  # the count limit stops pass 1
-    cand, is_gen = cand[:k], is_gen[:k]
-    rest = cand[~is_gen]
-    disagg = ctx.state[rest] == DISAGG_GEN_INIT
-    return cand, is_gen, rest[disagg], rest[~disagg]
+    """Pass 1 as masks over the list: (classified, admitted generations)."""
+    st = ctx.state
+    gate = ctx.schedulable_with_disagg_exception()
+    gen = gate & is_generation_in_progress(st)
+    if np.count_nonzero(gen) >= ctx.max_num_requests:
+        # The count limit stops pass 1 at the first candidate after the last admitted generation.
+        last = int(np.searchsorted(np.cumsum(gen), ctx.max_num_requests, side="left"))
+        gate = gate.copy()
+        gate[last + 1:] = False
+        gen = gen.copy()
+        gen[last + 1:] = False
+    return gate, gen
+
+
+def _remaining(kv, slots: np.ndarray) -> np.ndarray:
+    # Asked for the whole list in one call (a read-only query); entries outside pass 1 go unused.
+    return kv.get_remaining_blocks_to_completion_batch(slots).astype(np.int64)
 
 
 def schedule(ctx: StepContext, static_batch: bool = False):
     if ctx.all_generation:
         # Only running generations: pass 1 admits them in order up to the count limit and pass 2
         # has nothing to consider, so no block or page count can change the outcome.
-        return np.arange(min(ctx.slots.size, ctx.max_num_requests)), EMPTY
-    classified, is_gen, pending_disagg, pending = _classify(ctx)
-    gens = classified[is_gen]
-    classified_slots = ctx.slots.take(classified)
-    rem = _remaining(ctx.kv, classified_slots)
-    rem_cross = _remaining(ctx.cross_kv, classified_slots) if ctx.cross_kv is not None else None
-    avail = (ctx.kv.num_free_blocks if ctx.kv is not None else 0) - int(rem[is_gen].sum())
-    avail_cross = None
-    if ctx.cross_kv is not None:
-        avail_cross = ctx.cross_kv.num_free_blocks - int(rem_cross[is_gen].sum())
-    pages = ctx.pages(classified)
-    claimed = int(new_task_pages(ctx.lora[gens], pages[is_gen], set()).sum())
-    seen = task_ids(ctx.lora[gens])
+        return slice(0, min(ctx.slots.size, ctx.max_num_requests)), EMPTY
+    gate, gen = _classify(ctx)
+    gens = np.flatnonzero(gen)
     if static_batch and gens.size:
         return gens, EMPTY
-
-    # Index into the pass-1 arrays by list position.
-    pos_of = np.full(ctx.slots.size, -1, dtype=np.int64)
-    pos_of[classified] = np.arange(classified.size)
-    state = _Pass2(ctx, rem, rem_cross, pages, pos_of, avail, avail_cross,
-                   (ctx.max_device_pages or INT32_MAX) - claimed, seen, gens.size)
+    pending = gate & ~gen
+    if not pending.any():
+        return gens, EMPTY  # nothing for pass 2: block counts cannot change the outcome
+    rem = _remaining(ctx.kv, ctx.slots)
+    rem_cross = _remaining(ctx.cross_kv, ctx.slots) if ctx.cross_kv is not None else None
+    avail = ctx.kv.num_free_blocks - int(rem[gen].sum())
+    avail_cross = None if rem_cross is None else ctx.cross_kv.num_free_blocks - int(rem_cross[gen].sum())
+    avail_pages, seen = INT32_MAX, set()
+    pages = None
+    if ctx.peft is not None:
+        pages = np.zeros(ctx.slots.size, dtype=np.int64)
+        pages[gate] = ctx.pages(np.flatnonzero(gate))
+        lora_g = ctx.lora.take(gens)
+        avail_pages = ctx.max_device_pages - int(new_task_pages(lora_g, pages.take(gens), set()).sum())
+        seen = task_ids(lora_g)
+    state = _Pass2(ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, gens.size)
+    is_disagg = pending & (ctx.state == DISAGG_GEN_INIT)
+    contexts = np.flatnonzero(pending & ~is_disagg)
     skipper = make_skipper(ctx, enabled=not static_batch)
-    admitted = [gens]
-    admitted.append(state.run(pending_disagg, np.zeros(pending_disagg.size, dtype=bool)))
-    admitted.append(state.run(pending, skipper.skip_flags(pending)))
-    return np.concatenate(admitted), EMPTY
+    admitted_disagg = state.run(np.flatnonzero(is_disagg), None)
+    admitted_ctx = state.run(contexts, skipper.skip_flags(contexts) if skipper.enabled else None)
+    return np.concatenate([gens, admitted_disagg, admitted_ctx]), EMPTY
 
 
 class _Pass2:
-    """Running totals of pass 2 across its two lists."""
+    """Running totals of pass 2 across its two lists; arrays are indexed by list position."""
 
-    def __init__(self, ctx, rem, rem_cross, pages, pos_of, avail, avail_cross, avail_pages, seen, count):
-        self.ctx, self.rem, self.rem_cross, self.pages, self.pos_of = ctx, rem, rem_cross, pages, pos_of
+    def __init__(self, ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, count):
+        self.ctx, self.rem, self.rem_cross, self.pages = ctx, rem, rem_cross, pages
         self.avail, self.avail_cross, self.avail_pages, self.seen, self.count = avail, avail_cross, avail_pages, seen, count
 
-    def run(self, order: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    def run(self, order: np.ndarray, skip) -> np.ndarray:
         ctx = self.ctx
-        st = ctx.state[order]
-        # Skipped requests are passed over; other states are ignored without taking a place.
-        order = order[~skip & (is_context_init(st) | (st == DISAGG_GEN_INIT))]
+        if skip is not None:
+            order = order[~skip]  # skipped requests are passed over
+        # Only contexts and disagg-gen-init requests are admitted (other states are ignored).
+        st = ctx.state.take(order)
+        order = order[is_context_init(st) | (st == DISAGG_GEN_INIT)]
         room = ctx.max_num_requests - self.count
         if order.size == 0 or room <= 0:
             return order[:0]
@@ -95,11 +100,10 @@ class _Pass2:
         return self._run_scalar(order)
 
     def _run_vectorized(self, order: np.ndarray, room: int) -> np.ndarray:
-        p = self.pos_of[order]
-        need = self.rem[p]
+        need = self.rem.take(order)
         fits = np.cumsum(need) <= self.avail
         if self.rem_cross is not None:
-            need_c = self.rem_cross[p]
+            need_c = self.rem_cross.take(order)
             fits &= np.cumsum(need_c) <= self.avail_cross
         n = int(np.argmin(fits)) if not fits.all() else order.size  # head-of-line: first failure stops
         n = min(n, room)
@@ -114,11 +118,10 @@ class _Pass2:
         for pos in order.tolist():
             if self.count >= ctx.max_num_requests:
                 break
-            i = int(self.pos_of[pos])
-            need, need_c = int(self.rem[i]), int(self.rem_cross[i]) if self.rem_cross is not None else 0
+            need, need_c = int(self.rem[pos]), int(self.rem_cross[pos]) if self.rem_cross is not None else 0
             task = int(ctx.lora[pos])
             new_task = task >= 0 and task not in self.seen
-            pages = int(self.pages[i]) if new_task else 0
+            pages = int(self.pages[pos]) if new_task else 0
             ok_blocks = need <= self.avail and (self.rem_cross is None or need_c <= self.avail_cross)
             if ok_blocks and pages <= self.avail_pages:
                 out.append(pos)

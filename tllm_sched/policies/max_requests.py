@@ -12,7 +12,7 @@ from tllm_sched.policies.common import ENCODER_INIT, EMPTY, StepContext, is_cont
 
 def schedule(ctx: StepContext):
     if ctx.all_generation:
-        return np.arange(min(ctx.slots.size, ctx.max_num_requests)), EMPTY
+        return slice(0, min(ctx.slots.size, ctx.max_num_requests)), EMPTY
     st = ctx.state
     ok = ctx.schedulable() & ((st == ENCODER_INIT) | is_context_init(st) | is_generation_in_progress(st))
     return np.flatnonzero(ok)[: ctx.max_num_requests], EMPTY

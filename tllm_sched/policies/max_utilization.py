@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tllm_sched.policies.common import (
+    EMPTY,
     StepContext,
     is_context_init,
     is_generation_in_progress,
@@ -24,16 +25,24 @@ def schedule(ctx: StepContext):
     free = ctx.kv.start_scheduling()
     skipper = make_skipper(ctx)
     n = ctx.slots.size
-    gated = np.arange(n) if ctx.all_generation else np.flatnonzero(ctx.schedulable_with_disagg_exception())
-    try_pos = gated[~skipper.skip_flags(gated)] if skipper.enabled else gated
-    if try_pos.size == 0:
-        return try_pos, try_pos
-    need_t = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots.take(try_pos), ctx.two_steps_look_ahead)
+    if ctx.all_generation:
+        # Running generations only: nothing to skip, every one is tried in list order.
+        gated = try_pos = np.arange(n)
+        need_t = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots, ctx.two_steps_look_ahead)
+        total = np.cumsum(need_t, dtype=np.int64)
+        if ctx.peft is None and n <= ctx.max_num_requests and total[-1] <= free:
+            return slice(0, n), EMPTY
+    else:
+        gated = np.flatnonzero(ctx.schedulable_with_disagg_exception())
+        try_pos = gated[~skipper.skip_flags(gated)] if skipper.enabled else gated
+        if try_pos.size == 0:
+            return try_pos, try_pos
+        need_t = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots.take(try_pos), ctx.two_steps_look_ahead)
+        total = np.cumsum(need_t, dtype=np.int64)
     pages_t = ctx.pages(try_pos) if ctx.peft is not None else None
 
     # Blocks needed are >= 0, so the running totals only grow: the prefix that fits ends at the
     # first total over the free count, the count limit, or (with PEFT) the page limit.
-    total = np.cumsum(need_t, dtype=np.int64)
     f = min(int(np.searchsorted(total, free, side="right")), ctx.max_num_requests)
     add_pages = None
     if pages_t is not None:

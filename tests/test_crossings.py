@@ -1,0 +1,114 @@
+"""Python -> C++ crossings per scheduling step, asserted exactly (issue: at most 8 per step,
+independent of the number of requests, plus one per pause).
+
+Each expected count is the list of calls the batched Python scheduler makes, written out:
+  - every step reads the active list's slots once (`RequestList.slots`);
+  - GUARANTEED_NO_EVICT with only running generations decides without any cache question
+    (pass 1 admits them unconditionally and pass 2 is empty);
+  - MAX_UTILIZATION: `start_scheduling` + `get_needed_blocks_one_step_batch`;
+  - with waiting contexts, GUARANTEED_NO_EVICT adds `get_remaining_blocks_to_completion_batch` +
+    `num_free_blocks`, block reuse adds `find_new_context_block_batch`, PEFT adds
+    `determine_num_pages_batch`, and chunked prefill commits with `set_context_chunk_sizes`
+    (+ `discard_draft_tokens` when drafts are cut);
+  - each MAX_UTILIZATION pause adds one `scheduling_remove_sequence`.
+The cpp backend makes exactly one call per step; python-naive makes several per request.
+"""
+
+import numpy as np
+import pytest
+
+import tllm_sched as ts
+from tllm_sched.config import ChunkingConfig, SchedulerConfig
+from tllm_sched.scheduler import Scheduler
+
+
+def _decoding(n, policy, backend, *, reuse=False, peft=False, chunking=None, contexts=0, budget=None):
+    """n running generations (their context step done), then `contexts` new requests."""
+    t = ts.RequestTable(n + contexts + 4)
+    kv = ts.KVCacheManager(t, 16, (n + contexts) * 12 + 16, 1024, enable_block_reuse=reuse)
+    pm = ts.PeftCacheManager(1, 1000) if peft else None
+    lst = ts.RequestList(t)
+    for i in range(n):
+        lst.append(t.add_request(i, np.arange(i * 40, i * 40 + 40, dtype=np.int32), 100,  # unique prompts
+                                 lora_task_id=(i % 3) if peft else None))
+    cfg = SchedulerConfig(policy=policy, max_num_requests=n + contexts, max_batch_size=n + contexts,
+                          max_num_tokens=budget, chunking=chunking)
+    # Everyone's context step, unbudgeted, then the scheduler under test on the same state.
+    warm = Scheduler(SchedulerConfig(policy=policy, max_num_requests=n), t, kv, None, pm, backend="cpp")
+    o = warm.schedule(lst)
+    ts.SimExecutor(t, kv, None, 4096).apply(o.paused, o.fitting_disagg_gen_init, np.concatenate([o.context, o.generation]))
+    s = Scheduler(cfg, t, kv, None, pm, backend=backend, count_crossings=True)
+    for j in range(contexts):
+        lst.append(t.add_request(n + j, np.full(64, 7, dtype=np.int32), 10))
+    return s, lst
+
+
+@pytest.mark.parametrize("n", [16, 4096])
+@pytest.mark.parametrize("policy,expected", [
+    ("GUARANTEED_NO_EVICT", 1),  # slots
+    ("STATIC_BATCH", 1),  # slots
+    ("MAX_UTILIZATION", 3),  # slots, start_scheduling, get_needed_blocks_one_step_batch
+])
+def test_steady_decode(n, policy, expected):
+    s, lst = _decoding(n, policy, "python")
+    for _ in range(3):
+        out = s.schedule(lst)
+        assert out.generation.size == n
+        assert s.last_step_crossings == expected
+
+
+@pytest.mark.parametrize("n", [16, 4096])
+def test_cpp_backend_is_one_call(n):
+    s, lst = _decoding(n, "MAX_UTILIZATION", "cpp")
+    s.schedule(lst)
+    assert s.last_step_crossings == 1
+
+
+@pytest.mark.parametrize("n", [16, 4096])
+@pytest.mark.parametrize("policy,expected", [
+    # slots, remaining_batch, num_free_blocks, find_new_context_block_batch,
+    # determine_num_pages_batch, set_context_chunk_sizes
+    ("GUARANTEED_NO_EVICT", 6),
+    # slots, start_scheduling, find_new_context_block_batch, needed_batch, determine_num_pages_batch,
+    # set_context_chunk_sizes
+    ("MAX_UTILIZATION", 6),
+])
+def test_mixed_prefill_with_everything_on(n, policy, expected):
+    chunking = ChunkingConfig("FIRST_COME_FIRST_SERVED", 16)
+    s, lst = _decoding(n, policy, "python", reuse=True, peft=True, chunking=chunking, contexts=8,
+                       budget=n + 40)
+    out = s.schedule(lst)
+    assert out.context.size > 0 and out.generation.size == n
+    assert s.last_step_crossings == expected <= 8
+
+
+def test_each_pause_adds_one_crossing():
+    # MAX_UTILIZATION, 5 blocks: 4 requests of 16 tokens hold 1 block each (1 free). Their next
+    # token opens a second block each: request 0 takes the free block; request 1 fails, so the
+    # last started request (3) is paused (2 free), and the retry of 1 fits; request 2 fails,
+    # and the last started request in [2, 3) is 2 itself: paused, the loop ends.
+    # 3 + 2 crossings.
+    t = ts.RequestTable(8)
+    kv = ts.KVCacheManager(t, 16, 5, 64)
+    lst = ts.RequestList(t)
+    for i in range(4):
+        lst.append(t.add_request(i, np.ones(16, dtype=np.int32), 30))
+    cfg = SchedulerConfig(policy="MAX_UTILIZATION", max_num_requests=8)
+    s = Scheduler(cfg, t, kv, backend="python", count_crossings=True)
+    ex = ts.SimExecutor(t, kv, None, 4096)
+    o = s.schedule(lst)
+    ex.apply(o.paused, o.fitting_disagg_gen_init, np.concatenate([o.context, o.generation]))
+    assert kv.num_free_blocks == 1  # 4 blocks held; KV tokens 16 each: the next token opens block 2
+    o = s.schedule(lst)
+    assert t.request_ids(o.paused).tolist() == [3, 2]
+    assert t.request_ids(o.generation).tolist() == [0, 1]
+    assert s.last_step_crossings == 3 + 2
+
+
+def test_naive_baseline_crosses_per_request():
+    small, lst_s = _decoding(16, "GUARANTEED_NO_EVICT", "python-naive")
+    big, lst_b = _decoding(64, "GUARANTEED_NO_EVICT", "python-naive")
+    small.schedule(lst_s)
+    big.schedule(lst_b)
+    # Grows linearly with the requests: that is what the batched scheduler removes.
+    assert big.last_step_crossings > 3 * small.last_step_crossings > 3 * 16
