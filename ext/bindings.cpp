@@ -672,6 +672,8 @@ NB_MODULE(_core, m) {
                                             std::optional<int32_t> capacity, int32_t unit, std::optional<int32_t> max_ctx) {
             auto [p, n] = checked_slots(t, slots);
             if (unit <= 0) throw InputError("chunk_unit_size must be positive");
+            if (capacity && *capacity < 0) throw InputError("capacity must be >= 0 or None");
+            if (max_ctx && *max_ctx <= 0) throw InputError("max_context_length must be positive or None");
             std::vector<ChunkItem> items;
             for (int32_t i = 0; i < n; ++i) {
                 if (!state::is_context_init(t.state[p[i]]))

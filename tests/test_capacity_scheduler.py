@@ -21,7 +21,7 @@ from tllm_sched.config import SchedulerConfig
 from tllm_sched.scheduler import Scheduler
 
 # Backends run through the `Scheduler` facade; the lead extends this to the Python backends.
-BACKENDS = ["cpp"]
+BACKENDS = ["cpp", "python", "python-naive"]
 
 MU, GNE, STATIC = "MAX_UTILIZATION", "GUARANTEED_NO_EVICT", "STATIC_BATCH"
 S = ts.LlmRequestState

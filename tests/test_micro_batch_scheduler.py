@@ -19,7 +19,7 @@ from tllm_sched.config import ChunkingConfig, SchedulerConfig
 from tllm_sched.scheduler import Scheduler
 
 # Backends run through the `Scheduler` facade; the lead extends this to the Python backends.
-BACKENDS = ["cpp"]
+BACKENDS = ["cpp", "python", "python-naive"]
 
 S = ts.LlmRequestState
 EP, FCFS = "EQUAL_PROGRESS", "FIRST_COME_FIRST_SERVED"
