@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Measure scheduler host overhead per step on a simulated "
                                 "executor: synthetic workloads (default), a real trace (--trace), or a check "
                                 "against a saved run (--compare).")
-    g = p.add_argument_group("synthetic run")
+    g = p.add_argument_group("what to run (--policies, --backends and --out also apply to --trace)")
     g.add_argument("--workloads", type=_list("workload", wl.WORKLOADS), help="decode,mixed (default: both)")
     g.add_argument("--policies", type=_list("policy", wl.POLICIES),
                    help="GUARANTEED_NO_EVICT (GNE), MAX_UTILIZATION (MU) (default: both; trace: GNE)")
@@ -91,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="default: cpp,python,python-naive (unavailable ones are skipped with a notice)")
     g.add_argument("--active", type=_list("active count", convert=int), help="default: 64,256,1024,4096")
     g.add_argument("--steps", type=_positive, help=f"measured steps per case (default {DEFAULTS['steps']}; "
-                   "python-naive gets fewer above 128 active)")
-    g.add_argument("--warmup", type=int, help=f"unmeasured steps first (default {DEFAULTS['warmup']})")
+                   "python-naive gets fewer above 512 active)")
+    g.add_argument("--warmup", type=_positive, help=f"unmeasured steps first, the first two also counting "
+                   f"crossings (default {DEFAULTS['warmup']})")
     g.add_argument("--seed", type=int, help="workload seed (default 0)")
     g.add_argument("--quick", action="store_true", help="a run under 20 seconds: 64 and 512 active, 100 steps")
     g.add_argument("--out", help="output folder (default bench-results/, for a trace bench-results/trace-FORMAT/)")
@@ -168,7 +169,7 @@ def run_synthetic(args) -> dict:
     notes = [f"{len(cases)} cases x {len(backends)} backends, interleaved step by step; {args.warmup} warm-up steps "
              f"each; wall time {time.perf_counter() - t0:.1f} s"]
     if "python-naive" in backends:
-        fewer = [f"N={n}: {wl.naive_steps(args.steps, n)}" for n in args.active if wl.naive_steps(args.steps, n) < args.steps]
+        fewer = [f"N={n}: {k}" for n in args.active if (k := wl.naive_steps(args.steps, n)) < args.steps]
         if fewer:
             notes.append("python-naive measured on fewer steps at large N (" + ", ".join(fewer) + " steps)")
     if any(r["crossings_per_step"] is None for r in results):

@@ -96,7 +96,8 @@ def format_table(results: Iterable[dict]) -> str:
 
 
 def _markdown_table(results: Iterable[dict]) -> str:
-    head = "| workload | policy | N | backend | steps | median µs | p99 µs | µs/request | crossings/step | × cpp | executor µs |"
+    head = ("| workload | policy | N | backend | steps | median µs | p99 µs | µs/request | crossings/step | × cpp "
+            "| executor µs |")
     out = [head, "|" + "---|" * 4 + "---:|" * 7]
     for r in results:
         out.append(f"| {r['workload']} | {r['policy']} | {r['n_active']} | {r['backend']} | {r['steps']} | "
@@ -136,16 +137,17 @@ def _markdown(doc: dict, drawn: bool) -> str:
              "finished requests, timed separately. × cpp: median over the cpp median of the same row group.", ""]
     if doc["kind"] == "trace":
         t = doc["trace"]
-        lines += [f"Trace `{t['path']}` ({t['format']}): {t['requests']} requests, {t['duration_s']:.0f} s of arrivals; "
-                  f"wall time {doc['wall_s']:.1f} s.", ""]
+        lines += [f"Trace `{t['path']}` ({t['format']}): {t['requests']} requests, "
+                  f"{t['duration_s']:.0f} s of arrivals; wall time {doc['wall_s']:.1f} s.", ""]
     lines += [f"- {n}" for n in doc.get("notes", [])] + [""]
     lines += [_markdown_table(doc["results"]), ""]
     if doc["kind"] == "trace":
-        lines += ["| backend | sched p90 µs | p99.9 µs | max µs | in flight mean/max | queued mean/max | KV util mean/max "
-                  "| reuse hit rate | requests done | simulated s |", "|---|" + "---:|" * 9]
+        lines += ["| policy | backend | sched p90 µs | p99.9 µs | max µs | in flight mean/max | queued mean/max "
+                  "| KV util mean/max | reuse hit rate | requests done | simulated s |", "|---|---|" + "---:|" * 9]
         for r in doc["results"]:
-            lines.append(f"| {r['backend']} | {_fmt(r['p90_us'])} | {_fmt(r['p999_us'])} | {_fmt(r['max_us'])} | "
-                         f"{r['in_flight_mean']:.1f} / {r['in_flight_max']} | {r['queued_mean']:.1f} / {r['queued_max']} | "
+            lines.append(f"| {POLICY_SHORT.get(r['policy'], r['policy'])} | {r['backend']} | {_fmt(r['p90_us'])} | {_fmt(r['p999_us'])} | {_fmt(r['max_us'])} | "
+                         f"{r['in_flight_mean']:.1f} / {r['in_flight_max']} | "
+                         f"{r['queued_mean']:.1f} / {r['queued_max']} | "
                          f"{r['kv_util_mean']:.2f} / {r['kv_util_max']:.2f} | {r['reuse_hit_rate']:.3f} | "
                          f"{r['requests_done']} | {r['simulated_s']:.0f} |")
         lines.append("")
@@ -203,8 +205,8 @@ def _plot_trace(plt, doc: dict):
         return None
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     for b, s in series.items():
-        a1.plot(s["time_s"], s["sched_median_us"], label=f"{b} median")
-        a1.plot(s["time_s"], s["sched_p99_us"], alpha=0.4, linestyle="--", label=f"{b} p99")
+        (line,) = a1.plot(s["time_s"], s["sched_median_us"], label=f"{b} median")
+        a1.plot(s["time_s"], s["sched_p99_us"], alpha=0.4, linestyle="--", color=line.get_color(), label=f"{b} p99")
     a1.set(yscale="log", ylabel="scheduler µs per step", title=f"trace {os.path.basename(doc['trace']['path'])}, "
            f"{doc['config']['policy']}")
     a1.grid(True, which="both", alpha=0.3)

@@ -61,7 +61,7 @@ class PyMicroBatchScheduler:
             ok &= ~np.isin(c["request_id"].take(slots), inflight_ids)
         s = slots
         if not ok.all():
-            idx = np.flatnonzero(ok)
+            idx = ok.nonzero()[0]
             s, st = slots.take(idx), st.take(idx)
         # Context states (10, 11) are contiguous; encoder requests only exist in a widened window.
         is_ctx = (st >= CONTEXT_INIT) & (st <= DISAGG_CTX_INIT_AND_TRANS)
@@ -99,7 +99,7 @@ class PyMicroBatchScheduler:
         k = slots.size
         if budget is not None:
             tokens = beam.astype(np.int64) + c["num_draft_tokens"].take(slots)
-            k = int(np.searchsorted(np.cumsum(tokens), budget, side="right"))  # totals only grow
+            k = int(tokens.cumsum().searchsorted(budget, side="right"))  # totals only grow
         return self._sort_lora(slots[: min(k, max_batch_size)])
 
     def _check_context_length(self, s, tokens, positions):
@@ -117,10 +117,10 @@ class PyMicroBatchScheduler:
         n = tokens.size
         stop = n
         if budget is not None and n:
-            stop = int(np.searchsorted(np.cumsum(tokens), budget, side="right"))
+            stop = int(tokens.cumsum().searchsorted(budget, side="right"))
         if self.max_ctx is not None:
             reached = min(stop + 1, n, max_batch_size)  # the overflowing request is checked, not taken
-            self._check_context_length(s, tokens, np.flatnonzero(is_ctx_like[:reached] & ~chunked[:reached]))
+            self._check_context_length(s, tokens, (is_ctx_like[:reached] & ~chunked[:reached]).nonzero()[0])
         return slice(0, min(stop, max_batch_size))
 
     def _walk_scalar(self, s, is_gen, chunked, tokens, beam, max_batch_size, budget, is_ctx_like):

@@ -77,7 +77,7 @@ def _greedy_tail(want: np.ndarray, fits_whole: np.ndarray, start: int, left: int
     Fewer than `unit` requests can fit, so this loops that few times."""
     i = start
     while left > 0 and i < want.size:
-        cand = np.flatnonzero(fits_whole[i:] & (want[i:] <= left))
+        cand = (fits_whole[i:] & (want[i:] <= left)).nonzero()[0]
         if cand.size == 0:
             break
         k = i + int(cand[0])
@@ -94,8 +94,8 @@ def _first_come_first_served_vec(want, cap, unit, max_ctx) -> np.ndarray:
     if cap is None:
         return base
     out = np.zeros(want.size, dtype=np.int64)
-    total = np.cumsum(base)
-    j = int(np.searchsorted(total, cap, side="right"))  # requests 0..j-1 get their base chunk
+    total = base.cumsum()
+    j = int(total.searchsorted(cap, side="right"))  # requests 0..j-1 get their base chunk
     out[:j] = base[:j]
     if j == want.size:
         return out
@@ -122,8 +122,8 @@ def _equal_progress_vec(remaining, cap, unit, max_ctx) -> np.ndarray:
             progress = int(inc_ok.sum())
             num += progress
             continue
-        total = np.cumsum(inc_ok)
-        j = int(np.searchsorted(total, cap - num, side="right"))  # 0..j-1 all grow
+        total = inc_ok.cumsum()
+        j = int(total.searchsorted(cap - num, side="right"))  # 0..j-1 all grow
         applied = np.zeros(remaining.size, dtype=bool)
         applied[:j] = ok[:j]
         progress = int(total[j - 1]) if j else 0
@@ -133,7 +133,7 @@ def _equal_progress_vec(remaining, cap, unit, max_ctx) -> np.ndarray:
             left = cap - num - progress
             i = j + 1
             while left > 0 and i < remaining.size:
-                cand = np.flatnonzero(ok[i:] & (inc[i:] <= left) & (inc[i:] > 0))
+                cand = (ok[i:] & (inc[i:] <= left) & (inc[i:] > 0)).nonzero()[0]
                 if cand.size == 0:
                     break
                 k = i + int(cand[0])
@@ -147,6 +147,8 @@ def _equal_progress_vec(remaining, cap, unit, max_ctx) -> np.ndarray:
 
 
 def _fit_draft_tokens_vec(chunk, remaining, draft, cap, unit, max_ctx) -> np.ndarray:
+    if not draft.any():
+        return draft  # no draft tokens: nothing to discard
     last = (chunk == remaining) & (draft > 0)
     space = np.where(chunk % unit == 0, 0, unit - chunk % unit)
     if max_ctx is not None:
@@ -154,7 +156,7 @@ def _fit_draft_tokens_vec(chunk, remaining, draft, cap, unit, max_ctx) -> np.nda
     space = np.where(last, space, 0)
     if cap is not None:
         # Each takes its room while capacity lasts, in order.
-        before = np.cumsum(space) - space
+        before = space.cumsum() - space
         space = np.minimum(space, np.maximum(0, cap - int(chunk.sum()) - before))
     return np.where(last, np.maximum(0, draft - space), 0)
 

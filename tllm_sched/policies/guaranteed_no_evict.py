@@ -32,7 +32,7 @@ def _classify(ctx: StepContext):
     gen = gate & is_generation_in_progress(st)
     if np.count_nonzero(gen) >= ctx.max_num_requests:
         # The count limit stops pass 1 at the first candidate after the last admitted generation.
-        last = int(np.searchsorted(np.cumsum(gen), ctx.max_num_requests, side="left"))
+        last = int(gen.cumsum().searchsorted(ctx.max_num_requests, side="left"))
         gate = gate.copy()
         gate[last + 1:] = False
         gen = gen.copy()
@@ -51,7 +51,7 @@ def schedule(ctx: StepContext, static_batch: bool = False):
         # has nothing to consider, so no block or page count can change the outcome.
         return slice(0, min(ctx.slots.size, ctx.max_num_requests)), EMPTY
     gate, gen = _classify(ctx)
-    gens = np.flatnonzero(gen)
+    gens = gen.nonzero()[0]
     if static_batch and gens.size:
         return gens, EMPTY
     pending = gate & ~gen
@@ -65,15 +65,15 @@ def schedule(ctx: StepContext, static_batch: bool = False):
     pages = None
     if ctx.peft is not None:
         pages = np.zeros(ctx.slots.size, dtype=np.int64)
-        pages[gate] = ctx.pages(np.flatnonzero(gate))
+        pages[gate] = ctx.pages(gate.nonzero()[0])
         lora_g = ctx.lora.take(gens)
         avail_pages = ctx.max_device_pages - int(new_task_pages(lora_g, pages.take(gens), set()).sum())
         seen = task_ids(lora_g)
     state = _Pass2(ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, gens.size)
     is_disagg = pending & (ctx.state == DISAGG_GEN_INIT)
-    contexts = np.flatnonzero(pending & ~is_disagg)
+    contexts = (pending & ~is_disagg).nonzero()[0]
     skipper = make_skipper(ctx, enabled=not static_batch)
-    admitted_disagg = state.run(np.flatnonzero(is_disagg), None)
+    admitted_disagg = state.run(is_disagg.nonzero()[0], None)
     admitted_ctx = state.run(contexts, skipper.skip_flags(contexts) if skipper.enabled else None)
     return np.concatenate([gens, admitted_disagg, admitted_ctx]), EMPTY
 
@@ -101,10 +101,10 @@ class _Pass2:
 
     def _run_vectorized(self, order: np.ndarray, room: int) -> np.ndarray:
         need = self.rem.take(order)
-        fits = np.cumsum(need) <= self.avail
+        fits = need.cumsum() <= self.avail
         if self.rem_cross is not None:
             need_c = self.rem_cross.take(order)
-            fits &= np.cumsum(need_c) <= self.avail_cross
+            fits &= need_c.cumsum() <= self.avail_cross
         n = int(np.argmin(fits)) if not fits.all() else order.size  # head-of-line: first failure stops
         n = min(n, room)
         self.avail -= int(need[:n].sum())

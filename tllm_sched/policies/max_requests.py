@@ -15,4 +15,4 @@ def schedule(ctx: StepContext):
         return slice(0, min(ctx.slots.size, ctx.max_num_requests)), EMPTY
     st = ctx.state
     ok = ctx.schedulable() & ((st == ENCODER_INIT) | is_context_init(st) | is_generation_in_progress(st))
-    return np.flatnonzero(ok)[: ctx.max_num_requests], EMPTY
+    return ok.nonzero()[0][: ctx.max_num_requests], EMPTY

@@ -29,25 +29,25 @@ def schedule(ctx: StepContext):
         # Running generations only: nothing to skip, every one is tried in list order.
         gated = try_pos = np.arange(n)
         need_t = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots, ctx.two_steps_look_ahead)
-        total = np.cumsum(need_t, dtype=np.int64)
+        total = need_t.cumsum(dtype=np.int64)
         if ctx.peft is None and n <= ctx.max_num_requests and total[-1] <= free:
             return slice(0, n), EMPTY
     else:
-        gated = np.flatnonzero(ctx.schedulable_with_disagg_exception())
+        gated = ctx.schedulable_with_disagg_exception().nonzero()[0]
         try_pos = gated[~skipper.skip_flags(gated)] if skipper.enabled else gated
         if try_pos.size == 0:
             return try_pos, try_pos
         need_t = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots.take(try_pos), ctx.two_steps_look_ahead)
-        total = np.cumsum(need_t, dtype=np.int64)
+        total = need_t.cumsum(dtype=np.int64)
     pages_t = ctx.pages(try_pos) if ctx.peft is not None else None
 
     # Blocks needed are >= 0, so the running totals only grow: the prefix that fits ends at the
     # first total over the free count, the count limit, or (with PEFT) the page limit.
-    f = min(int(np.searchsorted(total, free, side="right")), ctx.max_num_requests)
+    f = min(int(total.searchsorted(free, side="right")), ctx.max_num_requests)
     add_pages = None
     if pages_t is not None:
         add_pages = new_task_pages(ctx.lora.take(try_pos), pages_t, set())
-        f = min(f, int(np.searchsorted(np.cumsum(add_pages), ctx.max_device_pages, side="right")))
+        f = min(f, int(add_pages.cumsum().searchsorted(ctx.max_device_pages, side="right")))
     if f >= try_pos.size:
         return try_pos, try_pos[:0]
 
@@ -105,7 +105,7 @@ def _pause_and_retry(ctx, skipper, t: _Totals, i: int, need, pages) -> list:
         elif _try(ctx, t, i, need, pages):
             i += 1
         else:  # pause the last started request in [i, end), then retry request i
-            cand = np.flatnonzero(started[i:end])
+            cand = started[i:end].nonzero()[0]
             if cand.size == 0:
                 break
             j = i + int(cand[-1])

@@ -26,7 +26,7 @@ class ReuseSkipper:
         if not self.enabled:
             return
         is_ctx = is_context_init(ctx.state)
-        idx = np.flatnonzero(is_ctx)
+        idx = is_ctx.nonzero()[0]
         key = np.full(ctx.slots.size, -1, dtype=np.int64)
         if idx.size:
             key[idx] = ctx.kv.find_new_context_block_batch(ctx.slots[idx])
@@ -45,7 +45,7 @@ class ReuseSkipper:
         cand = self.candidate[order]
         keys = self.key[order]
         skip = np.zeros(order.size, dtype=bool)
-        ci = np.flatnonzero(cand)
+        ci = cand.nonzero()[0]
         if ci.size:
             ck = keys[ci]
             _, first = np.unique(ck, return_index=True)
