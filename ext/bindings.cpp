@@ -42,12 +42,25 @@ const char* dtype_name<int32_t>() { return "int32"; }
 template <>
 const char* dtype_name<int64_t>() { return "int64"; }
 
+std::string dtype_str(nb::dlpack::dtype d) {
+    const char* kind = "unknown";
+    switch (static_cast<nb::dlpack::dtype_code>(d.code)) {
+        case nb::dlpack::dtype_code::Int: kind = "int"; break;
+        case nb::dlpack::dtype_code::UInt: kind = "uint"; break;
+        case nb::dlpack::dtype_code::Float: kind = "float"; break;
+        case nb::dlpack::dtype_code::Bool: return "bool";
+        case nb::dlpack::dtype_code::Complex: kind = "complex"; break;
+        default: break;
+    }
+    return std::string(kind) + std::to_string(d.bits);
+}
+
 /// Borrowed, checked view of a 1-D contiguous array of T (no conversion, no copy).
 template <class T>
 std::pair<const T*, int32_t> checked(const AnyArray& a, const char* name) {
     if (a.dtype() != nb::dtype<T>())
         throw TypeInputError(std::string(name) + ": expected a numpy array of dtype " + dtype_name<T>() +
-                             " (no silent conversion), got another dtype");
+                             " (no silent conversion), got " + dtype_str(a.dtype()));
     if (a.ndim() != 1) throw TypeInputError(std::string(name) + ": expected a 1-D array, got " + std::to_string(a.ndim()) + "-D");
     if (a.shape(0) > 1 && a.stride(0) != 1)
         throw TypeInputError(std::string(name) + ": array must be C-contiguous (no silent copies); use np.ascontiguousarray");
