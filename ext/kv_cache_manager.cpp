@@ -258,16 +258,29 @@ void KVCacheManager::store_blocks(const std::vector<BlockKey>& keys, const std::
 std::optional<BlockKey> KVCacheManager::find_new_context_block(int32_t slot) const {
     table_->check_slot(slot);
     if (!cfg_.enable_block_reuse) return std::nullopt;
-    std::vector<BlockKey> keys = build_keys(slot, table_->num_tokens[slot], /*full_only=*/true);
+    // Build one full-block key at a time and stop at the first miss: most queued prompts miss
+    // within a few blocks, so this costs the matched prefix, not the whole prompt.
+    const RequestTable& t = *table_;
+    const TokenStore& ts = *t.tokens(slot);
+    const int32_t tpb = cfg_.tokens_per_block;
+    const int32_t full_blocks = ts.size / tpb;
+    BlockKey key;
+    key.lora_task_id = t.lora_task_id[slot];
+    key.uses_extra_ids = ts.extra_ids != nullptr;
     int32_t search = kRoot;
-    for (size_t i = 0; i < keys.size(); ++i) {
+    for (int32_t i = 0; i < full_blocks; ++i) {
+        const int32_t* b = ts.tokens.get() + static_cast<size_t>(i) * static_cast<size_t>(tpb);
+        key.tokens.assign(b, b + tpb);
+        if (key.uses_extra_ids) {
+            const uint64_t* e = ts.extra_ids.get() + static_cast<size_t>(i) * static_cast<size_t>(tpb);
+            key.extra_ids.assign(e, e + tpb);
+        }
         const Children& ch = children_of(search);
-        auto it = ch.find(keys[i]);
+        auto it = ch.find(key);
         if (it == ch.end()) {
-            BlockKey out;
-            out.lora_task_id = table_->lora_task_id[slot];
-            const int32_t* tok = table_->tokens(slot)->tokens.get();
-            out.tokens.assign(tok, tok + (i + 1) * static_cast<size_t>(cfg_.tokens_per_block));
+            BlockKey out;  // the tokens through the first uncached block, and the LoRA id
+            out.lora_task_id = t.lora_task_id[slot];
+            out.tokens.assign(static_cast<const int32_t*>(ts.tokens.get()), b + tpb);
             return out;
         }
         search = it->second;
