@@ -593,16 +593,15 @@ NB_MODULE(_core, m) {
                 for (int32_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = k.get_needed_blocks_one_step(p[i], two);
                 return to_numpy(std::move(out));
             }, "slots"_a.noconvert(), "two_steps_look_ahead"_a = false)
-        .def("find_new_context_block_batch", [](const KVCacheManager& k, const AnyArray& slots) {
+        .def("find_new_context_block_batch", [](KVCacheManager& k, const AnyArray& slots, bool continue_pass) {
                 auto [p, n] = checked_slots(k.table(), slots);
-                std::unordered_map<BlockKey, int64_t, BlockKeyHash> ids;
                 std::vector<int64_t> out(static_cast<size_t>(n), -1);
-                for (int32_t i = 0; i < n; ++i) {
-                    auto key = k.find_new_context_block(p[i]);
-                    if (key) out[static_cast<size_t>(i)] = ids.emplace(std::move(*key), static_cast<int64_t>(ids.size())).first->second;
-                }
+                for (int32_t i = 0; i < n; ++i)
+                    out[static_cast<size_t>(i)] = k.find_new_context_block_id(p[i], i == 0 && !continue_pass);
                 return to_numpy(std::move(out));
-            }, "slots"_a.noconvert(), "Key ids: equal ids within one call iff equal first-new-block keys; -1 for none.")
+            }, "slots"_a.noconvert(), "continue_pass"_a = false,
+            "Key ids: equal ids iff equal first-new-block keys, within one call or across calls made with "
+            "continue_pass=True after it; -1 for none.")
         .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const AnyArray& slots) {
                 auto [p, n] = checked_slots(k.table(), slots);
                 std::vector<int32_t> out(static_cast<size_t>(n));

@@ -288,6 +288,13 @@ std::optional<BlockKey> KVCacheManager::find_new_context_block(int32_t slot) con
     return std::nullopt;
 }
 
+int64_t KVCacheManager::find_new_context_block_id(int32_t slot, bool new_pass) {
+    if (new_pass) key_ids_.clear();
+    auto key = find_new_context_block(slot);
+    if (!key) return -1;
+    return key_ids_.emplace(std::move(*key), static_cast<int64_t>(key_ids_.size())).first->second;
+}
+
 // ---------------------------------------------------------------- sequences
 
 void KVCacheManager::check_slot_has_sequence(int32_t slot, const char* what) const {

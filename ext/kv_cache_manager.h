@@ -93,6 +93,9 @@ public:
     int32_t get_needed_blocks_one_step(int32_t slot, bool two_steps_look_ahead) const;
     /// First uncached full-block prefix key of the request's tokens, or nullopt (kvcache.md §1.11).
     std::optional<BlockKey> find_new_context_block(int32_t slot) const;
+    /// The same key as an integer id, -1 for none. Equal ids mean equal keys among all calls since
+    /// the last `new_pass` call (the ids are interned in scratch state; the tree is not touched).
+    int64_t find_new_context_block_id(int32_t slot, bool new_pass);
 
     // --- counts ---
     int32_t num_free_blocks() const { return num_free_[0]; }  ///< primary, cached blocks included
@@ -180,6 +183,7 @@ private:
     std::vector<int32_t> seq_tokens_;               ///< KV tokens of the sequence
     std::vector<std::vector<int32_t>> seq_blocks_;  ///< block ids in allocation order (beam 0)
     std::vector<uint64_t> seq_sched_removed_;       ///< pass (epoch) that scheduling-removed it
+    std::unordered_map<BlockKey, int64_t, BlockKeyHash> key_ids_;  ///< scratch: interned skip keys of a pass
 };
 
 /// LoRA weight pages (kvcache.md §2.7 / scheduler.md §4.3).

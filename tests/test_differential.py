@@ -129,3 +129,19 @@ def test_backends_agree(raw):
             pytest.fail(f"{backend} differs from cpp at log line {k}:\ncpp:    {a[k] if k < len(a) else '<end>'}\n"
                         f"{backend}: {b[k] if k < len(b) else '<end>'}")
         assert fail == ref_fail, f"{backend} run failure {fail!r} != cpp {ref_fail!r}"
+
+
+@settings(max_examples=max(100, EXAMPLES // 3), deadline=None, suppress_health_check=list(HealthCheck))
+@given(scenarios())
+def test_backends_agree_on_the_large_batch_paths(raw):
+    """The same comparison with the thresholds of the large-batch paths lowered, so the tiny
+    generated scenarios exercise them: skip keys asked for in two windows, and the array twins
+    of the chunking policies."""
+    from tllm_sched.policies import chunking, reuse_skipping
+
+    saved = reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS
+    reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS = 2, 1
+    try:
+        test_backends_agree.hypothesis.inner_test(raw)
+    finally:
+        reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS = saved

@@ -20,7 +20,7 @@ from tllm_sched.policies.common import (
     new_task_pages,
     task_ids,
 )
-from tllm_sched.policies.reuse_skipping import make_skipper
+from tllm_sched.policies.reuse_skipping import make_skipper, windows
 
 INT32_MAX = 2**31 - 1
 
@@ -73,9 +73,16 @@ def schedule(ctx: StepContext, static_batch: bool = False):
     is_disagg = pending & (ctx.state == DISAGG_GEN_INIT)
     contexts = (pending & ~is_disagg).nonzero()[0]
     skipper = make_skipper(ctx, enabled=not static_batch)
-    admitted_disagg = state.run(is_disagg.nonzero()[0], None)
-    admitted_ctx = state.run(contexts, skipper.skip_flags(contexts) if skipper.enabled else None)
-    return np.concatenate([gens, admitted_disagg, admitted_ctx]), EMPTY
+    admitted = [gens, state.run(is_disagg.nonzero()[0], None)]
+    if not skipper.enabled:
+        admitted.append(state.run(contexts, None))
+    else:
+        # Keys are asked for a first window, and for the rest only if admission gets past it.
+        for part in windows(contexts):
+            admitted.append(state.run(part, skipper.skip_flags(part)))
+            if state.stopped:
+                break
+    return np.concatenate(admitted), EMPTY
 
 
 class _Pass2:
@@ -84,15 +91,19 @@ class _Pass2:
     def __init__(self, ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, count):
         self.ctx, self.rem, self.rem_cross, self.pages = ctx, rem, rem_cross, pages
         self.avail, self.avail_cross, self.avail_pages, self.seen, self.count = avail, avail_cross, avail_pages, seen, count
+        self.stopped = False  # the current list hit a break (blocks or the count limit)
 
     def run(self, order: np.ndarray, skip) -> np.ndarray:
         ctx = self.ctx
+        self.stopped = False
         if skip is not None:
             order = order[~skip]  # skipped requests are passed over
         # Only contexts and disagg-gen-init requests are admitted (other states are ignored).
         st = ctx.state.take(order)
         order = order[is_context_init(st) | (st == DISAGG_GEN_INIT)]
         room = ctx.max_num_requests - self.count
+        if room <= 0 and order.size:
+            self.stopped = True
         if order.size == 0 or room <= 0:
             return order[:0]
         if ctx.peft is None:
@@ -107,6 +118,7 @@ class _Pass2:
             fits &= need_c.cumsum() <= self.avail_cross
         n = int(np.argmin(fits)) if not fits.all() else order.size  # head-of-line: first failure stops
         n = min(n, room)
+        self.stopped = n < order.size
         self.avail -= int(need[:n].sum())
         if self.rem_cross is not None:
             self.avail_cross -= int(need_c[:n].sum())
@@ -117,6 +129,7 @@ class _Pass2:
         ctx, out = self.ctx, []
         for pos in order.tolist():
             if self.count >= ctx.max_num_requests:
+                self.stopped = True
                 break
             need, need_c = int(self.rem[pos]), int(self.rem_cross[pos]) if self.rem_cross is not None else 0
             task = int(ctx.lora[pos])
@@ -133,6 +146,7 @@ class _Pass2:
                 if new_task:
                     self.seen.add(task)
             elif not ok_blocks:
+                self.stopped = True
                 break  # head-of-line blocking
         return np.array(out, dtype=np.int64)
 

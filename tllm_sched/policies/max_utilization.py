@@ -18,45 +18,55 @@ from tllm_sched.policies.common import (
     new_task_pages,
     task_ids,
 )
-from tllm_sched.policies.reuse_skipping import make_skipper
+from tllm_sched.policies.reuse_skipping import NO_SKIP, make_skipper, windows
+
+
+def _prefix(ctx: StepContext, try_pos: np.ndarray, need: np.ndarray, pages: np.ndarray, free: int):
+    """How many of `try_pos` fit in order, with the running block and page totals. Blocks needed
+    are >= 0, so the totals only grow: the prefix ends at the first total over the free count,
+    the count limit or (with PEFT) the page limit."""
+    total = need.take(try_pos).cumsum()
+    f = min(int(total.searchsorted(free, side="right")), ctx.max_num_requests)
+    add_pages = None
+    if ctx.peft is not None:
+        add_pages = new_task_pages(ctx.lora.take(try_pos), pages.take(try_pos), set())
+        f = min(f, int(add_pages.cumsum().searchsorted(ctx.max_device_pages, side="right")))
+    return f, total, add_pages
 
 
 def schedule(ctx: StepContext):
     free = ctx.kv.start_scheduling()
-    skipper = make_skipper(ctx)
     n = ctx.slots.size
     if ctx.all_generation:
         # Running generations only: nothing to skip, every one is tried in list order.
-        gated = try_pos = np.arange(n)
-        need_t = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots, ctx.two_steps_look_ahead)
-        total = need_t.cumsum(dtype=np.int64)
-        if ctx.peft is None and n <= ctx.max_num_requests and total[-1] <= free:
+        need = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots, ctx.two_steps_look_ahead).astype(np.int64)
+        if ctx.peft is None and n <= ctx.max_num_requests and need.sum() <= free:
             return slice(0, n), EMPTY
+        gated = try_pos = np.arange(n)
+        skipper = NO_SKIP
     else:
+        skipper = make_skipper(ctx)
         gated = ctx.schedulable_with_disagg_exception().nonzero()[0]
-        try_pos = gated[~skipper.skip_flags(gated)] if skipper.enabled else gated
-        if try_pos.size == 0:
-            return try_pos, try_pos
-        need_t = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots.take(try_pos), ctx.two_steps_look_ahead)
-        total = need_t.cumsum(dtype=np.int64)
-    pages_t = ctx.pages(try_pos) if ctx.peft is not None else None
-
-    # Blocks needed are >= 0, so the running totals only grow: the prefix that fits ends at the
-    # first total over the free count, the count limit, or (with PEFT) the page limit.
-    f = min(int(total.searchsorted(free, side="right")), ctx.max_num_requests)
-    add_pages = None
-    if pages_t is not None:
-        add_pages = new_task_pages(ctx.lora.take(try_pos), pages_t, set())
-        f = min(f, int(add_pages.cumsum().searchsorted(ctx.max_device_pages, side="right")))
-    if f >= try_pos.size:
+        if gated.size == 0:
+            return gated, gated
+        # One read-only question for every gated request; skipped ones' answers go unused.
+        need = np.zeros(n, dtype=np.int64)
+        need[gated] = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots.take(gated), ctx.two_steps_look_ahead)
+        try_pos = gated
+    pages = np.zeros(n, dtype=np.int64)
+    if ctx.peft is not None:
+        pages[gated] = ctx.pages(gated)
+    if skipper.enabled:
+        # Skip keys for a first window; the rest only if everything in the window fits.
+        parts = list(windows(gated))
+        try_pos = parts[0][~skipper.skip_flags(parts[0])]
+        if len(parts) > 1 and _prefix(ctx, try_pos, need, pages, free)[0] == try_pos.size:
+            try_pos = np.concatenate([try_pos, parts[1][~skipper.skip_flags(parts[1])]])
+    f, total, add_pages = _prefix(ctx, try_pos, need, pages, free)
+    if f >= try_pos.size:  # everything fits (the second window is asked for whenever the first fits)
         return try_pos, try_pos[:0]
 
     # Scalar continuation from the first failure, in the state the prefix left behind.
-    need = np.zeros(n, dtype=np.int64)
-    need[try_pos] = need_t
-    pages = np.zeros(n, dtype=np.int64)
-    if pages_t is not None:
-        pages[try_pos] = pages_t
     i = int(try_pos[f])
     skipper.claim_all(gated[gated < i])
     prefix = try_pos[:f]

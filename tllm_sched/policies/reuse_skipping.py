@@ -1,8 +1,13 @@
 """tllm_sched/policies/reuse_skipping.py: delay new requests whose uncached prefix another computes.
 
 C++ twin: ext/policies/reuse_skipping.cpp. Mirrors CapacityScheduler's step A (keys of chunked
-contexts in progress) and beneficialToSkip (step B), scheduler.md §2.3. One batched
-`find_new_context_block_batch` call per step gives every context's key as an integer id.
+contexts in progress) and beneficialToSkip (step B), scheduler.md §2.3.
+
+Keys are asked for lazily, like C++ does: a key walk costs the prompt's cached prefix, and a long
+queue of waiting prompts (real conversation traces) would otherwise pay it for requests the policy
+never reaches. Callers evaluate a first window of requests; only if admission gets past it do they
+ask for the rest. `find_new_context_block_batch(..., continue_pass=True)` keeps the integer key
+ids comparable across those calls.
 """
 
 from __future__ import annotations
@@ -11,62 +16,75 @@ import numpy as np
 
 from tllm_sched.policies.common import StepContext, is_context_init
 
+FIRST_WINDOW = 64  # requests whose keys the first query covers
+
 
 class ReuseSkipper:
-    """Key ids of the active list's contexts and the set of claimed keys."""
+    """Integer keys of the active list's contexts (asked for on demand) and the claimed set."""
 
-    __slots__ = ("enabled", "key", "candidate", "prefill", "claimed")
+    __slots__ = ("enabled", "ctx", "key", "known", "candidate", "prefill", "claimed", "_pass_open")
 
-    def __init__(self, ctx: StepContext, enabled: bool = True):
-        # Callers use NO_SKIP when reuse is off; this stays correct either way.
-        self.enabled = bool(enabled and ctx.reuse and ctx.kv is not None)
-        self.prefill: set = set()  # step A: keys of contexts already prefilling
-        self.claimed: set = set()  # the live set of the scalar path
-        self.key = self.candidate = None
-        if not self.enabled:
-            return
+    def __init__(self, ctx: StepContext):
+        self.enabled = True
+        self.ctx = ctx
+        n = ctx.slots.size
         is_ctx = is_context_init(ctx.state)
-        idx = is_ctx.nonzero()[0]
-        key = np.full(ctx.slots.size, -1, dtype=np.int64)
-        if idx.size:
-            key[idx] = ctx.kv.find_new_context_block_batch(ctx.slots[idx])
-        self.key = key
-        # Step B applies to first-chunk contexts that have a key; step A claims the others' keys.
-        self.candidate = is_ctx & ctx.first_chunk & (key >= 0)
-        started = key[is_ctx & ~ctx.first_chunk]
-        self.prefill = set(started[started >= 0].tolist())
-        self.claimed = set(self.prefill)
+        self.key = np.full(n, -1, dtype=np.int64)  # first-new-block key id, -1 for none
+        self.known = np.zeros(n, dtype=bool)  # key asked for already
+        self._pass_open = False
+        # Step B applies to first-chunk contexts; step A claims the keys of those in progress.
+        first = ctx.first_chunk
+        self.candidate = is_ctx & first
+        started = (is_ctx & ~first).nonzero()[0]
+        self._fetch(started)
+        self.prefill = set(self.key.take(started)[self.key.take(started) >= 0].tolist())
+        self.claimed = set(self.prefill)  # the live set
+
+    def _fetch(self, pos: np.ndarray) -> None:
+        """Asks for the keys of the positions not known yet (one crossing, if any)."""
+        need = pos[~self.known.take(pos)]
+        if need.size == 0:
+            return
+        ids = self.ctx.kv.find_new_context_block_batch(self.ctx.slots.take(need), continue_pass=self._pass_open)
+        self._pass_open = True
+        self.key[need] = ids
+        self.known[need] = True
 
     def skip_flags(self, order: np.ndarray) -> np.ndarray:
-        """Skip decisions for the list positions `order`, each evaluated once, in that order,
-        starting from the step-A set. Pure: the live set is not changed."""
-        if not self.enabled or order.size == 0:
-            return np.zeros(order.size, dtype=bool)
-        cand = self.candidate[order]
-        keys = self.key[order]
+        """Skip decisions for the list positions `order`, evaluated in that order after every
+        position evaluated so far; their keys are claimed (the live set grows)."""
         skip = np.zeros(order.size, dtype=bool)
-        ci = cand.nonzero()[0]
-        if ci.size:
-            ck = keys[ci]
-            _, first = np.unique(ck, return_index=True)
-            dup = np.ones(ci.size, dtype=bool)
-            dup[first] = False  # the first request with a key claims it
-            if self.prefill:
-                dup |= np.isin(ck, np.fromiter(self.prefill, dtype=np.int64, count=len(self.prefill)))
-            skip[ci] = dup
+        ci = self.candidate.take(order).nonzero()[0]
+        if ci.size == 0:
+            return skip
+        self._fetch(order.take(ci))
+        ck = self.key.take(order.take(ci))
+        has = ck >= 0
+        _, first = np.unique(ck, return_index=True)
+        dup = np.ones(ci.size, dtype=bool)
+        dup[first] = False  # the first request with a key claims it
+        if self.claimed:
+            dup |= np.isin(ck, np.fromiter(self.claimed, dtype=np.int64, count=len(self.claimed)))
+        skip[ci] = dup & has
+        self.claimed.update(ck[has].tolist())
         return skip
 
     def claim_all(self, order: np.ndarray) -> None:
-        """Sets the live set to what evaluating `order` (in order) would have claimed."""
-        if self.enabled:
-            cand = order[self.candidate[order]]
-            self.claimed = self.prefill | set(self.key[cand].tolist())
+        """Sets the live set to what evaluating `order` (in order, keys known) would have claimed."""
+        cand = order[self.candidate.take(order)]
+        keys = self.key.take(cand)
+        self.claimed = self.prefill | set(keys[keys >= 0].tolist())
 
     def beneficial_to_skip(self, pos: int) -> bool:
         """Scalar step B for one list position (claims its key if new)."""
-        if not self.enabled or not self.candidate[pos]:
+        if not self.candidate[pos]:
             return False
+        if not self.known[pos]:
+            rest = np.arange(pos, self.key.size)
+            self._fetch(rest[self.candidate[pos:]])  # every candidate from here on, in one call
         k = int(self.key[pos])
+        if k < 0:
+            return False
         if k in self.claimed:
             return True
         self.claimed.add(k)
@@ -95,4 +113,11 @@ NO_SKIP = _NoSkip()
 
 
 def make_skipper(ctx: StepContext, enabled: bool = True):
-    return ReuseSkipper(ctx, enabled) if (enabled and ctx.reuse and ctx.kv is not None) else NO_SKIP
+    return ReuseSkipper(ctx) if (enabled and ctx.reuse and ctx.kv is not None) else NO_SKIP
+
+
+def windows(order: np.ndarray):
+    """The first FIRST_WINDOW positions, then the rest: the two slices callers evaluate."""
+    yield order[:FIRST_WINDOW]
+    if order.size > FIRST_WINDOW:
+        yield order[FIRST_WINDOW:]
