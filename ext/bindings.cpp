@@ -504,6 +504,7 @@ NB_MODULE(_core, m) {
         .def_prop_ro("num_free_secondary_blocks", &KVCacheManager::num_free_secondary_blocks)
         .def_prop_ro("num_used_blocks", &KVCacheManager::num_used_blocks)
         .def_prop_ro("num_cached_blocks", &KVCacheManager::num_cached_blocks)
+        .def_prop_ro("num_key_walks", &KVCacheManager::num_key_walks, "Reuse-tree walks made for skip keys so far.")
         .def("get_num_free_blocks_per_window_size", [](const KVCacheManager& k) {
                 nb::dict d;
                 d[nb::int_(k.config().max_seq_len)] = k.num_free_blocks();

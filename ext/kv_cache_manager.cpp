@@ -258,6 +258,7 @@ void KVCacheManager::store_blocks(const std::vector<BlockKey>& keys, const std::
 std::optional<BlockKey> KVCacheManager::find_new_context_block(int32_t slot) const {
     table_->check_slot(slot);
     if (!cfg_.enable_block_reuse) return std::nullopt;
+    ++key_walks_;
     // Build one full-block key at a time and stop at the first miss: most queued prompts miss
     // within a few blocks, so this costs the matched prefix, not the whole prompt.
     const RequestTable& t = *table_;

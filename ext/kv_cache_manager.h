@@ -104,6 +104,7 @@ public:
     int32_t num_used_blocks() const { return num_total_ - num_free_[0]; }
     int32_t num_cached_blocks() const;  ///< blocks in the reuse tree
     const KvCacheStats& stats() const { return stats_; }
+    int64_t num_key_walks() const { return key_walks_; }  ///< find_new_context_block calls so far
     int32_t tokens_per_block() const { return cfg_.tokens_per_block; }
 
     // --- introspection for tests and invariant checks (cold) ---
@@ -184,6 +185,7 @@ private:
     std::vector<std::vector<int32_t>> seq_blocks_;  ///< block ids in allocation order (beam 0)
     std::vector<uint64_t> seq_sched_removed_;       ///< pass (epoch) that scheduling-removed it
     std::unordered_map<BlockKey, int64_t, BlockKeyHash> key_ids_;  ///< scratch: interned skip keys of a pass
+    mutable int64_t key_walks_ = 0;  ///< statistics: reuse-tree walks for skip keys
 };
 
 /// LoRA weight pages (kvcache.md §2.7 / scheduler.md §4.3).

@@ -78,7 +78,8 @@ def schedule(ctx: StepContext, static_batch: bool = False):
         admitted.append(state.run(contexts, None))
     else:
         # Keys are asked for a first window, and for the rest only if admission gets past it.
-        for part in windows(contexts):
+        reach = min(int((rem.take(contexts).cumsum() <= state.avail).sum()), ctx.max_num_requests) + 1
+        for part in windows(contexts, reach):
             admitted.append(state.run(part, skipper.skip_flags(part)))
             if state.stopped:
                 break

@@ -58,7 +58,8 @@ def schedule(ctx: StepContext):
         pages[gated] = ctx.pages(gated)
     if skipper.enabled:
         # Skip keys for a first window; the rest only if everything in the window fits.
-        parts = list(windows(gated))
+        reach = min(int((need.take(gated).cumsum() <= free).sum()), ctx.max_num_requests) + 1
+        parts = list(windows(gated, reach))
         try_pos = parts[0][~skipper.skip_flags(parts[0])]
         if len(parts) > 1 and _prefix(ctx, try_pos, need, pages, free)[0] == try_pos.size:
             try_pos = np.concatenate([try_pos, parts[1][~skipper.skip_flags(parts[1])]])

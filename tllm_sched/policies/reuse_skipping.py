@@ -16,7 +16,8 @@ import numpy as np
 
 from tllm_sched.policies.common import StepContext, is_context_init
 
-FIRST_WINDOW = 64  # requests whose keys the first query covers
+FIRST_WINDOW = 64  # the most requests whose keys the first query covers
+WINDOW_SLACK = 2  # beyond the point where admission must stop if nothing were skipped
 
 
 class ReuseSkipper:
@@ -59,6 +60,15 @@ class ReuseSkipper:
             return skip
         self._fetch(order.take(ci))
         ck = self.key.take(order.take(ci))
+        if ci.size < 32:  # a set beats np.unique / np.isin on a few keys
+            claimed = self.claimed
+            for j, k in enumerate(ck.tolist()):
+                if k >= 0:
+                    if k in claimed:
+                        skip[ci[j]] = True
+                    else:
+                        claimed.add(k)
+            return skip
         has = ck >= 0
         _, first = np.unique(ck, return_index=True)
         dup = np.ones(ci.size, dtype=bool)
@@ -116,8 +126,11 @@ def make_skipper(ctx: StepContext, enabled: bool = True):
     return ReuseSkipper(ctx) if (enabled and ctx.reuse and ctx.kv is not None) else NO_SKIP
 
 
-def windows(order: np.ndarray):
-    """The first FIRST_WINDOW positions, then the rest: the two slices callers evaluate."""
-    yield order[:FIRST_WINDOW]
-    if order.size > FIRST_WINDOW:
-        yield order[FIRST_WINDOW:]
+def windows(order: np.ndarray, reach: int):
+    """The two slices callers evaluate: a first window covering the `reach` requests admission
+    gets to when nothing is skipped (plus a little slack), then the rest. Skipping only moves
+    the stop later, so the second slice is asked for only when admission gets past the first."""
+    first = min(FIRST_WINDOW, reach + WINDOW_SLACK)
+    yield order[:first]
+    if order.size > first:
+        yield order[first:]
