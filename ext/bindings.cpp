@@ -12,6 +12,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <limits>
 #include <string>
 
@@ -272,6 +273,18 @@ NB_MODULE(_core, m) {
                 t.remove_request(r.s());
             },
             "request"_a, "Frees the request's slot; its LlmRequest handles become invalid, its token views stay valid.")
+        .def("remove_requests", [](RequestTable& t, const AnyArray& slots) {
+                auto [p, n] = checked_slots(t, slots);
+                for (int32_t i = 0; i < n; ++i)  // check all, then remove: all or nothing
+                    if (t.kv_refs[p[i]] != 0 || t.list_refs[p[i]] != 0)
+                        throw InputError("request " + std::to_string(t.request_id[p[i]]) +
+                                         " is still held by a KV cache or a RequestList");
+                std::vector<int32_t> sorted(p, p + n);
+                std::sort(sorted.begin(), sorted.end());
+                auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+                if (dup != sorted.end()) throw InputError("slot " + std::to_string(*dup) + " is listed twice");
+                for (int32_t i = 0; i < n; ++i) t.remove_request(p[i]);
+            }, "slots"_a.noconvert(), "Frees many slots at once (e.g. the finished requests of a step).")
         .def("get", [](nb::handle self, int64_t id) {
                 auto t = nb::cast<std::shared_ptr<RequestTable>>(self);
                 return make_request(t, t->slot_of(id));

@@ -18,7 +18,8 @@ void SimExecutor::sort_by_id(const int32_t* slots, int32_t n, std::vector<int32_
     for (int32_t i = 0; i < n; ++i) table_->check_slot(slots[i]);
     out.assign(slots, slots + n);
     const RequestTable& t = *table_;
-    std::sort(out.begin(), out.end(), [&t](int32_t a, int32_t b) { return t.request_id[a] < t.request_id[b]; });
+    auto by_id = [&t](int32_t a, int32_t b) { return t.request_id[a] < t.request_id[b]; };
+    if (!std::is_sorted(out.begin(), out.end(), by_id)) std::sort(out.begin(), out.end(), by_id);
 }
 
 void SimExecutor::add_sequences(int32_t s) {
