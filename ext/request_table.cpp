@@ -85,11 +85,11 @@ int32_t RequestTable::add_request(int64_t id, const int32_t* prompt, int32_t ple
     int32_t s = free_slots_.back();
     free_slots_.pop_back();
     slot_of_id_.emplace(id, s);
-    live_[s] = 1;
-    ++generation_[s];
+    live_[idx(s)] = 1;
+    ++generation_[idx(s)];
     ++size_;
-    token_store_[s] = std::move(store);
-    beam_schedule_[s] = o.beam_width_schedule;
+    token_store_[idx(s)] = std::move(store);
+    beam_schedule_[idx(s)] = o.beam_width_schedule;
     request_id[s] = id;
     state[s] = o.state;
     prompt_len[s] = plen;
@@ -118,10 +118,10 @@ void RequestTable::remove_request(int32_t s) {
     if (list_refs[s] != 0)
         fail_input(id_str(request_id[s]) + ": still in a RequestList; remove it from the list first");
     slot_of_id_.erase(request_id[s]);
-    token_store_[s].reset();  // views keep their own reference
-    beam_schedule_[s].clear();
-    live_[s] = 0;
-    ++generation_[s];
+    token_store_[idx(s)].reset();  // views keep their own reference
+    beam_schedule_[idx(s)].clear();
+    live_[idx(s)] = 0;
+    ++generation_[idx(s)];
     --size_;
     request_id[s] = -1;
     state[s] = 0;
@@ -185,12 +185,12 @@ void RequestTable::set_state(int32_t s, int32_t st) {
 }
 
 void RequestTable::add_new_token(int32_t s, int32_t token) {
-    TokenStore& t = *token_store_[s];
+    TokenStore& t = *token_store_[idx(s)];
     if (t.size >= t.capacity)
         fail_input(id_str(request_id[s]) + ": appending past the reserved capacity of " +
                    std::to_string(t.capacity) + " tokens");
-    t.tokens[t.size] = token;
-    if (t.extra_ids) t.extra_ids[t.size] = 0;
+    t.tokens[idx(t.size)] = token;
+    if (t.extra_ids) t.extra_ids[idx(t.size)] = 0;
     ++t.size;
     num_tokens[s] = t.size;
 }
@@ -209,7 +209,7 @@ void RequestTable::set_num_draft_tokens(int32_t s, int32_t n) {
 
 void RequestTable::pause(int32_t s, int32_t max_input_len) {
     if (max_input_len <= 0) fail_input("pause: max_input_len must be positive");
-    TokenStore& t = *token_store_[s];
+    TokenStore& t = *token_store_[idx(s)];
     if (beam_width[s] == 1) {
         int32_t new_prompt = std::min(max_input_len, prompt_len[s] + max_num_generated_tokens(s));
         max_new_tokens[s] -= new_prompt - prompt_len[s];
@@ -222,13 +222,13 @@ void RequestTable::pause(int32_t s, int32_t max_input_len) {
     prepopulated_prompt_len[s] = 0;
     context_chunk_size[s] = prompt_len[s];
     decoding_iter[s] = 0;
-    const auto& sched = beam_schedule_[s];
+    const auto& sched = beam_schedule_[idx(s)];
     beam_width_by_iter[s] = sched.empty() ? beam_width[s] : sched[0];
 }
 
 void RequestTable::advance_decoding_iteration(int32_t s) {
     ++decoding_iter[s];
-    const auto& sched = beam_schedule_[s];
+    const auto& sched = beam_schedule_[idx(s)];
     if (!sched.empty())
         beam_width_by_iter[s] = sched[std::min<size_t>(static_cast<size_t>(decoding_iter[s]), sched.size() - 1)];
 }

@@ -46,6 +46,9 @@ inline bool is_disagg_generation_init(int32_t s) { return s == DISAGG_GEN_INIT; 
 bool is_valid(int32_t s);
 }  // namespace state
 
+/// A slot or count (checked non-negative) as a container index.
+inline size_t idx(int32_t i) { return static_cast<size_t>(i); }
+
 /// User-input error: the bindings turn it into ValueError. Thrown before any state changes.
 struct InputError : std::invalid_argument {
     using std::invalid_argument::invalid_argument;
@@ -98,10 +101,10 @@ public:
     }
     /// Slot of a live request id; throws InputError naming the id otherwise.
     int32_t slot_of(int64_t request_id) const;
-    bool is_live(int32_t slot) const { return slot >= 0 && slot < capacity_ && live_[slot] != 0; }
+    bool is_live(int32_t slot) const { return slot >= 0 && slot < capacity_ && live_[idx(slot)] != 0; }
     /// Throws InputError unless `slot` holds a live request.
     void check_slot(int32_t slot) const;
-    uint32_t generation(int32_t slot) const { return generation_[slot]; }
+    uint32_t generation(int32_t slot) const { return generation_[idx(slot)]; }
 
     // --- LlmRequest methods, by slot (scheduler.md §1.2, kvcache.md §3.3) ---
     int32_t context_remaining_length(int32_t s) const { return prompt_len[s] - context_position[s]; }
@@ -130,11 +133,11 @@ public:
     void advance_decoding_iteration(int32_t s);
     int32_t max_num_generated_tokens(int32_t s) const { return num_tokens[s] - prompt_len[s]; }
 
-    const std::shared_ptr<TokenStore>& tokens(int32_t s) const { return token_store_[s]; }
-    bool has_extra_ids(int32_t s) const { return token_store_[s]->extra_ids != nullptr; }
+    const std::shared_ptr<TokenStore>& tokens(int32_t s) const { return token_store_[idx(s)]; }
+    bool has_extra_ids(int32_t s) const { return token_store_[idx(s)]->extra_ids != nullptr; }
     uint64_t extra_id(int32_t s, int32_t i) const {
-        const TokenStore& t = *token_store_[s];
-        return t.extra_ids ? t.extra_ids[i] : 0;
+        const TokenStore& t = *token_store_[idx(s)];
+        return t.extra_ids ? t.extra_ids[idx(i)] : 0;
     }
 
     // --- columns (public for the schedulers' hot loops; written only through methods above) ---

@@ -50,3 +50,35 @@ def kv_snapshot(kv, rids=()):
         else:
             snap[("ids", rid)] = None
     return snap
+
+
+def table_snapshot(table, handles=()):
+    """Every column of the table (all slots) and the tokens of the given live requests."""
+    snap = {"len": len(table)}
+    snap.update({k: v.tolist() for k, v in table.columns().items()})
+    for r in handles:
+        if r.is_valid:
+            snap[("tokens", r.request_id)] = r.get_tokens()
+    return snap
+
+
+def full_snapshot(table, kv=None, lists=(), handles=()):
+    """What a failed call must leave unchanged: table columns, tokens, list order, KV pool."""
+    snap = table_snapshot(table, handles)
+    live = [r.request_id for r in handles if r.is_valid]
+    if kv is not None:
+        snap["kv"] = kv_snapshot(kv, live)
+    for i, lst in enumerate(lists):
+        snap[("list", i)] = np.array(lst.slots).tolist()
+    return snap
+
+
+def package_env():
+    """Environment for a subprocess that must import the same tllm_sched as this process."""
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ)
+    here = str(Path(ts.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env

@@ -25,14 +25,15 @@ void chunk_equal_progress(std::vector<ChunkItem>& items, std::optional<int32_t> 
 
 void chunk_first_come_first_served(std::vector<ChunkItem>& items, std::optional<int32_t> cap, int32_t unit,
                                    std::optional<int32_t> max_ctx) {
-    std::optional<int64_t> left = cap;
+    const bool capped = cap.has_value();
+    int64_t left = capped ? *cap : 0;  // capacity left, when there is a capacity
     for (ChunkItem& it : items) {
         int64_t want = it.remaining, act = want;
-        if (left) act = std::min(*left, act);
+        if (capped) act = std::min(left, act);
         if (max_ctx) act = std::min<int64_t>(*max_ctx, act);
         if (act != want) act = act / unit * unit;  // a truncated chunk ends on a unit
         it.chunk = static_cast<int32_t>(act);
-        if (left) *left -= act;
+        left -= act;
     }
 }
 
