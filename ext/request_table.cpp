@@ -164,7 +164,7 @@ void RequestTable::set_prepopulated_prompt_len(int32_t s, int32_t len, int32_t t
     prepopulated_prompt_len[s] = len;
     if (len == 0) return;
     int32_t chunk = context_chunk_size[s];
-    if (len + chunk < prompt_len[s]) {
+    if (int64_t{len} + chunk < prompt_len[s]) {  // 64-bit: len + chunk may exceed int32
         // End the (shifted) first chunk on a block boundary.
         chunk = std::max(0, (len + chunk) / tpb * tpb - len);
     }

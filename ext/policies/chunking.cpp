@@ -13,10 +13,11 @@ void chunk_equal_progress(std::vector<ChunkItem>& items, std::optional<int32_t> 
     while ((!cap || num < *cap) && progress > 0) {
         progress = 0;
         for (ChunkItem& it : items) {
-            int32_t grown = std::min(it.chunk + unit, it.remaining);  // the setter clamps
-            int32_t inc = grown - it.chunk;
+            // 64-bit: chunk + unit may exceed int32 for a huge unit. The setter clamps.
+            int64_t grown = std::min<int64_t>(int64_t{it.chunk} + unit, it.remaining);
+            int64_t inc = grown - it.chunk;
             if ((cap && num + inc > *cap) || (max_ctx && grown > *max_ctx)) continue;
-            it.chunk = grown;
+            it.chunk = static_cast<int32_t>(grown);
             num += inc;
             progress += inc;
         }
