@@ -182,7 +182,14 @@ std::pair<const int32_t*, int32_t> list_or_slots(const RequestTable& t, nb::hand
         if (l.table().get() != &t) throw InputError("the RequestList belongs to another RequestTable");
         return {l.data(), l.size()};
     }
-    if (nb::isinstance<AnyArray>(active)) return checked_slots(t, nb::cast<AnyArray>(active, false), "active_requests");
+    if (nb::isinstance<AnyArray>(active)) {
+        auto [p, n] = checked_slots(t, nb::cast<AnyArray>(active, false), "active_requests");
+        std::vector<int32_t> sorted(p, p + n);
+        std::sort(sorted.begin(), sorted.end());
+        auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+        if (dup != sorted.end()) throw InputError("active_requests: slot " + std::to_string(*dup) + " is listed twice");
+        return {p, n};
+    }
     throw TypeInputError("active_requests: expected a RequestList or an int32 array of slots");
 }
 
@@ -486,6 +493,8 @@ NB_MODULE(_core, m) {
                 int32_t num_secondary_blocks, bool cross_kv, std::optional<std::vector<int32_t>> max_attention_window_vec,
                 int32_t sink_token_length) {
                  if (max_attention_window_vec) {
+                     if (max_attention_window_vec->empty())
+                         throw InputError("max_attention_window_vec must hold the one window (max_seq_len), got none");
                      for (int32_t w : *max_attention_window_vec)
                          if (w != max_seq_len)
                              throw InputError("only one attention window, equal to max_seq_len, is supported; got window " +
@@ -688,6 +697,7 @@ NB_MODULE(_core, m) {
                 auto [p, n] = list_or_slots(t, active);
                 auto [ip, in] = inflight_ids(inflight);
                 if (max_batch_size <= 0) throw InputError("max_batch_size must be positive");
+                if (max_num_tokens && *max_num_tokens <= 0) throw InputError("max_num_tokens must be positive or None");
                 MicroBatchOutput out;
                 m.schedule(t, p, n, ip, in, max_batch_size, max_num_tokens, out);
                 return nb::make_tuple(to_numpy(std::move(out.context)), to_numpy(std::move(out.generation)));

@@ -40,7 +40,9 @@ KVCacheManager::KVCacheManager(std::shared_ptr<RequestTable> table, const KvCach
     if (cfg.num_blocks <= 0) fail_input("num_blocks must be positive, got " + std::to_string(cfg.num_blocks));
     if (cfg.max_seq_len <= 0) fail_input("max_seq_len must be positive, got " + std::to_string(cfg.max_seq_len));
     if (cfg.num_secondary_blocks < 0) fail_input("num_secondary_blocks must be >= 0");
-    if (int64_t{cfg.num_blocks} + cfg.num_secondary_blocks > (int64_t{1} << 30)) fail_input("too many blocks");
+    if (int64_t{cfg.num_blocks} + cfg.num_secondary_blocks > kMaxBlocks)
+        fail_input("num_blocks + num_secondary_blocks must be at most " + std::to_string(kMaxBlocks) + ", got " +
+                   std::to_string(int64_t{cfg.num_blocks} + cfg.num_secondary_blocks));
     if (cfg.cross_kv && cfg.enable_block_reuse)
         fail_input("block reuse on a cross-attention cache is not supported (no encoder tokens are modelled)");
     num_total_ = cfg.num_blocks + cfg.num_secondary_blocks;
@@ -402,7 +404,7 @@ void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t be
         fail_input(who + " needs " + std::to_string(needed) + " free blocks, " + std::to_string(num_free_[0]) + " free");
 
     seq_blocks_[static_cast<size_t>(slot)].clear();
-    seq_blocks_[static_cast<size_t>(slot)].reserve(static_cast<size_t>(ceil_div(cfg_.max_seq_len, tpb)));
+    seq_blocks_[static_cast<size_t>(slot)].reserve(static_cast<size_t>(num_ctx_blocks) + 1);
     if (cfg_.enable_block_reuse) {
         int32_t matched = allocate_with_reuse(slot, keys);
         t.set_prepopulated_prompt_len(slot, std::min(matched, t.prompt_len[slot] - 1), tpb);
@@ -418,6 +420,9 @@ void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t be
 void KVCacheManager::add_token(int32_t slot) {
     check_slot_has_sequence(slot, "add_token");
     int32_t next = seq_tokens_[static_cast<size_t>(slot)] + 1;
+    if (next > cfg_.max_seq_len)
+        fail_input("add_token: request " + std::to_string(table_->request_id[slot]) + " would hold " +
+                   std::to_string(next) + " tokens, more than max_seq_len " + std::to_string(cfg_.max_seq_len));
     if ((next - 1) % cfg_.tokens_per_block == 0) {
         if (num_free_[0] < 1)
             fail_input("add_token: request " + std::to_string(table_->request_id[slot]) + " needs a new block, none free");

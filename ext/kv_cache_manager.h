@@ -56,6 +56,7 @@ struct KvCacheStats {
 
 class KVCacheManager {
 public:
+    static constexpr int32_t kMaxBlocks = 1 << 22;  ///< primary + secondary (~170 bytes of metadata each)
     static constexpr int32_t kDefaultPriority = 35;
     static constexpr int32_t kNumPriorities = 101;
     static constexpr int32_t kSecondaryOffloadMinPriority = 30;

@@ -22,7 +22,9 @@ bool state::is_valid(int32_t s) {
 }
 
 RequestTable::RequestTable(int32_t capacity) : capacity_(capacity) {
-    if (capacity <= 0) fail_input("RequestTable: capacity must be positive, got " + std::to_string(capacity));
+    if (capacity <= 0 || capacity > kMaxTableCapacity)
+        fail_input("RequestTable: capacity must be in [1, " + std::to_string(kMaxTableCapacity) + "], got " +
+                   std::to_string(capacity));
     request_id = column(c_request_id_);
     lora_task_id = column(c_lora_);
     state = column(c_state_);
@@ -68,7 +70,9 @@ int32_t RequestTable::add_request(int64_t id, const int32_t* prompt, int32_t ple
     for (int32_t bw : o.beam_width_schedule)
         if (bw <= 0) fail_input(id_str(id) + ": beam_width_schedule entries must be positive");
     int64_t cap = int64_t{plen} + max_new + o.num_draft_tokens;
-    if (cap > std::numeric_limits<int32_t>::max()) fail_input(id_str(id) + ": prompt + max_new_tokens too large");
+    if (cap > kMaxRequestTokens)
+        fail_input(id_str(id) + ": prompt + max_new_tokens + draft tokens = " + std::to_string(cap) +
+                   " exceeds the limit of " + std::to_string(kMaxRequestTokens) + " tokens per request");
     if (free_slots_.empty())
         fail_input("RequestTable is full (capacity " + std::to_string(capacity_) + "); remove finished requests");
 

@@ -78,6 +78,10 @@ struct RequestOptions {
     std::vector<uint64_t> extra_ids;            ///< per-prompt-token extra ids (empty: none)
 };
 
+/// Limits that keep a bad size a ValueError instead of an allocation of gigabytes.
+constexpr int32_t kMaxTableCapacity = 1 << 22;   ///< request slots (~100 bytes of columns each)
+constexpr int64_t kMaxRequestTokens = 1 << 24;   ///< prompt + max new + draft tokens of one request
+
 /// The columns. Every pointer addresses `capacity` entries owned by RequestTable.
 /// Layout claim: one int32/int64/float array per field, indexed by slot (structure-of-arrays).
 class RequestTable {

@@ -25,6 +25,12 @@ public:
     const RequestTable& table() const { return *table_; }
 
 private:
+    /// Phase 1 of apply: every check, no change. Throws InputError naming the first problem.
+    void validate(const int32_t* paused, int32_t num_paused, const int32_t* disagg, int32_t num_disagg,
+                  const int32_t* execute, int32_t num_execute) const;
+    /// Blocks this step may take from `kv` at most, and the blocks the pauses release exactly.
+    void block_budget(const KVCacheManager& kv, bool cross, const int32_t* paused, int32_t num_paused,
+                      const int32_t* disagg, int32_t num_disagg, const int32_t* execute, int32_t num_execute) const;
     void add_sequences(int32_t slot);
     void complete_if_done(int32_t slot, std::vector<int32_t>& finished);
     void sort_by_id(const int32_t* slots, int32_t n, std::vector<int32_t>& out) const;

@@ -348,7 +348,6 @@ def test_apply_with_a_dead_slot_changes_nothing():
 APPLY_NOT_ATOMIC = "bug: SimExecutor.apply is not all-or-nothing: it changes state before the failing request"
 
 
-@pytest.mark.xfail(strict=True, reason=APPLY_NOT_ATOMIC + " (context a advances, context b gets no blocks)")
 def test_apply_second_context_without_blocks():
     w = World(blocks=3)
     a = w.add(1, toks(8), max_new=3)                     # 2 blocks
@@ -356,7 +355,6 @@ def test_apply_second_context_without_blocks():
     w.assert_fails_cleanly(lambda: w.ex.apply(E32, E32, I32(a.slot, b.slot)), match="free blocks")
 
 
-@pytest.mark.xfail(strict=True, reason=APPLY_NOT_ATOMIC + " (generation a appends, b's add_token finds no block)")
 def test_apply_second_generation_without_block():
     w = World(blocks=3)
     a, b = w.add(1, toks(3), max_new=8), w.add(2, toks(4, 50), max_new=8)
@@ -365,7 +363,6 @@ def test_apply_second_generation_without_block():
     w.assert_fails_cleanly(lambda: w.ex.apply(E32, E32, I32(a.slot, b.slot)), match="none free")
 
 
-@pytest.mark.xfail(strict=True, reason=APPLY_NOT_ATOMIC + " (the pause is applied, then execute fails)")
 def test_apply_pause_then_failing_execute():
     w = World(blocks=3)
     a = w.add(1, toks(4), max_new=8)
@@ -374,15 +371,12 @@ def test_apply_pause_then_failing_execute():
     w.assert_fails_cleanly(lambda: w.ex.apply(I32(a.slot), E32, I32(c.slot)), match="free blocks")
 
 
-@pytest.mark.xfail(strict=True, reason=APPLY_NOT_ATOMIC + " (self-cache sequence added, cross cache then full)")
 def test_apply_cross_cache_fails_after_self_cache():
     w = World(blocks=8, cross_blocks=1)
     a = w.add(1, toks(4), encoder_output_len=12)         # cross needs 3 blocks of 4
     w.assert_fails_cleanly(lambda: w.ex.apply(E32, E32, I32(a.slot)), match="free blocks")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: SimExecutor.apply adds the KV token, then add_new_token fails at the "
-                                       "request's capacity: the KV cache keeps a token the request does not have")
 def test_apply_generation_past_capacity_keeps_kv_token():
     w = World(blocks=8)
     a = w.add(1, toks(3), max_new=2, num_draft_tokens=2)  # capacity 3 + 2 + 2 = 7 tokens
@@ -393,8 +387,6 @@ def test_apply_generation_past_capacity_keeps_kv_token():
     w.assert_fails_cleanly(lambda: w.ex.apply(E32, E32, I32(a.slot)), match="capacity")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: SimExecutor.apply with a slot listed twice: the first pass completes "
-                                       "the request, the second raises, and the completion is never reported")
 def test_apply_duplicate_slot_loses_a_completion():
     w = World(blocks=8)
     a = w.add(1, toks(3), max_new=2)

@@ -360,6 +360,9 @@ def _check_scheduler_rules(sched: SchedulerConfig, harness: str,
 # --------------------------------------------------------------------------- requests
 
 
+MAX_REQUEST_TOKENS = 1 << 24  # prompt + max new tokens of one request (RequestTable's limit)
+
+
 def _parse_prompt(obj: Dict[str, Any], at: _At) -> Tuple[int, ...]:
     """Exactly one of `prompt` (token ids) and `prompt_len` (that many 1s)."""
     has_prompt, has_len = "prompt" in obj, "prompt_len" in obj
@@ -368,7 +371,9 @@ def _parse_prompt(obj: Dict[str, Any], at: _At) -> Tuple[int, ...]:
     if not has_prompt and not has_len:
         raise at.error("prompt", "or prompt_len is required (exactly one of them)")
     if has_len:
-        return (1,) * _int(obj, "prompt_len", at)
+        # tllm_sched's per-request limit (ext/request_table.h kMaxRequestTokens): a longer prompt
+        # could never be held, and expanding it here would take gigabytes.
+        return (1,) * _int(obj, "prompt_len", at, max_value=MAX_REQUEST_TOKENS)
     tokens = _list(obj, "prompt", at)
     if not tokens:
         raise at.error("prompt", "must not be empty")

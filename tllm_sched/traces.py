@@ -199,10 +199,13 @@ def detect_format(path: str | os.PathLike) -> str:
 def load_trace(path: str | os.PathLike, *, limit: int | None = None) -> Trace:
     """Read a Mooncake or Azure trace; ``limit`` keeps only the first N requests."""
     limit = _check_limit(limit)
-    fmt = detect_format(path)
-    if fmt == "mooncake":
-        return _load_mooncake(os.fspath(path), limit)
-    return _load_azure(os.fspath(path), limit)
+    try:
+        fmt = detect_format(path)
+        if fmt == "mooncake":
+            return _load_mooncake(os.fspath(path), limit)
+        return _load_azure(os.fspath(path), limit)
+    except OSError as exc:  # missing, a directory, unreadable: still one line naming the file
+        raise TraceError(os.fspath(path), 1, f"cannot read the file: {exc.strerror or exc}") from None
 
 
 # -------------------------------------------------------------------- Mooncake
