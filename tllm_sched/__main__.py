@@ -26,6 +26,9 @@ def _replay(args: argparse.Namespace) -> int:
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
         replay(sc, args.backend, out)
+    except ScenarioError as e:  # sizes the run cannot hold, found while building it
+        print(f"tllm-sched replay: {e}", file=sys.stderr)
+        return 2
     except RunFailure as e:
         out.flush()
         print(f"tllm-sched replay: run failed: {e}", file=sys.stderr)

@@ -68,7 +68,7 @@ class PyMicroBatchScheduler:
         is_enc = (st == ENCODER_INIT) if self.until <= ENCODER_INIT else None
         is_ctx_like = is_ctx if is_enc is None else (is_ctx | is_enc)
         is_gen = ~is_ctx_like
-        draft = c["num_draft_tokens"].take(s).astype(np.int64)
+        draft = c["num_draft_tokens"].take(s)
         beam = c["beam_width_by_iter"].take(s)
         chunked = is_ctx if self.chunking_policy is not None else None
         # Tokens each request adds to the budget; chunked contexts add theirs after the walk.
@@ -153,7 +153,7 @@ class PyMicroBatchScheduler:
         chunks = discard = None
         chunks_present = False
         if items.size:
-            remaining = (c["prompt_len"].take(items) - c["context_current_position"].take(items)).astype(np.int64)
+            remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
             d = draft[taken][ch_t]
             want = remaining + d
             all_fit = True

@@ -245,6 +245,7 @@ class NaiveBackend:
             raise SchedulingError(context_too_long(r.request_id, n, max_ctx))
 
     def _chunk(self, reqs: list, capacity: Optional[int]) -> None:
+        # Callers pass context requests only (set_ctx_requests_chunk_size checks): zeroing first is safe.
         cfg = self.config
         for r in reqs:
             r.context_chunk_size = 0
@@ -290,4 +291,9 @@ class NaiveBackend:
         return _slots(ctx), _slots(gen)
 
     def set_ctx_requests_chunk_size(self, slots) -> None:
-        self._chunk(self._handles(slots), self.config.max_num_tokens)
+        reqs = self._handles(slots)
+        # Check every request before changing any (all-or-nothing, as the C++ setter).
+        for r in reqs:
+            if not r.is_context_init_state:
+                raise ValueError(f"request {r.request_id} is not in a context state")
+        self._chunk(reqs, self.config.max_num_tokens)

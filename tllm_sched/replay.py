@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import IO, List, Optional
+from typing import IO, Callable, Dict, Optional, TypeVar
 
 import numpy as np
 
 from tllm_sched import _core
 from tllm_sched.config import KvCacheConfig
-from tllm_sched.scenario import Scenario
+from tllm_sched.scenario import Scenario, ScenarioError
 from tllm_sched.scheduler import Scheduler
 
 __all__ = ["RunFailure", "replay"]
 
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
+_EMPTY_I64 = np.zeros(0, dtype=np.int64)
+_T = TypeVar("_T")
 
 
 class RunFailure(RuntimeError):
@@ -56,32 +58,50 @@ class _Run:
     out: IO[str]
 
 
+def _built(key: str, make: Callable[[], _T]) -> _T:
+    """`make()`, with the C++ constructors' refusals (sizes past their limits: ValueError, or an
+    allocation that fails: MemoryError) turned into a ScenarioError naming the scenario key: a
+    size the validator accepts (any int up to 2**31 - 1) may still be more than the run can hold."""
+    try:
+        return make()
+    except ValueError as e:
+        raise ScenarioError(f"{key}: {e}") from None
+    except MemoryError:
+        raise ScenarioError(f"{key}: too large to hold in memory") from None
+
+
 def _build(sc: Scenario, backend: str, out: IO[str]) -> _Run:
-    table = _core.RequestTable(max(1, len(sc.requests)))
+    """Builds the run; raises ScenarioError (exit status 2) when the scenario's sizes cannot be held."""
+    table = _built("requests", lambda: _core.RequestTable(max(1, len(sc.requests))))
     # Every request lives in the table for the whole run, so events can name any of them.
-    for r in sc.requests:
-        table.add_request(
-            r.id,
-            np.asarray(r.prompt, dtype=np.int32),
-            r.max_new_tokens,
-            lora_task_id=r.lora_task_id,
-            priority=r.priority,
-            beam_width=r.beam_width,
-            num_draft_tokens=r.draft_tokens,
-            encoder_output_len=r.encoder_output_len,
-            state=getattr(_core.LlmRequestState, r.state),
-        )
-        if r.context_chunk_size is not None:
-            req = table.get(r.id)
-            # Set as a test would, before the first iteration; the setter wants a context state.
-            req.set_state(_core.LlmRequestState.CONTEXT_INIT)
-            req.context_chunk_size = r.context_chunk_size
-            req.set_state(getattr(_core.LlmRequestState, r.state))
-    kv = make_kv_cache_manager(table, sc.kv_cache)
-    cross = make_kv_cache_manager(table, sc.cross_kv_cache, cross=True)
-    peft = None if sc.peft is None else _core.PeftCacheManager(sc.peft.pages_per_task, sc.peft.max_device_pages)
-    scheduler = Scheduler(sc.scheduler, table, kv, cross, peft, backend=backend)
+    for index, r in enumerate(sc.requests):
+        _built(f"requests[{index}] (id {r.id})", lambda r=r: _add_request(table, r))
+    kv = _built("kv_cache", lambda: make_kv_cache_manager(table, sc.kv_cache))
+    cross = _built("cross_kv_cache", lambda: make_kv_cache_manager(table, sc.cross_kv_cache, cross=True))
+    peft = None if sc.peft is None else _built(
+        "peft", lambda: _core.PeftCacheManager(sc.peft.pages_per_task, sc.peft.max_device_pages))
+    scheduler = _built("scheduler", lambda: Scheduler(sc.scheduler, table, kv, cross, peft, backend=backend))
     return _Run(sc, table, kv, cross, scheduler, _core.RequestList(table), out)
+
+
+def _add_request(table: _core.RequestTable, r) -> None:
+    table.add_request(
+        r.id,
+        np.asarray(r.prompt, dtype=np.int32),
+        r.max_new_tokens,
+        lora_task_id=r.lora_task_id,
+        priority=r.priority,
+        beam_width=r.beam_width,
+        num_draft_tokens=r.draft_tokens,
+        encoder_output_len=r.encoder_output_len,
+        state=getattr(_core.LlmRequestState, r.state),
+    )
+    if r.context_chunk_size is not None:
+        req = table.get(r.id)
+        # Set as a test would, before the first iteration; the setter wants a context state.
+        req.set_state(_core.LlmRequestState.CONTEXT_INIT)
+        req.context_chunk_size = r.context_chunk_size
+        req.set_state(getattr(_core.LlmRequestState, r.state))
 
 
 def _summary(run: _Run, iterations: int) -> dict:
@@ -94,7 +114,8 @@ def _emit(run: _Run, obj: dict) -> None:
 
 
 def replay(sc: Scenario, backend: str, out: IO[str]) -> None:
-    """Runs the scenario, writing log lines to `out`. Raises RunFailure when the run cannot go on."""
+    """Runs the scenario, writing log lines to `out`. Raises ScenarioError (before any output) when
+    the scenario asks for more than the C++ objects can hold, RunFailure when the run cannot go on."""
     run = _build(sc, backend, out)
     if sc.harness == "chunking":
         _replay_chunking(run)
@@ -177,7 +198,9 @@ def _replay_loop(run: _Run) -> None:
     kv, cross = (None, None) if sc.harness == "micro" else (run.kv, run.cross)
     executor = _core.SimExecutor(table, kv, cross, sc.max_input_len)
     last_arrival = max((r.arrive_at for r in sc.requests), default=-1)
-    micro_slots: List[np.ndarray] = [np.zeros(0, dtype=np.int64) for _ in range(sc.micro_slots)]
+    # The ids each micro slot remembers, for the non-empty slots only: memory follows the requests,
+    # not `micro_slots` (which may be as large as 2**31 - 1).
+    micro_slots: Dict[int, np.ndarray] = {}
     ctx_state = int(_core.LlmRequestState.CONTEXT_INIT)
     enc_state = int(_core.LlmRequestState.ENCODER_INIT)
     it = 0
@@ -189,8 +212,8 @@ def _replay_loop(run: _Run) -> None:
         for s in active_slots[table.gather(active_slots)["state"] == enc_state].tolist():
             table.request_at(s).set_state(ctx_state)
         cur = it % sc.micro_slots
-        others = [micro_slots[k] for k in range(sc.micro_slots) if k != cur]
-        inflight = np.unique(np.concatenate(others)) if others else np.zeros(0, dtype=np.int64)
+        others = [ids for k, ids in micro_slots.items() if k != cur]
+        inflight = np.unique(np.concatenate(others)) if others else _EMPTY_I64
         free_blocks = run.kv.num_free_blocks if run.kv is not None else None
 
         fit, disagg, paused, ctx, gen, execute = _schedule(run, active_slots, inflight)
@@ -223,6 +246,10 @@ def _replay_loop(run: _Run) -> None:
         _emit(run, line)
         run.active.remove_slots(finished)
         if sc.harness != "capacity":
-            micro_slots[cur] = table.request_ids(np.concatenate([ctx, gen]))
+            ids = table.request_ids(np.concatenate([ctx, gen]))
+            if ids.size:
+                micro_slots[cur] = ids
+            else:
+                micro_slots.pop(cur, None)
         it += 1
     _emit(run, _summary(run, it))

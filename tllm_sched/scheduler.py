@@ -98,8 +98,44 @@ class _CppBackend:
                                           cfg.chunking.unit_size, cfg.max_context_length)
 
 
+def _slot_array(slots, name: str) -> np.ndarray:
+    """`slots` as the C++ bindings take it: a 1-D C-contiguous int32 numpy array, no conversion."""
+    if not isinstance(slots, np.ndarray):
+        raise TypeError(f"{name}: expected a RequestList or an int32 array of slots")
+    if slots.dtype != np.int32:
+        raise TypeError(f"{name}: expected a numpy array of dtype int32 (no silent conversion), got {slots.dtype}")
+    if slots.ndim != 1:
+        raise TypeError(f"{name}: expected a 1-D array, got {slots.ndim}-D")
+    if not slots.flags.c_contiguous:
+        raise TypeError(f"{name}: array must be C-contiguous (no silent copies); use np.ascontiguousarray")
+    return slots
+
+
+def _inflight_ids(ids) -> Optional[np.ndarray]:
+    """None or a 1-D C-contiguous int64 numpy array (the C++ binding's `inflight_ids`)."""
+    if ids is None:
+        return None
+    name = "inflight_request_ids"
+    if not isinstance(ids, np.ndarray):
+        raise TypeError(f"{name}: expected an int64 numpy array or None")
+    if ids.dtype != np.int64:
+        raise TypeError(f"{name}: expected a numpy array of dtype int64 (no silent conversion), got {ids.dtype}")
+    if ids.ndim != 1:
+        raise TypeError(f"{name}: expected a 1-D array, got {ids.ndim}-D")
+    if not ids.flags.c_contiguous:
+        raise TypeError(f"{name}: array must be C-contiguous (no silent copies); use np.ascontiguousarray")
+    return ids
+
+
 class Scheduler:
-    """Capacity + micro-batch scheduling over one `RequestTable`, on one backend."""
+    """Capacity + micro-batch scheduling over one `RequestTable`, on one backend.
+
+    Inputs are validated as the C++ bindings validate them, whatever the backend: slot arrays are
+    1-D C-contiguous int32 numpy arrays of live requests of the table, inflight ids None or a 1-D
+    C-contiguous int64 array, a RequestList must belong to the table (TypeError for a wrong type or
+    dtype, ValueError for a wrong value). The cpp backend's bindings check for themselves; for the
+    Python backends the facade checks with numpy, and `schedule` checks a RequestList only the
+    first time it sees it (a list cannot change tables), so a steady step costs no extra crossing."""
 
     def __init__(
         self,
@@ -126,6 +162,10 @@ class Scheduler:
             self._counter = Counter()
         self.last_step_crossings: Optional[int] = None  # set by schedule() when counting
         managers = (kv_cache_manager, cross_kv_cache_manager, peft_cache_manager)
+        self._checked = backend != "cpp"  # the cpp bindings validate for themselves
+        self._list: Optional[_core.RequestList] = None  # the last RequestList found to be of `table`
+        if self._checked:
+            self._ids = table.columns()["request_id"]  # zero-copy, read-only; -1 in a dead slot
         if backend == "cpp":
             self._impl = _CppBackend(config, table, *managers, counter=self._counter)
         else:
@@ -133,9 +173,50 @@ class Scheduler:
 
             self._impl = make_python_backend(backend, config, table, *managers, counter=self._counter)
 
+    # ------------------------------------------------------------------ input checks (Python backends)
+    def _check_list(self, active) -> None:
+        """`active` is a RequestList of this table. Remembered, so each list costs one check."""
+        if not isinstance(active, _core.RequestList):
+            raise TypeError(f"active_requests: expected a RequestList, got {type(active).__name__}")
+        if active.table is not self.table:
+            raise ValueError("the RequestList belongs to another RequestTable")
+        self._list = active
+
+    def _check_live(self, slots: np.ndarray) -> None:
+        """Every slot holds a live request of the table (RequestTable::check_slot)."""
+        if slots.size == 0:
+            return
+        lo, hi = int(slots.min()), int(slots.max())
+        if lo < 0 or hi >= self._ids.size:
+            raise ValueError(f"slot {lo if lo < 0 else hi} holds no live request")
+        dead = self._ids.take(slots) < 0
+        if dead.any():
+            raise ValueError(f"slot {int(slots[dead.argmax()])} holds no live request")
+
+    def _active_slots(self, active) -> np.ndarray:
+        """The stage APIs' `active_requests`: a RequestList of the table or an array of distinct
+        live slots (the bindings' `list_or_slots`)."""
+        if isinstance(active, _core.RequestList):
+            if active is not self._list:
+                self._check_list(active)
+            return active.slots
+        slots = _slot_array(active, "active_requests")
+        self._check_live(slots)
+        if slots.size > 1:
+            uniq, counts = np.unique(slots, return_counts=True)
+            if uniq.size != slots.size:
+                raise ValueError(f"active_requests: slot {int(uniq[counts.argmax()])} is listed twice")
+        return slots
+
+    # ------------------------------------------------------------------ the API
     def schedule(self, active: _core.RequestList, inflight_ids: Optional[np.ndarray] = None) -> SchedulerOutput:
         """One full step: capacity over `active`, then micro-batch over the fitting requests.
         With `count_crossings`, `last_step_crossings` then holds the Python -> C++ calls it made."""
+        if self._checked:
+            if active is not self._list:
+                self._check_list(active)
+            if inflight_ids is not None:
+                _inflight_ids(inflight_ids)
         if self._counter is None:
             return self._impl.schedule(active, inflight_ids)
         self._counter.n = 0
@@ -145,10 +226,15 @@ class Scheduler:
 
     def schedule_capacity(self, slots: np.ndarray):
         """Capacity stage alone: (fitting, fitting_disagg_gen_init, paused) slot arrays."""
+        if self._checked:
+            slots = self._active_slots(slots)
         return self._impl.schedule_capacity(slots)
 
     def schedule_micro(self, slots: np.ndarray, inflight_ids: Optional[np.ndarray] = None):
         """Micro-batch stage alone over `slots`: (context, generation) slot arrays."""
+        if self._checked:
+            slots = self._active_slots(slots)
+            _inflight_ids(inflight_ids)
         return self._impl.schedule_micro(slots, inflight_ids)
 
     def set_ctx_requests_chunk_size(self, slots: np.ndarray) -> None:
@@ -156,4 +242,7 @@ class Scheduler:
         chunking policy, with max_num_tokens as the capacity (TensorRT-LLM's setCtxRequestsChunkSize)."""
         if self.config.chunking is None:
             raise ValueError("set_ctx_requests_chunk_size needs a chunking policy in the scheduler config")
-        self._impl.set_ctx_requests_chunk_size(np.ascontiguousarray(slots, dtype=np.int32))
+        slots = np.ascontiguousarray(slots, dtype=np.int32)
+        if self._checked:
+            self._check_live(slots)
+        self._impl.set_ctx_requests_chunk_size(slots)

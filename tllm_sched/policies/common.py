@@ -40,7 +40,7 @@ class StepContext:
     """
 
     __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
-                 "two_steps_look_ahead", "until", "after", "reuse", "max_device_pages", "all_generation", "_gen_window",
+                 "two_steps_look_ahead", "until", "after", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
                  "_first_chunk", "_lora", "_ids")
 
     def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
@@ -54,6 +54,9 @@ class StepContext:
         self.reuse = reuse  # the self cache has block reuse on
         self.max_device_pages = max_device_pages  # PEFT capacity, None without PEFT
         self._gen_window = until <= DISAGG_GEN_TRANS_COMPLETE and after > GEN_TO_COMPLETE
+        # In the default window every schedulable state that is neither a generation nor
+        # disagg-gen-init is a context state, so pass-2 lists need no state filter.
+        self.pending_are_admissible = until >= CONTEXT_INIT and after <= GEN_COMPLETE
         self.reset(EMPTY)
 
     def reset(self, slots: np.ndarray) -> "StepContext":

@@ -42,7 +42,7 @@ def _classify(ctx: StepContext):
 
 def _remaining(kv, slots: np.ndarray) -> np.ndarray:
     # Asked for the whole list in one call (a read-only query); entries outside pass 1 go unused.
-    return kv.get_remaining_blocks_to_completion_batch(slots).astype(np.int64)
+    return kv.get_remaining_blocks_to_completion_batch(slots)  # int32; numpy sums it in int64
 
 
 def schedule(ctx: StepContext, static_batch: bool = False):
@@ -70,10 +70,13 @@ def schedule(ctx: StepContext, static_batch: bool = False):
         avail_pages = ctx.max_device_pages - int(new_task_pages(lora_g, pages.take(gens), set()).sum())
         seen = task_ids(lora_g)
     state = _Pass2(ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, gens.size)
+    admitted = [gens]
     is_disagg = pending & (ctx.state == DISAGG_GEN_INIT)
-    contexts = (pending & ~is_disagg).nonzero()[0]
+    if is_disagg.any():
+        admitted.append(state.run(is_disagg.nonzero()[0], None))
+        pending = pending & ~is_disagg
+    contexts = pending.nonzero()[0]
     skipper = make_skipper(ctx, enabled=not static_batch)
-    admitted = [gens, state.run(is_disagg.nonzero()[0], None)]
     if not skipper.enabled:
         admitted.append(state.run(contexts, None))
     else:
@@ -99,9 +102,10 @@ class _Pass2:
         self.stopped = False
         if skip is not None:
             order = order[~skip]  # skipped requests are passed over
-        # Only contexts and disagg-gen-init requests are admitted (other states are ignored).
-        st = ctx.state.take(order)
-        order = order[is_context_init(st) | (st == DISAGG_GEN_INIT)]
+        if not ctx.pending_are_admissible:
+            # Only contexts and disagg-gen-init requests are admitted (other states are ignored).
+            st = ctx.state.take(order)
+            order = order[is_context_init(st) | (st == DISAGG_GEN_INIT)]
         room = ctx.max_num_requests - self.count
         if room <= 0 and order.size:
             self.stopped = True
