@@ -226,12 +226,7 @@ def test_set_ctx_requests_chunk_size_with_a_generation_request():
     assert [r.num_draft_tokens for r in ctx] == [2, 2, 2]
 
 
-@pytest.mark.parametrize("backend", [
-    "cpp", "python",
-    pytest.param("python-naive", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: naive backend's Scheduler.set_ctx_requests_chunk_size zeroes every chunk size first, "
-        "then fails on the generation request (tllm_sched/naive_scheduler.py _chunk)"))),
-])
+@pytest.mark.parametrize("backend", ["cpp", "python", "python-naive"])
 def test_scheduler_chunk_setter_with_a_generation_request(backend):
     w = World()
     ctx = [w.add(i, toks(20), num_draft_tokens=2) for i in range(3)]

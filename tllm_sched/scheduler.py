@@ -133,8 +133,9 @@ class Scheduler:
     Inputs are validated as the C++ bindings validate them, whatever the backend: slot arrays are
     1-D C-contiguous int32 numpy arrays of live requests of the table, inflight ids None or a 1-D
     C-contiguous int64 array, a RequestList must belong to the table (TypeError for a wrong type or
-    dtype, ValueError for a wrong value). The cpp backend's bindings check for themselves; for the
-    Python backends the facade checks with numpy, and `schedule` checks a RequestList only the
+    dtype, ValueError for a wrong value). The cpp backend's bindings check slots and ids for
+    themselves; for the Python backends the facade checks them with numpy (the live check reads
+    the zero-copy request_id column). `schedule` checks a RequestList, on every backend, only the
     first time it sees it (a list cannot change tables), so a steady step costs no extra crossing."""
 
     def __init__(
@@ -162,7 +163,7 @@ class Scheduler:
             self._counter = Counter()
         self.last_step_crossings: Optional[int] = None  # set by schedule() when counting
         managers = (kv_cache_manager, cross_kv_cache_manager, peft_cache_manager)
-        self._checked = backend != "cpp"  # the cpp bindings validate for themselves
+        self._checked = backend != "cpp"  # the cpp bindings validate slots and ids for themselves
         self._list: Optional[_core.RequestList] = None  # the last RequestList found to be of `table`
         if self._checked:
             self._ids = table.columns()["request_id"]  # zero-copy, read-only; -1 in a dead slot
@@ -173,7 +174,7 @@ class Scheduler:
 
             self._impl = make_python_backend(backend, config, table, *managers, counter=self._counter)
 
-    # ------------------------------------------------------------------ input checks (Python backends)
+    # ------------------------------------------------------------------ input checks
     def _check_list(self, active) -> None:
         """`active` is a RequestList of this table. Remembered, so each list costs one check."""
         if not isinstance(active, _core.RequestList):
@@ -212,11 +213,10 @@ class Scheduler:
     def schedule(self, active: _core.RequestList, inflight_ids: Optional[np.ndarray] = None) -> SchedulerOutput:
         """One full step: capacity over `active`, then micro-batch over the fitting requests.
         With `count_crossings`, `last_step_crossings` then holds the Python -> C++ calls it made."""
-        if self._checked:
-            if active is not self._list:
-                self._check_list(active)
-            if inflight_ids is not None:
-                _inflight_ids(inflight_ids)
+        if active is not self._list:  # a list once found to be of the table stays so: no crossing
+            self._check_list(active)
+        if self._checked and inflight_ids is not None:
+            _inflight_ids(inflight_ids)
         if self._counter is None:
             return self._impl.schedule(active, inflight_ids)
         self._counter.n = 0
