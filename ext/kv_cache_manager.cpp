@@ -2,6 +2,7 @@
 #include "kv_cache_manager.h"
 
 #include <algorithm>
+#include <climits>
 #include <stdexcept>
 #include <string>
 
@@ -11,6 +12,10 @@ namespace {
 [[gnu::noinline, noreturn]] void fail_input(const std::string& msg) { throw InputError(msg); }
 [[gnu::noinline, noreturn]] void fail_invariant(const std::string& msg) { throw std::logic_error(msg); }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+/// Block counts as int32 without wrapping: a demand beyond int32 can never fit anyway.
+inline int32_t saturate(int64_t v) {
+    return static_cast<int32_t>(std::clamp<int64_t>(v, INT32_MIN, INT32_MAX));
+}
 inline uint64_t mix64(uint64_t x) {
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
@@ -489,16 +494,16 @@ int32_t KVCacheManager::get_remaining_blocks_to_completion(int32_t slot) const {
     const int64_t w = cfg_.max_seq_len;
     const int64_t prompt = t.prompt_len[slot], total_len = prompt + t.max_new_tokens[slot];
     const int64_t beams = t.beam_width[slot];
-    // 32-bit divisions: every length here fits int32 (add_request bounds prompt + max new tokens).
-    const int32_t tpb32 = cfg_.tokens_per_block;
-    const int64_t ctx = static_cast<int32_t>(std::min(prompt, w)) / tpb32;
-    const int64_t total_per_beam = (static_cast<int32_t>(std::min(total_len, w)) + tpb32 - 1) / tpb32;
+    // Unsigned 32-bit divisions (cheaper than 64-bit): lengths fit int32, so x + tpb - 1 < 2^32.
+    const uint32_t tpb32 = static_cast<uint32_t>(cfg_.tokens_per_block);
+    const int64_t ctx = static_cast<uint32_t>(std::min(prompt, w)) / tpb32;
+    const int64_t total_per_beam = (static_cast<uint32_t>(std::min(total_len, w)) + tpb32 - 1) / tpb32;
     const int64_t gen = total_per_beam - ctx;
     const int64_t alloc = seq_live_[static_cast<size_t>(slot)] ? static_cast<int64_t>(seq_blocks_[static_cast<size_t>(slot)].size()) : 0;
     const int64_t extra = (total_len > w && ceil_div(total_len, tpb) > ceil_div(t.num_tokens[slot], tpb) &&
                            ceil_div(total_len, tpb) > total_per_beam) ? 1 : 0;  // never with one window
     int64_t r = alloc < ctx ? (ctx - alloc) + (gen + extra) * beams : (total_per_beam - alloc + extra) * beams;
-    return static_cast<int32_t>(r);
+    return saturate(r);
 }
 
 int32_t KVCacheManager::get_needed_blocks_one_step(int32_t slot, bool two_steps) const {
@@ -508,7 +513,7 @@ int32_t KVCacheManager::get_needed_blocks_one_step(int32_t slot, bool two_steps)
     if ((state::is_context_init(st) && t.is_first_context_chunk(slot)) || state::is_disagg_generation_init(st)) {
         int64_t base = cfg_.cross_kv ? t.encoder_output_len[slot] : t.prompt_len[slot];
         int64_t len = std::min(base + t.num_draft_tokens[slot], int64_t{cfg_.max_seq_len} + t.max_new_tokens[slot]);
-        return static_cast<int32_t>(len / tpb + (len % tpb > 0 ? beams : 0));
+        return saturate(len / tpb + (len % tpb > 0 ? beams : 0));
     }
     if (!state::is_generation_in_progress(st) || cfg_.cross_kv) return 0;
     if (!seq_live_[static_cast<size_t>(slot)])
@@ -523,7 +528,7 @@ int32_t KVCacheManager::get_needed_blocks_one_step(int32_t slot, bool two_steps)
     // ceil(cur / tpb) is the block count the (beam-1) sequence already holds (an invariant that
     // check_invariants verifies), so the division is only paid when a boundary is crossed.
     const int64_t room = static_cast<int64_t>(seq_blocks_[static_cast<size_t>(slot)].size()) * tpb;
-    return next <= room ? 0 : static_cast<int32_t>(ceil_div(next - room, tpb) * beams);
+    return next <= room ? 0 : saturate(ceil_div(next - room, tpb) * beams);
 }
 
 // ---------------------------------------------------------------- introspection

@@ -59,7 +59,9 @@ int32_t RequestTable::add_request(int64_t id, const int32_t* prompt, int32_t ple
     if (slot_of_id_.count(id)) fail_input("duplicate request id " + std::to_string(id));
     if (plen <= 0) fail_input(id_str(id) + ": prompt must not be empty");
     if (max_new <= 0) fail_input(id_str(id) + ": max_new_tokens must be positive, got " + std::to_string(max_new));
-    if (o.beam_width <= 0) fail_input(id_str(id) + ": beam_width must be positive, got " + std::to_string(o.beam_width));
+    if (o.beam_width <= 0 || o.beam_width > kMaxBeamWidth)
+        fail_input(id_str(id) + ": beam_width must be in [1, " + std::to_string(kMaxBeamWidth) + "], got " +
+                   std::to_string(o.beam_width));
     if (o.num_draft_tokens < 0) fail_input(id_str(id) + ": num_draft_tokens must be >= 0");
     if (o.encoder_output_len < 0) fail_input(id_str(id) + ": encoder_output_len must be >= 0");
     if (o.lora_task_id < -1) fail_input(id_str(id) + ": lora_task_id must be >= 0 or None");
@@ -68,7 +70,8 @@ int32_t RequestTable::add_request(int64_t id, const int32_t* prompt, int32_t ple
     if (!o.extra_ids.empty() && static_cast<int64_t>(o.extra_ids.size()) != plen)
         fail_input(id_str(id) + ": input_token_extra_ids must have one entry per prompt token");
     for (int32_t bw : o.beam_width_schedule)
-        if (bw <= 0) fail_input(id_str(id) + ": beam_width_schedule entries must be positive");
+        if (bw <= 0 || bw > kMaxBeamWidth)
+            fail_input(id_str(id) + ": beam_width_schedule entries must be in [1, " + std::to_string(kMaxBeamWidth) + "]");
     int64_t cap = int64_t{plen} + max_new + o.num_draft_tokens;
     if (cap > kMaxRequestTokens)
         fail_input(id_str(id) + ": prompt + max_new_tokens + draft tokens = " + std::to_string(cap) +

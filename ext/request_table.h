@@ -81,6 +81,7 @@ struct RequestOptions {
 /// Limits that keep a bad size a ValueError instead of an allocation of gigabytes.
 constexpr int32_t kMaxTableCapacity = 1 << 22;   ///< request slots (~100 bytes of columns each)
 constexpr int64_t kMaxRequestTokens = 1 << 24;   ///< prompt + max new + draft tokens of one request
+constexpr int32_t kMaxBeamWidth = 1024;          ///< beam width (and each scheduled beam width)
 
 /// The columns. Every pointer addresses `capacity` entries owned by RequestTable.
 /// Layout claim: one int32/int64/float array per field, indexed by slot (structure-of-arrays).

@@ -1331,9 +1331,6 @@ def test_load_trace_unreadable_file_is_a_trace_error(tmp_path, which):
     assert one_line(str(ei.value))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: get_remaining_blocks_to_completion adds tokens_per_block in int32 "
-                                       "(kv_cache_manager.cpp: min(total, w) + tpb - 1): with tokens_per_block near "
-                                       "2**31 it overflows (UBSan aborts the process; release returns 0 blocks)")
 def test_remaining_blocks_with_a_huge_block_size():
     code = ("import tllm_sched as ts; t = ts.RequestTable(2); kv = ts.KVCacheManager(t, 2**31 - 1, 2, 2**31 - 1); "
             "r = t.add_request(1, [1, 2, 3, 4, 5], 3); print(kv.get_remaining_blocks_to_completion(r))")
@@ -1342,12 +1339,14 @@ def test_remaining_blocks_with_a_huge_block_size():
     assert proc.stdout.split() == ["1"]  # 8 tokens fit one block of 2**31 - 1
 
 
-@pytest.mark.xfail(strict=True, reason="bug: block estimates are int64 products cast to int32: a huge beam_width "
-                                       "(accepted by add_request) makes them negative, and both schedulers then admit "
-                                       "the request into a cache that could never hold it")
 def test_block_estimates_never_negative_for_huge_beam_width():
     t = ts.RequestTable(2)
     kv = ts.KVCacheManager(t, 4, 8, 64)
-    r = t.add_request(1, [1, 2, 3, 4, 5], 3, beam_width=2**31 - 1)
-    assert kv.get_needed_blocks_one_step(r) >= 0
-    assert kv.get_remaining_blocks_to_completion(r) >= 0
+    with pytest.raises(ValueError, match="beam_width"):
+        t.add_request(1, [1, 2, 3, 4, 5], 3, beam_width=2**31 - 1)
+    assert len(t) == 0
+    # The largest accepted beam width: prompt 5, tpb 4 -> 1 shared block + 1 partial block per beam.
+    r = t.add_request(1, [1, 2, 3, 4, 5], 3, beam_width=1024)
+    assert kv.get_needed_blocks_one_step(r) == 1 + 1024
+    # remaining: ctx floor(5/4) = 1, total ceil(8/4) = 2 per beam -> 1 + (2 - 1) * 1024
+    assert kv.get_remaining_blocks_to_completion(r) == 1 + 1024
