@@ -98,33 +98,30 @@ class _CppBackend:
                                           cfg.chunking.unit_size, cfg.max_context_length)
 
 
-def _slot_array(slots, name: str) -> np.ndarray:
-    """`slots` as the C++ bindings take it: a 1-D C-contiguous int32 numpy array, no conversion."""
-    if not isinstance(slots, np.ndarray):
-        raise TypeError(f"{name}: expected a RequestList or an int32 array of slots")
-    if slots.dtype != np.int32:
-        raise TypeError(f"{name}: expected a numpy array of dtype int32 (no silent conversion), got {slots.dtype}")
-    if slots.ndim != 1:
-        raise TypeError(f"{name}: expected a 1-D array, got {slots.ndim}-D")
-    if not slots.flags.c_contiguous:
+def _checked_array(arr, name: str, dtype, expected: str) -> np.ndarray:
+    """`arr` as the C++ bindings take arrays: 1-D, C-contiguous, of `dtype`, never converted.
+    Raises TypeError naming `name` (as the bindings do)."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: expected {expected}")
+    if arr.dtype != dtype:
+        raise TypeError(f"{name}: expected a numpy array of dtype {np.dtype(dtype)} (no silent conversion), "
+                        f"got {arr.dtype}")
+    if arr.ndim != 1:
+        raise TypeError(f"{name}: expected a 1-D array, got {arr.ndim}-D")
+    if not arr.flags.c_contiguous:
         raise TypeError(f"{name}: array must be C-contiguous (no silent copies); use np.ascontiguousarray")
-    return slots
+    return arr
+
+
+def _slot_array(slots, name: str) -> np.ndarray:
+    return _checked_array(slots, name, np.int32, "a RequestList or an int32 array of slots")
 
 
 def _inflight_ids(ids) -> Optional[np.ndarray]:
-    """None or a 1-D C-contiguous int64 numpy array (the C++ binding's `inflight_ids`)."""
+    """None or the int64 ids the C++ binding's `inflight_ids` takes."""
     if ids is None:
         return None
-    name = "inflight_request_ids"
-    if not isinstance(ids, np.ndarray):
-        raise TypeError(f"{name}: expected an int64 numpy array or None")
-    if ids.dtype != np.int64:
-        raise TypeError(f"{name}: expected a numpy array of dtype int64 (no silent conversion), got {ids.dtype}")
-    if ids.ndim != 1:
-        raise TypeError(f"{name}: expected a 1-D array, got {ids.ndim}-D")
-    if not ids.flags.c_contiguous:
-        raise TypeError(f"{name}: array must be C-contiguous (no silent copies); use np.ascontiguousarray")
-    return ids
+    return _checked_array(ids, "inflight_request_ids", np.int64, "an int64 numpy array or None")
 
 
 class Scheduler:
