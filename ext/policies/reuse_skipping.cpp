@@ -15,8 +15,8 @@ ReuseSkipper::ReuseSkipper(const RequestTable& table, const KVCacheManager* kv, 
     }
 }
 
-bool ReuseSkipper::beneficial_to_skip(int32_t s) {
-    if (!kv_ || !state::is_context_init(table_.state[s]) || !table_.is_first_context_chunk(s)) return false;
+bool ReuseSkipper::claim_or_skip(int32_t s) {
+    if (!state::is_context_init(table_.state[s]) || !table_.is_first_context_chunk(s)) return false;
     auto key = kv_->find_new_context_block(s);
     if (!key) return false;
     // The first request with a key claims it, even if it then fails to fit.
