@@ -27,7 +27,7 @@ DEFAULTS = dict(workloads=list(wl.WORKLOADS), policies=list(wl.POLICIES), active
 QUICK = dict(active=[64, 512], steps=100, warmup=5)
 # A full Mooncake replay takes ~7 min with all three backends on 2 cores (the python backend's
 # reuse skipping dominates); by default a trace run covers its first half of the requests.
-TRACE_DEFAULT_LIMIT = {"mooncake": 6000}
+TRACE_DEFAULT_LIMIT: dict = {}  # per-format default request limits (none: every trace replays whole)
 ALIASES = {"GNE": "GUARANTEED_NO_EVICT", "MU": "MAX_UTILIZATION", "MAX_UTIL": "MAX_UTILIZATION"}
 
 
@@ -101,8 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--no-plot", action="store_true", help="do not draw report.png (skips importing matplotlib)")
     t = p.add_argument_group("trace run")
     t.add_argument("--trace", metavar="FILE", help="replay a Mooncake JSONL or Azure CSV trace (format detected)")
-    t.add_argument("--trace-limit", type=_count, metavar="N", help="only the first N requests; 0: all (default: all, "
-                   f"Mooncake {TRACE_DEFAULT_LIMIT['mooncake']:,})")
+    t.add_argument("--trace-limit", type=_count, metavar="N", help="only the first N requests; 0: all (default: all)")
     t.add_argument("--max-steps", type=_positive, default=wl.TraceOptions.max_steps,
                    help=f"stop a trace run after this many steps (default {wl.TraceOptions.max_steps:,})")
     t.add_argument("--num-blocks", type=_positive, default=wl.TraceOptions.num_blocks, help="KV blocks (default 16384)")
