@@ -66,8 +66,13 @@ for policy in ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION"):
 
 
 def real_python() -> str:
-    """The interpreter binary itself: valgrind must not trace a shell shim."""
-    return os.path.realpath(sys.executable)
+    """The interpreter binary (or a venv's link to it, which keeps the venv's packages): never a
+    shell shim such as pyenv's, which valgrind would trace instead of Python."""
+    exe = sys.executable
+    with open(exe, "rb") as f:
+        if f.read(2) == b"#!":
+            raise SystemExit(f"ci_gates: {exe} is a script, not the interpreter binary; run the real python")
+    return exe
 
 
 def _steady(n: int, policy: str, backend: str):
@@ -114,8 +119,10 @@ def _instructions(backend: str, steps: int) -> int:
         script.write_text(WORKLOAD)
         out = Path(d) / "callgrind.out"
         env = dict(os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1")
-        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", real_python(), str(script),
-                        backend, str(steps)], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", real_python(),
+                               str(script), backend, str(steps)], env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"callgrind run of the {backend} workload failed:\n{proc.stderr[-3000:]}")
         for line in out.read_text().splitlines():
             if line.startswith("totals:") or line.startswith("summary:"):
                 return int(line.split()[1])
