@@ -1,9 +1,11 @@
 """bench/ci_gates.py: CI performance gates that do not flake on a noisy machine.
 
-    python bench/ci_gates.py                 # run both gates (what .ci/run does)
+    python bench/ci_gates.py                 # run every gate (what .ci/run does)
     python bench/ci_gates.py --ratio-only    # the wall-clock ratio gate alone
     python bench/ci_gates.py --refresh       # re-measure and rewrite bench/baselines/*.json
 
+0. Crossing gate: the exact Python -> C++ calls per steady-decode step at 16 and 4,096 active
+   requests, per policy (deterministic).
 1. Ratio gate: the Python scheduler's cost per step divided by the C++ reference's, at 4,096
    active requests in steady decode, both measured interleaved in this one process (machine
    drift hits both alike), each the minimum over several runs of the median step. It fails above
@@ -138,6 +140,38 @@ def measure_instructions() -> dict:
     return per_step
 
 
+# Python -> C++ calls per steady-decode step of the batched Python scheduler, exactly (the list of
+# calls is spelled out in tests/test_crossings.py): slots; MAX_UTILIZATION adds start_scheduling
+# and one get_needed_blocks_one_step_batch.
+EXPECTED_CROSSINGS = {"GUARANTEED_NO_EVICT": 1, "STATIC_BATCH": 1, "MAX_UTILIZATION": 3}
+
+
+def gate_crossings() -> bool:
+    import tllm_sched as ts
+    from tllm_sched.config import SchedulerConfig
+    from tllm_sched.scheduler import Scheduler
+
+    ok = True
+    for n in (16, 4096):
+        for policy, expected in EXPECTED_CROSSINGS.items():
+            t = ts.RequestTable(n + 8)
+            kv = ts.KVCacheManager(t, 32, n * 40, 2048)
+            lst = ts.RequestList(t)
+            for i in range(n):
+                lst.append(t.add_request(i, np.ones(64, dtype=np.int32), 1000))
+            warm = Scheduler(SchedulerConfig(policy=policy, max_num_requests=n), t, kv, backend="cpp")
+            o = warm.schedule(lst)
+            ts.SimExecutor(t, kv, None, 4096).apply(o.paused, o.fitting_disagg_gen_init, o.context)
+            s = Scheduler(SchedulerConfig(policy=policy, max_num_requests=n), t, kv, backend="python",
+                          count_crossings=True)
+            s.schedule(lst)
+            got = s.last_step_crossings
+            verdict = "ok" if got == expected else "FAIL"
+            ok &= verdict == "ok"
+            print(f"crossing gate: {policy:20s} N={n:5d} {got} crossings per step (expected {expected}) {verdict}")
+    return ok
+
+
 def gate_ratio(refresh: bool) -> bool:
     measured = measure_ratio()
     if refresh:
@@ -196,6 +230,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     BASELINES.mkdir(exist_ok=True)
     ok = True
+    if not args.instructions_only and not args.ratio_only:
+        ok &= gate_crossings()
     if not args.instructions_only:
         ok &= gate_ratio(args.refresh)
     if not args.ratio_only:
