@@ -166,12 +166,7 @@ def set_ctx_requests_chunk_size_vec(remaining: np.ndarray, draft: np.ndarray, po
     """Array twin of `set_ctx_requests_chunk_size`: (chunk sizes, discards) as int64 arrays."""
     remaining = remaining.astype(np.int64)
     draft = draft.astype(np.int64)
-    if policy == EQUAL_PROGRESS:
-        chunk = _equal_progress_vec(remaining, capacity, unit, max_context_length)
-    elif policy == FIRST_COME_FIRST_SERVED:
-        chunk = _first_come_first_served_vec(remaining, capacity, unit, max_context_length)
-    else:
-        raise ValueError(f"unknown chunking policy {policy!r}")
+    chunk = _policy(policy)[1](remaining, capacity, unit, max_context_length)
     return chunk, _fit_draft_tokens_vec(chunk, remaining, draft, capacity, unit, max_context_length)
 
 
@@ -180,10 +175,16 @@ def set_ctx_requests_chunk_size(
     max_context_length: Optional[int],
 ) -> Tuple[List[int], List[int]]:
     """(chunk sizes, draft tokens to discard) for contexts with these remainders, in order."""
-    if policy == EQUAL_PROGRESS:
-        chunk = _equal_progress(remaining, capacity, unit, max_context_length)
-    elif policy == FIRST_COME_FIRST_SERVED:
-        chunk = _first_come_first_served(remaining, capacity, unit, max_context_length)
-    else:
-        raise ValueError(f"unknown chunking policy {policy!r}")
+    chunk = _policy(policy)[0](remaining, capacity, unit, max_context_length)
     return chunk, _fit_draft_tokens(chunk, remaining, draft, capacity, unit, max_context_length)
+
+
+def _policy(policy: str):
+    """(scalar, array) implementations of a chunking policy."""
+    try:
+        return {
+            EQUAL_PROGRESS: (_equal_progress, _equal_progress_vec),
+            FIRST_COME_FIRST_SERVED: (_first_come_first_served, _first_come_first_served_vec),
+        }[policy]
+    except KeyError:
+        raise ValueError(f"unknown chunking policy {policy!r}") from None
