@@ -173,11 +173,12 @@ class PyMicroBatchScheduler:
                     chunks, discard = chunking.set_ctx_requests_chunk_size(
                         remaining.tolist(), d.tolist(), self.chunking_policy, cap, self.unit, self.max_ctx)
             chunks_present = not all_fit
-            self._commit(items, chunks, discard)
+            self.commit(items, chunks, discard)
         context = plain_ctx if items.size == 0 else np.concatenate([plain_ctx, items[np.asarray(chunks) > 0]])
         return self._sort(context, chunks_present), self._sort_lora(generation)
 
-    def _commit(self, items, chunks, discard):
+    def commit(self, items: np.ndarray, chunks, discard) -> None:
+        """Writes chunk sizes (clamping setter) and draft discards: at most two batched calls."""
         self._table.set_context_chunk_sizes(items, np.asarray(chunks, dtype=np.int32))
         d = np.asarray(discard, dtype=np.int32)
         if d.any():

@@ -57,7 +57,7 @@ class PythonBackend:
         chunks, discard = chunking.set_ctx_requests_chunk_size(
             remaining, c["num_draft_tokens"][slots].tolist(), cfg.chunking.policy, cfg.max_num_tokens,
             cfg.chunking.unit_size, cfg.max_context_length)
-        self.micro._commit(slots, chunks, discard)
+        self.micro.commit(slots, chunks, discard)
 
 
 def make_python_backend(backend, config, table, kv, cross_kv, peft, counter=None):
