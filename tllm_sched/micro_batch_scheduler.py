@@ -21,7 +21,6 @@ from tllm_sched.policies.common import (
     DISAGG_GEN_TRANS_COMPLETE,
     ENCODER_INIT,
     GEN_TO_COMPLETE,
-    is_context_init,
 )
 
 _EMPTY = np.zeros(0, dtype=np.int32)

@@ -8,7 +8,7 @@ exists to show what batching buys; its decisions equal the other backends'.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 

@@ -10,7 +10,6 @@ from typing import Optional
 
 import numpy as np
 
-from tllm_sched import _core
 from tllm_sched.capacity_scheduler import PyCapacityScheduler
 from tllm_sched.crossings import Counter, CountingProxy
 from tllm_sched.micro_batch_scheduler import PyMicroBatchScheduler

@@ -5,7 +5,6 @@ C++ twin: ext/policies/max_requests.cpp. Mirrors MaxRequestsScheduler (scheduler
 
 from __future__ import annotations
 
-import numpy as np
 
 from tllm_sched.policies.common import ENCODER_INIT, EMPTY, StepContext, is_context_init, is_generation_in_progress
 
