@@ -141,8 +141,8 @@ int32_t RequestTable::slot_of(int64_t id) const {
     return s;
 }
 
-void RequestTable::check_slot(int32_t s) const {
-    if (!is_live(s)) fail_input("slot " + std::to_string(s) + " holds no live request");
+void RequestTable::fail_dead_slot(int32_t s) const {
+    fail_input("slot " + std::to_string(s) + " holds no live request");
 }
 
 void RequestTable::check_context_state(int32_t s, const char* what) const {

@@ -108,7 +108,10 @@ public:
     int32_t slot_of(int64_t request_id) const;
     bool is_live(int32_t slot) const { return slot >= 0 && slot < capacity_ && live_[idx(slot)] != 0; }
     /// Throws InputError unless `slot` holds a live request.
-    void check_slot(int32_t slot) const;
+    void check_slot(int32_t slot) const {  // inline: batch queries check every slot
+        if (!is_live(slot)) [[unlikely]] fail_dead_slot(slot);
+    }
+    [[noreturn]] void fail_dead_slot(int32_t slot) const;
     uint32_t generation(int32_t slot) const { return generation_[idx(slot)]; }
 
     // --- LlmRequest methods, by slot (scheduler.md §1.2, kvcache.md §3.3) ---

@@ -12,9 +12,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from tllm_sched.policies import guaranteed_no_evict, max_requests, max_utilization
-from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, StepContext
+from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, Split, StepContext
 
-# A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix).
+# A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix) or,
+# from a split path, the fitting list itself as a Split.
 CapacityPolicy = Callable[[StepContext], tuple]
 
 
@@ -51,11 +52,19 @@ class PyCapacityScheduler:
 
     def schedule(self, slots: np.ndarray):
         """(fitting, fitting_disagg_gen_init, paused) slot arrays."""
+        return self.schedule_split(slots)[:3]
+
+    def schedule_split(self, slots: np.ndarray):
+        """`schedule` plus the Split of the fitting list when it comes for free (else None),
+        for the micro-batch stage."""
         ctx = self._ctx.reset(slots)
         scheduled, paused = self._policy(ctx)
-        if isinstance(scheduled, slice):  # a prefix of running generations: views, no copies
-            return slots[scheduled], EMPTY, EMPTY
+        if isinstance(scheduled, Split):
+            return scheduled.slots, EMPTY, EMPTY, scheduled
+        if isinstance(scheduled, slice):  # a prefix of the list: views, no copies
+            whole = scheduled.stop >= slots.size
+            return slots[scheduled], EMPTY, EMPTY, ctx.split if whole else None
         if ctx.all_generation:  # no disagg-gen-init request among them
-            return slots.take(scheduled), EMPTY, slots.take(paused)
+            return slots.take(scheduled), EMPTY, slots.take(paused), None
         disagg = ctx.state.take(scheduled) == DISAGG_GEN_INIT
-        return slots.take(scheduled[~disagg]), slots.take(scheduled[disagg]), slots.take(paused)
+        return slots.take(scheduled[~disagg]), slots.take(scheduled[disagg]), slots.take(paused), None

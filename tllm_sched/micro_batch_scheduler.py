@@ -20,10 +20,15 @@ from tllm_sched.policies.common import (
     DISAGG_GEN_INIT,
     DISAGG_GEN_TRANS_COMPLETE,
     ENCODER_INIT,
+    GEN_IN_PROGRESS,
     GEN_TO_COMPLETE,
+    Split,
+    count_kinds,
+    kind_table,
 )
 
 _EMPTY = np.zeros(0, dtype=np.int32)
+_OUTSIDE, _CONTEXT, _OTHER = range(3)  # kinds of a split's others
 
 
 def context_too_long(request_id: int, tokens: int, max_ctx: int) -> str:
@@ -44,17 +49,32 @@ class PyMicroBatchScheduler:
         self.unit = chunk_unit_size
         self.max_ctx = max_context_length
         self.until, self.after = no_schedule_until, no_schedule_after
+        # The split path needs contexts and running generations inside the window, encoders not.
+        self._split_window = ENCODER_INIT < no_schedule_until <= CONTEXT_INIT and no_schedule_after > GEN_IN_PROGRESS
+        self._kind_table = kind_table(self._kind_of)
+
+    def _kind_of(self, st: int) -> int:
+        """Kind of a split's other: outside the window, a context, or anything else."""
+        if not self.until <= st < self.after:
+            return _OUTSIDE
+        return _CONTEXT if st in (CONTEXT_INIT, DISAGG_CTX_INIT_AND_TRANS) else _OTHER
 
     def schedule(self, slots: np.ndarray, inflight_ids: Optional[np.ndarray], max_batch_size: int,
-                 max_num_tokens: Optional[int]):
-        """(context slots, generation slots) in output order; commits chunk sizes and discards."""
+                 max_num_tokens: Optional[int], split: Optional[Split] = None):
+        """(context slots, generation slots) in output order; commits chunk sizes and discards.
+        `split`, if given, is the Split of `slots` (the capacity stage's, saving a recount)."""
         c = self._c
-        st = c["state"].take(slots)
         no_inflight = inflight_ids is None or len(inflight_ids) == 0
-        if no_inflight and self._all_generation(st):
-            fast = self._generations_only(slots, max_batch_size, max_num_tokens)
-            if fast is not None:
-                return _EMPTY, fast
+        st = None
+        if no_inflight and self._split_window:
+            if split is None:
+                st = c["state"].take(slots)
+                split = Split.of(slots, st)
+            out = self._schedule_split(split, max_batch_size, max_num_tokens)
+            if out is not None:
+                return out
+        if st is None:
+            st = c["state"].take(slots)
         ok = (st >= self.until) & (st < self.after)
         if not no_inflight:
             ok &= ~np.isin(c["request_id"].take(slots), inflight_ids)
@@ -83,23 +103,60 @@ class PyMicroBatchScheduler:
             taken = self._walk(s, chunked, tokens, max_batch_size, max_num_tokens, is_ctx_like)
         return self._finish(s, taken, is_gen, chunked, draft, tokens, max_num_tokens)
 
-    def _all_generation(self, st: np.ndarray) -> bool:
-        """Every request is a schedulable generation (states 12..14 are contiguous)."""
-        lo, hi = DISAGG_GEN_TRANS_COMPLETE, min(GEN_TO_COMPLETE, self.after - 1)
-        return bool(st.size and self.until <= lo and st.min() >= lo and st.max() <= hi)
-
-    def _generations_only(self, slots, max_batch_size, budget):
-        """The common decode step: a token-budget prefix of equal-beam generations, or None
-        when beams differ (the general walk handles the skipping)."""
+    def _schedule_split(self, sp: Split, max_batch_size: int, budget: Optional[int]):
+        """The serving steady state: running generations (equal beams) and a few contexts, the
+        whole list within the batch size and the token budget, so the walk takes everything and
+        only the contexts need work. None when that does not hold (the general walk decides)."""
         c = self._c
-        beam = c["beam_width_by_iter"].take(slots)
-        if beam.min() != beam.max():
+        os = sp.other_state
+        if os.size == 0:
+            gen = self._generations_only(sp.gens, max_batch_size, budget)
+            return None if gen is None else (_EMPTY, gen)
+        kinds, (outside, n_ctx, n_other) = count_kinds(self._kind_table, os, 3)
+        if n_other:
+            return None  # another schedulable state (a disagg generation) among the others
+        gens, items = sp.gens, sp.slots.take(sp.other if not outside else sp.other[kinds == _CONTEXT])
+        if gens.size + items.size > max_batch_size:
             return None
-        k = slots.size
+        used = 0
+        if gens.size:
+            beam = c["beam_width_by_iter"].take(gens)
+            b = int(beam[0])
+            if np.count_nonzero(beam != b):
+                return None  # a beam-width mismatch: the scalar walk skips requests
+            draft = c["num_draft_tokens"].take(gens)
+            used = b * gens.size + (int(draft.sum()) if np.count_nonzero(draft) else 0)
+        d = c["num_draft_tokens"].take(items)
+        if self.chunking_policy is None:
+            tokens = c["num_tokens"].take(items) + d
+            used += int(tokens.sum())
+            if budget is not None and used > budget:
+                return None
+            self._check_context_length(items, tokens, np.arange(items.size))
+            return self._sort_lora(items), self._sort_lora(gens)
+        if budget is not None and used > budget:
+            return None
+        context, last = self._chunk(items, d, used, budget)
+        return self._sort(context, last is not None, last), self._sort_lora(gens)
+
+    def _generations_only(self, gens, max_batch_size, budget):
+        """The decode step: a token-budget prefix of equal-beam generations, or None when beams
+        differ (the general walk handles the skipping)."""
+        if gens.size == 0:
+            return gens
+        c = self._c
+        beam = c["beam_width_by_iter"].take(gens)
+        b = int(beam[0])
+        if np.count_nonzero(beam != b):
+            return None
+        k = gens.size
         if budget is not None:
-            tokens = beam.astype(np.int64) + c["num_draft_tokens"].take(slots)
-            k = int(tokens.cumsum().searchsorted(budget, side="right"))  # totals only grow
-        return self._sort_lora(slots[: min(k, max_batch_size)])
+            draft = c["num_draft_tokens"].take(gens)
+            if np.count_nonzero(draft):
+                k = int((draft.astype(np.int64) + b).cumsum().searchsorted(budget, side="right"))  # totals only grow
+            elif b > 0:
+                k = min(k, budget // b)
+        return self._sort_lora(gens[: min(k, max_batch_size)])
 
     def _check_context_length(self, s, tokens, positions):
         if self.max_ctx is None or positions.size == 0:
@@ -144,41 +201,47 @@ class PyMicroBatchScheduler:
         return np.array(taken, dtype=np.int64)
 
     def _finish(self, s, taken, is_gen, chunked, draft, tokens, budget):
-        c = self._c
         s_t, gen_t, ch_t = s[taken], is_gen[taken], chunked[taken]
         generation = s_t[gen_t]
         plain_ctx = s_t[~gen_t & ~ch_t]
         items = s_t[ch_t]
-        chunks = discard = None
-        chunks_present = False
-        if items.size:
-            remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
-            d = draft[taken][ch_t]
-            want = remaining + d
-            all_fit = True
-            if self.max_ctx is not None and (want > self.max_ctx).any():
-                all_fit = False
-            want_total = int(np.minimum(want, self.max_ctx).sum() if self.max_ctx is not None else want.sum())
-            used = int(tokens[taken].sum())  # chunked contexts carry 0: they are budgeted after the walk
-            if budget is not None and want_total > budget - used:
-                all_fit = False
-            chunks, discard = remaining, np.zeros(items.size, dtype=np.int64)
-            if not all_fit:
-                cap = None if budget is None else budget - used
-                if items.size >= chunking.VECTOR_MIN_ITEMS:
-                    chunks, discard = chunking.set_ctx_requests_chunk_size_vec(
-                        remaining, d, self.chunking_policy, cap, self.unit, self.max_ctx)
-                else:
-                    chunks, discard = chunking.set_ctx_requests_chunk_size(
-                        remaining.tolist(), d.tolist(), self.chunking_policy, cap, self.unit, self.max_ctx)
-            chunks_present = not all_fit
-            self.commit(items, chunks, discard)
-        context = plain_ctx if items.size == 0 else np.concatenate([plain_ctx, items[np.asarray(chunks) > 0]])
-        return self._sort(context, chunks_present), self._sort_lora(generation)
+        if items.size == 0:
+            return self._sort(plain_ctx, False), self._sort_lora(generation)
+        used = int(tokens[taken].sum())  # chunked contexts carry 0: they are budgeted after the walk
+        chunked_ctx, last = self._chunk(items, draft[taken][ch_t], used, budget)
+        context = np.concatenate([plain_ctx, chunked_ctx])
+        return self._sort(context, last is not None), self._sort_lora(generation)
+
+    def _chunk(self, items, d, used, budget):
+        """Chunk sizes of the chunked contexts `items` (draft counts `d`) within what the budget
+        leaves after `used` tokens, committed. Returns the contexts that got a chunk and, if
+        some chunk is partial, their last-chunk flags (else None)."""
+        c = self._c
+        remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
+        want = remaining + d
+        all_fit = not (self.max_ctx is not None and (want > self.max_ctx).any())
+        all_fit = all_fit and (budget is None or int(want.sum()) <= budget - used)
+        if all_fit:
+            self.commit(items, remaining, None)
+            return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
+        cap = None if budget is None else budget - used
+        if items.size >= chunking.VECTOR_MIN_ITEMS:
+            chunks, discard = chunking.set_ctx_requests_chunk_size_vec(
+                remaining, d, self.chunking_policy, cap, self.unit, self.max_ctx)
+        else:
+            chunks, discard = chunking.set_ctx_requests_chunk_size(
+                remaining.tolist(), d.tolist(), self.chunking_policy, cap, self.unit, self.max_ctx)
+            chunks = np.array(chunks, dtype=np.int64)
+        self.commit(items, chunks, discard)
+        keep = chunks > 0
+        return items[keep], (chunks == remaining)[keep]  # a chunk never exceeds the remainder
 
     def commit(self, items: np.ndarray, chunks, discard) -> None:
-        """Writes chunk sizes (clamping setter) and draft discards: at most two batched calls."""
+        """Writes chunk sizes (clamping setter) and draft discards (None: no discard): at most
+        two batched calls."""
         self._table.set_context_chunk_sizes(items, np.asarray(chunks, dtype=np.int32))
+        if discard is None:
+            return
         d = np.asarray(discard, dtype=np.int32)
         if d.any():
             self._table.discard_draft_tokens(items[d > 0], d[d > 0])
@@ -191,13 +254,19 @@ class PyMicroBatchScheduler:
             return s
         return s.take(np.argsort(lora, kind="stable"))
 
-    def _sort(self, ctx, chunks_present):
+    def _sort(self, ctx, chunks_present, last=None):
+        """Contexts in output order: by LoRA task; with partial chunks, non-last chunks first.
+        `last`: the last-chunk flags if known (else read from the committed columns)."""
         if ctx.size < 2:
             return ctx
         if not chunks_present:
             return self._sort_lora(ctx)
         c = self._c
-        st = c["state"][ctx]
-        last = (st == DISAGG_GEN_INIT) | (st == DISAGG_GEN_TRANS_COMPLETE) | (
-            c["context_current_position"][ctx] + c["context_chunk_size"][ctx] == c["prompt_len"][ctx])
-        return ctx[np.lexsort((c["lora_task_id"][ctx], last))]  # non-last first, then by LoRA, stable
+        if last is None:
+            st = c["state"][ctx]
+            last = (st == DISAGG_GEN_INIT) | (st == DISAGG_GEN_TRANS_COMPLETE) | (
+                c["context_current_position"][ctx] + c["context_chunk_size"][ctx] == c["prompt_len"][ctx])
+        lora = c["lora_task_id"].take(ctx)
+        if lora.max() < 0:
+            return ctx.take(np.argsort(last, kind="stable"))  # non-last first, stable
+        return ctx[np.lexsort((lora, last))]  # non-last first, then by LoRA, stable

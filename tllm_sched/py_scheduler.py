@@ -40,8 +40,8 @@ class PythonBackend:
 
     def schedule(self, active, inflight_ids):
         slots = self._wrap(active).slots  # the one read of the list
-        fit, disagg, paused = self.capacity.schedule(slots)
-        ctx, gen = self.micro.schedule(fit, inflight_ids, self.config.max_batch_size, self.config.max_num_tokens)
+        fit, disagg, paused, split = self.capacity.schedule_split(slots)
+        ctx, gen = self.micro.schedule(fit, inflight_ids, self.config.max_batch_size, self.config.max_num_tokens, split)
         return SchedulerOutput(fit, disagg, paused, ctx, gen)
 
     def schedule_capacity(self, slots):

@@ -72,12 +72,15 @@ def _fit_draft_tokens(chunk, remaining, draft, cap, unit, max_ctx) -> List[int]:
 VECTOR_MIN_ITEMS = 32  # below this the plain loops are faster
 
 
-def _greedy_tail(want: np.ndarray, fits_whole: np.ndarray, start: int, left: int, out: np.ndarray) -> int:
+def _greedy_tail(want: np.ndarray, fits_whole, start: int, left: int, out: np.ndarray) -> int:
     """With `left` below one unit, a request whose whole remainder fits takes it; any other gets 0.
-    Fewer than `unit` requests can fit, so this loops that few times."""
+    Fewer than `unit` requests can fit, so this loops that few times. `fits_whole` None: all may."""
     i = start
+    if left <= 0 or i >= want.size or want[i:].min() > left:
+        return left  # the common case: every remaining request wants more than is left
     while left > 0 and i < want.size:
-        cand = (fits_whole[i:] & (want[i:] <= left)).nonzero()[0]
+        fits = want[i:] <= left
+        cand = (fits if fits_whole is None else fits_whole[i:] & fits).nonzero()[0]
         if cand.size == 0:
             break
         k = i + int(cand[0])
@@ -88,9 +91,11 @@ def _greedy_tail(want: np.ndarray, fits_whole: np.ndarray, start: int, left: int
 
 
 def _first_come_first_served_vec(want, cap, unit, max_ctx) -> np.ndarray:
-    whole = np.ones(want.size, dtype=bool) if max_ctx is None else want <= max_ctx
-    lim = want if max_ctx is None else np.minimum(want, max_ctx)
-    base = np.where(whole, want, lim // unit * unit)  # the chunk while capacity is not binding
+    if max_ctx is None:
+        whole, lim, base = None, want, want  # the chunk while capacity is not binding: all of it
+    else:
+        whole, lim = want <= max_ctx, np.minimum(want, max_ctx)
+        base = np.where(whole, want, lim // unit * unit)
     if cap is None:
         return base
     out = np.zeros(want.size, dtype=np.int64)

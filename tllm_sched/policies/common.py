@@ -22,6 +22,63 @@ GEN_COMPLETE = int(S.GENERATION_COMPLETE)
 
 EMPTY = np.zeros(0, dtype=np.int32)
 EMPTY.flags.writeable = False
+NO_POSITIONS = np.zeros(0, dtype=np.intp)
+NO_POSITIONS.flags.writeable = False
+
+
+class Split:
+    """A slot list seen as its running generations (state GENERATION_IN_PROGRESS, the bulk of a
+    serving batch) and the rest ("others": contexts and any other state, usually few).
+
+    The policies' split paths treat the generations as one block, a handful of whole-array
+    operations, and touch the others only through arrays of their size. The capacity stage
+    hands the split of its fitting list to the micro-batch stage, so it is computed once a step.
+    """
+
+    __slots__ = ("slots", "other", "other_state", "_plain", "_gens")
+
+    def __init__(self, slots: np.ndarray, other: np.ndarray, other_state: np.ndarray,
+                 plain: np.ndarray = None, gens: np.ndarray = None):
+        self.slots = slots  # the list, in order
+        self.other = other  # ascending list positions of the others
+        self.other_state = other_state  # their states
+        self._plain = plain  # bool per entry: a running generation (or None when `gens` is given)
+        self._gens = gens
+
+    @classmethod
+    def of(cls, slots: np.ndarray, state: np.ndarray) -> "Split":
+        plain = state == GEN_IN_PROGRESS
+        if np.count_nonzero(plain) == plain.size:
+            return cls(slots, NO_POSITIONS, EMPTY, gens=slots)
+        other = (~plain).nonzero()[0]
+        return cls(slots, other, state.take(other), plain=plain)
+
+    @property
+    def gens(self) -> np.ndarray:
+        """Slots of the running generations, in list order."""
+        if self._gens is None:
+            self._gens = self.slots[self._plain]
+        return self._gens
+
+
+# Kinds of state, for classifying a split's others with one lookup and one bincount instead of
+# a chain of comparisons. A table is indexed by state; its last entry serves DISAGG_TRANS_ERROR
+# (-1), which `take` wraps to the end.
+IGNORED, CONTEXT, GENERATION, OTHER = range(4)  # capacity kinds (GENERATION: 12..14)
+
+
+def kind_table(kind_of) -> np.ndarray:
+    states = [int(v) for v in S.__members__.values()]
+    table = np.zeros(max(states) + 2, dtype=np.intp)
+    for st in states:
+        table[st] = kind_of(st)
+    return table
+
+
+def count_kinds(table: np.ndarray, states: np.ndarray, n_kinds: int):
+    """(kind per state, count of each kind as a list)."""
+    kinds = table.take(states)
+    return kinds, (np.bincount(kinds, minlength=n_kinds).tolist() if kinds.size else [0] * n_kinds)
 
 
 def is_context_init(st: np.ndarray) -> np.ndarray:
@@ -41,7 +98,7 @@ class StepContext:
 
     __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
                  "two_steps_look_ahead", "until", "after", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
-                 "_first_chunk", "_lora", "_ids")
+                 "split", "kinds", "kind_counts", "_kind_table", "_first_chunk", "_lora", "_ids")
 
     def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
                  until, after, reuse, max_device_pages):
@@ -57,14 +114,23 @@ class StepContext:
         # In the default window every schedulable state that is neither a generation nor
         # disagg-gen-init is a context state, so pass-2 lists need no state filter.
         self.pending_are_admissible = until >= CONTEXT_INIT and after <= GEN_COMPLETE
+        self._kind_table = kind_table(self._kind_of)
         self.reset(EMPTY)
+
+    def _kind_of(self, st: int) -> int:
+        if not (self.until <= st < self.after or st == DISAGG_GEN_INIT):
+            return IGNORED
+        if st in (CONTEXT_INIT, DISAGG_CTX_INIT_AND_TRANS):
+            return CONTEXT
+        return GENERATION if DISAGG_GEN_TRANS_COMPLETE <= st <= GEN_TO_COMPLETE else OTHER
 
     def reset(self, slots: np.ndarray) -> "StepContext":
         self.slots = slots  # int32 slots of the active list, in order
         st = self.state = self.cols["state"].take(slots)  # state per list entry
-        # Generation states are one contiguous range: two reductions tell the common case.
-        self.all_generation = bool(
-            st.size and self._gen_window and st.min() >= DISAGG_GEN_TRANS_COMPLETE and st.max() <= GEN_TO_COMPLETE)
+        sp = self.split = Split.of(slots, st)
+        # The others' kinds (capacity gating) with one lookup: kinds[i] for sp.other[i].
+        self.kinds, self.kind_counts = count_kinds(self._kind_table, sp.other_state, 4)
+        self.all_generation = bool(st.size and self._gen_window and self.kind_counts[GENERATION] == self.kinds.size)
         self._first_chunk = self._lora = self._ids = None
         return self
 
@@ -95,6 +161,12 @@ class StepContext:
 
     def schedulable_with_disagg_exception(self) -> np.ndarray:
         return self.schedulable() | (self.state == DISAGG_GEN_INIT)
+
+    @property
+    def plain_split(self) -> bool:
+        """The split paths apply: running generations are pass-1 generations (gen window open)
+        and no per-request page or skip rule is in play."""
+        return self._gen_window and self.peft is None and not self.reuse
 
     def pages(self, idx: np.ndarray) -> np.ndarray:
         """LoRA pages of the requests at list positions `idx` (one crossing; zeros without PEFT)."""

@@ -12,11 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from tllm_sched.policies.common import (
+    CONTEXT,
     DISAGG_GEN_INIT,
     EMPTY,
+    Split,
     StepContext,
     is_context_init,
     is_generation_in_progress,
+    NO_POSITIONS,
     new_task_pages,
     task_ids,
 )
@@ -50,6 +53,10 @@ def schedule(ctx: StepContext, static_batch: bool = False):
         # Only running generations: pass 1 admits them in order up to the count limit and pass 2
         # has nothing to consider, so no block or page count can change the outcome.
         return slice(0, min(ctx.slots.size, ctx.max_num_requests)), EMPTY
+    if ctx.plain_split:
+        fitting = _schedule_split(ctx, static_batch)
+        if fitting is not None:
+            return fitting, EMPTY
     gate, gen = _classify(ctx)
     gens = gen.nonzero()[0]
     if static_batch and gens.size:
@@ -87,6 +94,34 @@ def schedule(ctx: StepContext, static_batch: bool = False):
             if state.stopped:
                 break
     return np.concatenate(admitted), EMPTY
+
+
+def _schedule_split(ctx: StepContext, static_batch: bool):
+    """Running generations plus a few waiting contexts (the serving steady state), without PEFT
+    or reuse: pass 1 takes the generations as a block, pass 2 runs over the contexts only.
+    Returns the fitting list as a Split (generations first, then the admitted contexts), or
+    None when an other is not a context or the count limit cuts pass 1 (the general path)."""
+    sp = ctx.split
+    ignored, n_waiting, n_gen_other, n_other = ctx.kind_counts
+    if n_gen_other or n_other:
+        return None  # a generation or disagg-generation-init request among the others
+    n_gen = ctx.slots.size - sp.other.size
+    if n_gen >= ctx.max_num_requests:
+        return None
+    gens = sp.gens
+    if n_waiting == 0 or (static_batch and n_gen):
+        return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
+    waiting = sp.other if not ignored else sp.other[ctx.kinds == CONTEXT]
+    candidates = np.concatenate((gens, ctx.slots.take(waiting)))
+    # One question for generations and contexts: the generations' sum reserves their blocks.
+    rem = _remaining(ctx.kv, candidates)
+    fits = rem[n_gen:].cumsum() <= ctx.kv.num_free_blocks - int(rem[:n_gen].sum())
+    if ctx.cross_kv is not None:
+        rem_c = _remaining(ctx.cross_kv, candidates)
+        fits &= rem_c[n_gen:].cumsum() <= ctx.cross_kv.num_free_blocks - int(rem_c[:n_gen].sum())
+    n = int(np.argmin(fits)) if not fits.all() else fits.size  # head-of-line: first failure stops
+    n = min(n, ctx.max_num_requests - n_gen)
+    return Split(candidates[:n_gen + n], np.arange(n_gen, n_gen + n), ctx.state.take(waiting[:n]), gens=gens)
 
 
 class _Pass2:

@@ -12,6 +12,8 @@ import numpy as np
 
 from tllm_sched.policies.common import (
     EMPTY,
+    IGNORED,
+    OTHER,
     StepContext,
     is_context_init,
     is_generation_in_progress,
@@ -41,6 +43,14 @@ def schedule(ctx: StepContext):
         # Running generations only: nothing to skip, every one is tried in list order.
         need = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots, ctx.two_steps_look_ahead).astype(np.int64)
         if ctx.peft is None and n <= ctx.max_num_requests and need.sum() <= free:
+            return slice(0, n), EMPTY
+        gated = try_pos = np.arange(n)
+        skipper = NO_SKIP
+    elif n and ctx.plain_split and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0:
+        # Only contexts and generations, every one tried in list order (no skipping, no pages):
+        # if the whole list fits, that is the answer, and the micro-batch stage gets its split.
+        need = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots, ctx.two_steps_look_ahead).astype(np.int64)
+        if n <= ctx.max_num_requests and need.sum() <= free:
             return slice(0, n), EMPTY
         gated = try_pos = np.arange(n)
         skipper = NO_SKIP
