@@ -310,6 +310,11 @@ NB_MODULE(_core, m) {
             }, "request_ids"_a.noconvert(), "Slots of many request ids (ValueError on an unknown id).")
         .def("columns", [](nb::handle self) { return columns_dict(nb::cast<RequestTable&>(self), self); },
              "Zero-copy read-only views of every column (capacity entries, indexed by slot). Build once.")
+        .def("tallies", [](nb::handle self) {
+                const RequestTable& t = nb::cast<const RequestTable&>(self);
+                return view(t.tallies(), RequestTable::kNumTallies, self);
+            }, "Zero-copy read-only view of table-wide counts over live requests: [requests with a LoRA "
+               "task, with draft tokens, with a current beam width other than 1]. Build once.")
         .def("gather", [](const RequestTable& t, const AnyArray& slots) {
                 auto [p, n] = checked_slots(t, slots);
                 nb::dict d;

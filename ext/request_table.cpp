@@ -115,6 +115,7 @@ int32_t RequestTable::add_request(int64_t id, const int32_t* prompt, int32_t ple
     decoding_iter[s] = 0;
     kv_refs[s] = 0;
     list_refs[s] = 0;
+    tally(s, +1);
     return s;
 }
 
@@ -124,6 +125,7 @@ void RequestTable::remove_request(int32_t s) {
         fail_input(id_str(request_id[s]) + ": still holds a KV-cache sequence; remove_sequence first");
     if (list_refs[s] != 0)
         fail_input(id_str(request_id[s]) + ": still in a RequestList; remove it from the list first");
+    tally(s, -1);
     slot_of_id_.erase(request_id[s]);
     token_store_[idx(s)].reset();  // views keep their own reference
     beam_schedule_[idx(s)].clear();
@@ -206,12 +208,16 @@ void RequestTable::discard_draft_tokens(int32_t s, int32_t n) {
     if (n <= 0 || n > num_draft_tokens[s])
         fail_input(id_str(request_id[s]) + ": discard_draft_tokens needs 0 < n <= " +
                    std::to_string(num_draft_tokens[s]) + ", got " + std::to_string(n));
+    tally(s, -1);
     num_draft_tokens[s] -= n;
+    tally(s, +1);
 }
 
 void RequestTable::set_num_draft_tokens(int32_t s, int32_t n) {
     if (n < 0) fail_input(id_str(request_id[s]) + ": draft token count must be >= 0");
+    tally(s, -1);
     num_draft_tokens[s] = n;
+    tally(s, +1);
 }
 
 void RequestTable::pause(int32_t s, int32_t max_input_len) {
@@ -230,14 +236,18 @@ void RequestTable::pause(int32_t s, int32_t max_input_len) {
     context_chunk_size[s] = prompt_len[s];
     decoding_iter[s] = 0;
     const auto& sched = beam_schedule_[idx(s)];
+    tally(s, -1);
     beam_width_by_iter[s] = sched.empty() ? beam_width[s] : sched[0];
+    tally(s, +1);
 }
 
 void RequestTable::advance_decoding_iteration(int32_t s) {
     ++decoding_iter[s];
     const auto& sched = beam_schedule_[idx(s)];
-    if (!sched.empty())
-        beam_width_by_iter[s] = sched[std::min<size_t>(static_cast<size_t>(decoding_iter[s]), sched.size() - 1)];
+    if (sched.empty()) return;
+    tally(s, -1);
+    beam_width_by_iter[s] = sched[std::min<size_t>(static_cast<size_t>(decoding_iter[s]), sched.size() - 1)];
+    tally(s, +1);
 }
 
 }  // namespace tllm

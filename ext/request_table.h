@@ -148,6 +148,11 @@ public:
         return t.extra_ids ? t.extra_ids[idx(i)] : 0;
     }
 
+    /// Table-wide tallies over live requests, kept exact by every write of the columns they
+    /// count, so a scheduler can skip a whole column when nothing in the table uses it.
+    enum Tally : int { kWithLora = 0, kWithDraftTokens = 1, kBeamWidthNotOne = 2, kNumTallies = 3 };
+    const int64_t* tallies() const { return tallies_; }
+
     // --- columns (public for the schedulers' hot loops; written only through methods above) ---
     int64_t* request_id;               ///< id of the request in the slot
     int32_t* state;                    ///< LlmRequestState value
@@ -175,9 +180,16 @@ private:
         return storage.data();
     }
     void check_context_state(int32_t s, const char* what) const;
+    /// Adds `sign` (+1 or -1) to every tally slot `s` counts in, by its current column values.
+    void tally(int32_t s, int64_t sign) {
+        tallies_[kWithLora] += sign * (lora_task_id[s] >= 0);
+        tallies_[kWithDraftTokens] += sign * (num_draft_tokens[s] > 0);
+        tallies_[kBeamWidthNotOne] += sign * (beam_width_by_iter[s] != 1);
+    }
 
     int32_t capacity_;
     int32_t size_ = 0;
+    int64_t tallies_[kNumTallies] = {0, 0, 0};  ///< fixed storage: views of it never dangle
     std::vector<int64_t> c_request_id_, c_lora_;
     std::vector<int32_t> c_state_, c_prompt_len_, c_orig_prompt_len_, c_max_new_, c_num_tokens_, c_pos_,
         c_chunk_, c_prepop_, c_draft_, c_beam_, c_beam_iter_, c_enc_, c_dec_iter_, c_kv_refs_, c_list_refs_;

@@ -1067,6 +1067,11 @@ class APIMachine(RuleBasedStateMachine):
         assert len(kv.free_queue(1)) == kv.num_free_secondary_blocks
         assert all(kv.ref_count(b) >= 0 for b in range(total))
         assert len(self.t) == len(self.live)
+        live = np.array([r.slot for r in self.live.values()], dtype=np.int32)
+        c = self.t.columns()  # the tallies equal a recount over the live requests
+        assert self.t.tallies().tolist() == [
+            int((c["lora_task_id"][live] >= 0).sum()), int((c["num_draft_tokens"][live] > 0).sum()),
+            int((c["beam_width_by_iter"][live] != 1).sum())]
         for view, expected in self.views:  # read every element of every kept view
             got = view.tolist()
             assert len(got) == view.shape[0]

@@ -276,6 +276,37 @@ def test_discard_draft_tokens_bounds():
         r.discard_draft_tokens(1)   # 1 > 0 remaining
 
 
+def test_tallies_follow_every_write():
+    """tallies() = [requests with a LoRA task, with draft tokens, with beam_width_by_iter != 1],
+    over live requests, updated by each write of those columns."""
+    t = new_table(4)
+    tallies = t.tallies()  # one zero-copy view, read after each step
+    assert tallies.tolist() == [0, 0, 0]
+    a = add_req(t, 1, 10, lora_task_id=7, num_draft_tokens=2)
+    b = t.add_request(2, toks(6), 4, beam_width_schedule=[1, 2, 1])
+    assert tallies.tolist() == [1, 1, 0]       # a: LoRA + drafts; b: iteration 0 -> beam 1
+    b.advance_decoding_iteration()
+    assert tallies.tolist() == [1, 1, 1]       # b: iteration 1 -> beam 2
+    b.pause(50)
+    assert tallies.tolist() == [1, 1, 0]       # pause restarts the schedule: iteration 0 -> beam 1
+    b.advance_decoding_iteration()
+    b.advance_decoding_iteration()
+    assert tallies.tolist() == [1, 1, 0]       # iteration 2 -> beam 1
+    a.discard_draft_tokens(1)
+    assert tallies.tolist() == [1, 1, 0]       # 1 draft left
+    a.discard_draft_tokens(1)
+    assert tallies.tolist() == [1, 0, 0]
+    b.set_num_draft_tokens(3)
+    assert tallies.tolist() == [1, 1, 0]
+    with pytest.raises(ValueError):
+        b.set_num_draft_tokens(-1)
+    assert tallies.tolist() == [1, 1, 0]       # a refused write changes nothing
+    t.remove_request(a)
+    t.remove_request(b)
+    assert tallies.tolist() == [0, 0, 0]
+    assert not tallies.flags.writeable
+
+
 def test_add_new_token_up_to_capacity():
     t = new_table(4)
     # Reserved capacity = prompt 4 + max_new 3 + drafts 2 = 9.

@@ -22,13 +22,13 @@ from tllm_sched.policies.common import (
     ENCODER_INIT,
     GEN_IN_PROGRESS,
     GEN_TO_COMPLETE,
+    KindTable,
     Split,
-    count_kinds,
-    kind_table,
 )
 
 _EMPTY = np.zeros(0, dtype=np.int32)
 _OUTSIDE, _CONTEXT, _OTHER = range(3)  # kinds of a split's others
+_WITH_LORA, _WITH_DRAFTS, _WIDE_BEAMS = range(3)  # RequestTable.tallies() entries
 
 
 def context_too_long(request_id: int, tokens: int, max_ctx: int) -> str:
@@ -40,10 +40,11 @@ def context_too_long(request_id: int, tokens: int, max_ctx: int) -> str:
 class PyMicroBatchScheduler:
     """Micro-batch scheduling over request slots, reading columns through zero-copy views."""
 
-    def __init__(self, cols: dict, table, chunking_policy: Optional[str], chunk_unit_size: Optional[int],
+    def __init__(self, cols: dict, tallies: np.ndarray, table, chunking_policy: Optional[str], chunk_unit_size: Optional[int],
                  max_context_length: Optional[int], no_schedule_until: int = CONTEXT_INIT,
                  no_schedule_after: int = GEN_TO_COMPLETE):
         self._c = cols  # zero-copy column views of the table, built once
+        self._tallies = tallies  # zero-copy view of the table's tallies (RequestTable.tallies)
         self._table = table  # RequestTable (or a counting proxy): only for commits
         self.chunking_policy = chunking_policy
         self.unit = chunk_unit_size
@@ -51,7 +52,7 @@ class PyMicroBatchScheduler:
         self.until, self.after = no_schedule_until, no_schedule_after
         # The split path needs contexts and running generations inside the window, encoders not.
         self._split_window = ENCODER_INIT < no_schedule_until <= CONTEXT_INIT and no_schedule_after > GEN_IN_PROGRESS
-        self._kind_table = kind_table(self._kind_of)
+        self._kinds = KindTable(self._kind_of, 3)
 
     def _kind_of(self, st: int) -> int:
         """Kind of a split's other: outside the window, a context, or anything else."""
@@ -112,23 +113,19 @@ class PyMicroBatchScheduler:
         if os.size == 0:
             gen = self._generations_only(sp.gens, max_batch_size, budget)
             return None if gen is None else (_EMPTY, gen)
-        kinds, (outside, n_ctx, n_other) = count_kinds(self._kind_table, os, 3)
+        outside, _, n_other = self._kinds.count(os)
         if n_other:
             return None  # another schedulable state (a disagg generation) among the others
-        gens, items = sp.gens, sp.slots.take(sp.other if not outside else sp.other[kinds == _CONTEXT])
+        gens, items = sp.gens, sp.slots.take(sp.other if not outside else sp.other[self._kinds.of(os) == _CONTEXT])
         if gens.size + items.size > max_batch_size:
             return None
-        used = 0
-        if gens.size:
-            beam = c["beam_width_by_iter"].take(gens)
-            b = int(beam[0])
-            if np.count_nonzero(beam != b):
-                return None  # a beam-width mismatch: the scalar walk skips requests
-            draft = c["num_draft_tokens"].take(gens)
-            used = b * gens.size + (int(draft.sum()) if np.count_nonzero(draft) else 0)
-        d = c["num_draft_tokens"].take(items)
+        per_gen = self._generation_tokens(gens)
+        if per_gen is None:
+            return None  # a beam-width mismatch: the scalar walk skips requests
+        used = per_gen[1]
+        d = c["num_draft_tokens"].take(items) if self._tallies[_WITH_DRAFTS] else None
         if self.chunking_policy is None:
-            tokens = c["num_tokens"].take(items) + d
+            tokens = c["num_tokens"].take(items) + (0 if d is None else d)
             used += int(tokens.sum())
             if budget is not None and used > budget:
                 return None
@@ -144,19 +141,34 @@ class PyMicroBatchScheduler:
         differ (the general walk handles the skipping)."""
         if gens.size == 0:
             return gens
-        c = self._c
-        beam = c["beam_width_by_iter"].take(gens)
-        b = int(beam[0])
-        if np.count_nonzero(beam != b):
+        per_gen = self._generation_tokens(gens)
+        if per_gen is None:
             return None
+        b, total, draft = per_gen
         k = gens.size
-        if budget is not None:
-            draft = c["num_draft_tokens"].take(gens)
-            if np.count_nonzero(draft):
+        if budget is not None and total > budget:
+            if draft is not None:
                 k = int((draft.astype(np.int64) + b).cumsum().searchsorted(budget, side="right"))  # totals only grow
-            elif b > 0:
-                k = min(k, budget // b)
+            else:
+                k = max(0, budget // b) if b > 0 else 0
         return self._sort_lora(gens[: min(k, max_batch_size)])
+
+    def _generation_tokens(self, gens):
+        """(beam width, budget tokens, draft counts or None when none) of the generations
+        `gens`, or None when their beam widths differ. A column no request of the table uses
+        (its tally is 0) is not read."""
+        b = 1
+        if gens.size and self._tallies[_WIDE_BEAMS]:
+            beam = self._c["beam_width_by_iter"].take(gens)
+            b = int(beam[0])
+            if np.count_nonzero(beam != b):
+                return None
+        if not (gens.size and self._tallies[_WITH_DRAFTS]):
+            return b, b * gens.size, None
+        draft = self._c["num_draft_tokens"].take(gens)
+        if not np.count_nonzero(draft):
+            return b, b * gens.size, None
+        return b, b * gens.size + int(draft.sum()), draft
 
     def _check_context_length(self, s, tokens, positions):
         if self.max_ctx is None or positions.size == 0:
@@ -218,7 +230,11 @@ class PyMicroBatchScheduler:
         some chunk is partial, their last-chunk flags (else None)."""
         c = self._c
         remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
-        want = remaining + d
+        if d is None:  # no draft tokens anywhere
+            d = np.zeros(items.size, dtype=np.int32)
+            want = remaining
+        else:
+            want = remaining + d
         all_fit = not (self.max_ctx is not None and (want > self.max_ctx).any())
         all_fit = all_fit and (budget is None or int(want.sum()) <= budget - used)
         if all_fit:
@@ -247,7 +263,7 @@ class PyMicroBatchScheduler:
             self._table.discard_draft_tokens(items[d > 0], d[d > 0])
 
     def _sort_lora(self, s):
-        if s.size < 2:
+        if s.size < 2 or not self._tallies[_WITH_LORA]:
             return s
         lora = self._c["lora_task_id"].take(s)
         if lora.max() < 0 or (lora[1:] >= lora[:-1]).all():  # already in order (e.g. no LoRA)
@@ -266,7 +282,7 @@ class PyMicroBatchScheduler:
             st = c["state"][ctx]
             last = (st == DISAGG_GEN_INIT) | (st == DISAGG_GEN_TRANS_COMPLETE) | (
                 c["context_current_position"][ctx] + c["context_chunk_size"][ctx] == c["prompt_len"][ctx])
-        lora = c["lora_task_id"].take(ctx)
-        if lora.max() < 0:
+        lora = c["lora_task_id"].take(ctx) if self._tallies[_WITH_LORA] else None
+        if lora is None or lora.max() < 0:
             return ctx.take(np.argsort(last, kind="stable"))  # non-last first, stable
         return ctx[np.lexsort((lora, last))]  # non-last first, then by LoRA, stable

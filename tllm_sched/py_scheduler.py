@@ -33,7 +33,7 @@ class PythonBackend:
             max_device_pages=None if peft is None else peft.max_device_pages,
         )
         self.micro = PyMicroBatchScheduler(
-            self.cols, self._table, None if ch is None else ch.policy, None if ch is None else ch.unit_size,
+            self.cols, table.tallies(), self._table, None if ch is None else ch.policy, None if ch is None else ch.unit_size,
             config.max_context_length,
         )
         self._wrap = wrap

@@ -61,24 +61,35 @@ class Split:
         return self._gens
 
 
-# Kinds of state, for classifying a split's others with one lookup and one bincount instead of
-# a chain of comparisons. A table is indexed by state; its last entry serves DISAGG_TRANS_ERROR
-# (-1), which `take` wraps to the end.
+# Kinds of state, for classifying a split's others with a lookup table instead of a chain of
+# comparisons. Tables are indexed by state; the last entry serves DISAGG_TRANS_ERROR (-1), as
+# negative indices wrap in both `take` and Python lists.
 IGNORED, CONTEXT, GENERATION, OTHER = range(4)  # capacity kinds (GENERATION: 12..14)
+FEW = 16  # below this many states, counting in plain Python beats two array calls
 
 
-def kind_table(kind_of) -> np.ndarray:
-    states = [int(v) for v in S.__members__.values()]
-    table = np.zeros(max(states) + 2, dtype=np.intp)
-    for st in states:
-        table[st] = kind_of(st)
-    return table
+class KindTable:
+    """A kind (small int) per request state."""
 
+    def __init__(self, kind_of, n_kinds: int):
+        states = [int(v) for v in S.__members__.values()]
+        self.n_kinds = n_kinds
+        self.array = np.zeros(max(states) + 2, dtype=np.intp)
+        for st in states:
+            self.array[st] = kind_of(st)
+        self.list = self.array.tolist()
 
-def count_kinds(table: np.ndarray, states: np.ndarray, n_kinds: int):
-    """(kind per state, count of each kind as a list)."""
-    kinds = table.take(states)
-    return kinds, (np.bincount(kinds, minlength=n_kinds).tolist() if kinds.size else [0] * n_kinds)
+    def of(self, states: np.ndarray) -> np.ndarray:
+        return self.array.take(states)
+
+    def count(self, states: np.ndarray) -> list:
+        """How many of `states` are of each kind."""
+        if states.size >= FEW:
+            return np.bincount(self.array.take(states), minlength=self.n_kinds).tolist()
+        counts, table = [0] * self.n_kinds, self.list
+        for st in states.tolist():
+            counts[table[st]] += 1
+        return counts
 
 
 def is_context_init(st: np.ndarray) -> np.ndarray:
@@ -98,7 +109,7 @@ class StepContext:
 
     __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
                  "two_steps_look_ahead", "until", "after", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
-                 "split", "kinds", "kind_counts", "_kind_table", "_first_chunk", "_lora", "_ids")
+                 "split", "kind_counts", "kinds", "_first_chunk", "_lora", "_ids")
 
     def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
                  until, after, reuse, max_device_pages):
@@ -114,7 +125,7 @@ class StepContext:
         # In the default window every schedulable state that is neither a generation nor
         # disagg-gen-init is a context state, so pass-2 lists need no state filter.
         self.pending_are_admissible = until >= CONTEXT_INIT and after <= GEN_COMPLETE
-        self._kind_table = kind_table(self._kind_of)
+        self.kinds = KindTable(self._kind_of, 4)
         self.reset(EMPTY)
 
     def _kind_of(self, st: int) -> int:
@@ -128,9 +139,8 @@ class StepContext:
         self.slots = slots  # int32 slots of the active list, in order
         st = self.state = self.cols["state"].take(slots)  # state per list entry
         sp = self.split = Split.of(slots, st)
-        # The others' kinds (capacity gating) with one lookup: kinds[i] for sp.other[i].
-        self.kinds, self.kind_counts = count_kinds(self._kind_table, sp.other_state, 4)
-        self.all_generation = bool(st.size and self._gen_window and self.kind_counts[GENERATION] == self.kinds.size)
+        self.kind_counts = self.kinds.count(sp.other_state)  # the others' kinds (capacity gating)
+        self.all_generation = bool(st.size and self._gen_window and self.kind_counts[GENERATION] == sp.other.size)
         self._first_chunk = self._lora = self._ids = None
         return self
 

@@ -111,17 +111,21 @@ def _schedule_split(ctx: StepContext, static_batch: bool):
     gens = sp.gens
     if n_waiting == 0 or (static_batch and n_gen):
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
-    waiting = sp.other if not ignored else sp.other[ctx.kinds == CONTEXT]
-    candidates = np.concatenate((gens, ctx.slots.take(waiting)))
-    # One question for generations and contexts: the generations' sum reserves their blocks.
-    rem = _remaining(ctx.kv, candidates)
-    fits = rem[n_gen:].cumsum() <= ctx.kv.num_free_blocks - int(rem[:n_gen].sum())
+    waiting = sp.other if not ignored else sp.other[ctx.kinds.of(sp.other_state) == CONTEXT]
+    candidates = np.concatenate((gens, ctx.slots.take(waiting)))  # one question for all
+    n = min(_fitting_contexts(ctx.kv, candidates, n_gen), ctx.max_num_requests - n_gen)
     if ctx.cross_kv is not None:
-        rem_c = _remaining(ctx.cross_kv, candidates)
-        fits &= rem_c[n_gen:].cumsum() <= ctx.cross_kv.num_free_blocks - int(rem_c[:n_gen].sum())
-    n = int(np.argmin(fits)) if not fits.all() else fits.size  # head-of-line: first failure stops
-    n = min(n, ctx.max_num_requests - n_gen)
+        n = min(n, _fitting_contexts(ctx.cross_kv, candidates, n_gen))
     return Split(candidates[:n_gen + n], np.arange(n_gen, n_gen + n), ctx.state.take(waiting[:n]), gens=gens)
+
+
+def _fitting_contexts(kv, candidates: np.ndarray, n_gen: int) -> int:
+    """How many of the contexts after the first `n_gen` candidates (generations) fit in `kv`,
+    in order, once the generations have reserved their blocks to completion. Blocks needed are
+    >= 0, so the running total only grows and the first failure is a binary search."""
+    rem = _remaining(kv, candidates)
+    avail = kv.num_free_blocks - int(rem[:n_gen].sum())
+    return int(rem[n_gen:].cumsum().searchsorted(avail, side="right"))
 
 
 class _Pass2:
