@@ -615,6 +615,12 @@ NB_MODULE(_core, m) {
                 for (int32_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = k.get_remaining_blocks_to_completion(p[i]);
                 return to_numpy(std::move(out));
             }, "slots"_a.noconvert())
+        .def("get_remaining_blocks_to_completion_sum", [](const KVCacheManager& k, const AnyArray& slots) {
+                auto [p, n] = checked_slots(k.table(), slots);
+                int64_t total = 0;
+                for (int32_t i = 0; i < n; ++i) total += k.get_remaining_blocks_to_completion(p[i]);
+                return total;
+            }, "slots"_a.noconvert(), "The sum of get_remaining_blocks_to_completion over many requests (no array).")
         .def("get_needed_blocks_one_step_batch", [](const KVCacheManager& k, const AnyArray& slots, bool two) {
                 auto [p, n] = checked_slots(k.table(), slots);
                 std::vector<int32_t> out(static_cast<size_t>(n));

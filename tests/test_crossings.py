@@ -7,7 +7,8 @@ Each expected count is the list of calls the batched Python scheduler makes, wri
     (pass 1 admits them unconditionally and pass 2 is empty);
   - MAX_UTILIZATION: `start_scheduling` + `get_needed_blocks_one_step_batch`;
   - with waiting contexts, GUARANTEED_NO_EVICT adds `get_remaining_blocks_to_completion_batch` +
-    `num_free_blocks`, block reuse adds `find_new_context_block_batch`, PEFT adds
+    `num_free_blocks` (without reuse or PEFT: `get_remaining_blocks_to_completion_sum` for the
+    running generations, the batch form for the contexts only), block reuse adds `find_new_context_block_batch`, PEFT adds
     `determine_num_pages_batch`, and chunked prefill commits with `set_context_chunk_sizes`
     (+ `discard_draft_tokens` when drafts are cut);
   - each MAX_UTILIZATION pause adds one `scheduling_remove_sequence`.
@@ -80,6 +81,24 @@ def test_mixed_prefill_with_everything_on(n, policy, expected):
     out = s.schedule(lst)
     assert out.context.size > 0 and out.generation.size == n
     assert s.last_step_crossings == expected <= 8
+
+
+@pytest.mark.parametrize("n", [16, 4096])
+@pytest.mark.parametrize("policy,expected", [
+    # slots, get_remaining_blocks_to_completion_sum (generations), num_free_blocks,
+    # get_remaining_blocks_to_completion_batch (contexts), set_context_chunk_sizes
+    ("GUARANTEED_NO_EVICT", 5),
+    # slots, start_scheduling, get_needed_blocks_one_step_batch, set_context_chunk_sizes
+    ("MAX_UTILIZATION", 4),
+])
+def test_mixed_prefill_serving_steady_state(n, policy, expected):
+    """Running generations plus a few new contexts, no reuse or PEFT: the split paths."""
+    chunking = ChunkingConfig("FIRST_COME_FIRST_SERVED", 16)
+    s, lst = _decoding(n, policy, "python", chunking=chunking, contexts=3, budget=n + 100)
+    out = s.schedule(lst)
+    # 100 tokens after the generations' n: the first context (64) whole, the second 32 (two units).
+    assert out.generation.size == n and out.context.size == 2
+    assert s.last_step_crossings == expected
 
 
 def test_each_pause_adds_one_crossing():

@@ -113,10 +113,13 @@ class PyMicroBatchScheduler:
         if os.size == 0:
             gen = self._generations_only(sp.gens, max_batch_size, budget)
             return None if gen is None else (_EMPTY, gen)
-        outside, _, n_other = self._kinds.count(os)
-        if n_other:
-            return None  # another schedulable state (a disagg generation) among the others
-        gens, items = sp.gens, sp.slots.take(sp.other if not outside else sp.other[self._kinds.of(os) == _CONTEXT])
+        items = sp.contexts
+        if items is None:
+            outside, _, n_other = self._kinds.count(os)
+            if n_other:
+                return None  # another schedulable state (a disagg generation) among the others
+            items = sp.slots.take(sp.other if not outside else sp.other[self._kinds.of(os) == _CONTEXT])
+        gens = sp.gens
         if gens.size + items.size > max_batch_size:
             return None
         per_gen = self._generation_tokens(gens)
@@ -230,16 +233,14 @@ class PyMicroBatchScheduler:
         some chunk is partial, their last-chunk flags (else None)."""
         c = self._c
         remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
-        if d is None:  # no draft tokens anywhere
-            d = np.zeros(items.size, dtype=np.int32)
-            want = remaining
-        else:
-            want = remaining + d
+        want = remaining if d is None else remaining + d  # d None: no draft tokens anywhere
         all_fit = not (self.max_ctx is not None and (want > self.max_ctx).any())
         all_fit = all_fit and (budget is None or int(want.sum()) <= budget - used)
         if all_fit:
             self.commit(items, remaining, None)
             return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
+        if d is None:
+            d = np.zeros(items.size, dtype=np.int32)
         cap = None if budget is None else budget - used
         if items.size >= chunking.VECTOR_MIN_ITEMS:
             chunks, discard = chunking.set_ctx_requests_chunk_size_vec(

@@ -35,13 +35,14 @@ class Split:
     hands the split of its fitting list to the micro-batch stage, so it is computed once a step.
     """
 
-    __slots__ = ("slots", "other", "other_state", "_plain", "_gens")
+    __slots__ = ("slots", "other", "other_state", "contexts", "_plain", "_gens")
 
     def __init__(self, slots: np.ndarray, other: np.ndarray, other_state: np.ndarray,
-                 plain: np.ndarray = None, gens: np.ndarray = None):
+                 plain: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None):
         self.slots = slots  # the list, in order
         self.other = other  # ascending list positions of the others
         self.other_state = other_state  # their states
+        self.contexts = contexts  # slots of the others when all are known contexts, else None
         self._plain = plain  # bool per entry: a running generation (or None when `gens` is given)
         self._gens = gens
 
@@ -90,6 +91,19 @@ class KindTable:
         for st in states.tolist():
             counts[table[st]] += 1
         return counts
+
+
+def prefix_within(values: np.ndarray, limit: int) -> int:
+    """How many leading `values` (all >= 0) fit in `limit`: the longest prefix whose running total
+    stays <= limit. The totals only grow, so it is a binary search (a plain loop when few)."""
+    if values.size >= FEW:
+        return int(values.cumsum().searchsorted(limit, side="right"))
+    total = 0
+    for k, v in enumerate(values.tolist()):
+        total += v
+        if total > limit:
+            return k
+    return values.size
 
 
 def is_context_init(st: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from tllm_sched.policies.common import (
     is_generation_in_progress,
     NO_POSITIONS,
     new_task_pages,
+    prefix_within,
     task_ids,
 )
 from tllm_sched.policies.reuse_skipping import make_skipper, windows
@@ -112,20 +113,22 @@ def _schedule_split(ctx: StepContext, static_batch: bool):
     if n_waiting == 0 or (static_batch and n_gen):
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
     waiting = sp.other if not ignored else sp.other[ctx.kinds.of(sp.other_state) == CONTEXT]
-    candidates = np.concatenate((gens, ctx.slots.take(waiting)))  # one question for all
-    n = min(_fitting_contexts(ctx.kv, candidates, n_gen), ctx.max_num_requests - n_gen)
+    contexts = ctx.slots.take(waiting)
+    n = min(_fitting_contexts(ctx.kv, gens, contexts), ctx.max_num_requests - n_gen)
     if ctx.cross_kv is not None:
-        n = min(n, _fitting_contexts(ctx.cross_kv, candidates, n_gen))
-    return Split(candidates[:n_gen + n], np.arange(n_gen, n_gen + n), ctx.state.take(waiting[:n]), gens=gens)
+        n = min(n, _fitting_contexts(ctx.cross_kv, gens, contexts))
+    if n == 0:
+        return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
+    others = sp.other_state[:n] if not ignored else ctx.state.take(waiting[:n])
+    return Split(np.concatenate((gens, contexts[:n])), np.arange(n_gen, n_gen + n), others, gens=gens,
+                 contexts=contexts[:n])
 
 
-def _fitting_contexts(kv, candidates: np.ndarray, n_gen: int) -> int:
-    """How many of the contexts after the first `n_gen` candidates (generations) fit in `kv`,
-    in order, once the generations have reserved their blocks to completion. Blocks needed are
-    >= 0, so the running total only grows and the first failure is a binary search."""
-    rem = _remaining(kv, candidates)
-    avail = kv.num_free_blocks - int(rem[:n_gen].sum())
-    return int(rem[n_gen:].cumsum().searchsorted(avail, side="right"))
+def _fitting_contexts(kv, gens: np.ndarray, contexts: np.ndarray) -> int:
+    """How many of `contexts` fit in `kv`, in order, once the generations `gens` have reserved
+    their blocks to completion (a sum asked for in one call, no array)."""
+    avail = kv.num_free_blocks - kv.get_remaining_blocks_to_completion_sum(gens)
+    return prefix_within(_remaining(kv, contexts), avail)
 
 
 class _Pass2:
