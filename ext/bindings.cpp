@@ -627,6 +627,13 @@ NB_MODULE(_core, m) {
                 for (int32_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = k.get_needed_blocks_one_step(p[i], two);
                 return to_numpy(std::move(out));
             }, "slots"_a.noconvert(), "two_steps_look_ahead"_a = false)
+        .def("get_needed_blocks_one_step_sum", [](const KVCacheManager& k, const AnyArray& slots, bool two) {
+                auto [p, n] = checked_slots(k.table(), slots);
+                int64_t total = 0;
+                for (int32_t i = 0; i < n; ++i) total += k.get_needed_blocks_one_step(p[i], two);
+                return total;
+            }, "slots"_a.noconvert(), "two_steps_look_ahead"_a = false,
+            "The sum of get_needed_blocks_one_step over many requests (no array).")
         .def("find_new_context_block_batch", [](KVCacheManager& k, const AnyArray& slots, bool continue_pass) {
                 auto [p, n] = checked_slots(k.table(), slots);
                 std::vector<int64_t> out(static_cast<size_t>(n), -1);

@@ -5,7 +5,8 @@ Each expected count is the list of calls the batched Python scheduler makes, wri
   - every step reads the active list's slots once (`RequestList.slots`);
   - GUARANTEED_NO_EVICT with only running generations decides without any cache question
     (pass 1 admits them unconditionally and pass 2 is empty);
-  - MAX_UTILIZATION: `start_scheduling` + `get_needed_blocks_one_step_batch`;
+  - MAX_UTILIZATION: `start_scheduling` + `get_needed_blocks_one_step_sum` (when the whole list
+    fits; otherwise also `get_needed_blocks_one_step_batch`);
   - with waiting contexts, GUARANTEED_NO_EVICT adds `get_remaining_blocks_to_completion_batch` +
     `num_free_blocks` (without reuse or PEFT: `get_remaining_blocks_to_completion_sum` for the
     running generations, the batch form for the contexts only), block reuse adds `find_new_context_block_batch`, PEFT adds
@@ -48,7 +49,7 @@ def _decoding(n, policy, backend, *, reuse=False, peft=False, chunking=None, con
 @pytest.mark.parametrize("policy,expected", [
     ("GUARANTEED_NO_EVICT", 1),  # slots
     ("STATIC_BATCH", 1),  # slots
-    ("MAX_UTILIZATION", 3),  # slots, start_scheduling, get_needed_blocks_one_step_batch
+    ("MAX_UTILIZATION", 3),  # slots, start_scheduling, get_needed_blocks_one_step_sum
 ])
 def test_steady_decode(n, policy, expected):
     s, lst = _decoding(n, policy, "python")
@@ -88,7 +89,7 @@ def test_mixed_prefill_with_everything_on(n, policy, expected):
     # slots, get_remaining_blocks_to_completion_sum (generations), num_free_blocks,
     # get_remaining_blocks_to_completion_batch (contexts), set_context_chunk_sizes
     ("GUARANTEED_NO_EVICT", 5),
-    # slots, start_scheduling, get_needed_blocks_one_step_batch, set_context_chunk_sizes
+    # slots, start_scheduling, get_needed_blocks_one_step_sum, set_context_chunk_sizes
     ("MAX_UTILIZATION", 4),
 ])
 def test_mixed_prefill_serving_steady_state(n, policy, expected):
@@ -106,7 +107,8 @@ def test_each_pause_adds_one_crossing():
     # token opens a second block each: request 0 takes the free block; request 1 fails, so the
     # last started request (3) is paused (2 free), and the retry of 1 fits; request 2 fails,
     # and the last started request in [2, 3) is 2 itself: paused, the loop ends.
-    # 3 + 2 crossings.
+    # slots, start_scheduling, get_needed_blocks_one_step_sum (the list does not fit), then
+    # get_needed_blocks_one_step_batch, + 2 pauses.
     t = ts.RequestTable(8)
     kv = ts.KVCacheManager(t, 16, 5, 64)
     lst = ts.RequestList(t)
@@ -121,7 +123,7 @@ def test_each_pause_adds_one_crossing():
     o = s.schedule(lst)
     assert t.request_ids(o.paused).tolist() == [3, 2]
     assert t.request_ids(o.generation).tolist() == [0, 1]
-    assert s.last_step_crossings == 3 + 2
+    assert s.last_step_crossings == 4 + 2
 
 
 def test_naive_baseline_crosses_per_request():

@@ -21,6 +21,7 @@ from tllm_sched.policies.common import (
     DISAGG_GEN_TRANS_COMPLETE,
     ENCODER_INIT,
     GEN_IN_PROGRESS,
+    FEW,
     GEN_TO_COMPLETE,
     KindTable,
     Split,
@@ -231,12 +232,17 @@ class PyMicroBatchScheduler:
         """Chunk sizes of the chunked contexts `items` (draft counts `d`) within what the budget
         leaves after `used` tokens, committed. Returns the contexts that got a chunk and, if
         some chunk is partial, their last-chunk flags (else None)."""
+        if items.size == 0:
+            return items, None
         c = self._c
         remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
         want = remaining if d is None else remaining + d  # d None: no draft tokens anywhere
-        all_fit = not (self.max_ctx is not None and (want > self.max_ctx).any())
-        all_fit = all_fit and (budget is None or int(want.sum()) <= budget - used)
-        if all_fit:
+        if want.size < FEW:  # the usual handful: Python ints are cheaper than numpy calls
+            w = want.tolist()
+            too_long, total = self.max_ctx is not None and max(w) > self.max_ctx, sum(w)
+        else:
+            too_long, total = self.max_ctx is not None and bool((want > self.max_ctx).any()), int(want.sum())
+        if not too_long and (budget is None or total <= budget - used):  # every remainder fits
             self.commit(items, remaining, None)
             return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
         if d is None:

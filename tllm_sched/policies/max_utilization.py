@@ -39,19 +39,16 @@ def _prefix(ctx: StepContext, try_pos: np.ndarray, need: np.ndarray, pages: np.n
 def schedule(ctx: StepContext):
     free = ctx.kv.start_scheduling()
     n = ctx.slots.size
-    if ctx.all_generation:
-        # Running generations only: nothing to skip, every one is tried in list order.
-        need = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots, ctx.two_steps_look_ahead).astype(np.int64)
-        if ctx.peft is None and n <= ctx.max_num_requests and need.sum() <= free:
+    whole_list = ctx.all_generation or (
+        n and ctx.plain_split and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0)
+    if whole_list:
+        # Every request is tried in list order, nothing skipped: running generations only, or
+        # (without PEFT or reuse) generations and contexts. If the whole list fits, a sum asked
+        # for in one call says so, and the micro-batch stage gets the list's split.
+        two = ctx.two_steps_look_ahead
+        if ctx.peft is None and n <= ctx.max_num_requests and ctx.kv.get_needed_blocks_one_step_sum(ctx.slots, two) <= free:
             return slice(0, n), EMPTY
-        gated = try_pos = np.arange(n)
-        skipper = NO_SKIP
-    elif n and ctx.plain_split and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0:
-        # Only contexts and generations, every one tried in list order (no skipping, no pages):
-        # if the whole list fits, that is the answer, and the micro-batch stage gets its split.
-        need = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots, ctx.two_steps_look_ahead).astype(np.int64)
-        if n <= ctx.max_num_requests and need.sum() <= free:
-            return slice(0, n), EMPTY
+        need = ctx.kv.get_needed_blocks_one_step_batch(ctx.slots, two).astype(np.int64)
         gated = try_pos = np.arange(n)
         skipper = NO_SKIP
     else:
