@@ -100,3 +100,39 @@ def test_import_does_not_import_torch():
     code = "import sys, tllm_sched; assert 'torch' not in sys.modules, 'torch imported'"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("backend", ["cpp", "python", "python-naive"])
+@pytest.mark.parametrize("contexts", [0, 2])
+def test_scheduler_outputs_do_not_alias_the_active_list(backend, contexts):
+    """Outputs are the caller's arrays: changing the list afterwards (removing the finished,
+    appending arrivals) leaves them as they were. The list's `slots` is a live view, and the
+    Python schedulers return slices, so they must slice a copy."""
+    import numpy as np
+
+    from tllm_sched.config import ChunkingConfig, SchedulerConfig
+    from tllm_sched.scheduler import Scheduler
+
+    t = new_table(16)
+    kv = new_kv(t, 4, 64, 64)
+    lst = ts.RequestList(t)
+    for i in range(4):  # running generations: their context step is done
+        r = add_req(t, i, toks(4, 10 * i), max_new=8)
+        kv.add_sequence(i, 4, 1, r)
+        r.move_to_next_context_chunk()
+        r.set_state(ts.LlmRequestState.GENERATION_IN_PROGRESS)
+        lst.append(r)
+    for j in range(contexts):  # new arrivals at the end of the list
+        lst.append(add_req(t, 10 + j, toks(6, 100 + j), max_new=2))
+    cfg = SchedulerConfig(policy="GUARANTEED_NO_EVICT", max_num_requests=8, max_batch_size=8,
+                          max_num_tokens=64, chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", 4))
+    s = Scheduler(cfg, t, kv, backend=backend)
+    out = s.schedule(lst)
+    cap = s.schedule_capacity(lst)
+    micro = s.schedule_micro(lst)
+    arrays = [out.fitting, out.generation, out.context, *cap, *micro]
+    kept = [a.tolist() for a in arrays]
+    assert t.request_ids(out.generation).tolist() == [0, 1, 2, 3]
+    lst.remove(t.get(0))  # the list shifts left
+    lst.append(add_req(t, 99, toks(3), max_new=1))
+    assert [a.tolist() for a in arrays] == kept

@@ -119,7 +119,7 @@ class PyMicroBatchScheduler:
             outside, _, n_other = self._kinds.count(os)
             if n_other:
                 return None  # another schedulable state (a disagg generation) among the others
-            items = sp.slots.take(sp.other if not outside else sp.other[self._kinds.of(os) == _CONTEXT])
+            items = sp.other_slots() if not outside else sp.slots.take(sp.other[self._kinds.of(os) == _CONTEXT])
         gens = sp.gens
         if gens.size + items.size > max_batch_size:
             return None

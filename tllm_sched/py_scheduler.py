@@ -39,16 +39,18 @@ class PythonBackend:
         self._wrap = wrap
 
     def schedule(self, active, inflight_ids):
-        slots = self._wrap(active).slots  # the one read of the list
+        # The one read of the list, copied: outputs may be slices of it and must not change
+        # when the list does.
+        slots = self._wrap(active).slots.copy()
         fit, disagg, paused, split = self.capacity.schedule_split(slots)
         ctx, gen = self.micro.schedule(fit, inflight_ids, self.config.max_batch_size, self.config.max_num_tokens, split)
         return SchedulerOutput(fit, disagg, paused, ctx, gen)
 
     def schedule_capacity(self, slots):
-        return self.capacity.schedule(slots)
+        return self.capacity.schedule(slots.copy())  # outputs may be slices: never of the caller's array
 
     def schedule_micro(self, slots, inflight_ids):
-        return self.micro.schedule(slots, inflight_ids, self.config.max_batch_size, self.config.max_num_tokens)
+        return self.micro.schedule(slots.copy(), inflight_ids, self.config.max_batch_size, self.config.max_num_tokens)
 
     def set_ctx_requests_chunk_size(self, slots: np.ndarray) -> None:
         c, cfg = self.cols, self.config

@@ -55,11 +55,20 @@ class Split:
         return cls(slots, other, state.take(other), plain=plain)
 
     @property
+    def tail(self) -> bool:
+        """The others are the end of the list (new requests are appended): slices, no copies."""
+        return self.other.size == 0 or int(self.other[0]) == self.slots.size - self.other.size
+
+    @property
     def gens(self) -> np.ndarray:
         """Slots of the running generations, in list order."""
         if self._gens is None:
-            self._gens = self.slots[self._plain]
+            self._gens = self.slots[:self.slots.size - self.other.size] if self.tail else self.slots[self._plain]
         return self._gens
+
+    def other_slots(self) -> np.ndarray:
+        """Slots of the others, in list order."""
+        return self.slots[self.slots.size - self.other.size:] if self.tail else self.slots.take(self.other)
 
 
 # Kinds of state, for classifying a split's others with a lookup table instead of a chain of

@@ -112,16 +112,19 @@ def _schedule_split(ctx: StepContext, static_batch: bool):
     gens = sp.gens
     if n_waiting == 0 or (static_batch and n_gen):
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
-    waiting = sp.other if not ignored else sp.other[ctx.kinds.of(sp.other_state) == CONTEXT]
-    contexts = ctx.slots.take(waiting)
+    if not ignored:
+        contexts, others = sp.other_slots(), sp.other_state
+    else:
+        waiting = sp.other[ctx.kinds.of(sp.other_state) == CONTEXT]
+        contexts, others = ctx.slots.take(waiting), ctx.state.take(waiting)
     n = min(_fitting_contexts(ctx.kv, gens, contexts), ctx.max_num_requests - n_gen)
     if ctx.cross_kv is not None:
         n = min(n, _fitting_contexts(ctx.cross_kv, gens, contexts))
     if n == 0:
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
-    others = sp.other_state[:n] if not ignored else ctx.state.take(waiting[:n])
-    return Split(np.concatenate((gens, contexts[:n])), np.arange(n_gen, n_gen + n), others, gens=gens,
-                 contexts=contexts[:n])
+    # Generations, then the admitted contexts: a prefix of the list when the contexts are its tail.
+    fitting = ctx.slots[:n_gen + n] if not ignored and sp.tail else np.concatenate((gens, contexts[:n]))
+    return Split(fitting, np.arange(n_gen, n_gen + n), others[:n], gens=gens, contexts=contexts[:n])
 
 
 def _fitting_contexts(kv, gens: np.ndarray, contexts: np.ndarray) -> int:
