@@ -35,24 +35,23 @@ class Split:
     hands the split of its fitting list to the micro-batch stage, so it is computed once a step.
     """
 
-    __slots__ = ("slots", "other", "other_state", "contexts", "_plain", "_gens")
+    __slots__ = ("slots", "other", "other_state", "contexts", "_state", "_gens")
 
     def __init__(self, slots: np.ndarray, other: np.ndarray, other_state: np.ndarray,
-                 plain: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None):
+                 state: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None):
         self.slots = slots  # the list, in order
         self.other = other  # ascending list positions of the others
         self.other_state = other_state  # their states
         self.contexts = contexts  # slots of the others when all are known contexts, else None
-        self._plain = plain  # bool per entry: a running generation (or None when `gens` is given)
+        self._state = state  # state per entry (or None when `gens` is given)
         self._gens = gens
 
     @classmethod
     def of(cls, slots: np.ndarray, state: np.ndarray) -> "Split":
-        plain = state == GEN_IN_PROGRESS
-        if np.count_nonzero(plain) == plain.size:
+        other = (state != GEN_IN_PROGRESS).nonzero()[0]
+        if other.size == 0:
             return cls(slots, NO_POSITIONS, EMPTY, gens=slots)
-        other = (~plain).nonzero()[0]
-        return cls(slots, other, state.take(other), plain=plain)
+        return cls(slots, other, state.take(other), state=state)
 
     @property
     def tail(self) -> bool:
@@ -63,7 +62,8 @@ class Split:
     def gens(self) -> np.ndarray:
         """Slots of the running generations, in list order."""
         if self._gens is None:
-            self._gens = self.slots[:self.slots.size - self.other.size] if self.tail else self.slots[self._plain]
+            self._gens = (self.slots[:self.slots.size - self.other.size] if self.tail
+                          else self.slots[self._state == GEN_IN_PROGRESS])
         return self._gens
 
     def other_slots(self) -> np.ndarray:
