@@ -135,13 +135,14 @@ def test_backends_agree(raw):
 @given(scenarios())
 def test_backends_agree_on_the_large_batch_paths(raw):
     """The same comparison with the thresholds of the large-batch paths lowered, so the tiny
-    generated scenarios exercise them: skip keys asked for in two windows, and the array twins
-    of the chunking policies."""
-    from tllm_sched.policies import chunking, reuse_skipping
+    generated scenarios exercise them: skip keys asked for in two windows, the array twins of
+    the chunking policies, and numpy (not Python-int) counting of a split's others."""
+    from tllm_sched import micro_batch_scheduler
+    from tllm_sched.policies import chunking, common, reuse_skipping
 
-    saved = reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS
-    reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS = 2, 1
+    saved = reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS, common.FEW, micro_batch_scheduler.FEW
+    reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS, common.FEW, micro_batch_scheduler.FEW = 2, 1, 0, 0
     try:
         test_backends_agree.hypothesis.inner_test(raw)
     finally:
-        reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS = saved
+        reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS, common.FEW, micro_batch_scheduler.FEW = saved
