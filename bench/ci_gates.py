@@ -142,7 +142,7 @@ def measure_instructions() -> dict:
 
 # Python -> C++ calls per steady-decode step of the batched Python scheduler, exactly (the list of
 # calls is spelled out in tests/test_crossings.py): slots; MAX_UTILIZATION adds start_scheduling
-# and one get_needed_blocks_one_step_batch.
+# and one get_needed_blocks_one_step_sum.
 EXPECTED_CROSSINGS = {"GUARANTEED_NO_EVICT": 1, "STATIC_BATCH": 1, "MAX_UTILIZATION": 3}
 
 
