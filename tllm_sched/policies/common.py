@@ -198,8 +198,8 @@ class StepContext:
     @property
     def plain_split(self) -> bool:
         """The split paths apply: running generations are pass-1 generations (gen window open)
-        and no per-request page or skip rule is in play."""
-        return self._gen_window and self.peft is None and not self.reuse
+        and no per-request page rule is in play (a policy checks `reuse` for itself)."""
+        return self._gen_window and self.peft is None
 
     def pages(self, idx: np.ndarray) -> np.ndarray:
         """LoRA pages of the requests at list positions `idx` (one crossing; zeros without PEFT)."""

@@ -13,6 +13,7 @@ import numpy as np
 
 from tllm_sched.policies.common import (
     CONTEXT,
+    IGNORED,
     DISAGG_GEN_INIT,
     EMPTY,
     Split,
@@ -24,7 +25,7 @@ from tllm_sched.policies.common import (
     prefix_within,
     task_ids,
 )
-from tllm_sched.policies.reuse_skipping import make_skipper, windows
+from tllm_sched.policies.reuse_skipping import ReuseSkipper, make_skipper, windows
 
 INT32_MAX = 2**31 - 1
 
@@ -104,27 +105,60 @@ def _schedule_split(ctx: StepContext, static_batch: bool):
     None when an other is not a context or the count limit cuts pass 1 (the general path)."""
     sp = ctx.split
     ignored, n_waiting, n_gen_other, n_other = ctx.kind_counts
-    if n_gen_other or n_other:
-        return None  # a generation or disagg-generation-init request among the others
+    if n_gen_other or n_other or ctx.cross_kv is not None:
+        # A generation or disagg-generation-init request among the others; or a cross cache,
+        # whose questions the general path asks with fewer calls.
+        return None
     n_gen = ctx.slots.size - sp.other.size
     if n_gen >= ctx.max_num_requests:
         return None
     gens = sp.gens
     if n_waiting == 0 or (static_batch and n_gen):
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
+    if ctx.reuse and not static_batch:
+        return _schedule_split_reusing(ctx, gens, n_gen)
     if not ignored:
         contexts, others = sp.other_slots(), sp.other_state
     else:
         waiting = sp.other[ctx.kinds.of(sp.other_state) == CONTEXT]
         contexts, others = ctx.slots.take(waiting), ctx.state.take(waiting)
     n = min(_fitting_contexts(ctx.kv, gens, contexts), ctx.max_num_requests - n_gen)
-    if ctx.cross_kv is not None:
-        n = min(n, _fitting_contexts(ctx.cross_kv, gens, contexts))
     if n == 0:
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
     # Generations, then the admitted contexts: a prefix of the list when the contexts are its tail.
     fitting = ctx.slots[:n_gen + n] if not ignored and sp.tail else np.concatenate((gens, contexts[:n]))
     return Split(fitting, np.arange(n_gen, n_gen + n), others[:n], gens=gens, contexts=contexts[:n])
+
+
+def _schedule_split_reusing(ctx: StepContext, gens: np.ndarray, n_gen: int):
+    """`_schedule_split` with block reuse: a new context whose uncached prefix another context
+    computes is passed over (reuse_skipping.py), so the admitted contexts need not be a prefix.
+    The skipper sees only the others: every context in progress among them claims its key."""
+    sp, c = ctx.split, ctx.cols
+    others, o_state = sp.other_slots(), sp.other_state
+    first = c["context_current_position"].take(others) == c["prepopulated_prompt_len"].take(others)
+    skipper = ReuseSkipper(ctx.kv, others, is_context_init(o_state), first)
+    if ctx.kind_counts[IGNORED]:
+        waiting = (ctx.kinds.of(o_state) == CONTEXT).nonzero()[0]
+    else:
+        waiting = np.arange(others.size)
+    rem = _remaining(ctx.kv, np.concatenate((gens, others)))  # one question for all
+    need = rem[n_gen:]  # per other
+    avail = ctx.kv.num_free_blocks - int(rem[:n_gen].sum())
+    state = _Pass2(ctx, need, None, None, avail, None, INT32_MAX, set(), n_gen, o_state)
+    # Keys are asked for a first window, and for the rest only if admission gets past it.
+    reach = min(prefix_within(need.take(waiting), avail), ctx.max_num_requests - n_gen) + 1
+    admitted = []
+    for part in windows(waiting, reach):
+        admitted.append(state.run(part, skipper.skip_flags(part)))
+        if state.stopped:
+            break
+    taken = np.concatenate(admitted) if len(admitted) > 1 else admitted[0]
+    if taken.size == 0:
+        return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
+    contexts = others.take(taken)
+    return Split(np.concatenate((gens, contexts)), np.arange(n_gen, n_gen + taken.size), o_state.take(taken),
+                 gens=gens, contexts=contexts)
 
 
 def _fitting_contexts(kv, gens: np.ndarray, contexts: np.ndarray) -> int:
@@ -135,10 +169,12 @@ def _fitting_contexts(kv, gens: np.ndarray, contexts: np.ndarray) -> int:
 
 
 class _Pass2:
-    """Running totals of pass 2 across its two lists; arrays are indexed by list position."""
+    """Running totals of pass 2 across its lists; arrays are indexed by position (in the list,
+    or in a split's others)."""
 
-    def __init__(self, ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, count):
+    def __init__(self, ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, count, state=None):
         self.ctx, self.rem, self.rem_cross, self.pages = ctx, rem, rem_cross, pages
+        self.state = ctx.state if state is None else state  # per position, like `rem`
         self.avail, self.avail_cross, self.avail_pages, self.seen, self.count = avail, avail_cross, avail_pages, seen, count
         self.stopped = False  # the current list hit a break (blocks or the count limit)
 
@@ -149,7 +185,7 @@ class _Pass2:
             order = order[~skip]  # skipped requests are passed over
         if not ctx.pending_are_admissible:
             # Only contexts and disagg-gen-init requests are admitted (other states are ignored).
-            st = ctx.state.take(order)
+            st = self.state.take(order)
             order = order[is_context_init(st) | (st == DISAGG_GEN_INIT)]
         room = ctx.max_num_requests - self.count
         if room <= 0 and order.size:

@@ -40,7 +40,7 @@ def schedule(ctx: StepContext):
     free = ctx.kv.start_scheduling()
     n = ctx.slots.size
     whole_list = ctx.all_generation or (
-        n and ctx.plain_split and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0)
+        n and ctx.plain_split and not ctx.reuse and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0)
     if whole_list:
         # Every request is tried in list order, nothing skipped: running generations only, or
         # (without PEFT or reuse) generations and contexts. If the whole list fits, a sum asked

@@ -21,20 +21,20 @@ WINDOW_SLACK = 2  # beyond the point where admission must stop if nothing were s
 
 
 class ReuseSkipper:
-    """Integer keys of the active list's contexts (asked for on demand) and the claimed set."""
+    """Integer keys of a list's contexts (asked for on demand) and the claimed set. Positions
+    index `slots`: the whole active list, or (split paths) just its non-generation entries."""
 
-    __slots__ = ("enabled", "ctx", "key", "known", "candidate", "prefill", "claimed", "_pass_open")
+    __slots__ = ("enabled", "kv", "slots", "key", "known", "candidate", "prefill", "claimed", "_pass_open")
 
-    def __init__(self, ctx: StepContext):
+    def __init__(self, kv, slots: np.ndarray, is_ctx: np.ndarray, first: np.ndarray):
+        """`is_ctx`: in a context-init state; `first`: at its first context chunk (per entry)."""
         self.enabled = True
-        self.ctx = ctx
-        n = ctx.slots.size
-        is_ctx = is_context_init(ctx.state)
+        self.kv, self.slots = kv, slots
+        n = slots.size
         self.key = np.full(n, -1, dtype=np.int64)  # first-new-block key id, -1 for none
         self.known = np.zeros(n, dtype=bool)  # key asked for already
         self._pass_open = False
         # Step B applies to first-chunk contexts; step A claims the keys of those in progress.
-        first = ctx.first_chunk
         self.candidate = is_ctx & first
         started = (is_ctx & ~first).nonzero()[0]
         self._fetch(started)
@@ -46,7 +46,7 @@ class ReuseSkipper:
         need = pos[~self.known.take(pos)]
         if need.size == 0:
             return
-        ids = self.ctx.kv.find_new_context_block_batch(self.ctx.slots.take(need), continue_pass=self._pass_open)
+        ids = self.kv.find_new_context_block_batch(self.slots.take(need), continue_pass=self._pass_open)
         self._pass_open = True
         self.key[need] = ids
         self.known[need] = True
@@ -123,7 +123,10 @@ NO_SKIP = _NoSkip()
 
 
 def make_skipper(ctx: StepContext, enabled: bool = True):
-    return ReuseSkipper(ctx) if (enabled and ctx.reuse and ctx.kv is not None) else NO_SKIP
+    """The skipper of the whole active list (NO_SKIP without block reuse)."""
+    if not (enabled and ctx.reuse and ctx.kv is not None):
+        return NO_SKIP
+    return ReuseSkipper(ctx.kv, ctx.slots, is_context_init(ctx.state), ctx.first_chunk)
 
 
 def windows(order: np.ndarray, reach: int):
