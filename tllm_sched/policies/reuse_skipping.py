@@ -37,8 +37,11 @@ class ReuseSkipper:
         # Step B applies to first-chunk contexts; step A claims the keys of those in progress.
         self.candidate = is_ctx & first
         started = (is_ctx & ~first).nonzero()[0]
-        self._fetch(started)
-        self.prefill = set(self.key.take(started)[self.key.take(started) >= 0].tolist())
+        self.prefill = set()
+        if started.size:
+            self._fetch(started)
+            keys = self.key.take(started)
+            self.prefill.update(keys[keys >= 0].tolist())
         self.claimed = set(self.prefill)  # the live set
 
     def _fetch(self, pos: np.ndarray) -> None:
