@@ -786,6 +786,8 @@ class APIMachine(RuleBasedStateMachine):
             ("remove_slots", lambda: self.rl.remove_slots(a)),
             ("remaining_batch", lambda: kv.get_remaining_blocks_to_completion_batch(a)),
             ("needed_batch", lambda: kv.get_needed_blocks_one_step_batch(a)),
+            ("remaining_sum", lambda: kv.get_remaining_blocks_to_completion_sum(a)),
+            ("needed_sum", lambda: kv.get_needed_blocks_one_step_sum(a)),
             ("new_ctx_block_batch", lambda: kv.find_new_context_block_batch(a)),
             ("num_blocks_batch", lambda: kv.get_sequence_num_blocks_batch(a)),
             ("set_ctx_requests_chunk_size",

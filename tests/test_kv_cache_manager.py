@@ -417,6 +417,8 @@ def test_remaining_blocks_formula_cases():
     got = [kv.get_remaining_blocks_to_completion(x) for x in (a, b, c, d, e, f)]
     assert got == expected
     assert kv.get_remaining_blocks_to_completion_batch(slots(a, b, c, d, e, f)).tolist() == expected
+    assert kv.get_remaining_blocks_to_completion_sum(slots(a, b, c, d, e, f)) == 38  # 7+4+5+11+10+1
+    assert kv.get_remaining_blocks_to_completion_sum(slots()) == 0
     kv.add_sequence(2, 15, 1, b)    # alloc 2 -> 4 - 2 = 2
     assert kv.get_remaining_blocks_to_completion(b) == 2
     kv.add_sequence(6, 1, 1, f)     # alloc 1 -> 1 - 1 = 0
@@ -456,6 +458,8 @@ def test_needed_blocks_context_first_chunk():
     # two_steps_look_ahead does not change case A.
     assert [kv.get_needed_blocks_one_step(r, True) for r in reqs] == got
     assert kv.get_needed_blocks_one_step_batch(slots(*reqs)).tolist() == got
+    assert kv.get_needed_blocks_one_step_sum(slots(*reqs)) == 3 + 3 + 4 + 3 + 3 + 4 + 4 + 1 + 11
+    assert kv.get_needed_blocks_one_step_sum(slots(*reqs), True) == sum(got)
 
 
 def test_needed_blocks_later_context_chunk_is_zero():
@@ -833,7 +837,8 @@ def test_batch_queries_bad_arrays():
     t, kv, a, b = _busy_kv()
     good = slots(a, b)
     batch_fns = [kv.get_remaining_blocks_to_completion_batch, kv.get_needed_blocks_one_step_batch,
-                 kv.get_sequence_num_blocks_batch, kv.find_new_context_block_batch]
+                 kv.get_sequence_num_blocks_batch, kv.find_new_context_block_batch,
+                 kv.get_remaining_blocks_to_completion_sum, kv.get_needed_blocks_one_step_sum]
     for fn in batch_fns:
         _assert_rejected(kv, t, lambda: fn(good.astype(np.float64)), TypeError, "int32")
         _assert_rejected(kv, t, lambda: fn(good.astype(np.int64)), TypeError, "int32")
