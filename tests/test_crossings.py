@@ -102,6 +102,21 @@ def test_mixed_prefill_serving_steady_state(n, policy, expected):
     assert s.last_step_crossings == expected
 
 
+@pytest.mark.parametrize("n", [16, 4096])
+def test_mixed_prefill_with_reuse_gne(n):
+    """The GNE split path with block reuse: slots, get_remaining_blocks_to_completion_batch
+    (generations and contexts in one call), num_free_blocks, find_new_context_block_batch (the
+    first window's keys; no context is in progress, so no step-A keys), set_context_chunk_sizes."""
+    chunking = ChunkingConfig("FIRST_COME_FIRST_SERVED", 16)
+    s, lst = _decoding(n, "GUARANTEED_NO_EVICT", "python", reuse=True, chunking=chunking, contexts=3,
+                       budget=n + 100)
+    out = s.schedule(lst)
+    # The three new contexts share one prompt: the first claims its first new block's key, the
+    # other two are skipped as beneficial to wait for it.
+    assert out.generation.size == n and out.context.size == 1
+    assert s.last_step_crossings == 5
+
+
 def test_each_pause_adds_one_crossing():
     # MAX_UTILIZATION, 5 blocks: 4 requests of 16 tokens hold 1 block each (1 free). Their next
     # token opens a second block each: request 0 takes the free block; request 1 fails, so the
