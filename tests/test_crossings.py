@@ -66,55 +66,41 @@ def test_cpp_backend_is_one_call(n):
     assert s.last_step_crossings == 1
 
 
+# Mixed prefill + decode: n running generations and a few new contexts under chunked prefill.
+# (policy, reuse, PEFT, new contexts, token budget beyond the generations' n, expected crossings,
+# contexts scheduled), each with the calls written out.
+MIXED = {
+    # Everything on (PEFT: the general path). GNE: slots, remaining_batch, num_free_blocks,
+    # find_new_context_block_batch, determine_num_pages_batch, set_context_chunk_sizes.
+    "gne-everything": ("GUARANTEED_NO_EVICT", True, True, 8, 40, 6, None),
+    # MU: slots, start_scheduling, find_new_context_block_batch, needed_batch,
+    # determine_num_pages_batch, set_context_chunk_sizes.
+    "mu-everything": ("MAX_UTILIZATION", True, True, 8, 40, 6, None),
+    # The serving steady state (split paths). GNE: slots, get_remaining_blocks_to_completion_sum
+    # (generations), num_free_blocks, get_remaining_blocks_to_completion_batch (contexts),
+    # set_context_chunk_sizes. 100 tokens: the first context (64) whole, the second 32.
+    "gne-split": ("GUARANTEED_NO_EVICT", False, False, 3, 100, 5, 2),
+    # MU: slots, start_scheduling, get_needed_blocks_one_step_sum, set_context_chunk_sizes.
+    "mu-split": ("MAX_UTILIZATION", False, False, 3, 100, 4, 2),
+    # GNE split with block reuse: slots, remaining_batch (generations and contexts in one call),
+    # num_free_blocks, find_new_context_block_batch (the first window's keys; no context is in
+    # progress, so no step-A keys), set_context_chunk_sizes. The three contexts share a prompt:
+    # the first claims its first new block's key, the other two wait for it (skipped).
+    "gne-split-reuse": ("GUARANTEED_NO_EVICT", True, False, 3, 100, 5, 1),
+}
+
+
 @pytest.mark.parametrize("n", [16, 4096])
-@pytest.mark.parametrize("policy,expected", [
-    # slots, remaining_batch, num_free_blocks, find_new_context_block_batch,
-    # determine_num_pages_batch, set_context_chunk_sizes
-    ("GUARANTEED_NO_EVICT", 6),
-    # slots, start_scheduling, find_new_context_block_batch, needed_batch, determine_num_pages_batch,
-    # set_context_chunk_sizes
-    ("MAX_UTILIZATION", 6),
-])
-def test_mixed_prefill_with_everything_on(n, policy, expected):
+@pytest.mark.parametrize("case", MIXED)
+def test_mixed_prefill(n, case):
+    policy, reuse, peft, contexts, budget, expected, scheduled = MIXED[case]
     chunking = ChunkingConfig("FIRST_COME_FIRST_SERVED", 16)
-    s, lst = _decoding(n, policy, "python", reuse=True, peft=True, chunking=chunking, contexts=8,
-                       budget=n + 40)
+    s, lst = _decoding(n, policy, "python", reuse=reuse, peft=peft, chunking=chunking, contexts=contexts,
+                       budget=n + budget)
     out = s.schedule(lst)
-    assert out.context.size > 0 and out.generation.size == n
+    assert out.generation.size == n
+    assert out.context.size == scheduled if scheduled is not None else out.context.size > 0
     assert s.last_step_crossings == expected <= 8
-
-
-@pytest.mark.parametrize("n", [16, 4096])
-@pytest.mark.parametrize("policy,expected", [
-    # slots, get_remaining_blocks_to_completion_sum (generations), num_free_blocks,
-    # get_remaining_blocks_to_completion_batch (contexts), set_context_chunk_sizes
-    ("GUARANTEED_NO_EVICT", 5),
-    # slots, start_scheduling, get_needed_blocks_one_step_sum, set_context_chunk_sizes
-    ("MAX_UTILIZATION", 4),
-])
-def test_mixed_prefill_serving_steady_state(n, policy, expected):
-    """Running generations plus a few new contexts, no reuse or PEFT: the split paths."""
-    chunking = ChunkingConfig("FIRST_COME_FIRST_SERVED", 16)
-    s, lst = _decoding(n, policy, "python", chunking=chunking, contexts=3, budget=n + 100)
-    out = s.schedule(lst)
-    # 100 tokens after the generations' n: the first context (64) whole, the second 32 (two units).
-    assert out.generation.size == n and out.context.size == 2
-    assert s.last_step_crossings == expected
-
-
-@pytest.mark.parametrize("n", [16, 4096])
-def test_mixed_prefill_with_reuse_gne(n):
-    """The GNE split path with block reuse: slots, get_remaining_blocks_to_completion_batch
-    (generations and contexts in one call), num_free_blocks, find_new_context_block_batch (the
-    first window's keys; no context is in progress, so no step-A keys), set_context_chunk_sizes."""
-    chunking = ChunkingConfig("FIRST_COME_FIRST_SERVED", 16)
-    s, lst = _decoding(n, "GUARANTEED_NO_EVICT", "python", reuse=True, chunking=chunking, contexts=3,
-                       budget=n + 100)
-    out = s.schedule(lst)
-    # The three new contexts share one prompt: the first claims its first new block's key, the
-    # other two are skipped as beneficial to wait for it.
-    assert out.generation.size == n and out.context.size == 1
-    assert s.last_step_crossings == 5
 
 
 def test_each_pause_adds_one_crossing():
