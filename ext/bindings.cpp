@@ -335,18 +335,33 @@ NB_MODULE(_core, m) {
                 auto [p, n] = checked_slots(t, slots);
                 return gather_col(t.request_id, p, n);
             }, "slots"_a.noconvert())
-        .def("set_context_chunk_sizes", [](RequestTable& t, const AnyArray& slots, const AnyArray& sizes) {
+        .def("set_context_chunk_sizes", [](RequestTable& t, const AnyArray& slots, const AnyArray& sizes,
+                                           std::optional<AnyArray> discards) {
                 auto [p, n] = checked_slots(t, slots);
                 auto [v, m] = checked<int32_t>(sizes, "sizes");
                 if (m != n) throw InputError("sizes must have one entry per slot");
+                const int32_t* d = nullptr;
+                if (discards) {
+                    auto [dp, dn] = checked<int32_t>(*discards, "draft_discards");
+                    if (dn != n) throw InputError("draft_discards must have one entry per slot");
+                    d = dp;
+                }
                 for (int32_t i = 0; i < n; ++i) {  // validate all, then write: all or nothing
                     int32_t st = t.state[p[i]];
                     if (v[i] < 0) throw InputError("chunk sizes must be >= 0");
                     if (!state::is_context_init(st) && st != state::DISAGG_GEN_INIT && st != state::DISAGG_GEN_TRANS_COMPLETE)
                         throw InputError("request " + std::to_string(t.request_id[p[i]]) + " is not in a context state");
+                    if (d && (d[i] < 0 || d[i] > t.num_draft_tokens[p[i]]))
+                        throw InputError("request " + std::to_string(t.request_id[p[i]]) + ": cannot discard " +
+                                         std::to_string(d[i]) + " of " + std::to_string(t.num_draft_tokens[p[i]]) + " draft tokens");
                 }
-                for (int32_t i = 0; i < n; ++i) t.set_context_chunk_size(p[i], v[i]);
-            }, "slots"_a.noconvert(), "sizes"_a.noconvert(), "Clamping chunk-size setter for many requests.")
+                for (int32_t i = 0; i < n; ++i) {
+                    t.set_context_chunk_size(p[i], v[i]);
+                    if (d && d[i] > 0) t.discard_draft_tokens(p[i], d[i]);
+                }
+            }, "slots"_a.noconvert(), "sizes"_a.noconvert(), "draft_discards"_a.noconvert() = nb::none(),
+            "Clamping chunk-size setter for many requests; `draft_discards` (>= 0 each, optional) drops "
+            "trailing draft tokens in the same call, all or nothing.")
         .def("discard_draft_tokens", [](RequestTable& t, const AnyArray& slots, const AnyArray& counts) {
                 auto [p, n] = checked_slots(t, slots);
                 auto [v, m] = checked<int32_t>(counts, "counts");
@@ -529,6 +544,9 @@ NB_MODULE(_core, m) {
         .def_prop_ro("max_num_blocks", &KVCacheManager::max_num_blocks)
         .def_prop_ro("num_free_blocks", &KVCacheManager::num_free_blocks)
         .def_prop_ro("num_free_secondary_blocks", &KVCacheManager::num_free_secondary_blocks)
+        .def("free_block_counts", [](nb::handle self) {
+                return view(nb::cast<const KVCacheManager&>(self).free_block_counts(), 2, self);
+            }, "Zero-copy read-only view of [num_free_blocks, num_free_secondary_blocks], always current. Build once.")
         .def_prop_ro("num_used_blocks", &KVCacheManager::num_used_blocks)
         .def_prop_ro("num_cached_blocks", &KVCacheManager::num_cached_blocks)
         .def_prop_ro("num_key_walks", &KVCacheManager::num_key_walks, "Reuse-tree walks made for skip keys so far.")

@@ -101,6 +101,8 @@ public:
     // --- counts ---
     int32_t num_free_blocks() const { return num_free_[0]; }  ///< primary, cached blocks included
     int32_t num_free_secondary_blocks() const { return num_free_[1]; }
+    /// [primary, secondary] free counts in fixed storage, for a zero-copy view.
+    const int32_t* free_block_counts() const { return num_free_; }
     int32_t max_num_blocks() const { return num_total_; }      ///< primary + secondary
     int32_t num_used_blocks() const { return num_total_ - num_free_[0]; }
     int32_t num_cached_blocks() const;  ///< blocks in the reuse tree

@@ -7,11 +7,13 @@ Each expected count is the list of calls the batched Python scheduler makes, wri
     (pass 1 admits them unconditionally and pass 2 is empty);
   - MAX_UTILIZATION: `start_scheduling` + `get_needed_blocks_one_step_sum` (when the whole list
     fits; otherwise also `get_needed_blocks_one_step_batch`);
-  - with waiting contexts, GUARANTEED_NO_EVICT adds `get_remaining_blocks_to_completion_batch` +
-    `num_free_blocks` (without reuse or PEFT: `get_remaining_blocks_to_completion_sum` for the
-    running generations, the batch form for the contexts only), block reuse adds `find_new_context_block_batch`, PEFT adds
-    `determine_num_pages_batch`, and chunked prefill commits with `set_context_chunk_sizes`
-    (+ `discard_draft_tokens` when drafts are cut);
+  - with waiting contexts, GUARANTEED_NO_EVICT adds `get_remaining_blocks_to_completion_batch`
+    (without reuse or PEFT: `get_remaining_blocks_to_completion_sum` for the running
+    generations, the batch form for the contexts only; free blocks are read from a zero-copy
+    view), block reuse adds `find_new_context_block_batch` (step A's keys with the first
+    window's; a second window if admission gets past the first), PEFT adds
+    `determine_num_pages_batch`, and chunked prefill commits chunk sizes and draft discards with
+    one `set_context_chunk_sizes`;
   - each MAX_UTILIZATION pause adds one `scheduling_remove_sequence`.
 The cpp backend makes exactly one call per step; python-naive makes several per request.
 """
@@ -70,23 +72,24 @@ def test_cpp_backend_is_one_call(n):
 # (policy, reuse, PEFT, new contexts, token budget beyond the generations' n, expected crossings,
 # contexts scheduled), each with the calls written out.
 MIXED = {
-    # Everything on (PEFT: the general path). GNE: slots, remaining_batch, num_free_blocks,
-    # find_new_context_block_batch, determine_num_pages_batch, set_context_chunk_sizes.
-    "gne-everything": ("GUARANTEED_NO_EVICT", True, True, 8, 40, 6, None),
+    # Everything on (PEFT: the general path). GNE: slots, remaining_batch,
+    # find_new_context_block_batch, determine_num_pages_batch, set_context_chunk_sizes
+    # (num_free_blocks is read from a zero-copy view: no call).
+    "gne-everything": ("GUARANTEED_NO_EVICT", True, True, 8, 40, 5, None),
     # MU: slots, start_scheduling, find_new_context_block_batch, needed_batch,
     # determine_num_pages_batch, set_context_chunk_sizes.
     "mu-everything": ("MAX_UTILIZATION", True, True, 8, 40, 6, None),
     # The serving steady state (split paths). GNE: slots, get_remaining_blocks_to_completion_sum
-    # (generations), num_free_blocks, get_remaining_blocks_to_completion_batch (contexts),
-    # set_context_chunk_sizes. 100 tokens: the first context (64) whole, the second 32.
-    "gne-split": ("GUARANTEED_NO_EVICT", False, False, 3, 100, 5, 2),
+    # (generations), get_remaining_blocks_to_completion_batch (contexts), set_context_chunk_sizes.
+    # 100 tokens: the first context (64) whole, the second 32.
+    "gne-split": ("GUARANTEED_NO_EVICT", False, False, 3, 100, 4, 2),
     # MU: slots, start_scheduling, get_needed_blocks_one_step_sum, set_context_chunk_sizes.
     "mu-split": ("MAX_UTILIZATION", False, False, 3, 100, 4, 2),
     # GNE split with block reuse: slots, remaining_batch (generations and contexts in one call),
-    # num_free_blocks, find_new_context_block_batch (the first window's keys; no context is in
-    # progress, so no step-A keys), set_context_chunk_sizes. The three contexts share a prompt:
-    # the first claims its first new block's key, the other two wait for it (skipped).
-    "gne-split-reuse": ("GUARANTEED_NO_EVICT", True, False, 3, 100, 5, 1),
+    # find_new_context_block_batch (the first window's keys, with step A's if any context were in
+    # progress), set_context_chunk_sizes. The three contexts share a prompt: the first claims its
+    # first new block's key, the other two wait for it (skipped).
+    "gne-split-reuse": ("GUARANTEED_NO_EVICT", True, False, 3, 100, 4, 1),
 }
 
 

@@ -146,3 +146,37 @@ def test_backends_agree_on_the_large_batch_paths(raw):
         test_backends_agree.hypothesis.inner_test(raw)
     finally:
         reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS, common.FEW, micro_batch_scheduler.FEW = saved
+
+
+@settings(max_examples=max(100, EXAMPLES // 3), deadline=None, suppress_health_check=list(HealthCheck))
+@given(scenarios())
+def test_python_scheduler_stays_within_the_crossing_budget(raw):
+    """Every full step of the batched Python scheduler, in every generated configuration (cross
+    caches, reuse, PEFT, drafts, disagg states, pauses...), makes at most 8 Python -> C++ calls,
+    plus one per pause (the issue's budget)."""
+    import tllm_sched.replay as replay_mod
+    from tllm_sched.scheduler import Scheduler
+
+    try:
+        sc = parse_scenario(raw)
+    except ScenarioError:
+        return
+    steps = []
+
+    class Counting(Scheduler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw, count_crossings=True)
+
+        def schedule(self, active, inflight_ids=None):
+            out = super().schedule(active, inflight_ids)
+            steps.append((self.last_step_crossings, out.paused.size))
+            return out
+
+    saved = replay_mod.Scheduler
+    replay_mod.Scheduler = Counting
+    try:
+        run(sc, "python")
+    finally:
+        replay_mod.Scheduler = saved
+    over = [(c, p) for c, p in steps if c > 8 + p]
+    assert not over, f"steps over budget (crossings, pauses): {over[:5]}"

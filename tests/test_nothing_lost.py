@@ -215,6 +215,21 @@ def test_discard_draft_tokens_one_bad_entry(bad):
     assert [r.num_draft_tokens for r in good] == [2, 1, 0]
 
 
+@pytest.mark.parametrize("bad", ["discard too many", "negative discard", "discards length", "discards dtype"])
+def test_set_context_chunk_sizes_with_discards_one_bad_entry(bad):
+    """Chunk sizes and draft discards in one call: a bad discard anywhere changes nothing."""
+    w = World()
+    good = [w.add(i, toks(12), max_new=2, num_draft_tokens=3) for i in range(3)]
+    slots, sizes = I32(*[r.slot for r in good]), I32(4, 4, 4)
+    discards = {"discard too many": I32(1, 4, 0), "negative discard": I32(0, -1, 0),
+                "discards length": I32(1, 1), "discards dtype": np.array([1, 1, 1], dtype=np.int64)}[bad]
+    exc = TypeError if bad == "discards dtype" else ValueError
+    w.assert_fails_cleanly(lambda: w.t.set_context_chunk_sizes(slots, sizes, discards), exc)
+    assert [(r.context_chunk_size, r.num_draft_tokens) for r in good] == [(12, 3)] * 3
+    w.t.set_context_chunk_sizes(slots, sizes, I32(1, 3, 0))  # 0: nothing discarded
+    assert [(r.context_chunk_size, r.num_draft_tokens) for r in good] == [(4, 2), (4, 0), (4, 3)]
+
+
 def test_set_ctx_requests_chunk_size_with_a_generation_request():
     w = World()
     ctx = [w.add(i, toks(20), num_draft_tokens=2) for i in range(3)]

@@ -136,3 +136,20 @@ def test_scheduler_outputs_do_not_alias_the_active_list(backend, contexts):
     lst.remove(t.get(0))  # the list shifts left
     lst.append(add_req(t, 99, toks(3), max_new=1))
     assert [a.tolist() for a in arrays] == kept
+
+
+def test_free_block_counts_view_stays_current():
+    """KVCacheManager.free_block_counts(): [num_free_blocks, num_free_secondary_blocks], read
+    without a call, current after every change (the schedulers read it each step)."""
+    t = new_table(4)
+    kv = new_kv(t, 4, 8, 64, num_secondary_blocks=2)
+    counts = kv.free_block_counts()
+    assert counts.tolist() == [8, 2] and not counts.flags.writeable
+    r = add_req(t, 1, toks(10), max_new=4)
+    kv.add_sequence(1, 10, 1, r)  # 10 tokens, 4 per block: 3 blocks
+    assert counts.tolist() == [5, 2] == [kv.num_free_blocks, kv.num_free_secondary_blocks]
+    kv.remove_sequence(1, r)
+    assert counts.tolist() == [8, 2]
+    del kv
+    gc.collect()
+    assert counts.tolist() == [8, 2]  # the view keeps its manager alive

@@ -3,7 +3,7 @@
 C++ twin: ext/micro_batch_scheduler.cpp. Mirrors TensorRT-LLM's MicroBatchScheduler
 (scheduler.md §3). The walk over the fitting list is a cumulative sum of tokens with two
 first-break searches (token budget, batch size); beam-width mismatches, rare, take a scalar
-walk. Decisions are committed with at most two batched calls (chunk sizes, draft discards).
+walk. Decisions are committed with one batched call (chunk sizes and draft discards).
 """
 
 from __future__ import annotations
@@ -260,14 +260,11 @@ class PyMicroBatchScheduler:
         return items[keep], (chunks == remaining)[keep]  # a chunk never exceeds the remainder
 
     def commit(self, items: np.ndarray, chunks, discard) -> None:
-        """Writes chunk sizes (clamping setter) and draft discards (None: no discard): at most
-        two batched calls."""
-        self._table.set_context_chunk_sizes(items, np.asarray(chunks, dtype=np.int32))
-        if discard is None:
-            return
-        d = np.asarray(discard, dtype=np.int32)
-        if d.any():
-            self._table.discard_draft_tokens(items[d > 0], d[d > 0])
+        """Writes chunk sizes (clamping setter) and draft discards (None: no discard) in one call."""
+        d = None if discard is None else np.asarray(discard, dtype=np.int32)
+        if d is not None and not d.any():
+            d = None
+        self._table.set_context_chunk_sizes(items, np.asarray(chunks, dtype=np.int32), d)
 
     def _sort_lora(self, s):
         if s.size < 2 or not self._tallies[_WITH_LORA]:

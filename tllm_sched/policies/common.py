@@ -132,7 +132,7 @@ class StepContext:
 
     __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
                  "two_steps_look_ahead", "until", "after", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
-                 "split", "kind_counts", "kinds", "_first_chunk", "_lora", "_ids")
+                 "split", "kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids")
 
     def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
                  until, after, reuse, max_device_pages):
@@ -149,7 +149,13 @@ class StepContext:
         # disagg-gen-init is a context state, so pass-2 lists need no state filter.
         self.pending_are_admissible = until >= CONTEXT_INIT and after <= GEN_COMPLETE
         self.kinds = KindTable(self._kind_of, 4)
+        # Free-block counts of the self and cross caches: zero-copy views, read without a call.
+        self._free = tuple(None if m is None else m.free_block_counts() for m in (kv, cross_kv))
         self.reset(EMPTY)
+
+    def free_blocks(self, cross: bool = False) -> int:
+        """The cache's num_free_blocks, read from its zero-copy view."""
+        return int(self._free[cross][0])
 
     def _kind_of(self, st: int) -> int:
         if not (self.until <= st < self.after or st == DISAGG_GEN_INIT):

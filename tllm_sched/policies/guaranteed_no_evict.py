@@ -68,8 +68,8 @@ def schedule(ctx: StepContext, static_batch: bool = False):
         return gens, EMPTY  # nothing for pass 2: block counts cannot change the outcome
     rem = _remaining(ctx.kv, ctx.slots)
     rem_cross = _remaining(ctx.cross_kv, ctx.slots) if ctx.cross_kv is not None else None
-    avail = ctx.kv.num_free_blocks - int(rem[gen].sum())
-    avail_cross = None if rem_cross is None else ctx.cross_kv.num_free_blocks - int(rem_cross[gen].sum())
+    avail = ctx.free_blocks() - int(rem[gen].sum())
+    avail_cross = None if rem_cross is None else ctx.free_blocks(cross=True) - int(rem_cross[gen].sum())
     avail_pages, seen = INT32_MAX, set()
     pages = None
     if ctx.peft is not None:
@@ -122,7 +122,7 @@ def _schedule_split(ctx: StepContext, static_batch: bool):
     else:
         waiting = sp.other[ctx.kinds.of(sp.other_state) == CONTEXT]
         contexts, others = ctx.slots.take(waiting), ctx.state.take(waiting)
-    n = min(_fitting_contexts(ctx.kv, gens, contexts), ctx.max_num_requests - n_gen)
+    n = min(_fitting_contexts(ctx, gens, contexts), ctx.max_num_requests - n_gen)
     if n == 0:
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
     # Generations, then the admitted contexts: a prefix of the list when the contexts are its tail.
@@ -144,7 +144,7 @@ def _schedule_split_reusing(ctx: StepContext, gens: np.ndarray, n_gen: int):
         waiting = np.arange(others.size)
     rem = _remaining(ctx.kv, np.concatenate((gens, others)))  # one question for all
     need = rem[n_gen:]  # per other
-    avail = ctx.kv.num_free_blocks - int(rem[:n_gen].sum())
+    avail = ctx.free_blocks() - int(rem[:n_gen].sum())
     state = _Pass2(ctx, need, None, None, avail, None, INT32_MAX, set(), n_gen, o_state)
     # Keys are asked for a first window, and for the rest only if admission gets past it.
     reach = min(prefix_within(need.take(waiting), avail), ctx.max_num_requests - n_gen) + 1
@@ -161,11 +161,11 @@ def _schedule_split_reusing(ctx: StepContext, gens: np.ndarray, n_gen: int):
                  gens=gens, contexts=contexts)
 
 
-def _fitting_contexts(kv, gens: np.ndarray, contexts: np.ndarray) -> int:
-    """How many of `contexts` fit in `kv`, in order, once the generations `gens` have reserved
-    their blocks to completion (a sum asked for in one call, no array)."""
-    avail = kv.num_free_blocks - kv.get_remaining_blocks_to_completion_sum(gens)
-    return prefix_within(_remaining(kv, contexts), avail)
+def _fitting_contexts(ctx: StepContext, gens: np.ndarray, contexts: np.ndarray) -> int:
+    """How many of `contexts` fit in the self cache, in order, once the generations `gens` have
+    reserved their blocks to completion (a sum asked for in one call, no array)."""
+    avail = ctx.free_blocks() - ctx.kv.get_remaining_blocks_to_completion_sum(gens)
+    return prefix_within(_remaining(ctx.kv, contexts), avail)
 
 
 class _Pass2:

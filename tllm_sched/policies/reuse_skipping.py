@@ -24,7 +24,8 @@ class ReuseSkipper:
     """Integer keys of a list's contexts (asked for on demand) and the claimed set. Positions
     index `slots`: the whole active list, or (split paths) just its non-generation entries."""
 
-    __slots__ = ("enabled", "kv", "slots", "key", "known", "candidate", "prefill", "claimed", "_pass_open")
+    __slots__ = ("enabled", "kv", "slots", "key", "known", "candidate", "prefill", "claimed", "_pass_open",
+                 "_started")
 
     def __init__(self, kv, slots: np.ndarray, is_ctx: np.ndarray, first: np.ndarray):
         """`is_ctx`: in a context-init state; `first`: at its first context chunk (per entry)."""
@@ -35,24 +36,29 @@ class ReuseSkipper:
         self.known = np.zeros(n, dtype=bool)  # key asked for already
         self._pass_open = False
         # Step B applies to first-chunk contexts; step A claims the keys of those in progress.
+        # Step A's keys are asked for with the first step-B keys (one call for both), or never
+        # if no step-B key is needed: a key question has no side effect on the cache.
         self.candidate = is_ctx & first
-        started = (is_ctx & ~first).nonzero()[0]
-        self.prefill = set()
-        if started.size:
-            self._fetch(started)
-            keys = self.key.take(started)
-            self.prefill.update(keys[keys >= 0].tolist())
-        self.claimed = set(self.prefill)  # the live set
+        self._started = (is_ctx & ~first).nonzero()[0]
+        self.prefill, self.claimed = set(), set()  # step A's keys; the live set
 
     def _fetch(self, pos: np.ndarray) -> None:
-        """Asks for the keys of the positions not known yet (one crossing, if any)."""
+        """Asks for the keys of the positions not known yet, and step A's if still pending (one
+        crossing, if any)."""
+        started = self._started
+        if started is not None:
+            pos = np.concatenate((started, pos)) if pos.size else started
         need = pos[~self.known.take(pos)]
-        if need.size == 0:
-            return
-        ids = self.kv.find_new_context_block_batch(self.slots.take(need), continue_pass=self._pass_open)
-        self._pass_open = True
-        self.key[need] = ids
-        self.known[need] = True
+        if need.size:
+            ids = self.kv.find_new_context_block_batch(self.slots.take(need), continue_pass=self._pass_open)
+            self._pass_open = True
+            self.key[need] = ids
+            self.known[need] = True
+        if started is not None:
+            self._started = None
+            keys = self.key.take(started)
+            self.prefill.update(keys[keys >= 0].tolist())
+            self.claimed.update(self.prefill)
 
     def skip_flags(self, order: np.ndarray) -> np.ndarray:
         """Skip decisions for the list positions `order`, evaluated in that order after every
@@ -84,6 +90,7 @@ class ReuseSkipper:
 
     def claim_all(self, order: np.ndarray) -> None:
         """Sets the live set to what evaluating `order` (in order, keys known) would have claimed."""
+        self._fetch(order[:0])  # step A's keys, if not asked for yet
         cand = order[self.candidate.take(order)]
         keys = self.key.take(cand)
         self.claimed = self.prefill | set(keys[keys >= 0].tolist())
