@@ -108,7 +108,6 @@ def test_scheduler_outputs_do_not_alias_the_active_list(backend, contexts):
     """Outputs are the caller's arrays: changing the list afterwards (removing the finished,
     appending arrivals) leaves them as they were. The list's `slots` is a live view, and the
     Python schedulers return slices, so they must slice a copy."""
-    import numpy as np
 
     from tllm_sched.config import ChunkingConfig, SchedulerConfig
     from tllm_sched.scheduler import Scheduler
