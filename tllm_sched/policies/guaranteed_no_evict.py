@@ -197,17 +197,15 @@ class _Pass2:
         return self._run_scalar(order)
 
     def _run_vectorized(self, order: np.ndarray, room: int) -> np.ndarray:
+        # Head-of-line: the first request that does not fit (in either cache) stops the list.
         need = self.rem.take(order)
-        fits = need.cumsum() <= self.avail
+        n = min(prefix_within(need, self.avail), room)
         if self.rem_cross is not None:
             need_c = self.rem_cross.take(order)
-            fits &= need_c.cumsum() <= self.avail_cross
-        n = int(np.argmin(fits)) if not fits.all() else order.size  # head-of-line: first failure stops
-        n = min(n, room)
+            n = min(n, prefix_within(need_c, self.avail_cross))
+            self.avail_cross -= int(need_c[:n].sum())
         self.stopped = n < order.size
         self.avail -= int(need[:n].sum())
-        if self.rem_cross is not None:
-            self.avail_cross -= int(need_c[:n].sum())
         self.count += n
         return order[:n]
 

@@ -67,8 +67,9 @@ class ReuseSkipper:
         ci = self.candidate.take(order).nonzero()[0]
         if ci.size == 0:
             return skip
-        self._fetch(order.take(ci))
-        ck = self.key.take(order.take(ci))
+        cpos = order.take(ci)
+        self._fetch(cpos)
+        ck = self.key.take(cpos)
         if ci.size < 32:  # a set beats np.unique / np.isin on a few keys
             claimed = self.claimed
             for j, k in enumerate(ck.tolist()):
