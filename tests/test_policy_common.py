@@ -69,6 +69,8 @@ def test_kind_counts_agree_in_both_branches(monkeypatch, few):
     ([0, 0, 2], 0, 2),     # zeros fit in nothing
     ([1, 2], -1, 0),       # a negative room fits nothing
     ([], 5, 0),
+    ([4, -3, 2], 3, 0),    # the first total (4) is over: a later lower total does not count
+    ([2, 3, -4, 1], 2, 1), # 2 fits, 5 is over: stop there
 ])
 def test_prefix_within(monkeypatch, few, values, limit, expected):
     monkeypatch.setattr(common, "FEW", few)

@@ -103,10 +103,11 @@ class KindTable:
 
 
 def prefix_within(values: np.ndarray, limit: int) -> int:
-    """How many leading `values` (all >= 0) fit in `limit`: the longest prefix whose running total
-    stays <= limit. The totals only grow, so it is a binary search (a plain loop when few)."""
+    """How many leading `values` fit in `limit` in order: up to the first running total over
+    `limit` (head-of-line, as the C++ loops stop). A plain loop when few."""
     if values.size >= FEW:
-        return int(values.cumsum().searchsorted(limit, side="right"))
+        fits = values.cumsum() <= limit
+        return int(fits.argmin()) if not fits.all() else values.size
     total = 0
     for k, v in enumerate(values.tolist()):
         total += v

@@ -90,7 +90,7 @@ def schedule(ctx: StepContext, static_batch: bool = False):
         admitted.append(state.run(contexts, None))
     else:
         # Keys are asked for a first window, and for the rest only if admission gets past it.
-        reach = min(int((rem.take(contexts).cumsum() <= state.avail).sum()), ctx.max_num_requests) + 1
+        reach = min(prefix_within(rem.take(contexts), state.avail), ctx.max_num_requests) + 1
         for part in windows(contexts, reach):
             admitted.append(state.run(part, skipper.skip_flags(part)))
             if state.stopped:
@@ -99,10 +99,11 @@ def schedule(ctx: StepContext, static_batch: bool = False):
 
 
 def _schedule_split(ctx: StepContext, static_batch: bool):
-    """Running generations plus a few waiting contexts (the serving steady state), without PEFT
-    or reuse: pass 1 takes the generations as a block, pass 2 runs over the contexts only.
-    Returns the fitting list as a Split (generations first, then the admitted contexts), or
-    None when an other is not a context or the count limit cuts pass 1 (the general path)."""
+    """Running generations plus a few waiting contexts (the serving steady state), without PEFT:
+    pass 1 takes the generations as a block, pass 2 runs over the contexts only (with block
+    reuse: `_schedule_split_reusing`). Returns the fitting list as a Split (generations first,
+    then the admitted contexts), or None when an other is not a context, a cross cache is
+    attached or the count limit cuts pass 1 (the general path decides)."""
     sp = ctx.split
     ignored, n_waiting, n_gen_other, n_other = ctx.kind_counts
     if n_gen_other or n_other or ctx.cross_kv is not None:
