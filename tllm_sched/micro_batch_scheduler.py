@@ -3,7 +3,9 @@
 C++ twin: ext/micro_batch_scheduler.cpp. Mirrors TensorRT-LLM's MicroBatchScheduler
 (scheduler.md §3). The walk over the fitting list is a cumulative sum of tokens with two
 first-break searches (token budget, batch size); beam-width mismatches, rare, take a scalar
-walk. Decisions are committed with one batched call (chunk sizes and draft discards).
+walk. Given the capacity stage's Split (running generations and a few contexts), the common
+step takes everything when it fits and only chunks the contexts. Decisions are committed with
+one batched call (chunk sizes and draft discards).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """tllm_sched/policies/common.py: what every policy shares: state codes, gating, the step context.
 
 C++ twin: ext/policies/common.h. `StepContext` holds the columns of the active list, gathered once
-per step from zero-copy views (no crossing), and the managers the policies may query.
+per step from zero-copy views (no crossing), and the managers the policies may query. `Split`
+separates the running generations from the other requests for the policies' split paths.
 """
 
 from __future__ import annotations

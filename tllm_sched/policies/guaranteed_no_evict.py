@@ -4,7 +4,9 @@ C++ twin: ext/policies/guaranteed_no_evict.cpp. Mirrors GuaranteedNoEvictSchedul
 (scheduler.md §2.4). Pass 1 admits running generations unconditionally; pass 2 admits
 disagg-generation-init requests, then contexts, while their blocks to completion fit.
 Without PEFT pass 2 is a cumulative sum and a first-failure search; with PEFT, where a
-page-only failure skips one request, it is a short scalar loop.
+page-only failure skips one request, it is a short scalar loop. The serving steady state
+(running generations plus a few new contexts) takes a split path: the generations as one block
+with one summed question, pass 2 over the contexts alone.
 """
 
 from __future__ import annotations
