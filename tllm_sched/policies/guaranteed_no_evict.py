@@ -91,12 +91,7 @@ def schedule(ctx: StepContext, static_batch: bool = False):
     if not skipper.enabled:
         admitted.append(state.run(contexts, None))
     else:
-        # Keys are asked for a first window, and for the rest only if admission gets past it.
-        reach = min(prefix_within(rem.take(contexts), state.avail), ctx.max_num_requests) + 1
-        for part in windows(contexts, reach):
-            admitted.append(state.run(part, skipper.skip_flags(part)))
-            if state.stopped:
-                break
+        admitted.append(state.run_skipping(contexts, skipper))
     return np.concatenate(admitted), EMPTY
 
 
@@ -149,14 +144,7 @@ def _schedule_split_reusing(ctx: StepContext, gens: np.ndarray, n_gen: int):
     need = rem[n_gen:]  # per other
     avail = ctx.free_blocks() - int(rem[:n_gen].sum())
     state = _Pass2(ctx, need, None, None, avail, None, INT32_MAX, set(), n_gen, o_state)
-    # Keys are asked for a first window, and for the rest only if admission gets past it.
-    reach = min(prefix_within(need.take(waiting), avail), ctx.max_num_requests - n_gen) + 1
-    admitted = []
-    for part in windows(waiting, reach):
-        admitted.append(state.run(part, skipper.skip_flags(part)))
-        if state.stopped:
-            break
-    taken = np.concatenate(admitted) if len(admitted) > 1 else admitted[0]
+    taken = state.run_skipping(waiting, skipper)
     if taken.size == 0:
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
     contexts = others.take(taken)
@@ -198,6 +186,17 @@ class _Pass2:
         if ctx.peft is None:
             return self._run_vectorized(order, room)
         return self._run_scalar(order)
+
+    def run_skipping(self, order: np.ndarray, skipper) -> np.ndarray:
+        """`run` with reuse skipping. Keys are asked for a first window, reaching where admission
+        must stop if nothing were skipped, and for the rest only if admission gets past it."""
+        reach = min(prefix_within(self.rem.take(order), self.avail), self.ctx.max_num_requests - self.count) + 1
+        admitted = []
+        for part in windows(order, reach):
+            admitted.append(self.run(part, skipper.skip_flags(part)))
+            if self.stopped:
+                break
+        return admitted[0] if len(admitted) == 1 else np.concatenate(admitted)
 
     def _run_vectorized(self, order: np.ndarray, room: int) -> np.ndarray:
         # Head-of-line: the first request that does not fit (in either cache) stops the list.
