@@ -27,6 +27,7 @@ from tllm_sched.policies.common import (
     GEN_TO_COMPLETE,
     KindTable,
     Split,
+    is_context_init,
 )
 
 _EMPTY = np.zeros(0, dtype=np.int32)
@@ -61,7 +62,7 @@ class PyMicroBatchScheduler:
         """Kind of a split's other: outside the window, a context, or anything else."""
         if not self.until <= st < self.after:
             return _OUTSIDE
-        return _CONTEXT if st in (CONTEXT_INIT, DISAGG_CTX_INIT_AND_TRANS) else _OTHER
+        return _CONTEXT if is_context_init(st) else _OTHER
 
     def schedule(self, slots: np.ndarray, inflight_ids: Optional[np.ndarray], max_batch_size: int,
                  max_num_tokens: Optional[int], split: Optional[Split] = None):

@@ -162,9 +162,9 @@ class StepContext:
     def _kind_of(self, st: int) -> int:
         if not (self.until <= st < self.after or st == DISAGG_GEN_INIT):
             return IGNORED
-        if st in (CONTEXT_INIT, DISAGG_CTX_INIT_AND_TRANS):
+        if is_context_init(st):
             return CONTEXT
-        return GENERATION if DISAGG_GEN_TRANS_COMPLETE <= st <= GEN_TO_COMPLETE else OTHER
+        return GENERATION if is_generation_in_progress(st) else OTHER
 
     def reset(self, slots: np.ndarray) -> "StepContext":
         self.slots = slots  # int32 slots of the active list, in order
