@@ -86,6 +86,24 @@ OutArray<T> to_numpy(std::vector<T>&& v) {
 template <class T>
 OutArray<T> to_numpy(const std::vector<T>& v) { return to_numpy(std::vector<T>(v)); }
 
+/// f(slot) for each of the live `slots` of `t`, as a fresh int32 array (the `*_batch` queries).
+template <class F>
+OutArray<int32_t> per_slot(const RequestTable& t, const AnyArray& slots, F f) {
+    auto [p, n] = checked_slots(t, slots);
+    std::vector<int32_t> out(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = f(p[i]);
+    return to_numpy(std::move(out));
+}
+
+/// The sum of f(slot) over the live `slots` of `t` (the `*_sum` queries: no array).
+template <class F>
+int64_t sum_per_slot(const RequestTable& t, const AnyArray& slots, F f) {
+    auto [p, n] = checked_slots(t, slots);
+    int64_t total = 0;
+    for (int32_t i = 0; i < n; ++i) total += f(p[i]);
+    return total;
+}
+
 /// Zero-copy read-only view of `n` entries at `p`, kept alive by `owner`.
 template <class T>
 RoView<T> view(const T* p, size_t n, nb::handle owner) { return RoView<T>(p, {n}, owner); }
@@ -628,28 +646,16 @@ NB_MODULE(_core, m) {
             }, "llm_request"_a, "(tokens through the first uncached full block, lora_task_id), or None if all cached.")
         // array forms: one call for many requests
         .def("get_remaining_blocks_to_completion_batch", [](const KVCacheManager& k, const AnyArray& slots) {
-                auto [p, n] = checked_slots(k.table(), slots);
-                std::vector<int32_t> out(static_cast<size_t>(n));
-                for (int32_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = k.get_remaining_blocks_to_completion(p[i]);
-                return to_numpy(std::move(out));
+                return per_slot(k.table(), slots, [&](int32_t s) { return k.get_remaining_blocks_to_completion(s); });
             }, "slots"_a.noconvert())
         .def("get_remaining_blocks_to_completion_sum", [](const KVCacheManager& k, const AnyArray& slots) {
-                auto [p, n] = checked_slots(k.table(), slots);
-                int64_t total = 0;
-                for (int32_t i = 0; i < n; ++i) total += k.get_remaining_blocks_to_completion(p[i]);
-                return total;
+                return sum_per_slot(k.table(), slots, [&](int32_t s) { return k.get_remaining_blocks_to_completion(s); });
             }, "slots"_a.noconvert(), "The sum of get_remaining_blocks_to_completion over many requests (no array).")
         .def("get_needed_blocks_one_step_batch", [](const KVCacheManager& k, const AnyArray& slots, bool two) {
-                auto [p, n] = checked_slots(k.table(), slots);
-                std::vector<int32_t> out(static_cast<size_t>(n));
-                for (int32_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = k.get_needed_blocks_one_step(p[i], two);
-                return to_numpy(std::move(out));
+                return per_slot(k.table(), slots, [&](int32_t s) { return k.get_needed_blocks_one_step(s, two); });
             }, "slots"_a.noconvert(), "two_steps_look_ahead"_a = false)
         .def("get_needed_blocks_one_step_sum", [](const KVCacheManager& k, const AnyArray& slots, bool two) {
-                auto [p, n] = checked_slots(k.table(), slots);
-                int64_t total = 0;
-                for (int32_t i = 0; i < n; ++i) total += k.get_needed_blocks_one_step(p[i], two);
-                return total;
+                return sum_per_slot(k.table(), slots, [&](int32_t s) { return k.get_needed_blocks_one_step(s, two); });
             }, "slots"_a.noconvert(), "two_steps_look_ahead"_a = false,
             "The sum of get_needed_blocks_one_step over many requests (no array).")
         .def("find_new_context_block_batch", [](KVCacheManager& k, const AnyArray& slots, bool continue_pass) {
@@ -662,11 +668,9 @@ NB_MODULE(_core, m) {
             "Key ids: equal ids iff equal first-new-block keys, within one call or across calls made with "
             "continue_pass=True after it; -1 for none.")
         .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const AnyArray& slots) {
-                auto [p, n] = checked_slots(k.table(), slots);
-                std::vector<int32_t> out(static_cast<size_t>(n));
-                for (int32_t i = 0; i < n; ++i)
-                    out[static_cast<size_t>(i)] = k.has_sequence(p[i]) ? static_cast<int32_t>(k.block_ids(p[i]).size()) : 0;
-                return to_numpy(std::move(out));
+                return per_slot(k.table(), slots, [&](int32_t s) {
+                    return k.has_sequence(s) ? static_cast<int32_t>(k.block_ids(s).size()) : 0;
+                });
             }, "slots"_a.noconvert())
         // introspection (tests, invariants)
         .def("ref_count", [](const KVCacheManager& k, int32_t b) {
@@ -696,10 +700,7 @@ NB_MODULE(_core, m) {
         .def("set_task_pages", &PeftCacheManager::set_task_pages, "task_id"_a, "pages"_a)
         .def("determine_num_pages", [](const PeftCacheManager& p, const PyRequest& r) { return p.determine_num_pages(r.t(), r.slot); }, "llm_request"_a)
         .def("determine_num_pages_batch", [](const PeftCacheManager& p, const RequestTable& t, const AnyArray& slots) {
-                auto [s, n] = checked_slots(t, slots);
-                std::vector<int32_t> out(static_cast<size_t>(n));
-                for (int32_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = p.determine_num_pages(t, s[i]);
-                return to_numpy(std::move(out));
+                return per_slot(t, slots, [&](int32_t s) { return p.determine_num_pages(t, s); });
             }, "table"_a, "slots"_a.noconvert());
 
     // ------------------------------------------------------------------ schedulers
