@@ -12,7 +12,7 @@ class CapacityScheduler {
 public:
     CapacityScheduler(int32_t max_num_requests, CapacitySchedulerPolicy policy, bool has_kv_cache_manager,
                       bool two_steps_look_ahead = false, int32_t no_schedule_until = state::CONTEXT_INIT,
-                      int32_t no_schedule_after = state::GEN_COMPLETE);
+                      int32_t no_schedule_after = state::GENERATION_COMPLETE);
 
     /// Fills `out` for the active list `slots`. `kv` must be given iff built with a KV cache.
     void schedule(RequestTable& t, const int32_t* slots, int32_t num_slots, KVCacheManager* kv,

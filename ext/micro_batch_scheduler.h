@@ -27,7 +27,7 @@ class MicroBatchScheduler {
 public:
     MicroBatchScheduler(std::optional<ContextChunkingConfig> chunking, std::optional<int32_t> max_context_length,
                         int32_t no_schedule_until = state::CONTEXT_INIT,
-                        int32_t no_schedule_after = state::GEN_TO_COMPLETE);
+                        int32_t no_schedule_after = state::GENERATION_TO_COMPLETE);
 
     /// Schedules `slots` (the capacity scheduler's fitting list) skipping `inflight_ids`.
     /// Sets chunk sizes and discards draft tokens of the requests it chunks.

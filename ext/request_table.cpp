@@ -7,19 +7,8 @@
 namespace tllm {
 
 namespace {
-[[gnu::noinline, noreturn]] void fail_input(const std::string& msg) { throw InputError(msg); }
 std::string id_str(int64_t id) { return "request " + std::to_string(id); }
 }  // namespace
-
-bool state::is_valid(int32_t s) {
-    switch (s) {
-        case -1: case 0: case 1: case 8: case 9: case 10: case 11: case 12: case 13: case 14:
-        case 20: case 21: case 22:
-            return true;
-        default:
-            return false;
-    }
-}
 
 RequestTable::RequestTable(int32_t capacity) : capacity_(capacity) {
     if (capacity <= 0 || capacity > kMaxTableCapacity)
@@ -149,7 +138,7 @@ void RequestTable::fail_dead_slot(int32_t s) const {
 
 void RequestTable::check_context_state(int32_t s, const char* what) const {
     int32_t st = state[s];
-    if (!(state::is_context_init(st) || st == state::DISAGG_GEN_INIT || st == state::DISAGG_GEN_TRANS_COMPLETE))
+    if (!(state::is_context_init(st) || st == state::DISAGG_GENERATION_INIT || st == state::DISAGG_GENERATION_TRANS_COMPLETE))
         fail_input(id_str(request_id[s]) + ": " + what + " needs a context or disagg-init state, state is " +
                    std::to_string(st));
 }

@@ -8,55 +8,15 @@
 
 #include <cstdint>
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "errors.h"
+#include "int_math.h"
+#include "request_state.h"
+
 namespace tllm {
-
-/// TensorRT-LLM's LlmRequestState numbering (Dec 2025); only the order matters.
-enum class LlmRequestState : int32_t {
-    kDISAGG_TRANS_ERROR = -1,
-    kUNKNOWN = 0,
-    kENCODER_INIT = 1,
-    kDISAGG_GENERATION_INIT = 8,
-    kDISAGG_GENERATION_TRANS_IN_PROGRESS = 9,
-    kCONTEXT_INIT = 10,
-    kDISAGG_CONTEXT_INIT_AND_TRANS = 11,
-    kDISAGG_GENERATION_TRANS_COMPLETE = 12,
-    kGENERATION_IN_PROGRESS = 13,
-    kGENERATION_TO_COMPLETE = 14,
-    kGENERATION_COMPLETE = 20,
-    kDISAGG_CONTEXT_TRANS_IN_PROGRESS = 21,
-    kDISAGG_CONTEXT_COMPLETE = 22,
-};
-
-/// State predicates on the raw int32 column value (all exact-state tests, scheduler.md §1.1).
-namespace state {
-constexpr int32_t ENCODER_INIT = 1, DISAGG_GEN_INIT = 8, CONTEXT_INIT = 10,
-                  DISAGG_CTX_INIT_AND_TRANS = 11, DISAGG_GEN_TRANS_COMPLETE = 12,
-                  GEN_IN_PROGRESS = 13, GEN_TO_COMPLETE = 14, GEN_COMPLETE = 20;
-inline bool is_encoder_init(int32_t s) { return s == ENCODER_INIT; }
-inline bool is_context_init(int32_t s) { return s == CONTEXT_INIT || s == DISAGG_CTX_INIT_AND_TRANS; }
-inline bool is_generation_in_progress(int32_t s) {
-    return s == GEN_IN_PROGRESS || s == GEN_TO_COMPLETE || s == DISAGG_GEN_TRANS_COMPLETE;
-}
-inline bool is_disagg_generation_init(int32_t s) { return s == DISAGG_GEN_INIT; }
-bool is_valid(int32_t s);
-}  // namespace state
-
-/// A slot or count (checked non-negative) as a container index.
-inline size_t idx(int32_t i) { return static_cast<size_t>(i); }
-
-/// User-input error: the bindings turn it into ValueError. Thrown before any state changes.
-struct InputError : std::invalid_argument {
-    using std::invalid_argument::invalid_argument;
-};
-/// Wrong-kind input (shape, dtype): the bindings turn it into TypeError.
-struct TypeInputError : std::invalid_argument {
-    using std::invalid_argument::invalid_argument;
-};
 
 /// Tokens of one request (beam 0). Size: fixed at creation; never reallocated.
 struct TokenStore {
@@ -119,7 +79,7 @@ public:
     bool is_first_context_chunk(int32_t s) const { return context_position[s] == prepopulated_prompt_len[s]; }
     bool is_last_context_chunk(int32_t s) const {
         int32_t st = state[s];
-        return st == state::DISAGG_GEN_INIT || st == state::DISAGG_GEN_TRANS_COMPLETE ||
+        return st == state::DISAGG_GENERATION_INIT || st == state::DISAGG_GENERATION_TRANS_COMPLETE ||
                context_position[s] + context_chunk_size[s] == prompt_len[s];
     }
     /// Clamping setter: stores min(n, remaining). Requires n >= 0 and a context/disagg-init state.

@@ -32,7 +32,7 @@ void SimExecutor::add_sequences(int32_t s) {
 void SimExecutor::complete_if_done(int32_t s, std::vector<int32_t>& finished) {
     RequestTable& t = *table_;
     if (t.num_tokens[s] != t.prompt_len[s] + t.max_new_tokens[s]) return;
-    t.set_state(s, state::GEN_COMPLETE);
+    t.set_state(s, state::GENERATION_COMPLETE);
     if (kv_ && kv_->has_sequence(s)) kv_->remove_sequence(s, /*store_for_reuse=*/true);
     if (cross_kv_ && cross_kv_->has_sequence(s)) cross_kv_->remove_sequence(s, true);
     finished.push_back(s);
@@ -42,7 +42,6 @@ namespace {
 [[gnu::noinline, noreturn]] void refuse(const RequestTable& t, int32_t s, const std::string& what) {
     throw InputError("SimExecutor.apply: request " + std::to_string(t.request_id[s]) + " " + what);
 }
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 void SimExecutor::validate(const int32_t* paused, int32_t np, const int32_t* disagg, int32_t nd,
@@ -115,7 +114,7 @@ void SimExecutor::block_budget(const KVCacheManager& kv, bool cross, const int32
         if (kv.has_sequence(paused[i]))
             for (int32_t b : kv.block_ids(paused[i])) ++held[b];
     int64_t released = 0;
-    for (const auto& [b, n] : held) released += kv.ref_count(b) == n ? 1 : 0;
+    for (const auto& [b, n] : held) released += kv.pool().ref_count(b) == n ? 1 : 0;
     const int64_t free = int64_t{kv.num_free_blocks()} + released;
     if (need > free)
         throw InputError(std::string("SimExecutor.apply: the step may need ") + std::to_string(need) + " " +
@@ -139,7 +138,7 @@ void SimExecutor::apply(const int32_t* paused, int32_t num_paused, const int32_t
     sort_by_id(disagg, num_disagg, order_);
     for (int32_t s : order_) {  // step 5: generation-only requests get their KV and a first token
         add_sequences(s);
-        t.set_state(s, state::GEN_IN_PROGRESS);
+        t.set_state(s, state::GENERATION_IN_PROGRESS);
         t.context_position[s] = t.prompt_len[s];
         t.add_new_token(s, token);
         ++tokens_appended_;
@@ -156,7 +155,7 @@ void SimExecutor::apply(const int32_t* paused, int32_t num_paused, const int32_t
                 if (kv_) kv_->store_context_blocks(s);
                 t.add_new_token(s, token);
                 ++tokens_appended_;
-                t.set_state(s, state::GEN_IN_PROGRESS);
+                t.set_state(s, state::GENERATION_IN_PROGRESS);
             }
         } else {
             if (kv_) kv_->add_token(s);

@@ -1,7 +1,7 @@
 """tests/test_stub.py: the committed stub tests/_core.pyi.ref is what nanobind's stubgen prints for
 the built `tllm_sched._core` (the same stub the build installs as tllm_sched/_core.pyi).
 
-After changing ext/bindings.cpp, rebuild and refresh the reference from the repository root:
+After changing ext/bindings/, rebuild and refresh the reference from the repository root:
 
     python -m nanobind.stubgen -q -m tllm_sched._core -o tests/_core.pyi.ref
 """

@@ -5,21 +5,16 @@
 #pragma once
 
 #include <cstdint>
-#include <stdexcept>
 #include <vector>
 
+#include "errors.h"
 #include "kv_cache_manager.h"
+#include "peft_cache_manager.h"
 #include "request_table.h"
 
 namespace tllm {
 
 enum class CapacitySchedulerPolicy : int32_t { kMAX_UTILIZATION = 0, kGUARANTEED_NO_EVICT = 1, kSTATIC_BATCH = 2 };
-
-/// A scheduling invariant the caller broke (a too-long context, chunking needed but disabled):
-/// TensorRT-LLM asserts; we raise RuntimeError before anything is changed.
-struct SchedulingError : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
 
 /// Inputs of one capacity-scheduling call. Pointers are borrowed for the call.
 struct CapacityContext {

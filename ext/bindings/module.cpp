@@ -1,0 +1,30 @@
+// ext/bindings/module.cpp: the nanobind module tllm_sched._core.
+//
+// Thin by design: the bindings convert arguments and manage ownership; the logic is in the core.
+// Names follow TensorRT-LLM's Python bindings (snake_case of the C++ names).
+#include <nanobind/nanobind.h>
+
+#include "bindings/common.h"
+#include "errors.h"
+
+namespace nb = nanobind;
+using namespace tllm;
+
+NB_MODULE(_core, m) {
+    m.doc() = "tllm_sched C++ core: request table, KV-cache block manager, reference schedulers";
+
+    nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+        try {
+            std::rethrow_exception(p);
+        } catch (const TypeInputError& e) {
+            PyErr_SetString(PyExc_TypeError, e.what());
+        }
+    });
+    static nb::exception<SchedulingError> scheduling_error(m, "SchedulingError", PyExc_RuntimeError);
+    // In this order: the stub lists the names as the module defines them.
+    bindings::bind_request_state(m);
+    bindings::bind_policy_enums(m);
+    bindings::bind_request_table(m);
+    bindings::bind_kv_cache(m);
+    bindings::bind_schedulers(m);
+}

@@ -1,0 +1,151 @@
+// ext/block_pool.h: the KV-cache blocks: ref counts, LRU free queues by priority, the reuse tree.
+//
+// Part of TensorRT-LLM's BlockManager (one window): blocks with ref counts, LRU free queues per
+// storage level (primary, secondary) and retention priority, and the reuse tree of cached block
+// contents with full and partial matching. Which request holds which blocks is the sequence
+// manager's (kv_cache_manager.h); the pool only counts holders.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+namespace tllm {
+
+/// Content key of one block (without multimodal keys and cache salt).
+struct BlockKey {
+    int64_t lora_task_id = -1;        ///< -1: none
+    bool uses_extra_ids = false;      ///< the request's prompt carried extra ids
+    std::vector<int32_t> tokens;      ///< at most tpb token ids
+    std::vector<uint64_t> extra_ids;  ///< per token, empty unless uses_extra_ids
+    bool operator==(const BlockKey& o) const {
+        return lora_task_id == o.lora_task_id && uses_extra_ids == o.uses_extra_ids && tokens == o.tokens &&
+               extra_ids == o.extra_ids;
+    }
+    /// Common leading tokens with `o` when everything but the tokens is equal, else 0.
+    int32_t num_matching_tokens(const BlockKey& o) const;
+};
+
+struct BlockKeyHash {
+    size_t operator()(const BlockKey& k) const;
+};
+
+/// Block statistics (TensorRT-LLM's KvCacheStats counters).
+struct KvCacheStats {
+    int64_t alloc_total_blocks = 0;  ///< every block taken from a free queue
+    int64_t alloc_new_blocks = 0;    ///< ... of which held no tokens
+    int64_t reused_blocks = 0;       ///< context blocks matched in the reuse tree (full or partial)
+    int64_t missed_blocks = 0;       ///< context blocks allocated fresh
+};
+
+class BlockPool {
+public:
+    static constexpr int32_t kMaxBlocks = 1 << 22;  ///< primary + secondary (~170 bytes of metadata each)
+    static constexpr int32_t kDefaultPriority = 35;
+    static constexpr int32_t kNumPriorities = 101;
+    static constexpr int32_t kSecondaryOffloadMinPriority = 30;
+    static constexpr int32_t kRoot = -1;  ///< the reuse tree's root, parent of the first blocks
+
+    /// Sizes are checked by the caller (KVCacheManager). Every block starts free, primary first.
+    BlockPool(int32_t num_primary, int32_t num_secondary, int32_t tokens_per_block, bool enable_partial_reuse,
+              bool copy_on_partial_reuse);
+
+    // --- holding blocks ---
+    /// Takes the front free primary block (evicting its cached content) for a new holder-to-be.
+    /// The caller has checked that one is free.
+    int32_t get_free_block();
+    /// One more holder (a beam of a sequence).
+    void hold(int32_t b) { ++blocks_[static_cast<size_t>(b)].ref_count; }
+    /// One holder fewer; the block joins the back of its free queue when none is left.
+    void release(int32_t b);
+
+    // --- reuse tree ---
+    /// The cached child of `parent` (kRoot for the root) with exactly this key, or -1.
+    int32_t find_child(int32_t parent, const BlockKey& key) const {
+        const Children& ch = children_of(parent);
+        auto it = ch.find(key);
+        return it == ch.end() ? -1 : it->second;
+    }
+    /// Free blocks allocate_with_reuse(keys, ...) would take (an upper bound once it onboards).
+    int32_t count_blocks_needed(const std::vector<BlockKey>& keys) const;
+    /// Holds one block per key, reusing cached ones along the tree walk; appends them to `ids`.
+    /// An empty key never matches. Returns the tokens matched. The caller checked the free count.
+    int32_t allocate_with_reuse(const std::vector<BlockKey>& keys, std::vector<int32_t>& ids);
+    /// Inserts blocks `ids` under the contents `keys` (pairwise) into the tree.
+    void store_blocks(const std::vector<BlockKey>& keys, const std::vector<int32_t>& ids);
+
+    // --- counts ---
+    int32_t num_free_blocks() const { return num_free_[0]; }  ///< primary, cached blocks included
+    int32_t num_free_secondary_blocks() const { return num_free_[1]; }
+    /// [primary, secondary] free counts in fixed storage, for a zero-copy view.
+    const int32_t* free_block_counts() const { return num_free_; }
+    int32_t max_num_blocks() const { return num_total_; }  ///< primary + secondary
+    int32_t num_cached_blocks() const;                      ///< blocks in the reuse tree
+    const KvCacheStats& stats() const { return stats_; }
+
+    // --- introspection for tests and invariant checks (cold) ---
+    int32_t ref_count(int32_t block) const { return blocks_[static_cast<size_t>(block)].ref_count; }
+    bool is_primary(int32_t block) const { return blocks_[static_cast<size_t>(block)].level == 0; }
+    bool in_free_queue(int32_t block) const { return blocks_[static_cast<size_t>(block)].queue_level >= 0; }
+    bool in_tree(int32_t block) const { return blocks_[static_cast<size_t>(block)].in_tree; }
+    /// Tree parent of a cached block: -1 for the root, -2 when not in the tree.
+    int32_t tree_parent(int32_t block) const;
+    /// Free-queue contents, front first, per level (0 primary, 1 secondary).
+    std::vector<int32_t> free_queue(int32_t level) const;
+    /// Throws std::logic_error describing the first broken invariant; `holders[b]` is the number
+    /// of sequence beams that hold block b.
+    void check_invariants(const std::vector<int32_t>& holders) const;
+
+private:
+    using Children = std::unordered_map<BlockKey, int32_t, BlockKeyHash>;
+    struct Block {
+        int32_t ref_count = 0;         ///< beams of live sequences holding the block
+        int32_t parent = kRoot;        ///< tree parent (kRoot) when in_tree
+        int32_t prev = -1, next = -1;  ///< free-queue links
+        int16_t priority = kDefaultPriority;  ///< retention priority (0..100)
+        int8_t level = 0;              ///< 0 primary, 1 secondary storage
+        int8_t queue_level = -1;       ///< free queue level it sits in, -1 when claimed
+        int16_t queue_priority = 0;    ///< free queue priority it sits in
+        bool in_tree = false;          ///< reachable from the reuse-tree root
+        uint64_t store_seq = 0;        ///< order of insertion into the tree (earliest wins ties)
+        BlockKey key;                  ///< content; empty tokens: never filled
+        Children children;             ///< tree children by key
+    };
+
+    Children& children_of(int32_t parent) { return parent == kRoot ? root_children_ : blocks_[static_cast<size_t>(parent)].children; }
+    const Children& children_of(int32_t parent) const {
+        return parent == kRoot ? root_children_ : blocks_[static_cast<size_t>(parent)].children;
+    }
+    // free queues
+    void queue_push(int32_t b, bool to_front);
+    void queue_unlink(int32_t b);
+    int32_t queue_front(int32_t level, int32_t* priority_out) const;
+    void release_block(int32_t b, bool to_front = false);
+    void claim_block(int32_t b);
+    void onboard(int32_t b);
+    // tree
+    void detach_subtree(int32_t b);
+    void insert_child(int32_t parent, int32_t b, BlockKey key);
+    struct Match {
+        int32_t block = -1;
+        int32_t num_matched = 0;
+        bool partial = false;
+    };
+    Match find_matching_block(int32_t parent, const BlockKey& key) const;
+
+    int32_t num_primary_;                ///< primary blocks (ids 0 .. num_primary - 1 at start)
+    int32_t num_total_;                  ///< primary + secondary blocks
+    int32_t tokens_per_block_;
+    bool enable_partial_reuse_;          ///< match a block's leading tokens
+    bool copy_on_partial_reuse_;         ///< copy a partially matched block instead of taking it over
+    std::vector<Block> blocks_;          ///< owned; indexed by block id
+    Children root_children_;             ///< the tree root's children (root id -1)
+    int32_t head_[2][kNumPriorities];    ///< free-queue fronts per level and priority
+    int32_t tail_[2][kNumPriorities];    ///< free-queue backs
+    int32_t num_free_[2] = {0, 0};       ///< blocks in free queues per level
+    uint64_t store_counter_ = 0;         ///< tree insertion counter
+    KvCacheStats stats_;
+};
+
+}  // namespace tllm
