@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tllm_sched.registry import BENCH_POLICIES, CAPACITY_POLICIES
+from tllm_sched.scheduler import BACKENDS
+
 HERE = Path(__file__).resolve().parent
 BASELINES = HERE / "baselines"
 RATIO_FILE = BASELINES / "ratio.json"
@@ -47,8 +50,9 @@ import sys, numpy as np
 import tllm_sched as ts
 from tllm_sched.config import ChunkingConfig, SchedulerConfig
 from tllm_sched.scheduler import Scheduler
+from tllm_sched.registry import BENCH_POLICIES
 backend, steps = sys.argv[1], int(sys.argv[2])
-for policy in ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION"):
+for policy in BENCH_POLICIES:
     t = ts.RequestTable(512)
     kv = ts.KVCacheManager(t, 16, 8192, 2048)
     lst = ts.RequestList(t)
@@ -97,7 +101,7 @@ def _steady(n: int, policy: str, backend: str):
 def measure_ratio(n: int = 4096, rounds: int = 7, steps: int = 40) -> dict:
     """min-over-rounds of the median step, per backend and policy, interleaved."""
     out = {}
-    for policy in ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION"):
+    for policy in BENCH_POLICIES:
         states = {b: _steady(n, policy, b) for b in ("cpp", "python")}
         best = {b: float("inf") for b in states}
         for _ in range(rounds):
@@ -133,17 +137,16 @@ def _instructions(backend: str, steps: int) -> int:
 
 def measure_instructions() -> dict:
     per_step = {}
-    for backend in ("cpp", "python", "python-naive"):
+    for backend in BACKENDS:
         base = _instructions(backend, 0)
         full = _instructions(backend, CALLGRIND_STEPS)
         per_step[backend] = (full - base) // CALLGRIND_STEPS  # 2 policies per step
     return per_step
 
 
-# Python -> C++ calls per steady-decode step of the batched Python scheduler, exactly (the list of
-# calls is spelled out in tests/test_crossings.py): slots; MAX_UTILIZATION adds start_scheduling
-# and one get_needed_blocks_one_step_sum.
-EXPECTED_CROSSINGS = {"GUARANTEED_NO_EVICT": 1, "STATIC_BATCH": 1, "MAX_UTILIZATION": 3}
+# Python -> C++ calls per steady-decode step of the batched Python scheduler, exactly (each
+# registry entry's decode_crossings; the calls are spelled out in tests/test_crossings.py).
+EXPECTED_CROSSINGS = {p.name: p.decode_crossings for p in CAPACITY_POLICIES.values()}
 
 
 def gate_crossings() -> bool:

@@ -251,12 +251,14 @@ def run(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from tllm_sched.registry import CAPACITY_POLICIES
+    from tllm_sched.scheduler import BACKENDS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=1_000_000)
     p.add_argument("--trace", default=str(DEFAULT_TRACE), help="Azure CSV or Mooncake JSONL trace")
-    p.add_argument("--backend", default="cpp", choices=("cpp", "python", "python-naive"))
-    p.add_argument("--policy", default="MAX_UTILIZATION",
-                   choices=("MAX_UTILIZATION", "GUARANTEED_NO_EVICT", "STATIC_BATCH"))
+    p.add_argument("--backend", default="cpp", choices=BACKENDS)
+    p.add_argument("--policy", default="MAX_UTILIZATION", choices=tuple(CAPACITY_POLICIES))
     p.add_argument("--check-every", type=int, default=10_000)
     p.add_argument("--warmup-steps", type=int, default=None,
                    help="RSS growth is measured from here (default: 10%% of the steps, at least one check)")

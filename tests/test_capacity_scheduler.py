@@ -18,10 +18,7 @@ import pytest
 
 import tllm_sched as ts
 from tllm_sched.config import SchedulerConfig
-from tllm_sched.scheduler import Scheduler
-
-# Backends run through the `Scheduler` facade; the lead extends this to the Python backends.
-BACKENDS = ["cpp", "python", "python-naive"]
+from tllm_sched.scheduler import BACKENDS, Scheduler
 
 MU, GNE, STATIC = "MAX_UTILIZATION", "GUARANTEED_NO_EVICT", "STATIC_BATCH"
 S = ts.LlmRequestState

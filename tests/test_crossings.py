@@ -23,6 +23,7 @@ import pytest
 
 import tllm_sched as ts
 from tllm_sched.config import ChunkingConfig, SchedulerConfig
+from tllm_sched.registry import CAPACITY_POLICIES, NO_KV_CACHE
 from tllm_sched.scheduler import Scheduler
 
 
@@ -48,17 +49,30 @@ def _decoding(n, policy, backend, *, reuse=False, peft=False, chunking=None, con
 
 
 @pytest.mark.parametrize("n", [16, 4096])
-@pytest.mark.parametrize("policy,expected", [
-    ("GUARANTEED_NO_EVICT", 1),  # slots
-    ("STATIC_BATCH", 1),  # slots
-    ("MAX_UTILIZATION", 3),  # slots, start_scheduling, get_needed_blocks_one_step_sum
-])
-def test_steady_decode(n, policy, expected):
+@pytest.mark.parametrize("policy", CAPACITY_POLICIES)
+def test_steady_decode(n, policy):
+    """Each registry entry's decode_crossings (its calls are written out there)."""
+    expected = CAPACITY_POLICIES[policy].decode_crossings
     s, lst = _decoding(n, policy, "python")
     for _ in range(3):
         out = s.schedule(lst)
         assert out.generation.size == n
         assert s.last_step_crossings == expected
+
+
+@pytest.mark.parametrize("n", [16, 4096])
+def test_steady_decode_without_a_kv_cache(n):
+    """The max-requests path (NO_KV_CACHE): slots only."""
+    t = ts.RequestTable(n)
+    lst = ts.RequestList(t)
+    for i in range(n):
+        lst.append(t.add_request(i, np.ones(8, dtype=np.int32), 100))
+    s = Scheduler(SchedulerConfig("GUARANTEED_NO_EVICT", n), t, None, backend="python", count_crossings=True)
+    o = s.schedule(lst)
+    ts.SimExecutor(t, None, None, 4096).apply(o.paused, o.fitting_disagg_gen_init, o.context)
+    for _ in range(3):
+        assert s.schedule(lst).generation.size == n
+        assert s.last_step_crossings == NO_KV_CACHE.decode_crossings == 1
 
 
 @pytest.mark.parametrize("n", [16, 4096])

@@ -44,7 +44,8 @@ import tllm_sched as ts
 from tllm_sched.config import ChunkingConfig, SchedulerConfig
 from tllm_sched.replay import RunFailure, replay
 from tllm_sched.scenario import ScenarioError, load_scenario, parse_scenario
-from tllm_sched.scheduler import Scheduler
+from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES
+from tllm_sched.scheduler import BACKENDS, Scheduler
 from tllm_sched.traces import Trace, TraceError, load_trace, prompt_tokens
 from utils import full_snapshot, package_env
 
@@ -705,9 +706,9 @@ class APIMachine(RuleBasedStateMachine):
         self.views.append((r.tokens, None))  # a window on live storage: a pause rewrites it
         del self.views[:-20]
 
-    @rule(backend=st.sampled_from(["cpp", "python", "python-naive"]),
-          policy=st.sampled_from(["MAX_UTILIZATION", "GUARANTEED_NO_EVICT", "STATIC_BATCH"]),
-          chunking=st.sampled_from([None, "EQUAL_PROGRESS", "FIRST_COME_FIRST_SERVED"]),
+    @rule(backend=st.sampled_from(BACKENDS),
+          policy=st.sampled_from(list(CAPACITY_POLICIES)),
+          chunking=st.sampled_from([None, *CHUNKING_POLICIES]),
           max_num_tokens=st.sampled_from([None, 8, 64]), drop_finished=st.booleans())
     def schedule_and_apply(self, backend, policy, chunking, max_num_tokens, drop_finished):
         """A step over a list that may hold requests in any state: either it works, or it raises
@@ -1113,9 +1114,6 @@ TestAPISecondary.settings = MACHINE
 # =============================================================================== known bugs
 # Each was found by the fuzzing above (or by probing the same entry points by hand); the fix is
 # the lead's. They are strict xfails: the day one is fixed, its test fails until unmarked.
-
-BACKENDS = ["cpp", "python", "python-naive"]
-
 
 def _xfail(backends, reason):
     return [pytest.param(b, marks=pytest.mark.xfail(strict=True, reason=reason)) if b in backends else b

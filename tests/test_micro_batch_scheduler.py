@@ -16,10 +16,7 @@ import pytest
 
 import tllm_sched as ts
 from tllm_sched.config import ChunkingConfig, SchedulerConfig
-from tllm_sched.scheduler import Scheduler
-
-# Backends run through the `Scheduler` facade; the lead extends this to the Python backends.
-BACKENDS = ["cpp", "python", "python-naive"]
+from tllm_sched.scheduler import BACKENDS, Scheduler
 
 S = ts.LlmRequestState
 EP, FCFS = "EQUAL_PROGRESS", "FIRST_COME_FIRST_SERVED"

@@ -19,7 +19,7 @@ import pytest
 
 import tllm_sched as ts
 from tllm_sched.config import ChunkingConfig, SchedulerConfig
-from tllm_sched.scheduler import Scheduler
+from tllm_sched.scheduler import BACKENDS, Scheduler
 from utils import full_snapshot, toks
 
 S = ts.LlmRequestState
@@ -241,7 +241,7 @@ def test_set_ctx_requests_chunk_size_with_a_generation_request():
     assert [r.num_draft_tokens for r in ctx] == [2, 2, 2]
 
 
-@pytest.mark.parametrize("backend", ["cpp", "python", "python-naive"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_scheduler_chunk_setter_with_a_generation_request(backend):
     w = World()
     ctx = [w.add(i, toks(20), num_draft_tokens=2) for i in range(3)]
@@ -316,7 +316,7 @@ def test_kv_calls_with_a_mismatched_request_change_nothing():
 # ============================================================================= scheduling
 
 
-@pytest.mark.parametrize("backend", ["cpp", "python", "python-naive"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_failed_scheduling_pass_changes_nothing(backend):
     # A context that exceeds max_context_length without chunking is a SchedulingError, raised after
     # the capacity pass and part of the micro-batch walk have looked at everything else.

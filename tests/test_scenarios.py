@@ -17,9 +17,7 @@ import pytest
 
 from tllm_sched.replay import replay
 from tllm_sched.scenario import load_scenario
-
-# The lead extends this to "python" and "python-naive" once those backends land.
-BACKENDS = ["cpp", "python", "python-naive"]
+from tllm_sched.scheduler import BACKENDS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "scenarios"

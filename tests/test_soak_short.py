@@ -92,7 +92,7 @@ LEAK_SCRIPT = textwrap.dedent("""
     import numpy as np
     import tllm_sched as ts
     from tllm_sched.config import ChunkingConfig, SchedulerConfig
-    from tllm_sched.scheduler import Scheduler
+    from tllm_sched.scheduler import BACKENDS, Scheduler
 
     I32 = lambda *a: np.array(a, dtype=np.int32)
     E32 = I32()
@@ -112,7 +112,7 @@ LEAK_SCRIPT = textwrap.dedent("""
             rl.append(r)
         views = [r.tokens for r in reqs] + [r.token_buffer for r in reqs] + [rl.slots, rl.slot_buffer]
         cols = t.columns()
-        for backend in ("cpp", "python", "python-naive"):
+        for backend in BACKENDS:
             cfg = SchedulerConfig("MAX_UTILIZATION", 8, max_num_tokens=32,
                                   chunking=ChunkingConfig("EQUAL_PROGRESS", 4))
             sch = Scheduler(cfg, t, kv, cross, peft, backend=backend, count_crossings=round % 2 == 1)

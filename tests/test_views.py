@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import tllm_sched as ts
+from tllm_sched.scheduler import BACKENDS
 from utils import add_req, new_kv, new_table, toks
 
 
@@ -102,7 +103,7 @@ def test_import_does_not_import_torch():
     assert res.returncode == 0, res.stderr
 
 
-@pytest.mark.parametrize("backend", ["cpp", "python", "python-naive"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("contexts", [0, 2])
 def test_scheduler_outputs_do_not_alias_the_active_list(backend, contexts):
     """Outputs are the caller's arrays: changing the list afterwards (removing the finished,

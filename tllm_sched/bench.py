@@ -20,6 +20,7 @@ from typing import List, Optional
 
 from tllm_sched import bench_report as report
 from tllm_sched import bench_workloads as wl
+from tllm_sched.registry import CAPACITY_POLICIES
 
 PROG = "tllm-sched bench"
 DEFAULTS = dict(workloads=list(wl.WORKLOADS), policies=list(wl.POLICIES), active=[64, 256, 1024, 4096], steps=1000,
@@ -28,7 +29,8 @@ QUICK = dict(active=[64, 512], steps=100, warmup=5)
 # A full Mooncake replay takes ~7 min with all three backends on 2 cores (the python backend's
 # reuse skipping dominates); by default a trace run covers its first half of the requests.
 TRACE_DEFAULT_LIMIT: dict = {}  # per-format default request limits (none: every trace replays whole)
-ALIASES = {"GNE": "GUARANTEED_NO_EVICT", "MU": "MAX_UTILIZATION", "MAX_UTIL": "MAX_UTILIZATION"}
+# --policies spellings besides the names: each benched policy's short name and aliases.
+ALIASES = {a: p.name for p in CAPACITY_POLICIES.values() if p.name in wl.POLICIES for a in (p.short, *p.aliases)}
 
 
 class UsageError(ValueError):
@@ -84,11 +86,12 @@ def _parser() -> argparse.ArgumentParser:
                                 "executor: synthetic workloads (default), a real trace (--trace), or a check "
                                 "against a saved run (--compare).")
     g = p.add_argument_group("what to run (--policies, --backends and --out also apply to --trace)")
-    g.add_argument("--workloads", type=_list("workload", wl.WORKLOADS), help="decode,mixed (default: both)")
+    g.add_argument("--workloads", type=_list("workload", wl.WORKLOADS), help=f"{','.join(wl.WORKLOADS)} (default: all)")
     g.add_argument("--policies", type=_list("policy", wl.POLICIES),
-                   help="GUARANTEED_NO_EVICT (GNE), MAX_UTILIZATION (MU) (default: both; trace: GNE)")
+                   help=", ".join(f"{p} ({CAPACITY_POLICIES[p].short})" for p in wl.POLICIES)
+                   + " (default: all; trace: GNE)")
     g.add_argument("--backends", type=_list("backend", BACKENDS), default=list(BACKENDS),
-                   help="default: cpp,python,python-naive (unavailable ones are skipped with a notice)")
+                   help=f"default: {','.join(BACKENDS)} (unavailable ones are skipped with a notice)")
     g.add_argument("--active", type=_list("active count", convert=int), help="default: 64,256,1024,4096")
     g.add_argument("--steps", type=_positive, help=f"measured steps per case (default {DEFAULTS['steps']}; "
                    "python-naive gets fewer above 512 active)")

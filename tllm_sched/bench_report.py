@@ -17,9 +17,11 @@ import subprocess
 from datetime import datetime, timezone
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from tllm_sched.registry import CAPACITY_POLICIES
+
 FORMAT = "tllm_sched.bench/1"
 REQUIRED = ("workload", "policy", "backend", "n_active", "steps", "median_us", "p99_us", "crossings_per_step")
-POLICY_SHORT = {"GUARANTEED_NO_EVICT": "GNE", "MAX_UTILIZATION": "MU", "STATIC_BATCH": "SB"}
+POLICY_SHORT = {p.name: p.short for p in CAPACITY_POLICIES.values()}
 
 __all__ = ["FORMAT", "REQUIRED", "add_ratios", "compare", "format_table", "load_results", "machine_info",
            "write_outputs"]

@@ -34,6 +34,7 @@ import numpy as np
 
 from tllm_sched import _core
 from tllm_sched.config import ChunkingConfig, KvCacheConfig, SchedulerConfig
+from tllm_sched.registry import BENCH_POLICIES
 from tllm_sched.replay import RunFailure, make_kv_cache_manager
 from tllm_sched.scheduler import Scheduler
 
@@ -41,7 +42,7 @@ __all__ = ["WORKLOADS", "POLICIES", "SimState", "SyntheticCase", "TraceOptions",
            "naive_steps", "probe_backends", "run_synthetic_case", "run_trace"]
 
 WORKLOADS = ("decode", "mixed")
-POLICIES = ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION")
+POLICIES = BENCH_POLICIES
 TOKENS_PER_BLOCK = 32  # synthetic workloads
 CHUNK_UNIT = 64  # chunked prefill unit (synthetic workloads)
 _POOL_TOKENS = 1 << 20  # synthetic prompts are random slices of one shared token pool

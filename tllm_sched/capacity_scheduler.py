@@ -11,8 +11,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tllm_sched.policies import guaranteed_no_evict, max_requests, max_utilization
 from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, Split, StepContext
+from tllm_sched.registry import CAPACITY_POLICIES, NO_KV_CACHE
 
 # A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix) or,
 # from a split path, the fitting list itself as a Split.
@@ -22,14 +22,9 @@ CapacityPolicy = Callable[[StepContext], tuple]
 def make_capacity_policy(policy: str, has_kv_cache_manager: bool) -> CapacityPolicy:
     """The policy function (scheduler.md §2.1): no KV cache means the max-requests path."""
     if not has_kv_cache_manager:
-        return max_requests.schedule
-    table = {
-        "MAX_UTILIZATION": max_utilization.schedule,
-        "GUARANTEED_NO_EVICT": guaranteed_no_evict.schedule,
-        "STATIC_BATCH": guaranteed_no_evict.schedule_static_batch,
-    }
+        return NO_KV_CACHE.python
     try:
-        return table[policy]
+        return CAPACITY_POLICIES[policy].python
     except KeyError:
         raise ValueError(f"unknown capacity scheduler policy {policy!r}") from None
 

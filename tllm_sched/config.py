@@ -34,7 +34,7 @@ class PeftConfig:
 class ChunkingConfig:
     """Context chunking (`scheduler.chunking`)."""
 
-    policy: str  # "FIRST_COME_FIRST_SERVED" or "EQUAL_PROGRESS"
+    policy: str  # a name of registry.CHUNKING_POLICIES
     unit_size: int  # chunk sizes are multiples of this
 
 
@@ -42,7 +42,7 @@ class ChunkingConfig:
 class SchedulerConfig:
     """The capacity and micro-batch schedulers (`scheduler`)."""
 
-    policy: str  # "MAX_UTILIZATION", "GUARANTEED_NO_EVICT" or "STATIC_BATCH"
+    policy: str  # a name of registry.CAPACITY_POLICIES
     max_num_requests: int  # capacity scheduler: most requests in flight
     max_batch_size: Optional[int] = None  # micro-batch size limit; None becomes max_num_requests
     max_num_tokens: Optional[int] = None  # micro-batch token budget; None means unlimited

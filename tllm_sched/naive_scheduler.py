@@ -13,11 +13,11 @@ from typing import Optional
 import numpy as np
 
 from tllm_sched._core import SchedulingError
+from tllm_sched.backend import SchedulerOutput
 from tllm_sched.crossings import CountingProxy
 from tllm_sched.micro_batch_scheduler import context_too_long
 from tllm_sched.policies import chunking
 from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, GEN_COMPLETE, GEN_TO_COMPLETE
-from tllm_sched.scheduler import SchedulerOutput
 
 INT32_MAX = 2**31 - 1
 

@@ -1,4 +1,4 @@
-"""tllm_sched/py_scheduler.py: the Python backends behind `Scheduler(backend="python" | "python-naive")`.
+"""tllm_sched/py_scheduler.py: the batched Python backend behind `Scheduler(backend="python")`.
 
 Builds the column views once, wraps the C++ objects in crossing counters when asked, and wires
 the capacity and micro-batch stages. "python-naive" lives in tllm_sched/naive_scheduler.py.
@@ -10,11 +10,11 @@ from typing import Optional
 
 import numpy as np
 
+from tllm_sched.backend import SchedulerOutput
 from tllm_sched.capacity_scheduler import PyCapacityScheduler
 from tllm_sched.crossings import Counter, CountingProxy
 from tllm_sched.micro_batch_scheduler import PyMicroBatchScheduler
 from tllm_sched.policies import chunking
-from tllm_sched.scheduler import SchedulerOutput
 
 
 class PythonBackend:
@@ -60,10 +60,3 @@ class PythonBackend:
             cfg.chunking.unit_size, cfg.max_context_length)
         self.micro.commit(slots, chunks, discard)
 
-
-def make_python_backend(backend, config, table, kv, cross_kv, peft, counter=None):
-    if backend == "python":
-        return PythonBackend(config, table, kv, cross_kv, peft, counter)
-    from tllm_sched.naive_scheduler import NaiveBackend
-
-    return NaiveBackend(config, table, kv, cross_kv, peft, counter)

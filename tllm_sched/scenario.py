@@ -11,7 +11,8 @@ request is involved, its id, e.g.
     kv_cache.tokens_per_block: must be an int, got 20.5
 
 Types are strict: a boolean is not an int, 20.5 and 20.0 are not ints, and null
-is accepted only where the spec says "or null". Standard library only.
+is accepted only where the spec says "or null". The policy names come from
+tllm_sched.registry.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from tllm_sched.config import ChunkingConfig, KvCacheConfig, PeftConfig, SchedulerConfig
+from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES
 
 __all__ = [
     "FORMAT",
@@ -44,8 +46,7 @@ __all__ = [
 
 FORMAT = "tllm_sched.scenario/1"
 HARNESSES = ("full", "capacity", "micro", "chunking")
-POLICIES = ("MAX_UTILIZATION", "GUARANTEED_NO_EVICT", "STATIC_BATCH")
-CHUNKING_POLICIES = ("FIRST_COME_FIRST_SERVED", "EQUAL_PROGRESS")
+POLICIES = tuple(CAPACITY_POLICIES)
 REQUEST_STATES = ("CONTEXT_INIT", "ENCODER_INIT", "DISAGG_GENERATION_INIT")
 
 MAX_INT32 = 2**31 - 1  # bound of every integer except ids and LoRA task ids

@@ -14,35 +14,18 @@ All three make identical decisions. Outputs are arrays of request slots.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from tllm_sched import _core
+from tllm_sched.backend import SchedulerBackend, SchedulerOutput
 from tllm_sched.config import SchedulerConfig
+from tllm_sched.crossings import Counter, CountingProxy
+from tllm_sched.naive_scheduler import NaiveBackend
+from tllm_sched.py_scheduler import PythonBackend
 
-__all__ = ["BACKENDS", "Scheduler", "SchedulerOutput"]
-
-BACKENDS = ("cpp", "python", "python-naive")
-
-_EMPTY = np.zeros(0, dtype=np.int32)
-_EMPTY.flags.writeable = False
-
-
-@dataclass(slots=True)
-class SchedulerOutput:
-    """One step's decisions, as request slots of the table."""
-
-    fitting: np.ndarray  # admitted by the capacity scheduler (not disagg-gen-init), admission order
-    fitting_disagg_gen_init: np.ndarray  # admitted disagg-generation-init requests
-    paused: np.ndarray  # MAX_UTILIZATION victims, in pausing order
-    context: np.ndarray  # micro-batch context requests, output order
-    generation: np.ndarray  # micro-batch generation requests, output order
-
-    @classmethod
-    def make_empty(cls) -> "SchedulerOutput":
-        return cls(_EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY)
+__all__ = ["BACKENDS", "Scheduler", "SchedulerOutput", "make_backend"]
 
 
 def chunking_policy(config: SchedulerConfig) -> Optional[_core.ContextChunkingPolicy]:
@@ -77,8 +60,6 @@ class _CppBackend:
         self._max_batch_size = config.max_batch_size
         self._max_num_tokens = config.max_num_tokens
         if counter is not None:
-            from tllm_sched.crossings import CountingProxy
-
             self._step = CountingProxy(self._step, counter)
             self._capacity = CountingProxy(self._capacity, counter)
             self._micro = CountingProxy(self._micro, counter)
@@ -96,6 +77,24 @@ class _CppBackend:
         cfg = self.config
         _core.set_ctx_requests_chunk_size(self._table, slots, chunking_policy(cfg), cfg.max_num_tokens,
                                           cfg.chunking.unit_size, cfg.max_context_length)
+
+
+# The backends, by name: the command lines' choices and the tests' parametrisation derive from it.
+_BACKEND_CLASSES = {"cpp": _CppBackend, "python": PythonBackend, "python-naive": NaiveBackend}
+BACKENDS = tuple(_BACKEND_CLASSES)
+
+
+def make_backend(backend: str, config: SchedulerConfig, table, kv, cross_kv, peft,
+                 counter: Optional[Counter] = None) -> SchedulerBackend:
+    """The backend `backend` (a name of BACKENDS) over these managers; `counter` counts its
+    Python -> C++ calls."""
+    _check_backend(backend)
+    return _BACKEND_CLASSES[backend](config, table, kv, cross_kv, peft, counter)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in _BACKEND_CLASSES:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
 
 def _checked_array(arr, name: str, dtype, expected: str) -> np.ndarray:
@@ -146,8 +145,7 @@ class Scheduler:
         backend: str = "cpp",
         count_crossings: bool = False,
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        _check_backend(backend)
         if config.max_batch_size is None or config.max_batch_size <= 0:
             raise ValueError("max_batch_size must be positive")
         self.config = config
@@ -155,8 +153,6 @@ class Scheduler:
         self.table = table
         self._counter = None
         if count_crossings:
-            from tllm_sched.crossings import Counter
-
             self._counter = Counter()
         self.last_step_crossings: Optional[int] = None  # set by schedule() when counting
         managers = (kv_cache_manager, cross_kv_cache_manager, peft_cache_manager)
@@ -164,12 +160,7 @@ class Scheduler:
         self._list: Optional[_core.RequestList] = None  # the last RequestList found to be of `table`
         if self._checked:
             self._ids = table.columns()["request_id"]  # zero-copy, read-only; -1 in a dead slot
-        if backend == "cpp":
-            self._impl = _CppBackend(config, table, *managers, counter=self._counter)
-        else:
-            from tllm_sched.py_scheduler import make_python_backend
-
-            self._impl = make_python_backend(backend, config, table, *managers, counter=self._counter)
+        self._impl = make_backend(backend, config, table, *managers, counter=self._counter)
 
     # ------------------------------------------------------------------ input checks
     def _check_list(self, active) -> None:

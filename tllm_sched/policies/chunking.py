@@ -184,12 +184,16 @@ def set_ctx_requests_chunk_size(
     return chunk, _fit_draft_tokens(chunk, remaining, draft, capacity, unit, max_context_length)
 
 
+# The chunking policies: name (the C++ enum member) -> (scalar, array) implementations.
+POLICIES = {
+    FIRST_COME_FIRST_SERVED: (_first_come_first_served, _first_come_first_served_vec),
+    EQUAL_PROGRESS: (_equal_progress, _equal_progress_vec),
+}
+
+
 def _policy(policy: str):
     """(scalar, array) implementations of a chunking policy."""
     try:
-        return {
-            EQUAL_PROGRESS: (_equal_progress, _equal_progress_vec),
-            FIRST_COME_FIRST_SERVED: (_first_come_first_served, _first_come_first_served_vec),
-        }[policy]
+        return POLICIES[policy]
     except KeyError:
         raise ValueError(f"unknown chunking policy {policy!r}") from None

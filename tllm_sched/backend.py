@@ -1,0 +1,51 @@
+"""tllm_sched/backend.py: what a scheduler backend provides, and what one step returns.
+
+`Scheduler` (scheduler.py) validates inputs and delegates to one backend, built by
+`scheduler.make_backend`; every backend ("cpp", "python", "python-naive") implements
+`SchedulerBackend` and makes the same decisions. Outputs are arrays of request slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol, Tuple
+
+import numpy as np
+
+__all__ = ["SchedulerBackend", "SchedulerOutput"]
+
+_EMPTY = np.zeros(0, dtype=np.int32)
+_EMPTY.flags.writeable = False
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """One step's decisions, as request slots of the table."""
+
+    fitting: np.ndarray  # admitted by the capacity scheduler (not disagg-gen-init), admission order
+    fitting_disagg_gen_init: np.ndarray  # admitted disagg-generation-init requests
+    paused: np.ndarray  # MAX_UTILIZATION victims, in pausing order
+    context: np.ndarray  # micro-batch context requests, output order
+    generation: np.ndarray  # micro-batch generation requests, output order
+
+    @classmethod
+    def make_empty(cls) -> "SchedulerOutput":
+        return cls(_EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY)
+
+
+class SchedulerBackend(Protocol):
+    """The four calls `Scheduler` makes of a backend, with inputs already validated: `slots` is a
+    1-D C-contiguous int32 array of distinct live slots, `inflight_ids` None or an int64 array."""
+
+    def schedule(self, active, inflight_ids: Optional[np.ndarray]) -> SchedulerOutput:
+        """One full step over the RequestList `active`: capacity, then micro-batch."""
+
+    def schedule_capacity(self, slots: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fitting, fitting_disagg_gen_init, paused) slot arrays."""
+
+    def schedule_micro(self, slots: np.ndarray,
+                       inflight_ids: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+        """(context, generation) slot arrays; commits chunk sizes and draft discards."""
+
+    def set_ctx_requests_chunk_size(self, slots: np.ndarray) -> None:
+        """Chunk sizes of the context requests `slots` under the configured chunking policy."""

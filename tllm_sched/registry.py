@@ -1,0 +1,56 @@
+"""tllm_sched/registry.py: the capacity policies, one entry each; everything else derives from here.
+
+C++ twin: the `CapacitySchedulerPolicy` enum of ext/policies/common.h (the same names, in the same
+order; tests/test_registry.py checks it). Scenario validation, the configuration, the command
+lines (`tllm-sched bench`, bench/soak.py), the bench report, the CI gates and the tests read the
+names and the implementations from `CAPACITY_POLICIES`; nothing else lists them.
+
+The other closed sets have one home each, beside their implementations:
+  - chunking policies: `tllm_sched.policies.chunking.POLICIES` (re-exported here);
+  - backends: `tllm_sched.scheduler.BACKENDS` and its factory `make_backend`;
+  - synthetic bench workloads: `tllm_sched.bench_workloads.WORKLOADS`.
+
+Adding a capacity policy: its C++ file and C++ registry entry, its module in
+tllm_sched/policies/, its python-naive twin in tllm_sched/naive/, one `CapacityPolicy` below,
+its tests (tests/test_<policy>.py) and its line in design.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
+
+from tllm_sched.policies import chunking, guaranteed_no_evict, max_requests, max_utilization
+
+__all__ = ["CapacityPolicy", "CAPACITY_POLICIES", "NO_KV_CACHE", "BENCH_POLICIES", "CHUNKING_POLICIES"]
+
+
+@dataclass(frozen=True)
+class CapacityPolicy:
+    """One capacity policy and its implementations on the two Python backends (the cpp backend
+    picks its twin through the C++ enum member of the same name)."""
+
+    name: str  # the C++ enum member and the scenario / config spelling
+    short: str  # abbreviation in the bench's tables and its --policies option
+    python: Callable  # batched backend: schedule(ctx: CapacityContext) -> (scheduled, paused) positions
+    decode_crossings: int  # Python -> C++ calls of the batched backend in a steady decode step (exact)
+    aliases: Tuple[str, ...] = ()  # more spellings the bench's --policies accepts
+
+
+CAPACITY_POLICIES: Dict[str, CapacityPolicy] = {p.name: p for p in (
+    # slots, start_scheduling, get_needed_blocks_one_step_sum
+    CapacityPolicy("MAX_UTILIZATION", "MU", max_utilization.schedule, 3,
+                   aliases=("MAX_UTIL",)),
+    # slots (only running generations: no cache question)
+    CapacityPolicy("GUARANTEED_NO_EVICT", "GNE", guaranteed_no_evict.schedule, 1),
+    CapacityPolicy("STATIC_BATCH", "SB", guaranteed_no_evict.schedule_static_batch, 1),
+)}
+
+# Without a KV cache manager every policy admits by count (TensorRT-LLM's MaxRequestsScheduler).
+NO_KV_CACHE = CapacityPolicy("MAX_REQUESTS", "MR", max_requests.schedule, 1)
+
+# What `tllm-sched bench` and the CI gates measure by default, in this order: the serving policies.
+BENCH_POLICIES: Tuple[str, ...] = ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION")
+
+CHUNKING_POLICIES: Tuple[str, ...] = tuple(chunking.POLICIES)
+
