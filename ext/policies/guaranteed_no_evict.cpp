@@ -5,7 +5,7 @@
 // remaining blocks; new contexts are admitted while their remaining blocks to completion fit.
 #include <unordered_set>
 
-#include "policies/common.h"
+#include "policies/registry.h"
 #include "policies/reuse_skipping.h"
 
 namespace tllm {

@@ -4,7 +4,7 @@
 // trySchedulingRequestMaxUtilization (scheduler.md §2.5). The cross cache is ignored, as in C++.
 #include <unordered_set>
 
-#include "policies/common.h"
+#include "policies/registry.h"
 #include "policies/reuse_skipping.h"
 
 namespace tllm {
