@@ -1,7 +1,7 @@
 // ext/capacity_scheduler.h: which active requests get KV blocks and LoRA pages this step.
 //
-// Python twin: tllm_sched/capacity_scheduler.py. Mirrors TensorRT-LLM's CapacityScheduler
-// (scheduler.md §2): the policy is chosen once, at construction (no KV cache -> max-requests).
+// Python twin: tllm_sched/capacity_scheduler.py. Mirrors TensorRT-LLM's CapacityScheduler: the
+// policy (policies/registry.h) is chosen once, at construction (no KV cache -> max-requests).
 #pragma once
 
 #include "policies/common.h"

@@ -1,7 +1,7 @@
 // ext/micro_batch_scheduler.h: batch size, token budget and chunked prefill (MicroBatchScheduler).
 //
-// Python twin: tllm_sched/micro_batch_scheduler.py. Mirrors TensorRT-LLM's MicroBatchScheduler
-// (scheduler.md §3). Decisions are made on scratch arrays and committed at the end, so a
+// Python twin: tllm_sched/micro_batch_scheduler.py. Mirrors TensorRT-LLM's MicroBatchScheduler.
+// Decisions are made on scratch arrays and committed at the end, so a
 // SchedulingError leaves every request as it was.
 #pragma once
 

@@ -1,6 +1,7 @@
 // ext/request_table.h: request state as structure-of-arrays (TensorRT-LLM's LlmRequest, by slot).
 //
-// Python twin: tllm_sched/requests.py. Every scalar the schedulers read is a column of fixed
+// Seen from Python through the `RequestTable` and `LlmRequest` bindings and zero-copy views of its
+// columns (RequestTable.columns). Every scalar the schedulers read is a column of fixed
 // capacity, so numpy views of a column never dangle and never see a reallocation. A request lives
 // in one slot from add_request to remove_request; its tokens live in a TokenStore shared with any
 // view taken of them, so a view survives the request.
@@ -80,7 +81,7 @@ public:
     [[noreturn]] void fail_dead_slot(int32_t slot) const;
     uint32_t generation(int32_t slot) const { return generation_[idx(slot)]; }
 
-    // --- LlmRequest methods, by slot (scheduler.md §1.2, kvcache.md §3.3) ---
+    // --- TensorRT-LLM's LlmRequest methods, by slot ---
     int32_t context_remaining_length(int32_t s) const { return prompt_len[s] - context_current_position[s]; }
     bool is_first_context_chunk(int32_t s) const { return context_current_position[s] == prepopulated_prompt_len[s]; }
     bool is_last_context_chunk(int32_t s) const {
@@ -95,7 +96,7 @@ public:
     void set_context_chunk_sizes(const int32_t* slots, const int32_t* sizes, const int32_t* discards, int32_t n);
     /// pos += chunk; chunk := 0.
     void move_to_next_context_chunk(int32_t s);
-    /// Sets the reused prefix length and aligns the current chunk to a block boundary (kvcache.md §1.6).
+    /// Sets the reused prefix length and aligns the current chunk to a block boundary.
     void set_prepopulated_prompt_len(int32_t s, int32_t len, int32_t tokens_per_block);
     void set_context_current_position(int32_t s, int32_t pos);
     void set_state(int32_t s, int32_t st);
@@ -106,7 +107,7 @@ public:
     /// discard_draft_tokens for many slots, all checked before the first is changed.
     void discard_draft_tokens(const int32_t* slots, const int32_t* counts, int32_t n);
     void set_num_draft_tokens(int32_t s, int32_t n);
-    /// Folds generated tokens into the prompt (beam 1) and restarts the request (scheduler.md §1.2).
+    /// Folds generated tokens into the prompt (beam 1) and restarts the request (a pause).
     void pause(int32_t s, int32_t max_input_len);
     /// Advances the decoding iteration (selects the beam width of a variable-beam schedule).
     void advance_decoding_iteration(int32_t s);

@@ -1,6 +1,6 @@
 // ext/policies/max_requests.cpp: the capacity path without a KV cache: admit by count only.
 //
-// Python twin: tllm_sched/policies/max_requests.py. Mirrors MaxRequestsScheduler (scheduler.md §2.2).
+// Python twin: tllm_sched/policies/max_requests.py. Mirrors MaxRequestsScheduler.
 #include "policies/registry.h"
 
 namespace tllm {
