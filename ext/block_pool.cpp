@@ -287,6 +287,10 @@ int32_t BlockPool::allocate_with_reuse(const std::vector<BlockKey>& keys, std::v
 
 // ---------------------------------------------------------------- introspection
 
+void BlockPool::check_block_id(int32_t b) const {
+    if (b < 0 || b >= num_total_) fail_index("block id out of range");
+}
+
 int32_t BlockPool::num_cached_blocks() const {
     int32_t n = 0;
     for (const Block& b : blocks_) n += b.in_tree ? 1 : 0;

@@ -37,6 +37,11 @@ struct KvCacheStats {
     int64_t alloc_new_blocks = 0;    ///< ... of which held no tokens
     int64_t reused_blocks = 0;       ///< context blocks matched in the reuse tree (full or partial)
     int64_t missed_blocks = 0;       ///< context blocks allocated fresh
+    /// Reused among the context blocks looked up in the tree (0 before any).
+    double cache_hit_rate() const {
+        int64_t looked = reused_blocks + missed_blocks;
+        return looked ? static_cast<double>(reused_blocks) / static_cast<double>(looked) : 0.0;
+    }
 };
 
 class BlockPool {
@@ -85,6 +90,8 @@ public:
     const KvCacheStats& stats() const { return stats_; }
 
     // --- introspection for tests and invariant checks (cold) ---
+    /// Throws std::out_of_range (IndexError) unless 0 <= block < max_num_blocks().
+    void check_block_id(int32_t block) const;
     int32_t ref_count(int32_t block) const { return blocks_[static_cast<size_t>(block)].ref_count; }
     bool is_primary(int32_t block) const { return blocks_[static_cast<size_t>(block)].level == 0; }
     bool in_free_queue(int32_t block) const { return blocks_[static_cast<size_t>(block)].queue_level >= 0; }

@@ -9,6 +9,14 @@ namespace tllm {
 namespace {
 /// The configuration, checked before the pool is built from it.
 const KvCacheConfig& checked(const RequestTable* table, const KvCacheConfig& cfg) {
+    if (cfg.max_attention_window_vec) {
+        if (cfg.max_attention_window_vec->empty())
+            fail_input("max_attention_window_vec must hold the one window (max_seq_len), got none");
+        for (int32_t w : *cfg.max_attention_window_vec)
+            if (w != cfg.max_seq_len)
+                fail_input("only one attention window, equal to max_seq_len, is supported; got window " + std::to_string(w));
+    }
+    if (cfg.sink_token_length != 0) fail_input("sink tokens are not supported (sink_token_length must be 0)");
     if (!table) fail_input("KVCacheManager: request table must not be None");
     if (cfg.tokens_per_block <= 0) fail_input("tokens_per_block must be positive, got " + std::to_string(cfg.tokens_per_block));
     if (cfg.num_blocks <= 0) fail_input("num_blocks must be positive, got " + std::to_string(cfg.num_blocks));
@@ -41,6 +49,12 @@ KVCacheManager::~KVCacheManager() {
     // Let the requests go: the table outlives us through table_.
     for (size_t s = 0; s < seq_live_.size(); ++s)
         if (seq_live_[s]) --table_->kv_refs[s];
+}
+
+void KVCacheManager::check_window(std::optional<int32_t> window) const {
+    if (window && *window != cfg_.max_seq_len)
+        fail_input("window_size " + std::to_string(*window) + " is not this cache's single window " +
+                   std::to_string(cfg_.max_seq_len));
 }
 
 // ---------------------------------------------------------------- sequences
@@ -190,6 +204,10 @@ int64_t KVCacheManager::find_new_context_block_id(int32_t slot, bool new_pass) {
     return key_ids_.emplace(std::move(*key), static_cast<int64_t>(key_ids_.size())).first->second;
 }
 
+void KVCacheManager::find_new_context_block_ids(const int32_t* slots, int32_t n, bool continue_pass, int64_t* ids) {
+    for (int32_t i = 0; i < n; ++i) ids[i] = find_new_context_block_id(slots[i], i == 0 && !continue_pass);
+}
+
 // ---------------------------------------------------------------- scheduling accounting
 
 void KVCacheManager::start_scheduling() {
@@ -220,7 +238,7 @@ int32_t KVCacheManager::get_remaining_blocks_to_completion(int32_t slot) const {
     const RequestTable& t = *table_;
     const int64_t tpb = cfg_.tokens_per_block;
     if (cfg_.cross_kv) {
-        bool fresh = state::is_context_init(t.state[slot]) && t.context_position[slot] == 0;
+        bool fresh = state::is_context_init(t.state[slot]) && t.context_current_position[slot] == 0;
         return fresh ? static_cast<int32_t>(ceil_div(t.encoder_output_len[slot], tpb)) : 0;
     }
     const int64_t w = cfg_.max_seq_len;

@@ -27,6 +27,9 @@ struct KvCacheConfig {
     bool copy_on_partial_reuse = true; ///< copy a partially matched block instead of taking it over
     int32_t num_secondary_blocks = 0;  ///< host blocks (moved logically, no data)
     bool cross_kv = false;             ///< cross-attention cache: sized by encoder_output_len
+    /// TensorRT-LLM's per-layer windows: when given, every entry must be max_seq_len (one window).
+    std::optional<std::vector<int32_t>> max_attention_window_vec;
+    int32_t sink_token_length = 0;     ///< must be 0: sink tokens are not modelled
 };
 
 class KVCacheManager {
@@ -39,6 +42,8 @@ public:
     const KvCacheConfig& config() const { return cfg_; }
     const RequestTable& table() const { return *table_; }
     const BlockPool& pool() const { return pool_; }
+    /// Throws InputError unless `window` is absent or this cache's one window (max_seq_len).
+    void check_window(std::optional<int32_t> window) const;
 
     // --- sequences (harness / executor side) ---
     /// Allocates ceil(input_length / tpb) blocks, reusing cached ones when reuse is on. All checks
@@ -53,6 +58,10 @@ public:
     bool has_sequence(int32_t slot) const { return seq_live_[static_cast<size_t>(slot)] != 0; }
     const std::vector<int32_t>& block_ids(int32_t slot) const { return seq_blocks_[static_cast<size_t>(slot)]; }
     int32_t sequence_num_tokens(int32_t slot) const { return seq_tokens_[static_cast<size_t>(slot)]; }
+    /// Blocks the slot's sequence holds, 0 without one.
+    int32_t sequence_num_blocks(int32_t slot) const {
+        return has_sequence(slot) ? static_cast<int32_t>(block_ids(slot).size()) : 0;
+    }
 
     // --- scheduling-time accounting ---
     void start_scheduling();
@@ -68,6 +77,9 @@ public:
     /// The same key as an integer id, -1 for none. Equal ids mean equal keys among all calls since
     /// the last `new_pass` call (the ids are interned in scratch state; the tree is not touched).
     int64_t find_new_context_block_id(int32_t slot, bool new_pass);
+    /// find_new_context_block_id of `n` slots into `ids`; the first starts a new pass unless
+    /// `continue_pass` (then the ids compare with those of the calls since the last new pass).
+    void find_new_context_block_ids(const int32_t* slots, int32_t n, bool continue_pass, int64_t* ids);
 
     // --- counts ---
     int32_t num_free_blocks() const { return pool_.num_free_blocks(); }  ///< primary, cached blocks included

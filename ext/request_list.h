@@ -25,6 +25,10 @@ public:
     RequestList& operator=(const RequestList&) = delete;
 
     const std::shared_ptr<RequestTable>& table() const { return table_; }
+    /// Throws InputError unless this list holds slots of `t`.
+    void check_table(const RequestTable& t) const {
+        if (table_.get() != &t) throw InputError("the RequestList belongs to another RequestTable");
+    }
     int32_t size() const { return static_cast<int32_t>(slots_.size()); }
     const int32_t* data() const { return slots_.data(); }
     bool contains(int32_t slot) const { return member_[static_cast<size_t>(slot)] != 0; }

@@ -77,9 +77,8 @@ void SimExecutor::validate(const int32_t* paused, int32_t np, const int32_t* dis
         }
         all.push_back(s);
     }
-    std::sort(all.begin(), all.end());
-    auto dup = std::adjacent_find(all.begin(), all.end());
-    if (dup != all.end()) refuse(t, *dup, "is listed twice among paused, disagg-gen-init and executed requests");
+    int32_t dup = first_repeated_slot(all.data(), static_cast<int32_t>(all.size()));
+    if (dup >= 0) refuse(t, dup, "is listed twice among paused, disagg-gen-init and executed requests");
     for (const KVCacheManager* kv : {kv_.get(), cross_kv_.get()}) {
         if (!kv) continue;
         block_budget(*kv, kv == cross_kv_.get(), paused, np, disagg, nd, execute, ne);
@@ -139,7 +138,7 @@ void SimExecutor::apply(const int32_t* paused, int32_t num_paused, const int32_t
     for (int32_t s : order_) {  // step 5: generation-only requests get their KV and a first token
         add_sequences(s);
         t.set_state(s, state::GENERATION_IN_PROGRESS);
-        t.context_position[s] = t.prompt_len[s];
+        t.context_current_position[s] = t.prompt_len[s];
         t.add_new_token(s, token);
         ++tokens_appended_;
         complete_if_done(s, finished);

@@ -1,7 +1,8 @@
 // ext/sim_executor.h: a GPU-less executor step: pause, allocate, advance chunks, append, complete.
 //
-// Python twin: none (tllm_sched/executor.py drives it). Implements steps 4-6 of the replay loop in
-// scenario-format.md, which are also what the benchmark's simulated executor does each step.
+// No Python twin: the scenario replay (tllm_sched/replay.py) and the benchmark
+// (tllm_sched/bench_workloads.py) both call it after the scheduler, as the executor half of a
+// step: free and restart the paused, allocate and advance the scheduled, append one token each.
 #pragma once
 
 #include <memory>

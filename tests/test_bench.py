@@ -43,7 +43,7 @@ def test_results_json_format(tmp_path, capsys):
         assert all(k in r for k in bench_report.REQUIRED)
         assert r["backend"] == "cpp" and r["steps"] == 5
         assert 0 < r["median_us"] <= r["p99_us"] <= r["max_us"]
-        assert r["crossings_per_step"] == 1.0  # one StepScheduler call
+        assert r["crossings_per_step"] == 1.0  # one _core.Scheduler call
         assert r["ratio_to_cpp"] == 1.0
         assert r["us_per_request"] == pytest.approx(r["median_us"] / r["n_active"])
         assert r["exec_median_us"] > 0

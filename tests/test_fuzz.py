@@ -1042,7 +1042,7 @@ class APIMachine(RuleBasedStateMachine):
             lambda: ts.MicroBatchScheduler(None, 0),
             lambda: ts.PeftCacheManager(0, 4),
             lambda: Scheduler(SchedulerConfig("MAX_UTILIZATION", 4, max_batch_size=0), t, kv),
-            lambda: ts.StepScheduler(ts.CapacityScheduler(1, MU), ts.MicroBatchScheduler(), t, kv, None, None, 0, None),
+            lambda: ts.Scheduler(ts.CapacityScheduler(1, MU), ts.MicroBatchScheduler(), t, kv, None, None, 0, None),
         ]
         self.hostile(f"constructor #{which}", calls[which])
 

@@ -255,3 +255,17 @@ def test_equal_keys_keep_their_input_order(backend):
     # Contexts without LoRA keep their order too (no chunks present).
     ctx = [b.ctx(i, 10) for i in (25, 21, 23, 20, 24, 22)]
     assert b.micro(ctx) == ([25, 21, 23, 20, 24, 22], [])
+
+
+def test_core_micro_batch_scheduler_refuses_bad_limits():
+    # The C++ scheduler checks its per-call limits itself, before it looks at a request.
+    t = ts.RequestTable(4)
+    r = t.add_request(0, [1] * 5, 3)
+    m = ts.MicroBatchScheduler(None)
+    one = np.array([r.slot], dtype=np.int32)
+    with pytest.raises(ValueError, match="^max_batch_size must be positive$"):
+        m.schedule(t, one, None, 0)
+    with pytest.raises(ValueError, match="^max_num_tokens must be positive or None$"):
+        m.schedule(t, one, None, 4, 0)
+    ctx, gen = m.schedule(t, one, None, 1, 5)
+    assert (ctx.tolist(), gen.tolist()) == ([r.slot], [])

@@ -459,6 +459,33 @@ def test_removed_request_handle_raises_but_tokens_view_survives():
     assert len(t) == 1
 
 
+def test_remove_slots_is_all_or_nothing():
+    t = new_table(4)
+    a, b, c = add_req(t, 1, 5), add_req(t, 2, 5), add_req(t, 3, 5)
+    kv = new_kv(t)
+    kv.add_sequence(2, 5, 1, b)
+    # b still holds a KV sequence: nothing is freed, a included (a is listed first).
+    with pytest.raises(ValueError, match="^request 2 is still held by a KV cache or a RequestList$"):
+        t.remove_slots(slots(a, b))
+    assert len(t) == 3 and a.is_valid and b.is_valid
+    rl = ts.RequestList(t)
+    rl.append(c)
+    with pytest.raises(ValueError, match="^request 3 is still held by a KV cache or a RequestList$"):
+        t.remove_slots(slots(a, c))
+    rl.remove(c)
+    with pytest.raises(ValueError, match=f"^slot {a.slot} is listed twice$"):
+        t.remove_slots(slots(a, c, a))
+    assert len(t) == 3 and a.is_valid and c.is_valid
+    a_slot = a.slot
+    t.remove_slots(slots(c, a))
+    assert len(t) == 1 and 1 not in t and 3 not in t and not a.is_valid and b.is_valid
+    # a's slot is free now: listing it again is a dead slot, and nothing else is freed.
+    kv.remove_sequence(2)
+    with pytest.raises(ValueError, match="holds no live request"):
+        t.remove_slots(np.array([b.slot, a_slot], dtype=np.int32))
+    assert b.is_valid
+
+
 def test_get_and_request_at():
     t = new_table(4)
     r = add_req(t, 9, 5)

@@ -118,7 +118,7 @@ LEAK_SCRIPT = textwrap.dedent("""
             sch = Scheduler(cfg, t, kv, cross, peft, backend=backend, count_crossings=round % 2 == 1)
             o = sch.schedule(rl)
             sch.schedule_capacity(np.array(rl.slots))
-        step = ts.StepScheduler(ts.CapacityScheduler(8, ts.CapacitySchedulerPolicy.GUARANTEED_NO_EVICT),
+        step = ts.Scheduler(ts.CapacityScheduler(8, ts.CapacitySchedulerPolicy.GUARANTEED_NO_EVICT),
                                 ts.MicroBatchScheduler((ts.ContextChunkingPolicy.FIRST_COME_FIRST_SERVED, 4)),
                                 t, kv, cross, peft, 8, 64)
         for _ in range(12):

@@ -39,9 +39,9 @@ from tllm_sched._core import (  # noqa: E402
     PeftCacheManager,
     RequestList,
     RequestTable,
+    Scheduler,
     SchedulingError,
     SimExecutor,
-    StepScheduler,
     set_ctx_requests_chunk_size,
 )
 
@@ -58,8 +58,8 @@ __all__ = [
     "PeftCacheManager",
     "RequestList",
     "RequestTable",
+    "Scheduler",
     "SchedulingError",
     "SimExecutor",
-    "StepScheduler",
     "set_ctx_requests_chunk_size",
 ]

@@ -150,7 +150,7 @@ class SimState:
     def crossings_per_step(self) -> Optional[float]:
         if self.crossings:
             return float(np.mean(self.crossings))
-        # The cpp backend is one StepScheduler.schedule call by construction (scheduler.py).
+        # The cpp backend is one _core.Scheduler.schedule call by construction (scheduler.py).
         return 1.0 if self.backend == "cpp" else None
 
 

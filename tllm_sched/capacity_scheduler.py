@@ -34,7 +34,7 @@ class PyCapacityScheduler:
 
     def __init__(self, cols: dict, table, max_num_requests: int, policy: str, kv_cache_manager=None,
                  peft_cache_manager=None, cross_kv_cache_manager=None, two_steps_look_ahead: bool = False,
-                 no_schedule_until: int = CONTEXT_INIT, no_schedule_after: int = GEN_COMPLETE,
+                 no_schedule_until_state: int = CONTEXT_INIT, no_schedule_after_state: int = GEN_COMPLETE,
                  reuse: bool = False, max_device_pages: Optional[int] = None):
         if max_num_requests <= 0:
             raise ValueError(f"max_num_requests must be positive, got {max_num_requests}")
@@ -42,7 +42,8 @@ class PyCapacityScheduler:
         self._ctx = StepContext(
             cols, kv=kv_cache_manager, cross_kv=cross_kv_cache_manager, peft=peft_cache_manager, table=table,
             max_num_requests=max_num_requests, two_steps_look_ahead=two_steps_look_ahead,
-            until=no_schedule_until, after=no_schedule_after, reuse=reuse, max_device_pages=max_device_pages,
+            no_schedule_until_state=no_schedule_until_state, no_schedule_after_state=no_schedule_after_state,
+            reuse=reuse, max_device_pages=max_device_pages,
         )
 
     def schedule(self, slots: np.ndarray):

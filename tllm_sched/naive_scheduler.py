@@ -62,7 +62,7 @@ class NaiveBackend:
         self._wrap = wrap
         self.table, self.kv, self.cross, self.peft = wrap(table), wrap(kv), wrap(cross_kv), wrap(peft)
         self.config = config
-        self.until, self.after = CONTEXT_INIT, GEN_COMPLETE
+        self.no_schedule_until_state, self.no_schedule_after_state = CONTEXT_INIT, GEN_COMPLETE
 
     def _handles(self, slots) -> list:
         return [self._wrap(self.table.request_at(int(s))) for s in slots]
@@ -78,7 +78,7 @@ class NaiveBackend:
 
     def _schedulable(self, r, disagg_exception: bool) -> bool:
         st = r.state_value
-        return (disagg_exception and st == DISAGG_GEN_INIT) or self.until <= st < self.after
+        return (disagg_exception and st == DISAGG_GEN_INIT) or self.no_schedule_until_state <= st < self.no_schedule_after_state
 
     def _max_requests(self, reqs):
         out = []

@@ -1,6 +1,6 @@
 """tllm_sched/scheduler.py: one scheduling step (capacity, then micro-batch) on a chosen backend.
 
-C++ twin: ext/scheduler.h (`StepScheduler`). Mirrors TensorRT-LLM's `SimpleScheduler` /
+C++ twin: ext/scheduler.h (`Scheduler`). Mirrors TensorRT-LLM's `SimpleScheduler` /
 `SimpleUnifiedScheduler`: the capacity scheduler picks the requests that get KV blocks and LoRA
 pages, the micro-batch scheduler picks this step's batch among them.
 
@@ -54,7 +54,7 @@ class _CppBackend:
         policy = chunking_policy(config)
         chunk_cfg = None if policy is None else (policy, config.chunking.unit_size)
         self._micro = _core.MicroBatchScheduler(chunk_cfg, config.max_context_length)
-        self._step = _core.StepScheduler(
+        self._step = _core.Scheduler(
             self._capacity, self._micro, table, kv, cross_kv, peft, config.max_batch_size, config.max_num_tokens
         )
         self._max_batch_size = config.max_batch_size

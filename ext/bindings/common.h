@@ -30,6 +30,12 @@ struct PyRequest {
         t();
         return slot;
     }
+    /// The slot, checking that the request is live and belongs to `owner` (`arg`: the argument's
+    /// name in the error).
+    int32_t slot_in(const RequestTable& owner, const char* arg = "request") const {
+        if (table.get() != &owner) throw InputError(std::string(arg) + " belongs to another RequestTable");
+        return s();
+    }
 };
 
 inline PyRequest make_request(const std::shared_ptr<RequestTable>& t, int32_t s) {

@@ -133,23 +133,24 @@ class StepContext:
     """
 
     __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
-                 "two_steps_look_ahead", "until", "after", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
+                 "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
                  "split", "kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids")
 
     def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
-                 until, after, reuse, max_device_pages):
+                 no_schedule_until_state, no_schedule_after_state, reuse, max_device_pages):
         """Built once per scheduler; `reset` points it at one step's active list."""
         self.cols = cols  # zero-copy column views of the table
         self.kv, self.cross_kv, self.peft, self.table = kv, cross_kv, peft, table  # managers (maybe proxies)
         self.max_num_requests = max_num_requests  # admission count limit
         self.two_steps_look_ahead = two_steps_look_ahead  # MAX_UTILIZATION: reserve two steps
-        self.until, self.after = until, after  # gating window [until, after)
+        # gating window [no_schedule_until_state, no_schedule_after_state)
+        self.no_schedule_until_state, self.no_schedule_after_state = no_schedule_until_state, no_schedule_after_state
         self.reuse = reuse  # the self cache has block reuse on
         self.max_device_pages = max_device_pages  # PEFT capacity, None without PEFT
-        self._gen_window = until <= DISAGG_GEN_TRANS_COMPLETE and after > GEN_TO_COMPLETE
+        self._gen_window = no_schedule_until_state <= DISAGG_GEN_TRANS_COMPLETE and no_schedule_after_state > GEN_TO_COMPLETE
         # In the default window every schedulable state that is neither a generation nor
         # disagg-gen-init is a context state, so pass-2 lists need no state filter.
-        self.pending_are_admissible = until >= CONTEXT_INIT and after <= GEN_COMPLETE
+        self.pending_are_admissible = no_schedule_until_state >= CONTEXT_INIT and no_schedule_after_state <= GEN_COMPLETE
         self.kinds = KindTable(self._kind_of, 4)
         # Free-block counts of the self and cross caches: zero-copy views, read without a call.
         self._free = tuple(None if m is None else m.free_block_counts() for m in (kv, cross_kv))
@@ -160,7 +161,7 @@ class StepContext:
         return int(self._free[cross][0])
 
     def _kind_of(self, st: int) -> int:
-        if not (self.until <= st < self.after or st == DISAGG_GEN_INIT):
+        if not (self.no_schedule_until_state <= st < self.no_schedule_after_state or st == DISAGG_GEN_INIT):
             return IGNORED
         if is_context_init(st):
             return CONTEXT
@@ -198,7 +199,7 @@ class StepContext:
         return self._ids
 
     def schedulable(self) -> np.ndarray:
-        return (self.state >= self.until) & (self.state < self.after)
+        return (self.state >= self.no_schedule_until_state) & (self.state < self.no_schedule_after_state)
 
     def schedulable_with_disagg_exception(self) -> np.ndarray:
         return self.schedulable() | (self.state == DISAGG_GEN_INIT)
