@@ -14,3 +14,14 @@ _ROOT = Path(__file__).resolve().parents[1]
 if not any((_ROOT / "tllm_sched" / f"_core{s}").exists() for s in EXTENSION_SUFFIXES):
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
     os.environ["PYTHONSAFEPATH"] = "1"  # Python >= 3.11: `python -m` does not prepend the cwd
+
+
+import pytest  # noqa: E402
+
+from tllm_sched.scheduler import BACKENDS  # noqa: E402
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Each backend in turn, for the tests that must hold on every one."""
+    return request.param
