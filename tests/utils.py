@@ -75,17 +75,6 @@ def full_snapshot(table, kv=None, lists=(), handles=()):
     return snap
 
 
-def package_env():
-    """Environment for a subprocess that must import the same tllm_sched as this process."""
-    import os
-    from pathlib import Path
-
-    env = dict(os.environ)
-    here = str(Path(ts.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
 # ------------------------------------------------------------------ capacity policies (tests/test_<policy>.py)
 MU, GNE, STATIC = "MAX_UTILIZATION", "GUARANTEED_NO_EVICT", "STATIC_BATCH"
 S = ts.LlmRequestState
