@@ -1,16 +1,16 @@
-"""tests/conftest.py: make `python -m pytest` in a checkout test the built package.
+"""tests/conftest.py: fixtures shared by the unit tests.
 
-`python -m` puts the current folder first on sys.path. Unless a developer put a built _core extension
-into the checkout's tllm_sched/, drop the checkout so that the installed tllm_sched is the one tested,
-and keep child interpreters (`python -m tllm_sched ...` run with cwd=ROOT) from adding it back.
+Run the tests with `pytest` (not `python -m pytest`, which puts the working directory, the
+checkout, first on sys.path, where tllm_sched/ has no built extension) or against an editable
+install.
 """
 
-import os
-import sys
-from importlib.machinery import EXTENSION_SUFFIXES
-from pathlib import Path
+import pytest
 
-_ROOT = Path(__file__).resolve().parents[1]
-if not any((_ROOT / "tllm_sched" / f"_core{s}").exists() for s in EXTENSION_SUFFIXES):
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
-    os.environ["PYTHONSAFEPATH"] = "1"  # Python >= 3.11: `python -m` does not prepend the cwd
+from tllm_sched.scheduler import BACKENDS
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Each backend in turn, for the tests that must hold on every one."""
+    return request.param

@@ -47,7 +47,7 @@ from tllm_sched.scenario import ScenarioError, load_scenario, parse_scenario
 from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES
 from tllm_sched.scheduler import BACKENDS, Scheduler
 from tllm_sched.traces import Trace, TraceError, load_trace, prompt_tokens
-from utils import full_snapshot, package_env
+from utils import full_snapshot
 
 EXAMPLES = int(os.environ.get("TLLM_FUZZ_EXAMPLES", "100"))
 CASES = collections.Counter()  # cases run per property (reported through TLLM_FUZZ_REPORT)
@@ -348,10 +348,10 @@ ADVERSARIAL = {
 }
 
 
-def _cli(paths):
+def _cli(paths, cwd):
+    """Replays every path concurrently; `cwd` outside the checkout (`-m` puts it on sys.path)."""
     cmd = lambda p: [sys.executable, "-m", "tllm_sched", "replay", str(p)]  # noqa: E731
-    procs = [subprocess.Popen(cmd(p), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=package_env(),
-                              cwd=str(p.parent) if p.exists() else None) for p in paths]
+    procs = [subprocess.Popen(cmd(p), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd) for p in paths]
     return [(p.name, *proc.communicate(timeout=120), proc.returncode) for p, proc in zip(paths, procs)]
 
 
@@ -361,7 +361,7 @@ def test_replay_cli_adversarial_files(tmp_path):
         (tmp_path / name).write_bytes(raw)
         paths.append(tmp_path / name)
     paths += [tmp_path / "does_not_exist.json", tmp_path]
-    for name, out, err, code in _cli(paths):
+    for name, out, err, code in _cli(paths, tmp_path):
         CASES["replay_cli"] += 1
         lines = err.decode("utf-8", "replace").splitlines()
         assert code == 2, (name, code, err[-2000:])
@@ -1271,9 +1271,9 @@ print("seconds", round(time.time() - t0, 1))
 
 @pytest.mark.skipif(UNDER_ASAN, reason="needs RLIMIT_AS, which ASan's shadow memory cannot run under")
 @pytest.mark.parametrize("case", sorted(MEMORY_CASES))
-def test_huge_sizes_are_rejected_without_allocating(case):
+def test_huge_sizes_are_rejected_without_allocating(case, tmp_path):
     code = LIMITED.format(call=MEMORY_CASES[case])
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=package_env(), timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     first = proc.stdout.splitlines()[0]
     assert first.startswith("ValueError"), proc.stdout
@@ -1301,7 +1301,7 @@ def test_replay_cli_rejects_sizes_it_cannot_hold(tmp_path, case):
     path.write_text(json.dumps({**BASES[0], **REPLAY_CASES[case]}))
     code = ("import resource, sys, runpy; resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20)); "
             f"sys.argv = ['tllm-sched', 'replay', {str(path)!r}]; runpy.run_module('tllm_sched', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=package_env(), timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     lines = proc.stderr.splitlines()
     expected = 3 if case == "micro_slots 2**31-1" else 2
     assert proc.returncode == expected and len(lines) == 1 and lines[0].startswith("tllm-sched replay: "), proc.stderr[-2000:]
@@ -1336,10 +1336,10 @@ def test_load_trace_unreadable_file_is_a_trace_error(tmp_path, which):
     assert one_line(str(ei.value))
 
 
-def test_remaining_blocks_with_a_huge_block_size():
+def test_remaining_blocks_with_a_huge_block_size(tmp_path):
     code = ("import tllm_sched as ts; t = ts.RequestTable(2); kv = ts.KVCacheManager(t, 2**31 - 1, 2, 2**31 - 1); "
             "r = t.add_request(1, [1, 2, 3, 4, 5], 3); print(kv.get_remaining_blocks_to_completion(r))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=package_env(), timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and "runtime error" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stdout.split() == ["1"]  # 8 tokens fit one block of 2**31 - 1
 

@@ -16,15 +16,10 @@ import pytest
 
 import tllm_sched as ts
 from tllm_sched.config import ChunkingConfig, SchedulerConfig
-from tllm_sched.scheduler import BACKENDS, Scheduler
+from tllm_sched.scheduler import Scheduler
 
 S = ts.LlmRequestState
 EP, FCFS = "EQUAL_PROGRESS", "FIRST_COME_FIRST_SERVED"
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
 
 
 class Bed:

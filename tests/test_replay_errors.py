@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # A valid scenario every invalid one is derived from: two requests of 10 + 5 tokens; with 10-token
 # blocks each needs 2 blocks, well within 10 blocks and max_seq_len 100.
@@ -39,12 +38,12 @@ def _command(path: Path):
 
 
 def _run_cli(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(path), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(_command(path), cwd=path.parent, capture_output=True, text=True, timeout=60)
 
 
 def _run_many(paths):
     """Runs the CLI on every path concurrently (each start costs ~0.4 s of imports)."""
-    procs = [subprocess.Popen(_command(p), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(_command(p), cwd=p.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for p in paths]
     results = []
     for p, proc in zip(paths, procs):

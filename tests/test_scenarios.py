@@ -19,7 +19,6 @@ from tllm_sched.replay import replay
 from tllm_sched.scenario import load_scenario
 from tllm_sched.scheduler import BACKENDS
 
-ROOT = Path(__file__).resolve().parents[1]
 SCENARIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "scenarios"
 SCENARIO_FILES = sorted(SCENARIO_DIR.glob("*.json")) if SCENARIO_DIR.is_dir() else []
 _MISSING = pytest.param(None, marks=pytest.mark.skip(reason=f"shared scenarios folder not found: {SCENARIO_DIR}"))
@@ -70,13 +69,13 @@ def test_expected_logs_end_with_a_summary_line() -> None:
         assert lines and lines[-1].startswith('{"iterations": '), path.name
 
 
-def test_cli_replay_matches_expected_log() -> None:
+def test_cli_replay_matches_expected_log(tmp_path) -> None:
     path = SCENARIO_DIR / "microD04_SimpleNoOverlapMaxContextLength.json"
     if not path.is_file():
         pytest.skip(f"shared scenario not found: {path}")
     proc = subprocess.run(
         [sys.executable, "-m", "tllm_sched", "replay", str(path), "--backend", "cpp"],
-        cwd=ROOT, capture_output=True, timeout=60,
+        cwd=tmp_path, capture_output=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert proc.stderr == b""

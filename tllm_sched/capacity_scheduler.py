@@ -11,22 +11,17 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, Split, StepContext
-from tllm_sched.registry import CAPACITY_POLICIES, NO_KV_CACHE
+from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, CapacityContext, Split
+from tllm_sched.registry import capacity_policy
 
 # A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix) or,
 # from a split path, the fitting list itself as a Split.
-CapacityPolicy = Callable[[StepContext], tuple]
+CapacityPolicy = Callable[[CapacityContext], tuple]
 
 
 def make_capacity_policy(policy: str, has_kv_cache_manager: bool) -> CapacityPolicy:
     """The policy function (scheduler.md §2.1): no KV cache means the max-requests path."""
-    if not has_kv_cache_manager:
-        return NO_KV_CACHE.python
-    try:
-        return CAPACITY_POLICIES[policy].python
-    except KeyError:
-        raise ValueError(f"unknown capacity scheduler policy {policy!r}") from None
+    return capacity_policy(policy, has_kv_cache_manager).python
 
 
 class PyCapacityScheduler:
@@ -39,7 +34,7 @@ class PyCapacityScheduler:
         if max_num_requests <= 0:
             raise ValueError(f"max_num_requests must be positive, got {max_num_requests}")
         self._policy = make_capacity_policy(policy, kv_cache_manager is not None)
-        self._ctx = StepContext(
+        self._ctx = CapacityContext(
             cols, kv=kv_cache_manager, cross_kv=cross_kv_cache_manager, peft=peft_cache_manager, table=table,
             max_num_requests=max_num_requests, two_steps_look_ahead=two_steps_look_ahead,
             no_schedule_until_state=no_schedule_until_state, no_schedule_after_state=no_schedule_after_state,

@@ -1,7 +1,7 @@
 """tllm_sched/py_scheduler.py: the batched Python backend behind `Scheduler(backend="python")`.
 
 Builds the column views once, wraps the C++ objects in crossing counters when asked, and wires
-the capacity and micro-batch stages. "python-naive" lives in tllm_sched/naive_scheduler.py.
+the capacity and micro-batch stages. "python-naive" lives in tllm_sched/naive/.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from tllm_sched import _core
 from tllm_sched.backend import SchedulerBackend, SchedulerOutput
 from tllm_sched.config import SchedulerConfig
 from tllm_sched.crossings import Counter, CountingProxy
-from tllm_sched.naive_scheduler import NaiveBackend
+from tllm_sched.naive.scheduler import NaiveBackend
 from tllm_sched.py_scheduler import PythonBackend
 
 __all__ = ["BACKENDS", "Scheduler", "SchedulerOutput", "make_backend"]

@@ -1,6 +1,6 @@
 """tllm_sched/policies/common.py: what every policy shares: state codes, gating, the step context.
 
-C++ twin: ext/policies/common.h. `StepContext` holds the columns of the active list, gathered once
+C++ twin: ext/policies/common.h. `CapacityContext` holds the columns of the active list, gathered once
 per step from zero-copy views (no crossing), and the managers the policies may query. `Split`
 separates the running generations from the other requests for the policies' split paths.
 """
@@ -125,7 +125,7 @@ def is_generation_in_progress(st: np.ndarray) -> np.ndarray:
     return (st == GEN_IN_PROGRESS) | (st == GEN_TO_COMPLETE) | (st == DISAGG_GEN_TRANS_COMPLETE)
 
 
-class StepContext:
+class CapacityContext:
     """One capacity-scheduling call: the active list's columns and the managers.
 
     Columns are gathered from the zero-copy views only when a policy asks for them (`take` is
@@ -167,7 +167,7 @@ class StepContext:
             return CONTEXT
         return GENERATION if is_generation_in_progress(st) else OTHER
 
-    def reset(self, slots: np.ndarray) -> "StepContext":
+    def reset(self, slots: np.ndarray) -> "CapacityContext":
         self.slots = slots  # int32 slots of the active list, in order
         st = self.state = self.cols["state"].take(slots)  # state per list entry
         sp = self.split = Split.of(slots, st)
@@ -198,11 +198,11 @@ class StepContext:
             self._ids = self.cols["request_id"].take(self.slots)
         return self._ids
 
-    def schedulable(self) -> np.ndarray:
+    def can_be_scheduled(self) -> np.ndarray:
         return (self.state >= self.no_schedule_until_state) & (self.state < self.no_schedule_after_state)
 
-    def schedulable_with_disagg_exception(self) -> np.ndarray:
-        return self.schedulable() | (self.state == DISAGG_GEN_INIT)
+    def can_be_scheduled_with_disagg_exception(self) -> np.ndarray:
+        return self.can_be_scheduled() | (self.state == DISAGG_GEN_INIT)
 
     @property
     def plain_split(self) -> bool:

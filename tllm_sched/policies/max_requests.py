@@ -6,12 +6,12 @@ C++ twin: ext/policies/max_requests.cpp. Mirrors MaxRequestsScheduler (scheduler
 from __future__ import annotations
 
 
-from tllm_sched.policies.common import ENCODER_INIT, EMPTY, StepContext, is_context_init, is_generation_in_progress
+from tllm_sched.policies.common import ENCODER_INIT, EMPTY, CapacityContext, is_context_init, is_generation_in_progress
 
 
-def schedule(ctx: StepContext):
+def schedule(ctx: CapacityContext):
     if ctx.all_generation:
         return slice(0, min(ctx.slots.size, ctx.max_num_requests)), EMPTY
     st = ctx.state
-    ok = ctx.schedulable() & ((st == ENCODER_INIT) | is_context_init(st) | is_generation_in_progress(st))
+    ok = ctx.can_be_scheduled() & ((st == ENCODER_INIT) | is_context_init(st) | is_generation_in_progress(st))
     return ok.nonzero()[0][: ctx.max_num_requests], EMPTY

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tllm_sched.policies.common import StepContext, is_context_init
+from tllm_sched.policies.common import CapacityContext, is_context_init
 
 FIRST_WINDOW = 64  # the most requests whose keys the first query covers
 WINDOW_SLACK = 2  # beyond the point where admission must stop if nothing were skipped
@@ -133,7 +133,7 @@ class _NoSkip:
 NO_SKIP = _NoSkip()
 
 
-def make_skipper(ctx: StepContext, enabled: bool = True):
+def make_skipper(ctx: CapacityContext, enabled: bool = True):
     """The skipper of the whole active list (NO_SKIP without block reuse)."""
     if not (enabled and ctx.reuse and ctx.kv is not None):
         return NO_SKIP
