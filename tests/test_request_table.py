@@ -361,6 +361,8 @@ def test_gather_values():
     b.add_new_token(5)
     a.context_chunk_size = 4
     g = t.gather(slots(b, a))   # list order, not slot order
+    assert set(g) == {"request_id", "state", "prompt_len", "context_current_position", "context_chunk_size",
+                      "max_new_tokens", "num_tokens", "num_draft_tokens", "lora_task_id", "beam_width", "priority"}
     assert g["request_id"].tolist() == [22, 11]
     assert g["state"].tolist() == [13, 10]
     assert g["prompt_len"].tolist() == [12, 7]

@@ -28,6 +28,15 @@ nb::dict free_blocks_per_window(const KVCacheManager& k) {
     return d;
 }
 
+/// A query of one block of the pool, by a checked block id (IndexError when out of range).
+template <class R>
+auto block_query(R (BlockPool::*query)(int32_t) const) {
+    return [query](const KVCacheManager& k, int32_t b) {
+        k.pool().check_block_id(b);
+        return (k.pool().*query)(b);
+    };
+}
+
 /// The slot of a request that has a sequence in `k`.
 int32_t slot_with_sequence(const KVCacheManager& k, int64_t request_id) {
     int32_t s = k.table().slot_of(request_id);
@@ -169,22 +178,10 @@ void bind_kv_cache(nb::module_& m) {
                 return per_slot(k.table(), slots, [&](int32_t s) { return k.sequence_num_blocks(s); });
             }, "slots"_a.noconvert())
         // introspection (tests, invariants)
-        .def("ref_count", [](const KVCacheManager& k, int32_t b) {
-                k.pool().check_block_id(b);
-                return k.pool().ref_count(b);
-            }, "block_id"_a)
-        .def("is_cached", [](const KVCacheManager& k, int32_t b) {
-                k.pool().check_block_id(b);
-                return k.pool().in_tree(b);
-            }, "block_id"_a)
-        .def("tree_parent", [](const KVCacheManager& k, int32_t b) {
-                k.pool().check_block_id(b);
-                return k.pool().tree_parent(b);
-            }, "block_id"_a, "Parent block in the reuse tree: -1 for the root, -2 when not cached.")
-        .def("is_primary", [](const KVCacheManager& k, int32_t b) {
-                k.pool().check_block_id(b);
-                return k.pool().is_primary(b);
-            }, "block_id"_a)
+        .def("ref_count", block_query(&BlockPool::ref_count), "block_id"_a)
+        .def("is_cached", block_query(&BlockPool::in_tree), "block_id"_a)
+        .def("tree_parent", block_query(&BlockPool::tree_parent), "block_id"_a, "Parent block in the reuse tree: -1 for the root, -2 when not cached.")
+        .def("is_primary", block_query(&BlockPool::is_primary), "block_id"_a)
         .def("free_queue", [](const KVCacheManager& k, int32_t level) { return to_numpy(k.pool().free_queue(level)); }, "level"_a = 0,
              "Free blocks in eviction order (front first) of one level (0 primary, 1 secondary).")
         .def("check_invariants", &KVCacheManager::check_invariants, "Raises RuntimeError naming the first broken invariant.");

@@ -62,25 +62,32 @@ void check_beam(int32_t beam) {
     if (beam != 0) throw InputError("only beam 0 is stored");
 }
 
-nb::dict columns_dict(RequestTable& t, nb::handle owner) {
+/// The columns Python sees, by name, in one place: f(name, column, gathered), where `gathered`
+/// says whether RequestTable.gather copies it too (the scheduler scalars).
+template <class F>
+void for_each_column(const RequestTable& t, F&& f) {
+    f("request_id", t.request_id, true);
+    f("state", t.state, true);
+    f("prompt_len", t.prompt_len, true);
+    f("orig_prompt_len", t.orig_prompt_len, false);
+    f("max_new_tokens", t.max_new_tokens, true);
+    f("num_tokens", t.num_tokens, true);
+    f("context_current_position", t.context_current_position, true);
+    f("context_chunk_size", t.context_chunk_size, true);
+    f("prepopulated_prompt_len", t.prepopulated_prompt_len, false);
+    f("num_draft_tokens", t.num_draft_tokens, true);
+    f("lora_task_id", t.lora_task_id, true);
+    f("beam_width", t.beam_width, true);
+    f("beam_width_by_iter", t.beam_width_by_iter, false);
+    f("priority", t.priority, true);
+    f("encoder_output_len", t.encoder_output_len, false);
+    f("decoding_iter", t.decoding_iter, false);
+}
+
+nb::dict columns_dict(const RequestTable& t, nb::handle owner) {
     size_t n = static_cast<size_t>(t.capacity());
     nb::dict d;
-    d["request_id"] = view(t.request_id, n, owner);
-    d["state"] = view(t.state, n, owner);
-    d["prompt_len"] = view(t.prompt_len, n, owner);
-    d["orig_prompt_len"] = view(t.orig_prompt_len, n, owner);
-    d["max_new_tokens"] = view(t.max_new_tokens, n, owner);
-    d["num_tokens"] = view(t.num_tokens, n, owner);
-    d["context_current_position"] = view(t.context_current_position, n, owner);
-    d["context_chunk_size"] = view(t.context_chunk_size, n, owner);
-    d["prepopulated_prompt_len"] = view(t.prepopulated_prompt_len, n, owner);
-    d["num_draft_tokens"] = view(t.num_draft_tokens, n, owner);
-    d["lora_task_id"] = view(t.lora_task_id, n, owner);
-    d["beam_width"] = view(t.beam_width, n, owner);
-    d["beam_width_by_iter"] = view(t.beam_width_by_iter, n, owner);
-    d["priority"] = view(t.priority, n, owner);
-    d["encoder_output_len"] = view(t.encoder_output_len, n, owner);
-    d["decoding_iter"] = view(t.decoding_iter, n, owner);
+    for_each_column(t, [&](const char* name, const auto* col, bool) { d[name] = view(col, n, owner); });
     return d;
 }
 
@@ -157,7 +164,7 @@ void bind_request_table(nb::module_& m) {
                 for (int32_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = t.slot_of(p[i]);
                 return to_numpy(std::move(out));
             }, "request_ids"_a.noconvert(), "Slots of many request ids (ValueError on an unknown id).")
-        .def("columns", [](nb::handle self) { return columns_dict(nb::cast<RequestTable&>(self), self); },
+        .def("columns", [](nb::handle self) { return columns_dict(nb::cast<const RequestTable&>(self), self); },
              "Zero-copy read-only views of every column (capacity entries, indexed by slot). Build once.")
         .def("tallies", [](nb::handle self) {
                 const RequestTable& t = nb::cast<const RequestTable&>(self);
@@ -167,17 +174,9 @@ void bind_request_table(nb::module_& m) {
         .def("gather", [](const RequestTable& t, const AnyArray& slots) {
                 auto [p, n] = checked_slots(t, slots);
                 nb::dict d;
-                d["request_id"] = gather_col(t.request_id, p, n);
-                d["state"] = gather_col(t.state, p, n);
-                d["prompt_len"] = gather_col(t.prompt_len, p, n);
-                d["context_current_position"] = gather_col(t.context_current_position, p, n);
-                d["context_chunk_size"] = gather_col(t.context_chunk_size, p, n);
-                d["max_new_tokens"] = gather_col(t.max_new_tokens, p, n);
-                d["num_tokens"] = gather_col(t.num_tokens, p, n);
-                d["num_draft_tokens"] = gather_col(t.num_draft_tokens, p, n);
-                d["lora_task_id"] = gather_col(t.lora_task_id, p, n);
-                d["beam_width"] = gather_col(t.beam_width, p, n);
-                d["priority"] = gather_col(t.priority, p, n);
+                for_each_column(t, [&](const char* name, const auto* col, bool gathered) {
+                    if (gathered) d[name] = gather_col(col, p, n);
+                });
                 return d;
             }, "slots"_a.noconvert(), "The scheduler scalars of many requests in one call (compact copies, list order).")
         .def("request_ids", [](const RequestTable& t, const AnyArray& slots) {
