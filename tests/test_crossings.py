@@ -1,5 +1,5 @@
-"""Python -> C++ crossings per scheduling step, asserted exactly (issue: at most 8 per step,
-independent of the number of requests, plus one per pause).
+"""tests/test_crossings.py: Python -> C++ crossings per scheduling step, asserted exactly (at most
+8 per step, independent of the number of requests, plus one per pause).
 
 Each expected count is the list of calls the batched Python scheduler makes, written out:
   - every step reads the active list's slots once (`RequestList.slots`);

@@ -19,7 +19,7 @@ message, never a crash, a leak or a silent state change. Hypothesis drives:
 
 Examples per property: env TLLM_FUZZ_EXAMPLES (default sized for < 60 s on 2 cores). With env
 TLLM_FUZZ_REPORT=FILE the number of cases run is written there as JSON at the end of the module.
-Known bugs found by this fuzzing are pinned as strict xfail tests at the end of the file.
+Bugs this fuzzing found are pinned by the tests at the end of the file.
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def _defuse(obj):
 
 
 def _replayable(sc) -> bool:
-    """Small enough to run here (the memory-hungry sizes are pinned as xfail tests below)."""
+    """Small enough to run here (the memory-hungry sizes have their own tests below)."""
     caches = [c for c in (sc.kv_cache, sc.cross_kv_cache) if c is not None]
     return (sc.micro_slots <= 64 and len(sc.requests) <= 40
             and all(c.num_blocks + c.num_secondary_blocks <= 4096 for c in caches)
@@ -1111,14 +1111,9 @@ TestAPISecondary = APIMachineSecondary.TestCase
 TestAPISecondary.settings = MACHINE
 
 
-# =============================================================================== known bugs
-# Each was found by the fuzzing above (or by probing the same entry points by hand); the fix is
-# the lead's. They are strict xfails: the day one is fixed, its test fails until unmarked.
-
-def _xfail(backends, reason):
-    return [pytest.param(b, marks=pytest.mark.xfail(strict=True, reason=reason)) if b in backends else b
-            for b in BACKENDS]
-
+# =============================================================================== found by fuzzing
+# Each was found by the fuzzing above (or by probing the same entry points by hand): a rejected
+# input leaves every object as it was.
 
 def _small_world():
     t = ts.RequestTable(4)

@@ -1,6 +1,6 @@
 """tests/test_replay_errors.py: `tllm-sched replay` on invalid scenarios (exit 2) and failed runs (exit 3).
 
-scenario-format.md, "Invalid scenarios and failed runs": an invalid scenario is rejected before the
+design.md, "Replay scenarios": an invalid scenario is rejected before the
 run starts with exit status 2, nothing on standard output and a one-line message on standard error
 naming the key and the request id (no traceback). A run that starts but cannot go on exits with 3,
 prints the log lines of the iterations that completed and no summary line, and one stderr line.

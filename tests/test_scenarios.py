@@ -1,7 +1,7 @@
 """tests/test_scenarios.py: every shared scenario replays to its expected decision log, byte for byte.
 
 The shared folder (`../shared/scenarios` beside the repository) holds `NAME.json` scenarios and
-`NAME.expected.jsonl` logs (scenario-format.md; README pin 9: every backend gives the same bytes).
+`NAME.expected.jsonl` logs (design.md, "The decision log"; pinned choice 9: every backend gives the same bytes).
 Each scenario runs in-process once per backend of `BACKENDS`; one more test runs the command line
 as a subprocess, as a user would.
 """

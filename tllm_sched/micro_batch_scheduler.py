@@ -1,7 +1,7 @@
 """tllm_sched/micro_batch_scheduler.py: batch size, token budget and chunked prefill, batched.
 
-C++ twin: ext/micro_batch_scheduler.cpp. Mirrors TensorRT-LLM's MicroBatchScheduler
-(scheduler.md §3). The walk over the fitting list is a cumulative sum of tokens with two
+C++ twin: ext/micro_batch_scheduler.cpp; python-naive twin: tllm_sched/naive/micro_batch_scheduler.py.
+Mirrors TensorRT-LLM's MicroBatchScheduler. The walk over the fitting list is a cumulative sum of tokens with two
 first-break searches (token budget, batch size); beam-width mismatches, rare, take a scalar
 walk. Given the capacity stage's Split (running generations and a few contexts), the common
 step takes everything when it fits and only chunks the contexts. Decisions are committed with

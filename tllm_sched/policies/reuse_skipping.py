@@ -1,7 +1,8 @@
 """tllm_sched/policies/reuse_skipping.py: delay new requests whose uncached prefix another computes.
 
-C++ twin: ext/policies/reuse_skipping.cpp. Mirrors CapacityScheduler's step A (keys of chunked
-contexts in progress) and beneficialToSkip (step B), scheduler.md §2.3.
+C++ twin: ext/policies/reuse_skipping.cpp; python-naive twin: tllm_sched/naive/reuse_skipping.py.
+Mirrors CapacityScheduler's step A (keys of chunked contexts in progress) and beneficialToSkip
+(step B).
 
 Keys are asked for lazily, like C++ does: a key walk costs the prompt's cached prefix, and a long
 queue of waiting prompts (real conversation traces) would otherwise pay it for requests the policy
