@@ -61,10 +61,10 @@ def test_remaining_blocks_use_floor_for_the_prompt_and_ceil_for_the_total(backen
     assert b4.capacity(GNE, [b4.new(1, 15)]) == ([1], [], [])
 
 
-def test_needed_blocks_use_the_kv_token_count_and_draft_tokens(backend):
+def test_needed_blocks_use_the_kv_token_count_and_draft_tokens():
     # §6 item 11. G(10): the request has 11 tokens, its KV sequence 10. Next step: 10 -> 11 tokens:
     # ceil(11/10) - ceil(10/10) = 1 (the request-side count would give ceil(12/10) - ceil(11/10) = 0).
-    b = Bed(backend, blocks=20)
+    b = Bed(blocks=20)  # a cache question: no scheduler, no backend
     g = b.gen(0, 10)
     assert (g.get_num_tokens(0), b.kv.get_sequence_num_tokens(0)) == (11, 10)
     assert b.kv.get_needed_blocks_one_step(g) == 1
@@ -131,9 +131,9 @@ def test_full_step_passes_disagg_requests_only_to_the_disagg_output(backend):
     assert (b.ids(out.context), b.ids(out.generation)) == ([1], [])
 
 
-def test_request_list_inserts_by_priority_fifo_among_equals(backend):
+def test_request_list_inserts_by_priority_fifo_among_equals():
     # §1.3 insertRequestInOrder: descending priority, after every request of priority >= its own.
-    b = Bed(backend, kv=False)
+    b = Bed(kv=False)  # the C++ list alone: no scheduler, no backend
     lst = ts.RequestList(b.t)
     for rid, prio in [(0, 0.5), (1, 0.5), (2, 0.9), (3, 0.1), (4, 0.5), (5, 0.9)]:
         lst.insert_by_priority(b.new(rid, 10, priority=prio))

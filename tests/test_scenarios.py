@@ -18,8 +18,9 @@ import pytest
 from tllm_sched.replay import replay
 from tllm_sched.scenario import load_scenario
 from tllm_sched.scheduler import BACKENDS
+from utils import SHARED
 
-SCENARIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "scenarios"
+SCENARIO_DIR = SHARED / "scenarios"
 SCENARIO_FILES = sorted(SCENARIO_DIR.glob("*.json")) if SCENARIO_DIR.is_dir() else []
 _MISSING = pytest.param(None, marks=pytest.mark.skip(reason=f"shared scenarios folder not found: {SCENARIO_DIR}"))
 

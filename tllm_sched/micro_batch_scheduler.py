@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from tllm_sched import _core
-from tllm_sched.policies import chunking
+from tllm_sched.policies import chunking, common
 from tllm_sched.policies.common import (
     CONTEXT_INIT,
     DISAGG_CTX_INIT_AND_TRANS,
@@ -23,7 +23,6 @@ from tllm_sched.policies.common import (
     DISAGG_GEN_TRANS_COMPLETE,
     ENCODER_INIT,
     GEN_IN_PROGRESS,
-    FEW,
     GEN_TO_COMPLETE,
     KindTable,
     Split,
@@ -240,7 +239,7 @@ class PyMicroBatchScheduler:
         c = self._c
         remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
         want = remaining if d is None else remaining + d  # d None: no draft tokens anywhere
-        if want.size < FEW:  # the usual handful: Python ints are cheaper than numpy calls
+        if want.size < common.FEW:  # the usual handful: Python ints are cheaper than numpy calls
             w = want.tolist()
             too_long, total = self.max_ctx is not None and max(w) > self.max_ctx, sum(w)
         else:

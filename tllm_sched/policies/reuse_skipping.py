@@ -19,6 +19,7 @@ from tllm_sched.policies.common import CapacityContext, is_context_init
 
 FIRST_WINDOW = 64  # the most requests whose keys the first query covers
 WINDOW_SLACK = 2  # beyond the point where admission must stop if nothing were skipped
+SET_MAX_CANDIDATES = 32  # below this many candidates a Python set beats np.unique / np.isin
 
 
 class ReuseSkipper:
@@ -71,7 +72,7 @@ class ReuseSkipper:
         cpos = order.take(ci)
         self._fetch(cpos)
         ck = self.key.take(cpos)
-        if ci.size < 32:  # a set beats np.unique / np.isin on a few keys
+        if ci.size < SET_MAX_CANDIDATES:
             claimed = self.claimed
             for j, k in enumerate(ck.tolist()):
                 if k >= 0:
