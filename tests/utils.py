@@ -124,7 +124,14 @@ _EMPTY = np.zeros(0, dtype=np.int32)
 
 
 class CapacityBed:
-    """A request table, a KV cache and an executor to put requests into the states a test needs."""
+    """A request table, a KV cache and an executor to put requests into the states a test needs
+    (tests/test_<policy>.py, tests/test_capacity_scheduler.py).
+
+    Defaults: 10 tokens per block, max_seq_len (= the single window) 100, reuse off. "G(p)" (`gen`)
+    is a request that ran its context of p tokens through the executor: GENERATION_IN_PROGRESS,
+    holding ceil(p/10) blocks; its KV sequence has p tokens and the request p + 1 (the newest token
+    has no KV yet). "N(p)" (`new`) is a new CONTEXT_INIT request of p tokens.
+    """
 
     def __init__(self, backend="cpp", blocks=10, tpb=10, max_seq_len=100, reuse=False, kv=True):
         self.backend = backend

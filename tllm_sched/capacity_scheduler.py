@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, CapacityContext, Split
-from tllm_sched.registry import capacity_policy
+from tllm_sched.registry import resolve_capacity_policy
 
 # A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix) or,
 # from a split path, the fitting list itself as a Split.
@@ -21,7 +21,7 @@ CapacityPolicy = Callable[[CapacityContext], tuple]
 
 def make_capacity_policy(policy: str, has_kv_cache_manager: bool) -> CapacityPolicy:
     """The policy function: no KV cache means the max-requests path."""
-    return capacity_policy(policy, has_kv_cache_manager).python
+    return resolve_capacity_policy(policy, has_kv_cache_manager).python
 
 
 class PyCapacityScheduler:
