@@ -5,15 +5,15 @@ trace paths (error exit status, small crafted traces, a few requests of the real
 """
 
 import json
-from pathlib import Path
 
 import pytest
 
 from tllm_sched import bench, bench_report
 from tllm_sched import bench_workloads as wl
 from tllm_sched.scheduler import BACKENDS
+from utils import SHARED
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED / "data"
 MOONCAKE = DATA / "mooncake_conversation_trace.jsonl"
 AZURE = DATA / "azure_llm_inference_2023_conv.csv"
 TINY = ["--active", "8,16", "--steps", "5", "--warmup", "2", "--no-progress"]

@@ -5,12 +5,8 @@ Twins: ext/capacity_scheduler.cpp, tllm_sched/capacity_scheduler.py. The policie
 own files (tests/test_<policy>.py beside ext/policies/<policy>.cpp); items 12-16 are in
 test_micro_batch_scheduler.py and test_chunking.py.
 
-Common set-up unless a test says otherwise: 10 tokens per block, max_seq_len (= the single window)
-100, reuse off. "G(p)" is a request that ran its context of p tokens through the executor: it is
-GENERATION_IN_PROGRESS, holds ceil(p/10) blocks, its KV sequence has p tokens and the request p + 1
-(the newest token has no KV yet, §2.6). "N(p)" is a new CONTEXT_INIT request of p tokens
-(tests/utils.py `CapacityBed`). Every expected id list is derived by hand from the spec text in
-the comment beside it; each test runs on every backend (the `backend` fixture).
+Set-up and notation (G(p), N(p)): tests/utils.py `CapacityBed`. Every expected id list is derived
+by hand in the comment beside it; each test runs on every backend (the `backend` fixture).
 """
 
 from __future__ import annotations
@@ -61,10 +57,10 @@ def test_remaining_blocks_use_floor_for_the_prompt_and_ceil_for_the_total(backen
     assert b4.capacity(GNE, [b4.new(1, 15)]) == ([1], [], [])
 
 
-def test_needed_blocks_use_the_kv_token_count_and_draft_tokens(backend):
+def test_needed_blocks_use_the_kv_token_count_and_draft_tokens():
     # §6 item 11. G(10): the request has 11 tokens, its KV sequence 10. Next step: 10 -> 11 tokens:
     # ceil(11/10) - ceil(10/10) = 1 (the request-side count would give ceil(12/10) - ceil(11/10) = 0).
-    b = Bed(backend, blocks=20)
+    b = Bed(blocks=20)  # a cache question: no scheduler, no backend
     g = b.gen(0, 10)
     assert (g.get_num_tokens(0), b.kv.get_sequence_num_tokens(0)) == (11, 10)
     assert b.kv.get_needed_blocks_one_step(g) == 1
@@ -131,9 +127,9 @@ def test_full_step_passes_disagg_requests_only_to_the_disagg_output(backend):
     assert (b.ids(out.context), b.ids(out.generation)) == ([1], [])
 
 
-def test_request_list_inserts_by_priority_fifo_among_equals(backend):
+def test_request_list_inserts_by_priority_fifo_among_equals():
     # §1.3 insertRequestInOrder: descending priority, after every request of priority >= its own.
-    b = Bed(backend, kv=False)
+    b = Bed(kv=False)  # the C++ list alone: no scheduler, no backend
     lst = ts.RequestList(b.t)
     for rid, prio in [(0, 0.5), (1, 0.5), (2, 0.9), (3, 0.1), (4, 0.5), (5, 0.9)]:
         lst.insert_by_priority(b.new(rid, 10, priority=prio))

@@ -22,6 +22,7 @@ from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES
 from tllm_sched.replay import RunFailure, replay
 from tllm_sched.scenario import ScenarioError, parse_scenario
 from tllm_sched.scheduler import BACKENDS
+from utils import lowered_thresholds
 
 EXAMPLES = int(os.environ.get("TLLM_DIFF_EXAMPLES", "1000"))
 
@@ -114,7 +115,7 @@ def run(sc, backend):
         return out.getvalue(), str(e)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, suppress_health_check=list(HealthCheck))
 @given(scenarios())
 def test_backends_agree(raw):
     try:
@@ -134,24 +135,16 @@ def test_backends_agree(raw):
         assert fail == ref_fail, f"{backend} run failure {fail!r} != cpp {ref_fail!r}"
 
 
-@settings(max_examples=max(100, EXAMPLES // 3), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=max(100, EXAMPLES // 3), suppress_health_check=list(HealthCheck))
 @given(scenarios())
 def test_backends_agree_on_the_large_batch_paths(raw):
-    """The same comparison with the thresholds of the large-batch paths lowered, so the tiny
-    generated scenarios exercise them: skip keys asked for in two windows, the array twins of
-    the chunking policies, and numpy (not Python-int) counting of a split's others."""
-    from tllm_sched import micro_batch_scheduler
-    from tllm_sched.policies import chunking, common, reuse_skipping
-
-    saved = reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS, common.FEW, micro_batch_scheduler.FEW
-    reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS, common.FEW, micro_batch_scheduler.FEW = 2, 1, 0, 0
-    try:
+    """The same comparison with the size thresholds of the large-list paths lowered
+    (tests/utils.py LOWERED_THRESHOLDS), so the tiny generated scenarios take them."""
+    with lowered_thresholds():
         test_backends_agree.hypothesis.inner_test(raw)
-    finally:
-        reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS, common.FEW, micro_batch_scheduler.FEW = saved
 
 
-@settings(max_examples=max(100, EXAMPLES // 3), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=max(100, EXAMPLES // 3), suppress_health_check=list(HealthCheck))
 @given(scenarios())
 def test_python_scheduler_stays_within_the_crossing_budget(raw):
     """Every full step of the batched Python scheduler, in every generated configuration (cross

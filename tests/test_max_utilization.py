@@ -2,12 +2,8 @@
 
 Twins: ext/policies/max_utilization.cpp, tllm_sched/policies/max_utilization.py, tllm_sched/naive/max_utilization.py.
 
-Common set-up unless a test says otherwise: 10 tokens per block, max_seq_len (= the single window)
-100, reuse off. "G(p)" is a request that ran its context of p tokens through the executor: it is
-GENERATION_IN_PROGRESS, holds ceil(p/10) blocks, its KV sequence has p tokens and the request p + 1
-(the newest token has no KV yet, §2.6). "N(p)" is a new CONTEXT_INIT request of p tokens
-(tests/utils.py `CapacityBed`). Every expected id list is derived by hand from the spec text in
-the comment beside it; each test runs on every backend (the `backend` fixture).
+Set-up and notation (G(p), N(p)): tests/utils.py `CapacityBed`. Every expected id list is derived
+by hand in the comment beside it; each test runs on every backend (the `backend` fixture).
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ def test_too_long_context_fails_before_the_budget_check(backend):
     # [G0, C1 = C(20)], max_context_length 12: C1 would break on the budget (1 + 20 > 5) but the
     # length check fails first.
     b = Bed(backend)
-    with pytest.raises(ts.SchedulingError):
+    with pytest.raises(ts.SchedulingError, match="request 1: context of 20 tokens exceeds max_context_length 12"):
         b.micro([b.gen(0), b.ctx(1, 20)], max_num_tokens=5, max_context_length=12)
     # Never reached (batch full after G0): no error.
     assert b.micro([b.gen(2), b.ctx(3, 20)], max_batch_size=1, max_context_length=12) == ([], [2])

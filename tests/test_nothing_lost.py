@@ -8,8 +8,8 @@ the reuse tree (cached flags and parents), ref counts, each sequence's block ids
 and the cache statistics. After the failure, the operation is shown to still work once its cause
 is gone (nothing was lost on the way).
 
-`SimExecutor.apply` is not all-or-nothing today: the cases where it changes state before failing
-are strict xfails (reported to the lead, who decides whether apply validates first or rolls back).
+`SimExecutor.apply` validates the whole step before it changes anything (design.md, "Differences
+of behaviour" 2).
 """
 
 from __future__ import annotations

@@ -272,7 +272,7 @@ def test_discard_draft_tokens_bounds():
     assert r.num_draft_tokens == 1
     r.discard_draft_tokens(1)
     assert r.num_draft_tokens == 0 and not r.has_draft_tokens
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="discard_draft_tokens needs 0 < n <= 0, got 1"):
         r.discard_draft_tokens(1)   # 1 > 0 remaining
 
 
@@ -298,7 +298,7 @@ def test_tallies_follow_every_write():
     assert tallies.tolist() == [1, 0, 0]
     b.set_num_draft_tokens(3)
     assert tallies.tolist() == [1, 1, 0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="draft token count must be >= 0"):
         b.set_num_draft_tokens(-1)
     assert tallies.tolist() == [1, 1, 0]       # a refused write changes nothing
     t.remove_request(a)
@@ -336,7 +336,7 @@ def test_columns_are_read_only_views_of_the_cpp_buffer():
     assert len(state_view) == 8                     # capacity long
     assert state_view.dtype == np.int32
     assert not state_view.flags.writeable
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         state_view[0] = 13
     ptr = state_view.__array_interface__["data"][0]
     assert t.columns()["state"].__array_interface__["data"][0] == ptr   # same C++ buffer every call
@@ -456,7 +456,7 @@ def test_removed_request_handle_raises_but_tokens_view_survives():
     with pytest.raises(ValueError, match="removed"):
         r.state
     assert view.tolist() == [40, 41, 42, 43, 44, 45, 99]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="removed"):
         t.remove_request(r)
     assert len(t) == 1
 
@@ -494,6 +494,6 @@ def test_get_and_request_at():
     assert t.get(9).slot == r.slot and t.request_at(r.slot).request_id == 9
     with pytest.raises(ValueError, match="unknown request id 10"):
         t.get(10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="slot 3 holds no live request"):
         t.request_at(3)
     assert t.slot_of(9) == r.slot

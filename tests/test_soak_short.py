@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 
 import tllm_sched as ts
-from utils import toks
+from utils import SHARED, toks
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_TRACE = ROOT.parent / "shared" / "data" / "azure_llm_inference_2023_conv.csv"
+REAL_TRACE = SHARED / "data" / "azure_llm_inference_2023_conv.csv"
 UNDER_SANITIZER = "asan" in os.environ.get("LD_PRELOAD", "") or "ASAN_OPTIONS" in os.environ
 I32 = lambda *a: np.array(a, dtype=np.int32)  # noqa: E731
 E32 = I32()

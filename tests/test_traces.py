@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
-import time
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,9 @@ from tllm_sched.traces import (
     load_trace,
     prompt_tokens,
 )
+from utils import SHARED
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED / "data"
 MOONCAKE = DATA / "mooncake_conversation_trace.jsonl"
 AZURE = DATA / "azure_llm_inference_2023_conv.csv"
 
@@ -74,14 +75,6 @@ def test_trace_repr_is_short(mooncake: Trace) -> None:
     assert "12031 requests" in text and "mooncake" in text and len(text) < 300
 
 
-def test_mooncake_loads_fast() -> None:
-    path = _require(MOONCAKE)
-    start = time.perf_counter()
-    load_trace(path)
-    # measured ~0.09 s; the bound is loose so a busy machine does not fail it
-    assert time.perf_counter() - start < 10.0
-
-
 def test_azure_full_trace(azure: Trace) -> None:
     t = azure
     assert t.format == "azure" and t.block_tokens == 0 and t.hash_ids is None
@@ -117,16 +110,16 @@ def test_limit_reads_a_prefix(which: str, request: pytest.FixtureRequest) -> Non
 def test_limit_must_be_positive(tmp_path: Path) -> None:
     path = _write(tmp_path, "t.jsonl", _line(0, 10, 1, [0]) + "\n")
     for bad in (0, -1):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"limit must be a positive number of requests, got {bad}"):
             load_trace(path, limit=bad)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="limit must be an int or None, not bool"):
         load_trace(path, limit=True)
 
 
 def test_arrays_are_read_only(mooncake: Trace) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         mooncake.input_length[0] = 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         mooncake.hash_ids[0][0] = 1
 
 
@@ -188,10 +181,11 @@ def test_prompt_tokens_azure_no_sharing(azure: Trace) -> None:
 
 
 def test_prompt_tokens_index_errors(azure: Trace) -> None:
-    with pytest.raises(IndexError):
-        prompt_tokens(azure, len(azure))
-    with pytest.raises(IndexError):
-        prompt_tokens(azure, -len(azure) - 1)
+    n = len(azure)
+    with pytest.raises(IndexError, match=f"request {n} out of range for a trace of {n} requests"):
+        prompt_tokens(azure, n)
+    with pytest.raises(IndexError, match=f"request {-n - 1} out of range for a trace of {n} requests"):
+        prompt_tokens(azure, -n - 1)
     assert np.array_equal(prompt_tokens(azure, np.int64(3)), prompt_tokens(azure, 3))
 
 
@@ -309,10 +303,9 @@ MALFORMED = [
 def test_malformed_file(tmp_path: Path, name: str, content: str | bytes, line: int,
                         fragment: str | None) -> None:
     path = _write(tmp_path, name, content)
-    with pytest.raises(TraceError) as info:
+    with pytest.raises(TraceError, match="^" + re.escape(f"{path}:{line}: ")) as info:
         load_trace(path)
     message = str(info.value)
-    assert message.startswith(f"{path}:{line}: "), message
     assert "\n" not in message and "\r" not in message
     assert info.value.line == line and info.value.path == str(path)
     if fragment is not None:

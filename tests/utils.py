@@ -1,10 +1,52 @@
 """tests/utils.py: small shared builders for the tests (append-only; keep it small)."""
 
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 
 import tllm_sched as ts
 from tllm_sched.config import SchedulerConfig
+from tllm_sched.policies import chunking, common, reuse_skipping
 from tllm_sched.scheduler import Scheduler
+
+# The shared data beside the repository: replay scenarios with their logs, and real traces.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# The batched Python backend's size thresholds, each with the value that sends the small cases of
+# the tests down its large-list path: skip keys asked for in two windows, claimed keys checked with
+# np.unique / np.isin, the array twins of the chunking policies, numpy counting of a split's others.
+LOWERED_THRESHOLDS = (
+    (reuse_skipping, "FIRST_WINDOW", 2),
+    (reuse_skipping, "SET_MAX_CANDIDATES", 0),
+    (chunking, "VECTOR_MIN_ITEMS", 1),
+    (common, "FEW", 0),
+)
+
+
+@contextmanager
+def lowered_thresholds():
+    """Runs the body with LOWERED_THRESHOLDS in force, then restores the real values."""
+    saved = [(module, name, getattr(module, name)) for module, name, _ in LOWERED_THRESHOLDS]
+    try:
+        for module, name, value in LOWERED_THRESHOLDS:
+            setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def replay_cli(capsys, path, *args):
+    """`tllm-sched replay PATH ARGS` run in this process: a CompletedProcess with the exit status
+    and what it printed. (A test per exit path also starts the real command in a subprocess.)"""
+    from tllm_sched.__main__ import main
+
+    argv = ["replay", str(path), *args]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["tllm-sched", *argv], code, out, err)
 
 
 def toks(n, start=0):
@@ -82,9 +124,16 @@ _EMPTY = np.zeros(0, dtype=np.int32)
 
 
 class CapacityBed:
-    """A request table, a KV cache and an executor to put requests into the states a test needs."""
+    """A request table, a KV cache and an executor to put requests into the states a test needs
+    (tests/test_<policy>.py, tests/test_capacity_scheduler.py).
 
-    def __init__(self, backend, blocks=10, tpb=10, max_seq_len=100, reuse=False, kv=True):
+    Defaults: 10 tokens per block, max_seq_len (= the single window) 100, reuse off. "G(p)" (`gen`)
+    is a request that ran its context of p tokens through the executor: GENERATION_IN_PROGRESS,
+    holding ceil(p/10) blocks; its KV sequence has p tokens and the request p + 1 (the newest token
+    has no KV yet). "N(p)" (`new`) is a new CONTEXT_INIT request of p tokens.
+    """
+
+    def __init__(self, backend="cpp", blocks=10, tpb=10, max_seq_len=100, reuse=False, kv=True):
         self.backend = backend
         self.t = ts.RequestTable(64)
         self.kv = ts.KVCacheManager(self.t, tpb, blocks, max_seq_len, enable_block_reuse=reuse) if kv else None

@@ -175,7 +175,7 @@ def run_synthetic(args) -> dict:
         if fewer:
             notes.append("python-naive measured on fewer steps at large N (" + ", ".join(fewer) + " steps)")
     if any(r["crossings_per_step"] is None for r in results):
-        notes.append("crossings n/a: the Scheduler facade does not count crossings (count_crossings) yet")
+        notes.append("crossings n/a: no step of that case was counted")
     return _doc("synthetic", results, notes, dict(
         workloads=args.workloads, policies=args.policies, backends=backends, active=args.active, steps=args.steps,
         warmup=args.warmup, seed=args.seed, quick=args.quick, tokens_per_block=wl.TOKENS_PER_BLOCK,

@@ -57,16 +57,6 @@ def _noop(_n: int) -> None:
     pass
 
 
-def _try_scheduler(cfg, table, kv, backend: str, count: bool) -> Optional[Scheduler]:
-    """A Scheduler; with count=True one that counts crossings, or None if the facade cannot."""
-    if not count:
-        return Scheduler(cfg, table, kv, None, None, backend=backend)
-    try:
-        return Scheduler(cfg, table, kv, None, None, backend=backend, count_crossings=True)
-    except TypeError:  # the facade does not take count_crossings (yet)
-        return None
-
-
 def probe_backends(backends: Sequence[str]) -> tuple[List[str], List[str]]:
     """(usable backends, one-line notices for the others). Never raises for a missing backend."""
     usable, notices = [], []
@@ -86,8 +76,8 @@ def probe_backends(backends: Sequence[str]) -> tuple[List[str], List[str]]:
 class SimState:
     """One backend's private copy of a simulated engine: table, KV cache, active list, executor.
 
-    `scheduler` is timed. `counter` (None if the facade cannot count) is a second facade over the
-    same objects built with count_crossings=True; it schedules the first warm-up steps only, so
+    `scheduler` is timed. `counter` is a second facade over the same objects built with
+    count_crossings=True; it schedules the first warm-up steps only, so
     counting never slows a measured step. NOTE(bench): a Scheduler keeps no state between steps,
     so both facades make the same decisions.
     """
@@ -98,8 +88,8 @@ class SimState:
         self.kv = make_kv_cache_manager(self.table, kv_cfg)
         self.active = _core.RequestList(self.table)
         self.executor = _core.SimExecutor(self.table, self.kv, None, kv_cfg.max_seq_len)
-        self.scheduler = _try_scheduler(cfg, self.table, self.kv, backend, count=False)
-        self.counter = _try_scheduler(cfg, self.table, self.kv, backend, count=True)
+        self.scheduler = Scheduler(cfg, self.table, self.kv, backend=backend)
+        self.counter = Scheduler(cfg, self.table, self.kv, backend=backend, count_crossings=True)
         cols = self.table.columns()  # zero-copy views, built once
         self.pos_col, self.prepop_col = cols["context_current_position"], cols["prepopulated_prompt_len"]
         self.next_id = 0
@@ -117,7 +107,7 @@ class SimState:
 
     def step(self, count: bool = False, ctx_tokens: bool = False):
         """Schedule (timed) then execute and release (timed): (sched_ns, exec_ns, out, finished, tokens)."""
-        sched = self.counter if count and self.counter is not None else self.scheduler
+        sched = self.counter if count else self.scheduler
         t0 = time.perf_counter_ns()
         out = sched.schedule(self.active)
         t1 = time.perf_counter_ns()
@@ -140,18 +130,14 @@ class SimState:
             for s in finished.tolist():
                 remove(request_at(s))
         t5 = time.perf_counter_ns()
-        if count and self.counter is not None:
-            n = getattr(self.counter, "last_step_crossings", None)
-            if n is not None:
-                self.crossings.append(int(n))
+        if count:
+            self.crossings.append(self.counter.last_step_crossings)
         self.crc.append(zlib.crc32(out.paused.tobytes(), zlib.crc32(execute.tobytes())))
         return t1 - t0, (t3 - t2) + (t5 - t4), out, finished, tokens
 
     def crossings_per_step(self) -> Optional[float]:
-        if self.crossings:
-            return float(np.mean(self.crossings))
-        # The cpp backend is one _core.Scheduler.schedule call by construction (scheduler.py).
-        return 1.0 if self.backend == "cpp" else None
+        """Mean Python -> C++ calls over the counted steps; None before any was counted."""
+        return float(np.mean(self.crossings)) if self.crossings else None
 
 
 def decisions_match(states: Sequence[SimState]) -> Optional[bool]:

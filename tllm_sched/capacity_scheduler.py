@@ -1,8 +1,8 @@
 """tllm_sched/capacity_scheduler.py: which active requests get KV blocks and LoRA pages, batched.
 
-C++ twin: ext/capacity_scheduler.cpp. Mirrors TensorRT-LLM's CapacityScheduler (scheduler.md §2):
-the policy function is picked once at construction (`make_capacity_policy`); each call gathers
-the active list's columns from zero-copy views and returns slot arrays.
+C++ twin: ext/capacity_scheduler.cpp. Mirrors TensorRT-LLM's CapacityScheduler: the policy
+function is picked once at construction (`make_capacity_policy`, from the registry); each call
+gathers the active list's columns from zero-copy views and returns slot arrays.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, CapacityContext, Split
-from tllm_sched.registry import capacity_policy
+from tllm_sched.registry import resolve_capacity_policy
 
 # A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix) or,
 # from a split path, the fitting list itself as a Split.
@@ -20,8 +20,8 @@ CapacityPolicy = Callable[[CapacityContext], tuple]
 
 
 def make_capacity_policy(policy: str, has_kv_cache_manager: bool) -> CapacityPolicy:
-    """The policy function (scheduler.md §2.1): no KV cache means the max-requests path."""
-    return capacity_policy(policy, has_kv_cache_manager).python
+    """The policy function: no KV cache means the max-requests path."""
+    return resolve_capacity_policy(policy, has_kv_cache_manager).python
 
 
 class PyCapacityScheduler:

@@ -1,7 +1,7 @@
 """tllm_sched/micro_batch_scheduler.py: batch size, token budget and chunked prefill, batched.
 
-C++ twin: ext/micro_batch_scheduler.cpp. Mirrors TensorRT-LLM's MicroBatchScheduler
-(scheduler.md §3). The walk over the fitting list is a cumulative sum of tokens with two
+C++ twin: ext/micro_batch_scheduler.cpp; python-naive twin: tllm_sched/naive/micro_batch_scheduler.py.
+Mirrors TensorRT-LLM's MicroBatchScheduler. The walk over the fitting list is a cumulative sum of tokens with two
 first-break searches (token budget, batch size); beam-width mismatches, rare, take a scalar
 walk. Given the capacity stage's Split (running generations and a few contexts), the common
 step takes everything when it fits and only chunks the contexts. Decisions are committed with
@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from tllm_sched import _core
-from tllm_sched.policies import chunking
+from tllm_sched.policies import chunking, common
 from tllm_sched.policies.common import (
     CONTEXT_INIT,
     DISAGG_CTX_INIT_AND_TRANS,
@@ -23,7 +23,6 @@ from tllm_sched.policies.common import (
     DISAGG_GEN_TRANS_COMPLETE,
     ENCODER_INIT,
     GEN_IN_PROGRESS,
-    FEW,
     GEN_TO_COMPLETE,
     KindTable,
     Split,
@@ -241,7 +240,7 @@ class PyMicroBatchScheduler:
         c = self._c
         remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
         want = remaining if d is None else remaining + d  # d None: no draft tokens anywhere
-        if want.size < FEW:  # the usual handful: Python ints are cheaper than numpy calls
+        if want.size < common.FEW:  # the usual handful: Python ints are cheaper than numpy calls
             w = want.tolist()
             too_long, total = self.max_ctx is not None and max(w) > self.max_ctx, sum(w)
         else:

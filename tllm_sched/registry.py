@@ -26,7 +26,7 @@ from tllm_sched.naive import max_utilization as naive_max_utilization
 from tllm_sched.policies import chunking, guaranteed_no_evict, max_requests, max_utilization
 
 __all__ = ["CapacityPolicy", "CAPACITY_POLICIES", "NO_KV_CACHE", "BENCH_POLICIES", "CHUNKING_POLICIES",
-           "capacity_policy"]
+           "resolve_capacity_policy"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ BENCH_POLICIES: Tuple[str, ...] = ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION")
 CHUNKING_POLICIES: Tuple[str, ...] = tuple(chunking.POLICIES)
 
 
-def capacity_policy(name: str, has_kv_cache_manager: bool) -> CapacityPolicy:
+def resolve_capacity_policy(name: str, has_kv_cache_manager: bool) -> CapacityPolicy:
     """The entry a capacity scheduler runs (TensorRT-LLM's choice at construction): without a KV
     cache manager the max-requests path, whatever `name`. Raises ValueError for an unknown name."""
     if not has_kv_cache_manager:

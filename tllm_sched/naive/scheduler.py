@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from tllm_sched.backend import SchedulerOutput
-from tllm_sched.crossings import CountingProxy
+from tllm_sched.crossings import counting
 from tllm_sched.naive import micro_batch_scheduler
 from tllm_sched.naive.chunking import set_ctx_requests_chunk_size
 from tllm_sched.naive.common import CapacityContext
-from tllm_sched.registry import capacity_policy
+from tllm_sched.registry import resolve_capacity_policy
 
 
 def _slots(reqs) -> np.ndarray:
@@ -23,12 +23,12 @@ def _slots(reqs) -> np.ndarray:
 
 class NaiveBackend:
     def __init__(self, config, table, kv, cross_kv, peft, counter=None):
-        wrap = (lambda o: None if o is None else CountingProxy(o, counter)) if counter else (lambda o: o)
+        wrap = counting(counter)
         self._wrap = wrap
         self.table = wrap(table)
         self.config = config
         self.capacity = CapacityContext(config, wrap(kv), wrap(cross_kv), wrap(peft))
-        self._policy = capacity_policy(config.policy, kv is not None).naive  # picked once
+        self._policy = resolve_capacity_policy(config.policy, kv is not None).naive  # picked once
 
     def _handles(self, slots) -> list:
         return [self._wrap(self.table.request_at(int(s))) for s in slots]

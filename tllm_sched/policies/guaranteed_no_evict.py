@@ -1,7 +1,7 @@
 """tllm_sched/policies/guaranteed_no_evict.py: GUARANTEED_NO_EVICT and STATIC_BATCH.
 
-C++ twin: ext/policies/guaranteed_no_evict.cpp. Mirrors GuaranteedNoEvictScheduler
-(scheduler.md §2.4). Pass 1 admits running generations unconditionally; pass 2 admits
+C++ twin: ext/policies/guaranteed_no_evict.cpp; python-naive twin: tllm_sched/naive/guaranteed_no_evict.py.
+Mirrors GuaranteedNoEvictScheduler. Pass 1 admits running generations unconditionally; pass 2 admits
 disagg-generation-init requests, then contexts, while their blocks to completion fit.
 Without PEFT pass 2 is a cumulative sum and a first-failure search; with PEFT, where a
 page-only failure skips one request, it is a short scalar loop. The serving steady state

@@ -1,6 +1,7 @@
 """tllm_sched/policies/max_requests.py: the capacity path without a KV cache: admit by count.
 
-C++ twin: ext/policies/max_requests.cpp. Mirrors MaxRequestsScheduler (scheduler.md §2.2).
+C++ twin: ext/policies/max_requests.cpp; python-naive twin: tllm_sched/naive/max_requests.py.
+Mirrors MaxRequestsScheduler.
 """
 
 from __future__ import annotations

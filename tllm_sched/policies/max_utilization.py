@@ -1,8 +1,8 @@
 """tllm_sched/policies/max_utilization.py: MAX_UTILIZATION: admit one step of blocks, pause from the tail.
 
-C++ twin: ext/policies/max_utilization.cpp. Mirrors MaxUtilizationScheduler and
-trySchedulingRequestMaxUtilization (scheduler.md §2.5). The common case, where everything up to
-some request fits, is a cumulative sum and a first-failure search; from the first failure on,
+C++ twin: ext/policies/max_utilization.cpp; python-naive twin: tllm_sched/naive/max_utilization.py.
+Mirrors MaxUtilizationScheduler and trySchedulingRequestMaxUtilization. The common case, where
+everything up to some request fits, is a cumulative sum and a first-failure search; from the first failure on,
 a scalar loop pauses started requests from the tail (one crossing per pause) exactly as C++ does.
 When only generations and contexts are listed (no skipping, no pages), one summed question tells
 whether the whole list fits, the usual answer.

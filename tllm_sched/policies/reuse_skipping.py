@@ -1,7 +1,8 @@
 """tllm_sched/policies/reuse_skipping.py: delay new requests whose uncached prefix another computes.
 
-C++ twin: ext/policies/reuse_skipping.cpp. Mirrors CapacityScheduler's step A (keys of chunked
-contexts in progress) and beneficialToSkip (step B), scheduler.md §2.3.
+C++ twin: ext/policies/reuse_skipping.cpp; python-naive twin: tllm_sched/naive/reuse_skipping.py.
+Mirrors CapacityScheduler's step A (keys of chunked contexts in progress) and beneficialToSkip
+(step B).
 
 Keys are asked for lazily, like C++ does: a key walk costs the prompt's cached prefix, and a long
 queue of waiting prompts (real conversation traces) would otherwise pay it for requests the policy
@@ -18,6 +19,7 @@ from tllm_sched.policies.common import CapacityContext, is_context_init
 
 FIRST_WINDOW = 64  # the most requests whose keys the first query covers
 WINDOW_SLACK = 2  # beyond the point where admission must stop if nothing were skipped
+SET_MAX_CANDIDATES = 32  # below this many candidates a Python set beats np.unique / np.isin
 
 
 class ReuseSkipper:
@@ -70,7 +72,7 @@ class ReuseSkipper:
         cpos = order.take(ci)
         self._fetch(cpos)
         ck = self.key.take(cpos)
-        if ci.size < 32:  # a set beats np.unique / np.isin on a few keys
+        if ci.size < SET_MAX_CANDIDATES:
             claimed = self.claimed
             for j, k in enumerate(ck.tolist()):
                 if k >= 0:
