@@ -49,7 +49,12 @@ class SchedulerConfig:
     max_context_length: Optional[int] = None  # longest context chunk; None means unlimited
     chunking: Optional[ChunkingConfig] = None  # None: contexts are never chunked
     two_steps_look_ahead: bool = False  # reserve for two decoding steps when chunking
+    fused: bool = False  # one pass, the token budget inside the capacity loop (design.md, "The fused mode")
+    waiting_queue_policy: Optional[str] = None  # a name of waiting_queue.POLICIES; None: no waiting queue
+    max_num_active_requests: Optional[int] = None  # with a waiting queue; None becomes max_num_requests
 
     def __post_init__(self) -> None:
         if self.max_batch_size is None:
             object.__setattr__(self, "max_batch_size", self.max_num_requests)
+        if self.max_num_active_requests is None:
+            object.__setattr__(self, "max_num_active_requests", self.max_num_requests)

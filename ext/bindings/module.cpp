@@ -26,5 +26,6 @@ NB_MODULE(_core, m) {
     bindings::bind_policy_enums(m);
     bindings::bind_request_table(m);
     bindings::bind_kv_cache(m);
+    bindings::bind_waiting_queue(m);
     bindings::bind_schedulers(m);
 }
