@@ -161,6 +161,7 @@ class SyntheticCase:
     steps: int  # measured steps (python-naive may get fewer: see naive_steps)
     warmup: int  # unmeasured steps first
     seed: int
+    fused: bool = False  # SchedulerConfig.fused: the single pass instead of two stages
 
 
 def naive_steps(steps: int, n_active: int) -> int:
@@ -168,9 +169,9 @@ def naive_steps(steps: int, n_active: int) -> int:
     return min(steps, max(50, steps * 512 // max(n_active, 1)))
 
 
-def _scheduler_config(policy: str, n: int) -> SchedulerConfig:
+def _scheduler_config(policy: str, n: int, fused: bool = False) -> SchedulerConfig:
     return SchedulerConfig(policy=policy, max_num_requests=n, max_batch_size=n, max_num_tokens=max(8192, 2 * n),
-                           chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", CHUNK_UNIT))
+                           chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", CHUNK_UNIT), fused=fused)
 
 
 class _Source:
@@ -196,7 +197,7 @@ def _build_synthetic(case: SyntheticCase, backend: str, pool: np.ndarray) -> tup
     max_seq = prompt[1] + output[1] + 1
     per_request = -(-max_seq // tpb)  # enough for GUARANTEED_NO_EVICT's remaining-to-completion of all
     kv_cfg = KvCacheConfig(tokens_per_block=tpb, num_blocks=n * per_request + 16, max_seq_len=max_seq)
-    st = SimState(backend, _scheduler_config(case.policy, n), kv_cfg, capacity=n)
+    st = SimState(backend, _scheduler_config(case.policy, n, case.fused), kv_cfg, capacity=n)
     src = _Source(pool, case.seed, prompt, output)
     n_ctx = 0 if case.workload == "decode" else n // 4
     for i in range(n):  # residual decode lengths start at 2 so completions are steady from step 1
@@ -304,6 +305,7 @@ class TraceOptions:
     step_token_ms: float = 0.02
     max_steps: int = 1_000_000  # a run stops here (reported as truncated); a safety net
     stall_steps: int = 1000  # this many empty steps in a row with work pending: the run fails
+    fused: bool = False  # SchedulerConfig.fused
 
 
 class _TraceState:
@@ -316,7 +318,7 @@ class _TraceState:
                                enable_block_reuse=reuse)
         cfg = SchedulerConfig(policy=opt.policy, max_num_requests=opt.max_num_requests,
                               max_num_tokens=opt.max_num_tokens,
-                              chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", tpb))
+                              chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", tpb), fused=opt.fused)
         self.sim = SimState(backend, cfg, kv_cfg, capacity=len(trace))
         self.trace, self.opt, self.prompts = trace, opt, prompts
         self.arrival = trace.arrival_ms
