@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tllm_sched as ts
 from tllm_sched.config import ChunkingConfig, SchedulerConfig
 
+import test_differential as diff
 from utils import GNE, MU, STATIC, CapacityBed, S
 
 FCFS = ChunkingConfig("FIRST_COME_FIRST_SERVED", 1)
@@ -291,3 +294,20 @@ def test_static_batch_fused(backend):
 
 def test_two_stage_is_the_default():
     assert SchedulerConfig("MAX_UTILIZATION", 1).fused is False
+
+
+@settings(max_examples=200, suppress_health_check=list(HealthCheck))
+@given(diff.scenarios(), st.integers(1, 4))
+def test_backends_agree_on_the_serving_step(raw, unit):
+    """The fused serving-step paths (policies/fused.py: generations as a block, contexts chunked
+    first-come-first-served without draft tokens) against C++ on generated scenarios that take them."""
+    raw["harness"] = "full"
+    sched = raw["scheduler"]
+    sched.update(fused=True, max_context_length=None, max_num_tokens=sched["max_num_tokens"] or 40,
+                 chunking={"policy": "FIRST_COME_FIRST_SERVED",
+                           "unit_size": unit * (raw["kv_cache"]["tokens_per_block"] if raw["kv_cache"] else 1)})
+    raw["events"] = []
+    for r in raw["requests"]:
+        r["draft_tokens"] = 0
+        r.pop("context_chunk_size", None)
+    diff.test_backends_agree.hypothesis.inner_test(raw)
