@@ -19,6 +19,8 @@ from tllm_sched._core import (
     Scheduler,
     SchedulingError,
     SimExecutor,
+    WaitingQueue,
+    WaitingQueuePolicy,
     set_ctx_requests_chunk_size,
 )
 
@@ -38,5 +40,7 @@ __all__ = [
     "Scheduler",
     "SchedulingError",
     "SimExecutor",
+    "WaitingQueue",
+    "WaitingQueuePolicy",
     "set_ctx_requests_chunk_size",
 ]
