@@ -36,18 +36,13 @@ from tllm_sched.policies.common import (
     Split,
     is_context_init,
     is_generation_in_progress,
+    prefix_within,
 )
 from tllm_sched.policies.reuse_skipping import ReuseSkipper, make_skipper, windows
 
 INT32_MAX = 2**31 - 1
 FULL, OVER_BUDGET, CONTINUE = -1, 0, 1  # try_add_generation's answers (TensorRT-LLM's rc)
 _WITH_LORA, _WITH_DRAFTS, _WIDE_BEAMS = range(3)  # RequestTable.tallies() entries
-
-
-def _prefix(values: np.ndarray, limit: int) -> int:
-    """How many leading `values` (each >= 0) fit in `limit` in order: up to the first running total
-    over it (head-of-line, as the C++ loops stop)."""
-    return int(values.cumsum().searchsorted(limit, side="right")) if values.size else 0
 
 
 def fused_max_context_length(configured: Optional[int], max_num_tokens: Optional[int]) -> Optional[int]:
@@ -262,8 +257,9 @@ class TokenBudget:
         if not self.chunking:
             return micro._sort_lora(_concat(self.plain)), generation, self.num_fitting
         items = _concat(self.items)
-        if (items.size and micro.chunking_policy == chunking.FIRST_COME_FIRST_SERVED and micro.max_ctx is None
-                and self.budget is not None and not self.tallies[_WITH_DRAFTS]):
+        if (items.size >= chunking.VECTOR_MIN_ITEMS and micro.chunking_policy == chunking.FIRST_COME_FIRST_SERVED
+                and micro.max_ctx is None and self.budget is not None and not self.tallies[_WITH_DRAFTS]):
+            # Many waiting contexts (few take the plain loops of micro._chunk faster).
             return self._first_come_first_served(items), generation, self.num_fitting
         d = self.ctx.cols["num_draft_tokens"].take(items) if self.tallies[_WITH_DRAFTS] else None
         context, last = micro._chunk(items, d, self.used, self.budget)
@@ -466,7 +462,13 @@ def schedule_guaranteed_no_evict(ctx: CapacityContext, tb: TokenBudget, static_b
     n, cap = ctx.slots.size, ctx.max_num_requests
     if ctx.split.other.size == 0:
         # Only running generations (the exact state): pass 1 alone, a prefix of the list.
-        return slice(0, _walk_generations(tb, np.arange(min(n, cap)))[0]), EMPTY
+        m = min(n, cap)
+        per = tb.generation_tokens(ctx.slots[:m]) if tb.inflight is None else None
+        if per is None:
+            return slice(0, _walk_generations(tb, np.arange(m))[0]), EMPTY
+        k = tb.walk(m, per[1], None)[0]
+        tb.add_generations(ctx.slots[:k], per[0], per[1] if isinstance(per[1], int) else per[1][:k])
+        return slice(0, k), EMPTY
     if ctx.plain_split and ctx.cross_kv is None and tb.inflight is None:
         fitting = _no_evict_split(ctx, tb, static_batch)
         if fitting is not None:
@@ -503,7 +505,7 @@ def _no_evict_split(ctx: CapacityContext, tb: TokenBudget, static_batch: bool):
         # Every waiting context in list order: one blocks prefix, then the tracker.
         waiting = others if not ignored else others[ctx.kinds.of(o_state) == CONTEXT]
         need = kv.get_remaining_blocks_to_completion_batch(waiting)
-        k = tb.contexts_prefix(waiting, min(_prefix(need, avail), room), None)[0]
+        k = tb.contexts_prefix(waiting, min(prefix_within(need, avail), room), None)[0]
         contexts = waiting[:k]
     else:
         contexts = _no_evict_split_reusing(ctx, tb, others, o_state, avail, room, ignored)
@@ -521,9 +523,9 @@ def _no_evict_split_reusing(ctx: CapacityContext, tb: TokenBudget, others, o_sta
     waiting = np.arange(others.size) if not ignored else (ctx.kinds.of(o_state) == CONTEXT).nonzero()[0]
     need = ctx.kv.get_remaining_blocks_to_completion_batch(others.take(waiting))  # per waiting context
     taken = []
-    for part in windows(np.arange(waiting.size), min(_prefix(need, avail), room) + 1):
+    for part in windows(np.arange(waiting.size), min(prefix_within(need, avail), room) + 1):
         part = part[~skipper.skip_flags(waiting.take(part))]
-        k_cap = min(_prefix(need.take(part), avail), room)
+        k_cap = min(prefix_within(need.take(part), avail), room)
         k, stopped = tb.contexts_prefix(others.take(waiting.take(part)), k_cap, None)
         taken.append(part[:k])
         avail -= int(need.take(part[:k]).sum())
@@ -558,7 +560,7 @@ def _no_evict_positions(ctx: CapacityContext, tb: TokenBudget, static_batch: boo
     if not skipper.enabled:
         taken.append(state.run(contexts, None))
     else:
-        reach = min(_prefix(state.need.take(contexts), state.avail), state.room) + 1
+        reach = min(prefix_within(state.need.take(contexts), state.avail), state.room) + 1
         for part in windows(contexts, reach):
             taken.append(state.run(part, skipper.skip_flags(part)))
             if state.stopped:
@@ -604,9 +606,9 @@ class _Pass2:
             return order[:0]
         if self.pages is not None:
             return self._run_scalar(order)
-        k = min(_prefix(self.need.take(order), self.avail), self.room)  # count, then blocks
+        k = min(prefix_within(self.need.take(order), self.avail), self.room)  # count, then blocks
         if self.need_c is not None:
-            k = min(k, _prefix(self.need_c.take(order), self.avail_c))
+            k = min(k, prefix_within(self.need_c.take(order), self.avail_c))
         if self.ctx.state[order[0]] != DISAGG_GEN_INIT:  # contexts meet the tracker too
             k, self.stopped = self.tb.contexts_prefix(self.ctx.slots.take(order), k, self.tb.counted(order))
         else:
