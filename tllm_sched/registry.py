@@ -51,7 +51,7 @@ class CapacityPolicy:
 CAPACITY_POLICIES: Dict[str, CapacityPolicy] = {p.name: p for p in (
     # slots, start_scheduling, get_needed_blocks_one_step_sum
     CapacityPolicy("MAX_UTILIZATION", "MU", max_utilization.schedule, naive_max_utilization.schedule,
-                   fused.schedule_max_utilization, naive_fused.schedule_max_utilization, 3, aliases=("MAX_UTIL",)),
+                   fused.schedule_max_utilization, naive_max_utilization.schedule, 3, aliases=("MAX_UTIL",)),
     # slots (only running generations: no cache question)
     CapacityPolicy("GUARANTEED_NO_EVICT", "GNE", guaranteed_no_evict.schedule, naive_guaranteed_no_evict.schedule,
                    fused.schedule_guaranteed_no_evict, naive_fused.schedule_guaranteed_no_evict, 1),
@@ -62,7 +62,7 @@ CAPACITY_POLICIES: Dict[str, CapacityPolicy] = {p.name: p for p in (
 
 # Without a KV cache manager every policy admits by count (TensorRT-LLM's MaxRequestsScheduler).
 NO_KV_CACHE = CapacityPolicy("MAX_REQUESTS", "MR", max_requests.schedule, naive_max_requests.schedule,
-                             fused.schedule_max_requests, naive_fused.schedule_max_requests, 1)
+                             fused.schedule_max_requests, naive_max_requests.schedule, 1)
 
 # What `tllm-sched bench` and the CI gates measure by default, in this order: the serving policies.
 BENCH_POLICIES: Tuple[str, ...] = ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION")

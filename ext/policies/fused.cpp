@@ -104,57 +104,9 @@ int32_t TokenBudget::finalize() {
     return num_fitting_;
 }
 
-// ------------------------------------------------------------------ the fused capacity loops
-
-void schedule_fused_max_requests(const CapacityContext& c, TokenBudget& budget, CapacityOutput& out) {
-    const RequestTable& t = *c.table;
-    for (int32_t i = 0; i < c.num_slots; ++i) {
-        int32_t s = c.slots[i], st = t.state[s];
-        if (!can_be_scheduled(c, st)) continue;
-        if (static_cast<int32_t>(out.scheduled.size()) >= c.max_num_requests) break;
-        if (!(state::is_encoder_init(st) || state::is_context_init(st) || state::is_generation_in_progress(st))) continue;
-        if (!budget.try_add(s)) break;
-        out.scheduled.push_back(s);
-        if (budget.batch_full()) break;
-    }
-}
-
-void schedule_fused_max_utilization(const CapacityContext& c, TokenBudget& budget, CapacityOutput& out) {
-    RequestTable& t = *c.table;
-    KVCacheManager& kv = *c.kv;
-    kv.start_scheduling();
-    ReuseSkipper skipper(t, c.kv, c.slots, c.num_slots);
-    int64_t scheduled_blocks = 0, peft_pages = 0;
-    std::unordered_set<int64_t> task_ids;
-
-    int32_t i = 0, end = c.num_slots;
-    while (i < end) {
-        int32_t s = c.slots[i], st = t.state[s];
-        if (!can_be_scheduled_with_disagg_exception(c, st) || skipper.beneficial_to_skip(s)) {
-            ++i;
-            continue;
-        }
-        if (static_cast<int32_t>(out.scheduled.size()) < c.max_num_requests) {
-            int64_t total = scheduled_blocks + kv.get_needed_blocks_one_step(s, c.two_steps_look_ahead);
-            int64_t task = t.lora_task_id[s];
-            bool new_task = task >= 0 && !task_ids.count(task);
-            int64_t pages = (new_task && c.peft) ? c.peft->determine_num_pages(t, s) : 0;
-            bool fits_peft = !c.peft || pages + peft_pages <= c.peft->max_device_pages();
-            if (kv.scheduling_has_free_blocks(total) && fits_peft) {
-                // Pausing frees blocks, not tokens: over the budget the loop stops, pausing nobody.
-                if (!budget.try_add(s)) break;
-                scheduled_blocks = total;
-                peft_pages += pages;
-                out.scheduled.push_back(s);
-                if (new_task) task_ids.insert(task);
-                if (budget.batch_full()) break;  // later requests are never evaluated
-                ++i;
-                continue;
-            }
-        }
-        if (!pause_last_started(c, i, end, out)) break;
-    }
-}
+// ------------------------------------------------------------------ GUARANTEED_NO_EVICT's fused loop
+// (MAX_UTILIZATION's and the max-requests path's are their two-stage loops with the budget inside:
+// max_utilization.cpp, max_requests.cpp.)
 
 namespace {
 

@@ -5,15 +5,25 @@
 
 namespace tllm {
 
-void schedule_max_requests(const CapacityContext& c, CapacityOutput& out) {
+namespace {
+/// In the fused mode (budget not null) the tracker stops the loop: over the budget, or batch full.
+void max_requests(const CapacityContext& c, TokenBudget* budget, CapacityOutput& out) {
     const RequestTable& t = *c.table;
     for (int32_t i = 0; i < c.num_slots; ++i) {
         int32_t s = c.slots[i], st = t.state[s];
         if (!can_be_scheduled(c, st)) continue;  // no disagg exception here
         if (static_cast<int32_t>(out.scheduled.size()) >= c.max_num_requests) break;
-        if (state::is_encoder_init(st) || state::is_context_init(st) || state::is_generation_in_progress(st))
-            out.scheduled.push_back(s);
+        if (!(state::is_encoder_init(st) || state::is_context_init(st) || state::is_generation_in_progress(st))) continue;
+        if (budget && !budget->try_add(s)) break;
+        out.scheduled.push_back(s);
+        if (budget && budget->batch_full()) break;
     }
+}
+}  // namespace
+
+void schedule_max_requests(const CapacityContext& c, CapacityOutput& out) { max_requests(c, nullptr, out); }
+void schedule_fused_max_requests(const CapacityContext& c, TokenBudget& budget, CapacityOutput& out) {
+    max_requests(c, &budget, out);
 }
 
 }  // namespace tllm

@@ -1,7 +1,8 @@
 // ext/policies/max_utilization.cpp: MAX_UTILIZATION: admit one step of blocks, pause from the tail.
 //
-// Python twin: tllm_sched/policies/max_utilization.py. Mirrors MaxUtilizationScheduler and
-// trySchedulingRequestMaxUtilization. The cross cache is ignored, as TensorRT-LLM's C++ does.
+// Python twin: tllm_sched/policies/max_utilization.py (fused: policies/fused.py). Mirrors
+// MaxUtilizationScheduler and trySchedulingRequestMaxUtilization, and TensorRT-LLM's 2026 fused
+// MaxUtilizationPolicy. The cross cache is ignored, as TensorRT-LLM's C++ does.
 #include <unordered_set>
 
 #include "policies/registry.h"
@@ -9,7 +10,12 @@
 
 namespace tllm {
 
-void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out) {
+namespace {
+
+/// The loop, with TensorRT-LLM's TokenBudgetTracker inside it in the fused mode (budget not null):
+/// over the budget the loop stops, pausing nobody (pausing frees blocks, not tokens); a full batch
+/// stops it too.
+void max_utilization(const CapacityContext& c, TokenBudget* budget, CapacityOutput& out) {
     RequestTable& t = *c.table;
     KVCacheManager& kv = *c.kv;
     kv.start_scheduling();
@@ -31,10 +37,12 @@ void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out) {
             int64_t total = scheduled_blocks + kv.get_needed_blocks_one_step(s, c.two_steps_look_ahead);
             bool fits_peft = !c.peft || pages + peft_pages <= c.peft->max_device_pages();
             if (kv.scheduling_has_free_blocks(total) && fits_peft) {
+                if (budget && !budget->try_add(s)) break;
                 scheduled_blocks = total;
                 peft_pages += pages;
                 out.scheduled.push_back(s);
                 if (new_task) task_ids.insert(task);
+                if (budget && budget->batch_full()) break;  // later requests are never evaluated
                 ++i;
                 continue;
             }
@@ -42,6 +50,13 @@ void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out) {
         // Failure: pause the last started request in [i, end) and retry request i.
         if (!pause_last_started(c, i, end, out)) break;
     }
+}
+
+}  // namespace
+
+void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out) { max_utilization(c, nullptr, out); }
+void schedule_fused_max_utilization(const CapacityContext& c, TokenBudget& budget, CapacityOutput& out) {
+    max_utilization(c, &budget, out);
 }
 
 }  // namespace tllm

@@ -2,8 +2,9 @@
 
 Twins: ext/policies/fused.cpp, tllm_sched/policies/fused.py. Shaped like TensorRT-LLM's 2026
 unified_scheduler.py: a `TokenBudgetTracker` asked request by request from inside the capacity
-loops of MaxRequestsPolicy, MaxUtilizationPolicy and GuaranteedNoEvictPolicy, then `finalize`
-(chunking, LoRA sort). Every property read and cache question is a crossing, as in the other
+loops, then `finalize` (chunking, LoRA sort). MaxRequestsPolicy's and MaxUtilizationPolicy's loops
+are the two-stage ones with the tracker passed in (naive/max_requests.py, naive/max_utilization.py);
+GuaranteedNoEvictPolicy's fused loop is below. Every property read and cache question is a crossing, as in the other
 python-naive policies. Chunk sizes are written in `finalize`, so a SchedulingError changes nothing.
 """
 
@@ -13,7 +14,6 @@ import numpy as np
 
 from tllm_sched.naive.chunking import set_ctx_requests_chunk_size
 from tllm_sched.naive.common import INT32_MAX, CapacityContext
-from tllm_sched.naive.max_utilization import _is_started
 from tllm_sched.naive.micro_batch_scheduler import _check_context_length, _sort
 from tllm_sched.naive.reuse_skipping import ReuseSkipper
 from tllm_sched.policies.common import CONTEXT_INIT, GEN_IN_PROGRESS, GEN_TO_COMPLETE
@@ -122,61 +122,6 @@ class TokenBudgetTracker:
         return _sort(context, not self.all_fit), _sort(self.generation, False), self.num_fitting
 
 
-def schedule_max_requests(ctx: CapacityContext, reqs: list, tracker: TokenBudgetTracker):
-    out = []
-    for r in reqs:
-        if not ctx.can_be_scheduled(r):
-            continue
-        if len(out) >= ctx.max_num_requests:
-            break
-        if r.is_encoder_init_state or r.is_context_init_state or r.is_generation_in_progress_state:
-            if not tracker.try_add(r):
-                break
-            out.append(r)
-            if tracker.batch_full:
-                break
-    return out, []
-
-
-def schedule_max_utilization(ctx: CapacityContext, reqs: list, tracker: TokenBudgetTracker):
-    kv, peft = ctx.kv, ctx.peft
-    kv.start_scheduling()
-    skipper = ReuseSkipper(kv, reqs, enabled=True)
-    scheduled, paused, seen = [], [], set()
-    blocks, pages_used = 0, 0
-    i, end = 0, len(reqs)
-    while i < end:
-        r = reqs[i]
-        if not ctx.can_be_scheduled_with_disagg_exception(r) or skipper.beneficial_to_skip(r):
-            i += 1
-            continue
-        if len(scheduled) < ctx.max_num_requests:
-            total = blocks + kv.get_needed_blocks_one_step(r, ctx.two_steps_look_ahead)
-            task = r.lora_task_id
-            new_task = task is not None and task not in seen
-            pages = peft.determine_num_pages(r) if (new_task and peft is not None) else 0
-            if kv.scheduling_has_free_blocks(total) and (peft is None or pages + pages_used <= peft.max_device_pages):
-                if not tracker.try_add(r):
-                    break  # pausing frees blocks, not tokens
-                blocks, pages_used = total, pages_used + pages
-                scheduled.append(r)
-                if new_task:
-                    seen.add(task)
-                if tracker.batch_full:
-                    break
-                i += 1
-                continue
-        j = end - 1
-        while j >= i and not _is_started(ctx, reqs[j]):
-            j -= 1
-        if j < i:
-            break
-        kv.scheduling_remove_sequence(reqs[j].request_id)
-        paused.append(reqs[j])
-        end = j
-    return scheduled, paused
-
-
 def schedule_guaranteed_no_evict(ctx: CapacityContext, reqs: list, tracker: TokenBudgetTracker,
                                  static_batch: bool = False):
     kv, cross, peft = ctx.kv, ctx.cross_kv, ctx.peft
@@ -215,52 +160,34 @@ def schedule_guaranteed_no_evict(ctx: CapacityContext, reqs: list, tracker: Toke
             avail_cross -= cross.get_remaining_blocks_to_completion(r)
     avail_pages = (peft.max_device_pages if peft is not None else INT32_MAX) - claimed
 
-    def fits(r):
-        """(blocks fit, self need, cross need, pages of a new task or None when they do not fit)."""
-        need = kv.get_remaining_blocks_to_completion(r)
-        need_c = cross.get_remaining_blocks_to_completion(r) if cross is not None else 0
-        if need > avail or (cross is not None and need_c > avail_cross):
-            return False, 0, 0, None
-        task = r.lora_task_id
-        pages = peft.determine_num_pages(r) if (peft is not None and task is not None and task not in task_ids) else 0
-        return True, need, need_c, (pages if pages <= avail_pages else None)
-
-    for r in pending_disagg:
-        if len(scheduled) >= ctx.max_num_requests:
-            break
-        ok, need, need_c, pages = fits(r)
-        if not ok:
-            break
-        if pages is None:
-            continue
-        avail_pages -= pages
-        if r.lora_task_id is not None:
-            task_ids.add(r.lora_task_id)
-        tracker.try_add_context(r)  # passes disagg requests over
-        scheduled.append(r)
-        avail, avail_cross = avail - need, avail_cross - need_c
     skipper = ReuseSkipper(kv, reqs, enabled=not static_batch)
-    for r in pending:
-        if skipper.beneficial_to_skip(r):
-            continue
-        if len(scheduled) >= ctx.max_num_requests:
-            break
-        if not r.is_context_init_state:
-            continue
-        ok, need, need_c, pages = fits(r)
-        if not ok:
-            break
-        if pages is None:
-            continue
-        avail_pages -= pages
-        if r.lora_task_id is not None:
-            task_ids.add(r.lora_task_id)
-        if not tracker.try_add_context(r):
-            break
-        scheduled.append(r)
-        avail, avail_cross = avail - need, avail_cross - need_c
-        if tracker.batch_full:
-            break
+    for lst in (pending_disagg, pending):
+        for r in lst:
+            disagg = r.is_disagg_generation_init_state
+            if not disagg and skipper.beneficial_to_skip(r):
+                continue
+            if len(scheduled) >= ctx.max_num_requests:
+                break
+            if not (disagg or r.is_context_init_state):
+                continue
+            need = kv.get_remaining_blocks_to_completion(r)
+            need_c = cross.get_remaining_blocks_to_completion(r) if cross is not None else 0
+            if need > avail or (cross is not None and need_c > avail_cross):
+                break  # head-of-line blocking
+            task = r.lora_task_id
+            new_task = task is not None and task not in task_ids
+            pages = peft.determine_num_pages(r) if (new_task and peft is not None) else 0
+            if pages > avail_pages:
+                continue
+            avail_pages -= pages
+            if new_task:
+                task_ids.add(task)
+            if not tracker.try_add_context(r):  # passes disagg requests over
+                break
+            scheduled.append(r)
+            avail, avail_cross = avail - need, avail_cross - need_c
+            if tracker.batch_full:
+                break
     return scheduled, []
 
 

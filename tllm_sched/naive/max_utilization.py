@@ -16,7 +16,9 @@ def _is_started(ctx: CapacityContext, r) -> bool:
         (r.is_context_init_state and not r.is_first_context_chunk) or r.is_generation_in_progress_state)
 
 
-def schedule(ctx: CapacityContext, reqs: list):
+def schedule(ctx: CapacityContext, reqs: list, tracker=None):
+    """`tracker` (fused mode: naive/fused.py's TokenBudgetTracker) stops the loop over the token
+    budget, pausing nobody (pausing frees blocks, not tokens), and when the batch is full."""
     kv, peft = ctx.kv, ctx.peft
     kv.start_scheduling()
     skipper = ReuseSkipper(kv, reqs, enabled=True)
@@ -35,10 +37,14 @@ def schedule(ctx: CapacityContext, reqs: list):
             total = blocks + kv.get_needed_blocks_one_step(r, ctx.two_steps_look_ahead)
             fits_peft = peft is None or pages + pages_used <= peft.max_device_pages
             if kv.scheduling_has_free_blocks(total) and fits_peft:
+                if tracker is not None and not tracker.try_add(r):
+                    break
                 blocks, pages_used = total, pages_used + pages
                 scheduled.append(r)
                 if new_task:
                     seen.add(task)
+                if tracker is not None and tracker.batch_full:
+                    break
                 i += 1
                 continue
         j = end - 1
