@@ -188,8 +188,9 @@ FUSED_MIXED = {
     "gne-split": 4,
     # slots, start_scheduling, get_needed_blocks_one_step_sum, set_context_chunk_sizes.
     "mu-split": 4,
-    # gne-split + find_new_context_block_batch (the first window).
-    "gne-split-reuse": 5,
+    # slots, remaining_batch (generations and contexts in one call), find_new_context_block_batch
+    # (the first window), set_context_chunk_sizes.
+    "gne-split-reuse": 4,
 }
 
 

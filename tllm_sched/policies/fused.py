@@ -499,20 +499,20 @@ def _no_evict_split(ctx: CapacityContext, tb: TokenBudget, static_batch: bool):
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
     others, o_state = sp.other_slots(), sp.other_state
     kv = ctx.kv
-    avail = ctx.free_blocks() - (kv.get_remaining_blocks_to_completion_sum(gens) if n_gen else 0)
     room = ctx.max_num_requests - n_gen
     if not ctx.reuse or static_batch:
         # Every waiting context in list order: one blocks prefix, then the tracker.
+        avail = ctx.free_blocks() - (kv.get_remaining_blocks_to_completion_sum(gens) if n_gen else 0)
         waiting = others if not ignored else others[ctx.kinds.of(o_state) == CONTEXT]
         need = kv.get_remaining_blocks_to_completion_batch(waiting)
         k = tb.contexts_prefix(waiting, min(prefix_within(need, avail), room), None)[0]
         contexts = waiting[:k]
     else:
-        contexts = _no_evict_split_reusing(ctx, tb, others, o_state, avail, room, ignored)
+        contexts = _no_evict_split_reusing(ctx, tb, gens, others, o_state, room, ignored)
     return Split(np.concatenate((gens, contexts)) if contexts.size else gens, NO_POSITIONS, EMPTY)
 
 
-def _no_evict_split_reusing(ctx: CapacityContext, tb: TokenBudget, others, o_state, avail: int, room: int,
+def _no_evict_split_reusing(ctx: CapacityContext, tb: TokenBudget, gens, others, o_state, room: int,
                             ignored: int) -> np.ndarray:
     """Pass 2 of `_no_evict_split` with reuse skipping (policies/reuse_skipping.py): the admitted
     contexts need not be a prefix. The skipper sees only the others: every context in progress
@@ -521,7 +521,9 @@ def _no_evict_split_reusing(ctx: CapacityContext, tb: TokenBudget, others, o_sta
     first = c["context_current_position"].take(others) == c["prepopulated_prompt_len"].take(others)
     skipper = ReuseSkipper(ctx.kv, others, is_context_init(o_state), first)
     waiting = np.arange(others.size) if not ignored else (ctx.kinds.of(o_state) == CONTEXT).nonzero()[0]
-    need = ctx.kv.get_remaining_blocks_to_completion_batch(others.take(waiting))  # per waiting context
+    rem = ctx.kv.get_remaining_blocks_to_completion_batch(np.concatenate((gens, others)))  # one question for all
+    avail = ctx.free_blocks() - int(rem[:gens.size].sum())
+    need = rem[gens.size:].take(waiting)  # per waiting context
     taken = []
     for part in windows(np.arange(waiting.size), min(prefix_within(need, avail), room) + 1):
         part = part[~skipper.skip_flags(waiting.take(part))]
