@@ -254,6 +254,8 @@ class TokenBudget:
         """(context slots, generation slots, num_fitting): chunk sizes committed, LoRA order."""
         micro = self.micro
         generation = micro._sort_lora(_concat(self.gens))
+        if not (self.plain or self.items):  # a decode step: nothing to chunk or commit
+            return EMPTY, generation, self.num_fitting
         if not self.chunking:
             return micro._sort_lora(_concat(self.plain)), generation, self.num_fitting
         items = _concat(self.items)
