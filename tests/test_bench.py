@@ -59,7 +59,7 @@ def test_results_json_format(tmp_path, capsys):
 def test_quick_smoke_cpp(tmp_path):
     assert _run(tmp_path, "--quick", "--backends", "cpp", "--active", "8", "--steps", "4", "--no-progress") == 0
     doc = _doc(tmp_path)
-    assert doc["config"]["quick"] is True and len(doc["results"]) == 4
+    assert doc["config"]["quick"] is True and len(doc["results"]) == len(wl.WORKLOADS) * len(wl.POLICIES)
 
 
 def test_quick_defaults_and_explicit_options():
@@ -71,7 +71,7 @@ def test_quick_defaults_and_explicit_options():
     assert args.steps == 7 and args.policies == ["MAX_UTILIZATION", "GUARANTEED_NO_EVICT"]
     args = bench._parser().parse_args([])
     bench._resolve(args, None)
-    assert args.active == [64, 256, 1024, 4096] and args.workloads == ["decode", "mixed"]
+    assert args.active == [64, 256, 1024, 4096] and args.workloads == ["decode", "mixed", "reuse"]
 
 
 def test_all_backends_make_identical_decisions(tmp_path, capsys):
