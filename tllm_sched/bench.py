@@ -166,7 +166,7 @@ def run_synthetic(args) -> dict:
     backends = _backends(args)
     cases = [wl.SyntheticCase(w, p, n, args.steps, args.warmup, args.seed)
              for w in args.workloads for p in args.policies for n in args.active]
-    per_case = lambda c: c.warmup * len(backends) + sum(wl.measured_steps(c, b) for b in backends)  # noqa: E731
+    per_case = lambda c: wl.warmup_steps(c) * len(backends) + sum(wl.measured_steps(c, b) for b in backends)  # noqa: E731
     update, close = _progress(args, sum(per_case(c) for c in cases), "step")
     t0 = time.perf_counter()
     results: List[dict] = []
@@ -189,14 +189,16 @@ def run_synthetic(args) -> dict:
 
 
 def _fewer_steps_notes(cases: List[wl.SyntheticCase], backends: List[str]) -> List[str]:
-    """One note per (workload, backend) measured on fewer steps than --steps somewhere."""
+    """One note per (workload, backend) measured on fewer steps than --steps somewhere, and one per
+    workload warmed up on fewer than --warmup."""
     fewer: dict = {}
     for c in cases:
-        for b in backends:
-            if (k := wl.measured_steps(c, b)) < c.steps:
+        for b in [*backends, "warm-up"]:
+            k = wl.warmup_steps(c) if b == "warm-up" else wl.measured_steps(c, b)
+            if k < (c.warmup if b == "warm-up" else c.steps):
                 fewer.setdefault((c.workload, b), {})[c.n_active] = k
-    return [f"{w} on {b} measured on fewer steps at large N (" + ", ".join(f"N={n}: {k}" for n, k in ks.items())
-            + " steps)" for (w, b), ks in fewer.items()]
+    return [f"{w}: {'fewer warm-up steps' if b == 'warm-up' else f'{b} measured on fewer steps'} at large N ("
+            + ", ".join(f"N={n}: {k}" for n, k in ks.items()) + ")" for (w, b), ks in fewer.items()]
 
 
 def run_trace(args) -> dict:

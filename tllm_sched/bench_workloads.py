@@ -1,11 +1,14 @@
-"""tllm_sched/bench_workloads.py: what `tllm-sched bench` runs: synthetic workloads and trace replays.
+"""tllm_sched/bench_workloads.py: what `tllm-sched bench` runs: synthetic workloads, trace replays
+and the prompt-length sweep.
 
 Every run drives the whole serving loop without a GPU: arrivals, scheduling (the only timed
-part of the scheduler column), then the C++ `SimExecutor.apply` (KV allocation, chunk advance,
-token append, completion and release, pausing) and the release of finished requests, timed as
-the executor. Each backend gets an independent `SimState` built from the same seed, so all
-backends make identical decisions; the runners step the states in turn ("interleaved") so that
-machine drift hits every backend alike, and check that the decisions really were identical.
+part of the scheduler column: wall clock and the thread's CPU time), then the C++
+`SimExecutor.apply` (KV allocation, chunk advance, token append, completion and release,
+pausing) and the release of finished requests, timed as the executor. Each backend gets an
+independent `SimState` built from the same seed, so all backends make identical decisions; the
+runners step the states in turn ("interleaved", who goes first rotating step by step) so that
+machine drift hits every backend alike, and compare a checksum of every step's decisions across
+the backends as they go (`DecisionCheck`): a difference ends the run naming the step.
 
 Synthetic workloads (`WORKLOADS`), N active requests each:
   - decode: every request past its context (prefilled by the executor before measuring) with
@@ -13,12 +16,21 @@ Synthetic workloads (`WORKLOADS`), N active requests each:
   - mixed: a quarter of the requests start in context, the rest decode with a random remaining
     length; each finished request is replaced by a new arrival (prompt 128-1024 tokens) that is
     prefilled in chunks under the token budget, so N stays constant and chunked prefill and
-    decode share every step.
+    decode share every step;
+  - reuse: KV block reuse on; requests come in families sharing a long prefix (1k to 32k tokens,
+    `FamilySource`), each finished request is replaced by a new arrival (N concurrent clients).
+    A new context is charged its whole prompt by the micro-batch scheduler, so the token budget
+    starts about two per step and sustains about 550 running requests: above that the rest of
+    the N wait, a queue whose prefixes the capacity scheduler walks in the reuse tree every step.
+    The run starts near that steady state (REUSE_RUNNING prefilled, the rest waiting).
 
 Trace replays (`run_trace`): requests arrive when a simulated clock passes their arrival time.
 The clock advances per step by a simple step-time model, `step_ms = base_ms + token_ms * T`,
 where T is the tokens computed in the step (context tokens actually computed, reused prefix
 excluded, plus one per generating request); an empty system jumps to the next arrival.
+
+The prompt-length sweep (`run_sweep_case`): per shared-prefix length, one unchanged state of
+running generations and waiting prompts, all of one cached family, scheduled again and again.
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ from tllm_sched.scheduler import Scheduler
 
 __all__ = ["WORKLOADS", "POLICIES", "SWEEP_LENGTHS", "DecisionCheck", "DecisionMismatch", "FamilySource", "SimState",
            "StepResult", "SweepCase", "SyntheticCase", "TraceOptions", "add_growth", "build_synthetic_state",
-           "decision_checksum", "measured_steps", "naive_steps", "probe_backends", "run_sweep_case",
+           "decision_checksum", "measured_steps", "naive_steps", "warmup_steps", "probe_backends", "run_sweep_case",
            "run_synthetic_case", "run_trace", "timing_stats"]
 
 WORKLOADS = ("decode", "mixed", "reuse")
@@ -60,8 +72,9 @@ REUSE_SUFFIX = (64, 512)  # each request's own tokens after its family's prefix
 REUSE_OUTPUT = (32, 512)  # new tokens per request
 REUSE_FAMILY_SIZE = 32  # active requests per live family, on average
 REUSE_NEW_FAMILY = 1 / 32  # chance that an arrival first replaces a random live family by a new one
-REUSE_RUNNING = 1024  # requests that start running (prefilled), about what the token budget sustains; the rest wait
-REUSE_MIN_STEPS = 20  # the fewest measured steps of a reuse case (see measured_steps)
+REUSE_RUNNING = 544  # requests that start running (prefilled): about what the token budget sustains (measured)
+REUSE_MIN_STEPS = 30  # the fewest measured steps of a reuse case (see measured_steps)
+REUSE_MIN_WARMUP = 5  # the fewest warm-up steps of a reuse case (see warmup_steps)
 
 Progress = Callable[[int], None]
 
@@ -258,12 +271,20 @@ def naive_steps(steps: int, n_active: int) -> int:
 
 def measured_steps(case: SyntheticCase, backend: str) -> int:
     """Measured steps of one backend in one case. python-naive gets fewer above 512 active
-    (naive_steps); the reuse workload gets fewer above 256 active, on every backend, since its
+    (naive_steps); the reuse workload gets fewer above 128 active, on every backend, since its
     steps cost milliseconds each there (walks of long cached prefixes for a queue of hundreds)."""
     steps = case.steps
     if case.workload == "reuse":
-        steps = min(steps, max(REUSE_MIN_STEPS, steps * 256 // max(case.n_active, 1)))
+        steps = min(steps, max(REUSE_MIN_STEPS, steps * 128 // max(case.n_active, 1)))
     return naive_steps(steps, case.n_active) if backend == "python-naive" else steps
+
+
+def warmup_steps(case: SyntheticCase) -> int:
+    """Warm-up steps of a case: the reuse workload gets fewer above 256 active (it starts near its
+    steady state, and its steps are costly there)."""
+    if case.workload == "reuse":
+        return min(case.warmup, max(REUSE_MIN_WARMUP, case.warmup * 256 // max(case.n_active, 1)))
+    return case.warmup
 
 
 def _scheduler_config(policy: str, n: int) -> SchedulerConfig:
@@ -293,19 +314,18 @@ class FamilySource:
     prompt, a conversation's history): a request's prompt is its family's prefix followed by its
     own suffix. `n_families` families are live at a time; each arrival picks one uniformly, or,
     with chance `new_family`, first replaces a random one by a new family (a new prefix, which
-    the cache has not seen). Prefix lengths are drawn from `prefix_lengths` with chance
-    proportional to 1/length (short system prompts are common, long documents rare). Prompts are
-    numpy concatenations of slices of the shared token pool. `drawn` records (family id, prefix
-    length) per draw, for tests."""
+    the cache has not seen). Prefix lengths are drawn uniformly from `prefix_lengths` (log-uniform
+    from 1k to 32k tokens by default, as in Mooncake's conversation trace, whose median prompt is
+    6.9k tokens). Prompts are numpy concatenations of slices of the shared token pool. `drawn`
+    records (family id, prefix length) per draw, for tests."""
 
     def __init__(self, pool: np.ndarray, seed: int, n_families: int, *, prefix_lengths=REUSE_PREFIX_LENGTHS,
                  suffix=REUSE_SUFFIX, output=REUSE_OUTPUT, new_family: float = REUSE_NEW_FAMILY):
         self.rng, self.pool, self.suffix, self.output, self.new_family = (
             np.random.default_rng(seed), pool, suffix, output, new_family)
         self.lengths = np.asarray(prefix_lengths, dtype=np.int64)
-        self.chance = (1.0 / self.lengths) / (1.0 / self.lengths).sum()
         self.family = np.arange(n_families)  # live family ids
-        self.prefix_len = self.rng.choice(self.lengths, n_families, p=self.chance)
+        self.prefix_len = self.rng.choice(self.lengths, n_families)
         self.offset = self.rng.integers(0, pool.size - self.lengths.max(), n_families)
         self.next_family = n_families
         self.drawn: List[tuple[int, int]] = []
@@ -315,7 +335,7 @@ class FamilySource:
         f = int(rng.integers(0, self.family.size))
         if rng.random() < self.new_family:
             self.family[f], self.next_family = self.next_family, self.next_family + 1
-            self.prefix_len[f] = rng.choice(self.lengths, p=self.chance)
+            self.prefix_len[f] = rng.choice(self.lengths)
             self.offset[f] = rng.integers(0, pool.size - self.lengths.max())
         n, at = int(self.prefix_len[f]), int(self.offset[f])
         k = int(rng.integers(self.suffix[0], self.suffix[1] + 1))
@@ -343,16 +363,20 @@ def _build_synthetic(case: SyntheticCase, backend: str, pool: np.ndarray) -> tup
     max_seq = src.max_prompt + out_max + 1
     if case.workload == "reuse":  # every request's own blocks, the live prefixes, room for two more
         own = -(-(REUSE_SUFFIX[1] + out_max + 1) // tpb) + 1
-        prefixes = int(src.family.size * (src.chance * src.lengths).sum()) // tpb
+        prefixes = int(src.family.size * src.lengths.mean()) // tpb
         num_blocks = n * own + prefixes + 2 * -(-max_seq // tpb)
     else:  # enough for GUARANTEED_NO_EVICT's remaining-to-completion of all
         num_blocks = n * -(-max_seq // tpb) + 16
     kv_cfg = KvCacheConfig(tokens_per_block=tpb, num_blocks=num_blocks, max_seq_len=max_seq,
                            enable_block_reuse=case.workload == "reuse")
     st = SimState(backend, _scheduler_config(case.policy, n), kv_cfg, capacity=n)
+    # mixed: the contexts first; reuse: in arrival order, the running requests (the oldest) first.
+    running = np.arange(n_ctx, n) if case.workload != "reuse" else np.arange(n - n_ctx)
+    is_running = np.zeros(n, dtype=bool)
+    is_running[running] = True
     for i in range(n):  # residual decode lengths start at 2 so completions are steady from step 1
-        st.add(*src.draw(output if i >= n_ctx else None))
-    st.prefill(np.array(st.active.slots)[n_ctx:])
+        st.add(*src.draw(output if is_running[i] else None))
+    st.prefill(np.array(st.active.slots)[running])
     return st, (src if case.workload != "decode" else None)
 
 
@@ -395,11 +419,12 @@ def run_synthetic_case(case: SyntheticCase, backends: Sequence[str], progress: P
         return r
 
     gc.collect()  # start every case with a clean heap; the collector stays on, as in a server
-    for w in range(case.warmup):
+    warmup = warmup_steps(case)
+    for w in range(warmup):
         for st in states:
             one(st, count=w < _COUNT_STEPS)
         check()
-    progress(case.warmup * len(states))
+    progress(warmup * len(states))
     plan = {}  # measured outer-step indices of each backend (fewer steps: spread evenly)
     for st in states:
         k = measured_steps(case, st.backend)
@@ -431,13 +456,13 @@ def run_synthetic_case(case: SyntheticCase, backends: Sequence[str], progress: P
         stats = st.kv.get_kv_cache_stats()
         results.append(dict(
             workload=case.workload, policy=case.policy, backend=st.backend, n_active=case.n_active,
-            steps=int(s_ns.size), warmup=case.warmup, **timing_stats(s_ns, c_ns),
+            steps=int(s_ns.size), warmup=warmup, **timing_stats(s_ns, c_ns),
             us_per_request=float(np.median(s_ns)) / 1e3 / case.n_active,
             crossings_per_step=st.crossings_per_step(),
             exec_median_us=float(np.median(e_ns)) / 1e3, exec_p99_us=float(np.percentile(e_ns, 99)) / 1e3,
             mean_batch=float(batch.mean()), waiting_mean=float(waiting.mean()),
             finished_per_step=n_fin[id(st)] / max(1, s_ns.size),
-            key_walks_per_step=(walks1[id(st)] - walks0[id(st)]) / max(1, case.warmup + s_ns.size),
+            key_walks_per_step=(walks1[id(st)] - walks0[id(st)]) / max(1, warmup + s_ns.size),
             reuse_hit_rate=float(stats["cache_hit_rate"]) if st.kv.enable_block_reuse else None,
             decisions_match=check.verdict))
     return results
