@@ -574,3 +574,12 @@ def test_prompt_length_sweep_bad_options_exit_2(tmp_path, argv, capsys):
     assert _run(tmp_path, *argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip()
+
+
+def test_sweep_counts_crossings_on_one_warmup_pass():
+    usable = wl.probe_backends(["cpp", "python"])[0]
+    case = wl.SweepCase(64, "GUARANTEED_NO_EVICT", steps=2, warmup=1, seed=0, running=2, waiting=3, suffix=16)
+    rows = {r["backend"]: r for r in wl.run_sweep_case(case, usable)}
+    assert rows["cpp"]["crossings_per_step"] == 1.0
+    if "python" in rows:  # a pass with waiting prompts: a few calls, whatever their number
+        assert 1 <= rows["python"]["crossings_per_step"] <= 8

@@ -190,12 +190,13 @@ def _markdown(doc: dict, drawn: bool) -> str:
     lines = [f"# tllm_sched benchmark ({doc['kind']})", "",
              f"{doc['created']} · {m['cpu']} ({m['cpu_count']} cores) · Python {m['python']} · numpy {m['numpy']} · "
              f"tllm_sched {m['tllm_sched']}" + (f" ({m['git_commit'][:12]})" if m.get("git_commit") else ""), "",
-             "Times are scheduler time per step (`Scheduler.schedule`): wall clock (`time.perf_counter_ns`) and "
-             "the thread's CPU time (`time.thread_time_ns`, which leaves out the time the thread was preempted "
-             "on a shared machine), median, mean and p99 over the measured steps, and their totals; the "
-             "executor column is the simulated executor's C++ step plus the release of finished requests, timed "
-             "separately. × cpp: median over the cpp median of the same row group. Every step's decisions "
-             "(a checksum of its output slot arrays) were compared across the backends.", ""]
+             "Times are scheduler time per step (`Scheduler.schedule`; per pass in a prompt-length sweep): wall "
+             "clock (`time.perf_counter_ns`) and the thread's CPU time (`time.thread_time_ns`, which leaves out "
+             "the time the thread was preempted on a shared machine), median, mean and p99 over the measured "
+             "steps, and their totals; the executor column is the simulated executor's C++ step plus the "
+             "release of finished requests, timed separately. × cpp: median over the cpp median of the same "
+             "row group. Every step's decisions (a checksum of its output slot arrays) were compared across "
+             "the backends.", ""]
     if doc["kind"] == "trace":
         t = doc["trace"]
         lines += [f"Trace `{t['path']}` ({t['format']}): {t['requests']} requests, "

@@ -153,7 +153,7 @@ class SimState:
 
     def schedule(self, count: bool = False) -> tuple[int, int, SchedulerOutput]:
         """One timed scheduling pass, not executed: (wall-clock ns, thread CPU ns, decisions). Its
-        decision checksum is appended to `crc`."""
+        decision checksum is appended to `crc`; with count, its crossings to `crossings`."""
         sched = self.counter if count and self.counter is not None else self.scheduler
         c0 = time.thread_time_ns()  # outside the wall-clock window: a thread clock read is a syscall
         t0 = time.perf_counter_ns()
@@ -161,6 +161,10 @@ class SimState:
         t1 = time.perf_counter_ns()
         c1 = time.thread_time_ns()
         self.crc.append(decision_checksum(out, self.chunk_col))
+        if count and self.counter is not None:
+            n = getattr(self.counter, "last_step_crossings", None)
+            if n is not None:
+                self.crossings.append(int(n))
         return t1 - t0, c1 - c0, out
 
     def step(self, count: bool = False, ctx_tokens: bool = False) -> "StepResult":
@@ -185,10 +189,6 @@ class SimState:
             for s in finished.tolist():
                 remove(request_at(s))
         t5 = time.perf_counter_ns()
-        if count and self.counter is not None:
-            n = getattr(self.counter, "last_step_crossings", None)
-            if n is not None:
-                self.crossings.append(int(n))
         return StepResult(wall_ns, cpu_ns, (t3 - t2) + (t5 - t4), out, finished, tokens)
 
     def crossings_per_step(self) -> Optional[float]:
@@ -525,7 +525,8 @@ def _build_sweep(case: SweepCase, backend: str, pool: np.ndarray) -> SimState:
 def run_sweep_case(case: SweepCase, backends: Sequence[str], progress: Progress = _noop) -> List[dict]:
     """Schedules one unchanged state again and again on every backend, interleaved (rotating):
     the first pass (which meets every waiting prompt for the first time) is reported apart
-    (first_us), then `warmup` passes, then `steps` measured ones. Nothing is executed, so every
+    (first_us), then `warmup` passes (the first of them counting crossings), then `steps`
+    measured ones. Nothing is executed, so every
     pass makes the same decisions and, once a request's hashes exist, need not repeat any work
     that depends on the prompt's length. One result dict per backend."""
     pool = _pool(case.seed)
@@ -542,7 +543,7 @@ def run_sweep_case(case: SweepCase, backends: Sequence[str], progress: Progress 
     for i in range(case.warmup + case.steps):
         shift = i % len(states)
         for st in states[shift:] + states[:shift]:
-            wall, cpu, _ = st.schedule()
+            wall, cpu, _ = st.schedule(count=i == 0 < case.warmup)
             if i >= case.warmup:
                 rec[id(st)][0].append(wall)
                 rec[id(st)][1].append(cpu)
