@@ -166,7 +166,8 @@ def run_synthetic(args) -> dict:
     backends = _backends(args)
     cases = [wl.SyntheticCase(w, p, n, args.steps, args.warmup, args.seed)
              for w in args.workloads for p in args.policies for n in args.active]
-    per_case = lambda c: wl.warmup_steps(c) * len(backends) + sum(wl.measured_steps(c, b) for b in backends)  # noqa: E731
+    per_case = lambda c: (wl.warmup_steps(c) * len(backends)  # noqa: E731
+                          + sum(wl.measured_steps(c, b) for b in backends))
     update, close = _progress(args, sum(per_case(c) for c in cases), "step")
     t0 = time.perf_counter()
     results: List[dict] = []
@@ -306,12 +307,12 @@ def _main(argv: Optional[List[str]]) -> int:
         raise UsageError("--max-ratio must be greater than 1")
     if args.current and not args.compare:
         raise UsageError("--current needs --compare BASELINE.json")
+    if args.prompt_length_sweep and (args.trace or args.compare):
+        raise UsageError("--prompt-length-sweep runs alone (not with --trace or --compare)")
     baseline = report.load_results(args.compare) if args.compare else None
     if args.current:
         return _compare(baseline, report.load_results(args.current), args.max_ratio)
     if args.prompt_length_sweep:
-        if args.trace or args.compare:
-            raise UsageError("--prompt-length-sweep runs alone (not with --trace or --compare)")
         doc = run_prompt_length_sweep(args)
         out = args.out or os.path.join("bench-results", report.SWEEP)
     elif args.trace:

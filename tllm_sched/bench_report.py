@@ -303,7 +303,8 @@ def _plot_sweep(plt, doc: dict):
     for ax, pol in zip(axes.flat, policies):
         _plot_lines(ax, [r for r in results if r["policy"] == pol], "prefix_len", backends, colors)
         r0 = next(r for r in results if r["policy"] == pol)
-        ax.set(xscale="log", yscale="log", xlabel="shared prefix (tokens)", ylabel="scheduler thread CPU µs per pass",
+        ax.set(xscale="log", yscale="log", xlabel="shared prefix (tokens)",
+               ylabel="scheduler thread CPU µs per pass",
                title=f"{pol}: {r0['running']} running + {r0['waiting']} waiting, hashes known")
         ax.grid(True, which="both", alpha=0.3)
         _style_legend(ax, backends, colors)
