@@ -16,6 +16,7 @@
 #include <limits>
 #include <string>
 
+#include "adp_router.h"
 #include "capacity_scheduler.h"
 #include "kv_cache_manager.h"
 #include "micro_batch_scheduler.h"
@@ -215,6 +216,25 @@ std::pair<const int64_t*, int32_t> inflight_ids(nb::handle obj) {
     if (obj.is_none()) return {nullptr, 0};
     if (!nb::isinstance<AnyArray>(obj)) throw TypeInputError("inflight_request_ids: expected an int64 numpy array or None");
     return checked<int64_t>(nb::cast<AnyArray>(obj, false), "inflight_request_ids");
+}
+
+/// Attention DP: the request order of a router step, checked: distinct indices of `n` requests.
+std::pair<const int32_t*, int32_t> checked_order(const AnyArray& order, int32_t n) {
+    auto [p, k] = checked<int32_t>(order, "order");
+    std::vector<uint8_t> seen(static_cast<size_t>(n), 0);
+    for (int32_t j = 0; j < k; ++j) {
+        if (p[j] < 0 || p[j] >= n) throw InputError("order: index " + std::to_string(p[j]) + " is not a request");
+        if (seen[static_cast<size_t>(p[j])]++) throw InputError("order: request " + std::to_string(p[j]) + " is listed twice");
+    }
+    return {p, k};
+}
+
+/// Attention DP: per-rank (tokens, requests) arrays of equal, non-zero length.
+std::tuple<const int64_t*, const int64_t*, int32_t> checked_ranks(const AnyArray& tokens, const AnyArray& requests) {
+    auto [t, r] = checked<int64_t>(tokens, "rank_tokens");
+    auto [q, r2] = checked<int64_t>(requests, "rank_requests");
+    if (r == 0 || r != r2) throw InputError("rank_tokens and rank_requests must have one entry per rank (at least one)");
+    return {t, q, r};
 }
 
 }  // namespace
@@ -667,6 +687,27 @@ NB_MODULE(_core, m) {
             }, "slots"_a.noconvert(), "continue_pass"_a = false,
             "Key ids: equal ids iff equal first-new-block keys, within one call or across calls made with "
             "continue_pass=True after it; -1 for none.")
+        .def("probe_prefix_match_lengths", [](const KVCacheManager& k, const AnyArray& tokens, const AnyArray& offsets,
+                                               nb::handle lora_task_ids) {
+                auto [tp, tn] = checked<int32_t>(tokens, "tokens");
+                auto [op, on] = checked<int64_t>(offsets, "offsets");
+                if (on == 0) throw InputError("offsets: expected n + 1 entries, got none");
+                for (int32_t i = 0; i < on; ++i)
+                    if (op[i] < (i ? op[i - 1] : 0) || op[i] > tn)
+                        throw InputError("offsets: must rise from >= 0 to at most len(tokens); entry " + std::to_string(i) + " does not");
+                const int64_t* lp = nullptr;
+                if (!lora_task_ids.is_none()) {
+                    if (!nb::isinstance<AnyArray>(lora_task_ids)) throw TypeInputError("lora_task_ids: expected an int64 numpy array or None");
+                    auto [l, ln] = checked<int64_t>(nb::cast<AnyArray>(lora_task_ids, false), "lora_task_ids");
+                    if (ln != on - 1) throw InputError("lora_task_ids: expected one entry per prompt");
+                    lp = l;
+                }
+                std::vector<int32_t> out(static_cast<size_t>(on - 1));
+                k.probe_prefix_match_lengths(tp, op, on - 1, lp, out.data());
+                return to_numpy(std::move(out));
+            }, "tokens"_a.noconvert(), "offsets"_a.noconvert(), "lora_task_ids"_a = nb::none(),
+            "Attention-DP routing: cached leading tokens (whole blocks, last token excluded) of each prompt "
+            "tokens[offsets[i]:offsets[i+1]]; a dry run that changes nothing.")
         .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const AnyArray& slots) {
                 return per_slot(k.table(), slots, [&](int32_t s) {
                     return k.has_sequence(s) ? static_cast<int32_t>(k.block_ids(s).size()) : 0;
@@ -795,4 +836,34 @@ NB_MODULE(_core, m) {
             }, "paused"_a.noconvert(), "disagg_gen_init"_a.noconvert(), "execute"_a.noconvert(),
             "generated_token"_a = 1, "Applies one step; returns the slots completed, in completion order.")
         .def_prop_ro("tokens_appended", &SimExecutor::tokens_appended);
+
+    // ------------------------------------------------------------------ attention DP routers (one call per step)
+    m.def("adp_balance", [](const AnyArray& tokens, const AnyArray& order, const AnyArray& rank_tokens,
+                            const AnyArray& rank_requests, int64_t expected) {
+            auto [tp, n] = checked<int64_t>(tokens, "tokens");
+            auto [op, k] = checked_order(order, n);
+            auto [rt, rq, R] = checked_ranks(rank_tokens, rank_requests);
+            std::vector<int32_t> out(static_cast<size_t>(n), -1);
+            adp_balance(tp, op, k, rt, rq, R, expected, out.data());
+            return to_numpy(std::move(out));
+        }, "tokens"_a.noconvert(), "order"_a.noconvert(), "rank_tokens"_a.noconvert(), "rank_requests"_a.noconvert(),
+        "expected"_a, "DefaultADPRouter's min-heap balance; the rank of each request (-1: none left).");
+    m.def("adp_kv_route", [](const AnyArray& tokens, const AnyArray& order, const AnyArray& match, const AnyArray& tie,
+                             const AnyArray& rank_tokens, const AnyArray& rank_requests, int64_t expected, double weight,
+                             double threshold) {
+            auto [tp, n] = checked<int64_t>(tokens, "tokens");
+            auto [op, k] = checked_order(order, n);
+            auto [rt, rq, R] = checked_ranks(rank_tokens, rank_requests);
+            auto [mp, mn] = checked<int64_t>(match, "match");
+            auto [ip, in] = checked<int64_t>(tie, "tie");
+            if (int64_t{mn} != int64_t{n} * R || int64_t{in} != int64_t{n} * R)
+                throw InputError("match and tie: expected one entry per request and rank (row-major)");
+            for (int32_t i = 0; i < n; ++i)
+                if (tp[i] <= 0) throw InputError("tokens: every request needs at least one token");
+            std::vector<int32_t> out(static_cast<size_t>(n), -1);
+            adp_kv_route(tp, op, k, mp, ip, rt, rq, R, expected, weight, threshold, out.data());
+            return to_numpy(std::move(out));
+        }, "tokens"_a.noconvert(), "order"_a.noconvert(), "match"_a.noconvert(), "tie"_a.noconvert(),
+        "rank_tokens"_a.noconvert(), "rank_requests"_a.noconvert(), "expected"_a, "weight"_a, "threshold"_a,
+        "KVCacheAwareADPRouter's scoring loop; the rank of each request (-1: none eligible).");
 }

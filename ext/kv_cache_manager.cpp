@@ -303,6 +303,29 @@ int64_t KVCacheManager::find_new_context_block_id(int32_t slot, bool new_pass) {
     return key_ids_.emplace(std::move(*key), static_cast<int64_t>(key_ids_.size())).first->second;
 }
 
+void KVCacheManager::probe_prefix_match_lengths(const int32_t* tokens, const int64_t* offsets, int32_t n,
+                                                const int64_t* lora_task_ids, int32_t* out) const {
+    const int32_t tpb = cfg_.tokens_per_block;
+    BlockKey key;
+    for (int32_t i = 0; i < n; ++i) {
+        out[i] = 0;
+        if (!cfg_.enable_block_reuse) continue;
+        const int64_t begin = offsets[i], usable = offsets[i + 1] - begin - 1;
+        key.lora_task_id = lora_task_ids ? lora_task_ids[i] : -1;
+        int32_t search = kRoot, matched = 0;
+        for (int64_t start = 0; start + tpb <= usable; start += tpb) {
+            const int32_t* b = tokens + begin + start;
+            key.tokens.assign(b, b + tpb);
+            const Children& ch = children_of(search);
+            auto it = ch.find(key);
+            if (it == ch.end()) break;
+            search = it->second;
+            matched += tpb;
+        }
+        out[i] = matched;
+    }
+}
+
 // ---------------------------------------------------------------- sequences
 
 void KVCacheManager::check_slot_has_sequence(int32_t slot, const char* what) const {

@@ -97,6 +97,13 @@ public:
     /// The same key as an integer id, -1 for none. Equal ids mean equal keys among all calls since
     /// the last `new_pass` call (the ids are interned in scratch state; the tree is not touched).
     int64_t find_new_context_block_id(int32_t slot, bool new_pass);
+    /// Attention-DP routing (TensorRT-LLM's probe_prefix_match_length, for many prompts at once): the
+    /// leading tokens of each prompt found in the reuse tree, in whole blocks. The full blocks of the
+    /// prompt without its last token (never reused, as in add_sequence) are matched exactly from the
+    /// root. Prompt i is tokens[offsets[i], offsets[i + 1]) with LoRA task lora_task_ids[i] (-1 or a
+    /// null array: none). A dry run: changes nothing, not even statistics. 0 without block reuse.
+    void probe_prefix_match_lengths(const int32_t* tokens, const int64_t* offsets, int32_t n,
+                                    const int64_t* lora_task_ids, int32_t* out) const;
 
     // --- counts ---
     int32_t num_free_blocks() const { return num_free_[0]; }  ///< primary, cached blocks included

@@ -1,0 +1,321 @@
+"""tllm_sched/attention_dp/adp_router.py: which rank each new request goes to (attention DP).
+
+C++ twin: ext/adp_router.{h,cpp}. TensorRT-LLM's twin: scheduler/adp_router.py. Every rank runs
+the same router on the same gathered `RankStates` and the same queue head (`NewRequests`), so all
+ranks reach the same `Routing` without a coordinator. Nothing here depends on set or dict order
+or on unseeded randomness; ties are broken by rank index or by a fixed hash of (request id, rank).
+
+Routers (`make_router(name)`):
+  - "round-robin": TensorRT-LLM's old baseline: largest requests first, dealt to the ranks in turn
+    (skipping full ranks), continuing where the previous step stopped.
+  - "load": DefaultADPRouter (TensorRT-LLM's default): requests with a target rank go there while
+    it has room; the rest, largest first, each go to the rank with the fewest active tokens (then
+    requests), up to an expected per-rank count.
+  - "kv-aware": KVCacheAwareADPRouter: each request goes to the rank that minimises its uncached
+    tokens (prompt minus the prefix that rank's reuse tree holds) plus a load penalty.
+
+Everything that can be done for all requests at once (target admission, orders, caps, match gating
+inputs, tie priorities) is array math here; the greedy loops, where each choice depends on the one
+before, run in one C++ call per step (backend "cpp", the default) or in plain Python (backend
+"python", the readable reference; the tests hold both to the same answers).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from tllm_sched import _core
+from tllm_sched.attention_dp.rank_state import RankStates
+
+__all__ = ["ADPRouter", "BACKENDS", "KVCacheAwareRouter", "LoadBalancedRouter", "NewRequests", "ROUTERS",
+           "RoundRobinRouter", "Routing", "make_router", "tie_priorities"]
+
+BACKENDS = ("cpp", "python")
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _int_array(a, name: str, dtype) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array, got {arr.ndim}-D")
+    if arr.size and arr.dtype.kind not in "iub":
+        raise TypeError(f"{name}: expected integers, got {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class NewRequests:
+    """The requests to route this step (the head of the waiting queue every rank holds), as arrays.
+
+    `target_rank` is TensorRT-LLM's attention_dp_rank (-1: none), `strict` its attention_dp_relax
+    == False (such requests are considered first), `fingerprint` a prefix fingerprint that the
+    KV-aware router groups by (TensorRT-LLM: the first 64 prompt tokens)."""
+
+    request_id: np.ndarray  # int64
+    num_tokens: np.ndarray  # int64 prompt lengths, all > 0
+    target_rank: Optional[np.ndarray] = None  # int32, -1 for none
+    strict: Optional[np.ndarray] = None  # bool
+    fingerprint: Optional[np.ndarray] = None  # int64
+
+    @classmethod
+    def make(cls, request_id, num_tokens, target_rank=None, strict=None, fingerprint=None) -> "NewRequests":
+        """Checked constructor: 1-D arrays of one length, positive token counts."""
+        ids = _int_array(request_id, "request_id", np.int64)
+        tokens = _int_array(num_tokens, "num_tokens", np.int64)
+        n = ids.size
+        if tokens.size != n:
+            raise ValueError(f"num_tokens: expected {n} entries, got {tokens.size}")
+        if n and int(tokens.min()) <= 0:
+            raise ValueError("num_tokens: every request needs at least one prompt token")
+        extra = []
+        for name, a, dtype in (("target_rank", target_rank, np.int32), ("strict", strict, np.bool_),
+                               ("fingerprint", fingerprint, np.int64)):
+            if a is not None:
+                a = _int_array(a, name, dtype)
+                if a.size != n:
+                    raise ValueError(f"{name}: expected {n} entries, got {a.size}")
+            extra.append(a)
+        return cls(ids, tokens, *extra)
+
+    def __len__(self) -> int:
+        return int(self.request_id.size)
+
+    def head(self, n: int) -> "NewRequests":
+        """The first n requests (views)."""
+        cut = lambda a: None if a is None else a[:n]  # noqa: E731
+        return NewRequests(self.request_id[:n], self.num_tokens[:n], cut(self.target_rank), cut(self.strict),
+                           cut(self.fingerprint))
+
+
+@dataclass(frozen=True)
+class Routing:
+    """One step's routing: the rank of each new request (-1: it stays queued), and the per-rank
+    request count the router aimed at (TensorRT-LLM's expected_num_active_requests)."""
+
+    ranks: np.ndarray  # int32, one per new request
+    expected_num_active_requests: int
+
+
+def tie_priorities(request_ids: np.ndarray, world_size: int) -> np.ndarray:
+    """(n, world_size) int64: a fixed pseudo-random order of the ranks for each request id, used to
+    break exact score ties (TensorRT-LLM shuffles the ranks with random.Random(request_id))."""
+    x = request_ids.astype(np.uint64)[:, None] * _MIX[0] + np.arange(world_size, dtype=np.uint64)[None, :] * _MIX[1]
+    x ^= x >> np.uint64(30)
+    x *= _MIX[1]
+    x ^= x >> np.uint64(27)
+    x *= _MIX[2]
+    x ^= x >> np.uint64(31)
+    return (x >> np.uint64(1)).astype(np.int64)
+
+
+class ADPRouter:
+    """Routes the new requests of a step from every rank's state. Subclasses implement `_route`."""
+
+    name = ""
+    needs_prefix_matches = False  # the records must carry match lengths of the queue head
+
+    def route(self, states: RankStates, new: NewRequests, max_num_active_requests: int) -> Routing:
+        """The rank of each request of `new` (which must be the queue head the states' match lengths
+        describe). Raises ValueError for a target rank outside the world or a wrong queue length."""
+        if max_num_active_requests <= 0:
+            raise ValueError(f"max_num_active_requests must be positive, got {max_num_active_requests}")
+        if self.needs_prefix_matches and len(new) != states.queue_len:
+            raise ValueError(f"{len(new)} new requests but the gathered records describe a queue head of "
+                             f"{states.queue_len}")
+        world = states.world_size
+        if new.target_rank is not None and new.target_rank.size:
+            bad = (new.target_rank < -1) | (new.target_rank >= world)
+            if bad.any():
+                raise ValueError(f"target rank {int(new.target_rank[bad.argmax()])} is not a rank of {world}")
+        return self._route(states, new, max_num_active_requests)
+
+    def _route(self, states: RankStates, new: NewRequests, max_active: int) -> Routing:
+        raise NotImplementedError
+
+    @staticmethod
+    def _targets(new: NewRequests, active: np.ndarray, max_active: int):
+        """TensorRT-LLM's first pass, as array math: requests in order (strict ones first, stable)
+        that name a target rank go there while it has fewer than `max_active` requests.
+        Returns (ranks, active after, order, remaining indices in order)."""
+        n = len(new)
+        ranks = np.full(n, -1, dtype=np.int32)
+        active = active.astype(np.int64)
+        order = np.arange(n) if new.strict is None else np.argsort(~new.strict, kind="stable")
+        if new.target_rank is None or not (new.target_rank >= 0).any():
+            return ranks, active, order, order
+        want = new.target_rank[order]
+        idx = order[want >= 0]
+        tgt = want[want >= 0].astype(np.int64)
+        by_rank = np.argsort(tgt, kind="stable")
+        sorted_tgt = tgt[by_rank]
+        nth = np.empty_like(by_rank)  # how many earlier requests name the same target
+        nth[by_rank] = np.arange(tgt.size) - np.searchsorted(sorted_tgt, sorted_tgt, side="left")
+        room = np.maximum(max_active - active, 0)
+        ok = nth < room[tgt]
+        ranks[idx[ok]] = tgt[ok]
+        np.add.at(active, tgt[ok], 1)
+        return ranks, active, order, order[ranks[order] < 0]
+
+
+class RoundRobinRouter(ADPRouter):
+    """Largest requests first, dealt to the ranks in turn from where the last step stopped, skipping
+    ranks with max_num_active_requests (TensorRT-LLM's ADP-balance blog baseline). Targets first."""
+
+    name = "round-robin"
+
+    def __init__(self):
+        self._next = 0  # the rank the next request goes to; evolves identically on every rank
+
+    def _route(self, states, new, max_active):
+        ranks, active, _, rest = self._targets(new, states.active_requests, max_active)
+        world = states.world_size
+        rest = rest[np.argsort(-new.num_tokens[rest], kind="stable")]
+        turn = (np.arange(world) + self._next) % world
+        room = np.maximum(max_active - active, 0)[turn]
+        rounds = min(int(room.max(initial=0)), rest.size)
+        deal = np.broadcast_to(turn, (rounds, world))[room[None, :] > np.arange(rounds)[:, None]][:rest.size]
+        ranks[rest[:deal.size]] = deal
+        if deal.size:
+            self._next = (int(deal[-1]) + 1) % world
+        return Routing(ranks, max_active)
+
+
+class LoadBalancedRouter(ADPRouter):
+    """TensorRT-LLM's DefaultADPRouter: targets first; then every other request, largest first,
+    to the rank with the smallest (active prompt tokens, active requests, rank) among those below
+    the expected count min(max(ceil((active + new) / ranks), busiest rank), max_num_active_requests).
+    Requests left when every rank reached it stay queued (TensorRT-LLM fetches no more than fit)."""
+
+    name = "load"
+
+    def __init__(self, backend: str = "cpp"):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        self.backend = backend
+
+    def _route(self, states, new, max_active):
+        ranks, active, _, rest = self._targets(new, states.active_requests, max_active)
+        world = states.world_size
+        expected = min(max(-(-(int(active.sum()) + rest.size) // world), int(active.max())), max_active)
+        if rest.size == 0:
+            return Routing(ranks, expected)
+        tokens = new.num_tokens
+        order = rest[np.argsort(-tokens[rest], kind="stable")].astype(np.int32)
+        if self.backend == "cpp":
+            out = _core.adp_balance(tokens, order, np.ascontiguousarray(states.active_tokens), active, expected)
+        else:
+            out = _balance_python(tokens, order, states.active_tokens, active, expected)
+        ranks[rest] = out[rest]
+        return Routing(ranks, expected)
+
+
+class KVCacheAwareRouter(ADPRouter):
+    """TensorRT-LLM's KVCacheAwareADPRouter. Load is the active requests' uncached prompt tokens.
+    Targets first (their uncached tokens added to the target's load). The others, grouped by prefix
+    fingerprint and longest first within a group, each go to the eligible rank with the lowest
+        score = (tokens - match) + load_balance_weight * load / max(eligible load, tokens) * tokens,
+    where match (the rank's cached prefix of the request) counts only when the best match on any
+    eligible rank exceeds match_rate_threshold of the prompt; ties go to the less loaded rank, then
+    to a fixed hash order of the ranks. A rank stops being eligible at the cap
+    min(max(ceil(fair_share_multiplier * ceil((active + new) / ranks)), busiest), max_active)."""
+
+    name = "kv-aware"
+    needs_prefix_matches = True
+
+    def __init__(self, backend: str = "cpp", *, load_balance_weight: float = 1.0, match_rate_threshold: float = 0.1,
+                 fair_share_multiplier: float = 2.0):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        for name, v in (("load_balance_weight", load_balance_weight), ("match_rate_threshold", match_rate_threshold),
+                        ("fair_share_multiplier", fair_share_multiplier)):
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        self.backend = backend
+        self.load_balance_weight = float(load_balance_weight)
+        self.match_rate_threshold = float(match_rate_threshold)
+        self.fair_share_multiplier = float(fair_share_multiplier)
+
+    def _route(self, states, new, max_active):
+        world = states.world_size
+        tokens = new.num_tokens
+        match = np.ascontiguousarray(states.matches.T)  # (n, world)
+        ranks, active, _, rest = self._targets(new, states.active_requests, max_active)
+        load = states.uncached_tokens.astype(np.int64)
+        hit = np.flatnonzero(ranks >= 0)
+        if hit.size:
+            np.add.at(load, ranks[hit], np.maximum(tokens[hit] - match[hit, ranks[hit]], 0))
+        fair = -(-(int(active.sum()) + rest.size) // world)
+        expected = min(max(math.ceil(self.fair_share_multiplier * fair), int(active.max())), max_active)
+        if rest.size == 0:
+            return Routing(ranks, expected)
+        group = new.fingerprint[rest] if new.fingerprint is not None else np.zeros(rest.size, dtype=np.int64)
+        order = rest[np.lexsort((-tokens[rest], group))].astype(np.int32)
+        tie = tie_priorities(new.request_id, world)
+        args = (tokens, order, match.reshape(-1), tie.reshape(-1), load, active, expected,
+                self.load_balance_weight, self.match_rate_threshold)
+        out = _core.adp_kv_route(*args) if self.backend == "cpp" else _kv_route_python(*args, world=world)
+        ranks[rest] = out[rest]
+        return Routing(ranks, expected)
+
+
+ROUTERS = {r.name: r for r in (RoundRobinRouter, LoadBalancedRouter, KVCacheAwareRouter)}
+
+
+def make_router(name: str, backend: str = "cpp", **options) -> ADPRouter:
+    """A router by name ("round-robin", "load", "kv-aware"); options go to the KV-aware router."""
+    if name not in ROUTERS:
+        raise ValueError(f"unknown router {name!r} (choose from {', '.join(ROUTERS)})")
+    if name == "kv-aware":
+        return KVCacheAwareRouter(backend, **options)
+    if options:
+        raise ValueError(f"router {name!r} takes no options, got {', '.join(sorted(options))}")
+    return RoundRobinRouter() if name == "round-robin" else LoadBalancedRouter(backend)
+
+
+# ------------------------------------------------------------------ the greedy loops in plain Python
+
+
+def _balance_python(tokens, order, rank_tokens, rank_requests, expected) -> np.ndarray:
+    """adp_balance in Python: TensorRT-LLM's heap of (tokens, requests, rank)."""
+    heap = [(int(t), int(q), r) for r, (t, q) in enumerate(zip(rank_tokens.tolist(), rank_requests.tolist()))
+            if q < expected]
+    heapq.heapify(heap)
+    out = np.full(tokens.size, -1, dtype=np.int32)
+    tok = tokens.tolist()
+    for i in order.tolist():
+        if not heap:
+            break
+        t, q, r = heapq.heappop(heap)
+        out[i] = r
+        if q + 1 < expected:
+            heapq.heappush(heap, (t + tok[i], q + 1, r))
+    return out
+
+
+def _kv_route_python(tokens, order, match, tie, rank_tokens, rank_requests, expected, weight, threshold, *,
+                     world) -> np.ndarray:
+    """adp_kv_route in Python: TensorRT-LLM's scoring loop, ties broken by `tie` instead of a shuffle."""
+    load = [float(t) for t in rank_tokens.tolist()]
+    count = rank_requests.tolist()
+    eligible = [r for r in range(world) if count[r] < expected]
+    match, tie, tok = match.reshape(-1, world).tolist(), tie.reshape(-1, world).tolist(), tokens.tolist()
+    out = np.full(tokens.size, -1, dtype=np.int32)
+    for i in order.tolist():
+        if not eligible:
+            break
+        t, m, p = tok[i], match[i], tie[i]
+        denom = max(sum(load[r] for r in eligible), float(t))
+        affinity = max(m[r] for r in eligible) / max(t, 1) > threshold
+        best = min(eligible, key=lambda r: ((t - (m[r] if affinity else 0)) + weight * (load[r] / denom * t),
+                                            load[r], p[r]))
+        out[i] = best
+        count[best] += 1
+        load[best] += max(t - m[best], 0)
+        if count[best] >= expected:
+            eligible.remove(best)
+    return out
