@@ -218,13 +218,13 @@ std::pair<const int64_t*, int32_t> inflight_ids(nb::handle obj) {
     return checked<int64_t>(nb::cast<AnyArray>(obj, false), "inflight_request_ids");
 }
 
-/// Attention DP: the request order of a router step, checked: distinct indices of `n` requests.
-std::pair<const int32_t*, int32_t> checked_order(const AnyArray& order, int32_t n) {
-    auto [p, k] = checked<int32_t>(order, "order");
+/// Attention DP: the candidate requests of a router step, checked: distinct indices of `n` requests.
+std::pair<const int32_t*, int32_t> checked_candidates(const AnyArray& candidates, int32_t n) {
+    auto [p, k] = checked<int32_t>(candidates, "candidates");
     std::vector<uint8_t> seen(static_cast<size_t>(n), 0);
     for (int32_t j = 0; j < k; ++j) {
-        if (p[j] < 0 || p[j] >= n) throw InputError("order: index " + std::to_string(p[j]) + " is not a request");
-        if (seen[static_cast<size_t>(p[j])]++) throw InputError("order: request " + std::to_string(p[j]) + " is listed twice");
+        if (p[j] < 0 || p[j] >= n) throw InputError("candidates: index " + std::to_string(p[j]) + " is not a request");
+        if (seen[static_cast<size_t>(p[j])]++) throw InputError("candidates: request " + std::to_string(p[j]) + " is listed twice");
     }
     return {p, k};
 }
@@ -235,6 +235,23 @@ std::tuple<const int64_t*, const int64_t*, int32_t> checked_ranks(const AnyArray
     auto [q, r2] = checked<int64_t>(requests, "rank_requests");
     if (r == 0 || r != r2) throw InputError("rank_tokens and rank_requests must have one entry per rank (at least one)");
     return {t, q, r};
+}
+
+/// Attention DP: the routing so far (one int32 rank or -1 per request), copied.
+std::vector<int32_t> initial_ranks(const AnyArray& ranks, int32_t n) {
+    auto [p, m] = checked<int32_t>(ranks, "ranks");
+    if (m != n) throw InputError("ranks: expected one entry per request");
+    return std::vector<int32_t>(p, p + m);
+}
+
+/// Attention DP: a (ranks, requests) int64 matrix of any strides, e.g. a slice of the gathered records.
+using Matrix = nb::ndarray<nb::ro, nb::ndim<2>, nb::device::cpu>;
+MatchView checked_match(const Matrix& m, int32_t num_ranks, int32_t n) {
+    if (m.dtype() != nb::dtype<int64_t>())
+        throw TypeInputError("match: expected a numpy array of dtype int64 (no silent conversion), got " + dtype_str(m.dtype()));
+    if (m.shape(0) != static_cast<size_t>(num_ranks) || m.shape(1) != static_cast<size_t>(n))
+        throw InputError("match: expected shape (ranks, requests) = (" + std::to_string(num_ranks) + ", " + std::to_string(n) + ")");
+    return MatchView{static_cast<const int64_t*>(m.data()), m.stride(0), m.stride(1)};
 }
 
 }  // namespace
@@ -838,32 +855,36 @@ NB_MODULE(_core, m) {
         .def_prop_ro("tokens_appended", &SimExecutor::tokens_appended);
 
     // ------------------------------------------------------------------ attention DP routers (one call per step)
-    m.def("adp_balance", [](const AnyArray& tokens, const AnyArray& order, const AnyArray& rank_tokens,
-                            const AnyArray& rank_requests, int64_t expected) {
+    m.def("adp_balance", [](const AnyArray& tokens, const AnyArray& candidates, const AnyArray& rank_tokens,
+                            const AnyArray& rank_requests, int64_t expected, const AnyArray& ranks) {
             auto [tp, n] = checked<int64_t>(tokens, "tokens");
-            auto [op, k] = checked_order(order, n);
+            auto [cp, k] = checked_candidates(candidates, n);
             auto [rt, rq, R] = checked_ranks(rank_tokens, rank_requests);
-            std::vector<int32_t> out(static_cast<size_t>(n), -1);
-            adp_balance(tp, op, k, rt, rq, R, expected, out.data());
+            std::vector<int32_t> out = initial_ranks(ranks, n);
+            adp_balance(tp, cp, k, rt, rq, R, expected, out.data());
             return to_numpy(std::move(out));
-        }, "tokens"_a.noconvert(), "order"_a.noconvert(), "rank_tokens"_a.noconvert(), "rank_requests"_a.noconvert(),
-        "expected"_a, "DefaultADPRouter's min-heap balance; the rank of each request (-1: none left).");
-    m.def("adp_kv_route", [](const AnyArray& tokens, const AnyArray& order, const AnyArray& match, const AnyArray& tie,
-                             const AnyArray& rank_tokens, const AnyArray& rank_requests, int64_t expected, double weight,
-                             double threshold) {
+        }, "tokens"_a.noconvert(), "candidates"_a.noconvert(), "rank_tokens"_a.noconvert(), "rank_requests"_a.noconvert(),
+        "expected"_a, "ranks"_a.noconvert(),
+        "DefaultADPRouter's balance: a copy of `ranks` with each candidate's rank set (left as is: none was left).");
+    m.def("adp_kv_route", [](const AnyArray& tokens, const AnyArray& request_ids, const AnyArray& fingerprints,
+                             const AnyArray& candidates, const Matrix& match, const AnyArray& rank_tokens,
+                             const AnyArray& rank_requests, int64_t expected, double weight, double threshold,
+                             const AnyArray& ranks) {
             auto [tp, n] = checked<int64_t>(tokens, "tokens");
-            auto [op, k] = checked_order(order, n);
-            auto [rt, rq, R] = checked_ranks(rank_tokens, rank_requests);
-            auto [mp, mn] = checked<int64_t>(match, "match");
-            auto [ip, in] = checked<int64_t>(tie, "tie");
-            if (int64_t{mn} != int64_t{n} * R || int64_t{in} != int64_t{n} * R)
-                throw InputError("match and tie: expected one entry per request and rank (row-major)");
+            auto [ip, in] = checked<int64_t>(request_ids, "request_ids");
+            auto [fp, fn] = checked<int64_t>(fingerprints, "fingerprints");
+            if (in != n || fn != n) throw InputError("request_ids and fingerprints: expected one entry per request");
             for (int32_t i = 0; i < n; ++i)
                 if (tp[i] <= 0) throw InputError("tokens: every request needs at least one token");
-            std::vector<int32_t> out(static_cast<size_t>(n), -1);
-            adp_kv_route(tp, op, k, mp, ip, rt, rq, R, expected, weight, threshold, out.data());
+            auto [cp, k] = checked_candidates(candidates, n);
+            auto [rt, rq, R] = checked_ranks(rank_tokens, rank_requests);
+            MatchView mv = checked_match(match, R, n);
+            std::vector<int32_t> out = initial_ranks(ranks, n);
+            adp_kv_route(tp, ip, fp, cp, k, mv, rt, rq, R, expected, weight, threshold, out.data());
             return to_numpy(std::move(out));
-        }, "tokens"_a.noconvert(), "order"_a.noconvert(), "match"_a.noconvert(), "tie"_a.noconvert(),
-        "rank_tokens"_a.noconvert(), "rank_requests"_a.noconvert(), "expected"_a, "weight"_a, "threshold"_a,
-        "KVCacheAwareADPRouter's scoring loop; the rank of each request (-1: none eligible).");
+        }, "tokens"_a.noconvert(), "request_ids"_a.noconvert(), "fingerprints"_a.noconvert(), "candidates"_a.noconvert(),
+        "match"_a.noconvert(), "rank_tokens"_a.noconvert(), "rank_requests"_a.noconvert(), "expected"_a, "weight"_a,
+        "threshold"_a, "ranks"_a.noconvert(),
+        "KVCacheAwareADPRouter's loop; match is (ranks, requests) int64, any strides. A copy of `ranks` with "
+        "each candidate's rank set (left as is: no rank was eligible).");
 }

@@ -14,10 +14,9 @@ Routers (`make_router(name)`):
   - "kv-aware": KVCacheAwareADPRouter: each request goes to the rank that minimises its uncached
     tokens (prompt minus the prefix that rank's reuse tree holds) plus a load penalty.
 
-Everything that can be done for all requests at once (target admission, orders, caps, match gating
-inputs, tie priorities) is array math here; the greedy loops, where each choice depends on the one
-before, run in one C++ call per step (backend "cpp", the default) or in plain Python (backend
-"python", the readable reference; the tests hold both to the same answers).
+Target admission and the caps are array math here; the greedy loops, where each choice depends on
+the one before (and their orderings), run in one C++ call per step (backend "cpp", the default) or
+in plain Python (backend "python", the readable reference; the tests hold both to the same answers).
 """
 
 from __future__ import annotations
@@ -141,13 +140,14 @@ class ADPRouter:
     def _targets(new: NewRequests, active: np.ndarray, max_active: int):
         """TensorRT-LLM's first pass, as array math: requests in order (strict ones first, stable)
         that name a target rank go there while it has fewer than `max_active` requests.
-        Returns (ranks, active after, order, remaining indices in order)."""
+        Returns (ranks: int32, -1 where not placed; active counts after; the other requests'
+        indices in order, int32)."""
         n = len(new)
         ranks = np.full(n, -1, dtype=np.int32)
         active = active.astype(np.int64)
-        order = np.arange(n) if new.strict is None else np.argsort(~new.strict, kind="stable")
+        order = np.arange(n, dtype=np.int32) if new.strict is None else np.argsort(~new.strict, kind="stable").astype(np.int32)
         if new.target_rank is None or not (new.target_rank >= 0).any():
-            return ranks, active, order, order
+            return ranks, active, order
         want = new.target_rank[order]
         idx = order[want >= 0]
         tgt = want[want >= 0].astype(np.int64)
@@ -155,11 +155,10 @@ class ADPRouter:
         sorted_tgt = tgt[by_rank]
         nth = np.empty_like(by_rank)  # how many earlier requests name the same target
         nth[by_rank] = np.arange(tgt.size) - np.searchsorted(sorted_tgt, sorted_tgt, side="left")
-        room = np.maximum(max_active - active, 0)
-        ok = nth < room[tgt]
+        ok = nth < np.maximum(max_active - active, 0)[tgt]
         ranks[idx[ok]] = tgt[ok]
         np.add.at(active, tgt[ok], 1)
-        return ranks, active, order, order[ranks[order] < 0]
+        return ranks, active, order[ranks[order] < 0]
 
 
 class RoundRobinRouter(ADPRouter):
@@ -172,13 +171,16 @@ class RoundRobinRouter(ADPRouter):
         self._next = 0  # the rank the next request goes to; evolves identically on every rank
 
     def _route(self, states, new, max_active):
-        ranks, active, _, rest = self._targets(new, states.active_requests, max_active)
+        ranks, active, rest = self._targets(new, states.active_requests, max_active)
         world = states.world_size
         rest = rest[np.argsort(-new.num_tokens[rest], kind="stable")]
-        turn = (np.arange(world) + self._next) % world
-        room = np.maximum(max_active - active, 0)[turn]
-        rounds = min(int(room.max(initial=0)), rest.size)
-        deal = np.broadcast_to(turn, (rounds, world))[room[None, :] > np.arange(rounds)[:, None]][:rest.size]
+        room = np.maximum(max_active - active, 0)
+        if int(room.min()) * world >= rest.size:  # every turn finds room: deal in plain turns
+            deal = (self._next + np.arange(rest.size)) % world
+        else:
+            turn = (np.arange(world) + self._next) % world
+            rounds = min(int(room.max()), rest.size)
+            deal = np.broadcast_to(turn, (rounds, world))[room[turn][None, :] > np.arange(rounds)[:, None]][:rest.size]
         ranks[rest[:deal.size]] = deal
         if deal.size:
             self._next = (int(deal[-1]) + 1) % world
@@ -199,18 +201,11 @@ class LoadBalancedRouter(ADPRouter):
         self.backend = backend
 
     def _route(self, states, new, max_active):
-        ranks, active, _, rest = self._targets(new, states.active_requests, max_active)
-        world = states.world_size
-        expected = min(max(-(-(int(active.sum()) + rest.size) // world), int(active.max())), max_active)
-        if rest.size == 0:
-            return Routing(ranks, expected)
-        tokens = new.num_tokens
-        order = rest[np.argsort(-tokens[rest], kind="stable")].astype(np.int32)
-        if self.backend == "cpp":
-            out = _core.adp_balance(tokens, order, np.ascontiguousarray(states.active_tokens), active, expected)
-        else:
-            out = _balance_python(tokens, order, states.active_tokens, active, expected)
-        ranks[rest] = out[rest]
+        ranks, active, rest = self._targets(new, states.active_requests, max_active)
+        expected = min(max(-(-(int(active.sum()) + rest.size) // states.world_size), int(active.max())), max_active)
+        if rest.size:
+            args = (new.num_tokens, rest, np.ascontiguousarray(states.active_tokens), active, expected, ranks)
+            ranks = _core.adp_balance(*args) if self.backend == "cpp" else _balance_python(*args)
         return Routing(ranks, expected)
 
 
@@ -241,25 +236,19 @@ class KVCacheAwareRouter(ADPRouter):
         self.fair_share_multiplier = float(fair_share_multiplier)
 
     def _route(self, states, new, max_active):
-        world = states.world_size
-        tokens = new.num_tokens
-        match = np.ascontiguousarray(states.matches.T)  # (n, world)
-        ranks, active, _, rest = self._targets(new, states.active_requests, max_active)
+        ranks, active, rest = self._targets(new, states.active_requests, max_active)
         load = states.uncached_tokens.astype(np.int64)
-        hit = np.flatnonzero(ranks >= 0)
-        if hit.size:
-            np.add.at(load, ranks[hit], np.maximum(tokens[hit] - match[hit, ranks[hit]], 0))
-        fair = -(-(int(active.sum()) + rest.size) // world)
+        match = states.matches  # (ranks, requests), a view of the gathered records
+        hit = np.flatnonzero(ranks >= 0) if new.target_rank is not None else ()
+        if len(hit):
+            np.add.at(load, ranks[hit], np.maximum(new.num_tokens[hit] - match[ranks[hit], hit], 0))
+        fair = -(-(int(active.sum()) + rest.size) // states.world_size)
         expected = min(max(math.ceil(self.fair_share_multiplier * fair), int(active.max())), max_active)
-        if rest.size == 0:
-            return Routing(ranks, expected)
-        group = new.fingerprint[rest] if new.fingerprint is not None else np.zeros(rest.size, dtype=np.int64)
-        order = rest[np.lexsort((-tokens[rest], group))].astype(np.int32)
-        tie = tie_priorities(new.request_id, world)
-        args = (tokens, order, match.reshape(-1), tie.reshape(-1), load, active, expected,
-                self.load_balance_weight, self.match_rate_threshold)
-        out = _core.adp_kv_route(*args) if self.backend == "cpp" else _kv_route_python(*args, world=world)
-        ranks[rest] = out[rest]
+        if rest.size:
+            fingerprint = new.fingerprint if new.fingerprint is not None else np.zeros(len(new), dtype=np.int64)
+            args = (new.num_tokens, new.request_id, fingerprint, rest, match, load, active, expected,
+                    self.load_balance_weight, self.match_rate_threshold, ranks)
+            ranks = _core.adp_kv_route(*args) if self.backend == "cpp" else _kv_route_python(*args)
         return Routing(ranks, expected)
 
 
@@ -280,14 +269,12 @@ def make_router(name: str, backend: str = "cpp", **options) -> ADPRouter:
 # ------------------------------------------------------------------ the greedy loops in plain Python
 
 
-def _balance_python(tokens, order, rank_tokens, rank_requests, expected) -> np.ndarray:
+def _balance_python(tokens, candidates, rank_tokens, rank_requests, expected, ranks) -> np.ndarray:
     """adp_balance in Python: TensorRT-LLM's heap of (tokens, requests, rank)."""
-    heap = [(int(t), int(q), r) for r, (t, q) in enumerate(zip(rank_tokens.tolist(), rank_requests.tolist()))
-            if q < expected]
+    heap = [(t, q, r) for r, (t, q) in enumerate(zip(rank_tokens.tolist(), rank_requests.tolist())) if q < expected]
     heapq.heapify(heap)
-    out = np.full(tokens.size, -1, dtype=np.int32)
-    tok = tokens.tolist()
-    for i in order.tolist():
+    out, tok = ranks.copy(), tokens.tolist()
+    for i in sorted(candidates.tolist(), key=lambda i: tok[i], reverse=True):
         if not heap:
             break
         t, q, r = heapq.heappop(heap)
@@ -297,15 +284,17 @@ def _balance_python(tokens, order, rank_tokens, rank_requests, expected) -> np.n
     return out
 
 
-def _kv_route_python(tokens, order, match, tie, rank_tokens, rank_requests, expected, weight, threshold, *,
-                     world) -> np.ndarray:
-    """adp_kv_route in Python: TensorRT-LLM's scoring loop, ties broken by `tie` instead of a shuffle."""
+def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_tokens, rank_requests, expected,
+                     weight, threshold, ranks) -> np.ndarray:
+    """adp_kv_route in Python: TensorRT-LLM's scoring loop, ties broken by `tie_priorities`."""
+    world = rank_tokens.size
     load = [float(t) for t in rank_tokens.tolist()]
     count = rank_requests.tolist()
     eligible = [r for r in range(world) if count[r] < expected]
-    match, tie, tok = match.reshape(-1, world).tolist(), tie.reshape(-1, world).tolist(), tokens.tolist()
-    out = np.full(tokens.size, -1, dtype=np.int32)
-    for i in order.tolist():
+    match, tie = match.T.tolist(), tie_priorities(request_ids, world).tolist()
+    tok, fp = tokens.tolist(), fingerprints.tolist()
+    out = ranks.copy()
+    for i in sorted(candidates.tolist(), key=lambda i: (fp[i], -tok[i])):
         if not eligible:
             break
         t, m, p = tok[i], match[i], tie[i]

@@ -99,7 +99,7 @@ def pack_record(out: np.ndarray, *, rank: int, step: int, active_requests: int, 
     if matches is None:
         slots[:] = 0
     else:
-        if matches.shape != (n,) or not slots.size:
+        if matches.shape != (n,) or (n and not slots.size):
             raise ValueError(f"matches: expected {n} match lengths in a record with match slots, got shape "
                              f"{matches.shape} and {slots.size} slots")
         slots[:n] = matches
