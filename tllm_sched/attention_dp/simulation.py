@@ -156,6 +156,7 @@ class RankLog:
     routed: List[np.ndarray] = field(default_factory=list)  # per step: (request id, rank) rows routed
     run_contexts: array = field(default_factory=lambda: array("b"))
     tokens: array = field(default_factory=lambda: array("q"))  # tokens this rank computed per step
+    finished: array = field(default_factory=lambda: array("q"))  # requests this rank finished per step
     timers: dict = field(default_factory=lambda: {k: array("q") for k in _TIMERS})
 
     def routing_table(self) -> np.ndarray:
@@ -202,7 +203,7 @@ class SimRank:
         ids, prompts, max_new = self.queue.take(ranks, self.rank)
         self.engine.admit(ids, prompts, max_new)
         t0 = time.perf_counter_ns()
-        self.last_tokens, _ = self.engine.execute(d.run_contexts)
+        self.last_tokens, done = self.engine.execute(d.run_contexts)
         t1 = time.perf_counter_ns()
         log = self.log
         for key, ns in zip(("parse_ns", "balance_ns", "route_ns"), self.dp.last_ns):
@@ -212,6 +213,7 @@ class SimRank:
         log.routed.append(np.column_stack((self._head.request_id[hit], ranks[hit])))
         log.run_contexts.append(d.run_contexts)
         log.tokens.append(self.last_tokens)
+        log.finished.append(done.size)
         self._advance(d, routed=hit.size)
         return d
 
