@@ -22,8 +22,8 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from tllm_sched.attention_dp.adp_router import NewRequests, make_router
-from tllm_sched.attention_dp.rank_state import RankFailure, failed_record
+from tllm_sched.attention_dp.adp_router import ROUTERS, NewRequests, make_router
+from tllm_sched.attention_dp.rank_state import RankFailure, failed_record, record_length
 from tllm_sched.attention_dp.ranks import AdpRank, AttentionDP, ContextBalance, StepDecision
 from tllm_sched.attention_dp.transport import InProcessGroup
 from tllm_sched.bench_workloads import TraceOptions, _PromptCache
@@ -51,6 +51,13 @@ class AdpOptions:
     def __post_init__(self):
         if self.dp_ranks <= 0:
             raise ValueError(f"dp_ranks must be positive, got {self.dp_ranks}")
+        if self.router not in ROUTERS:
+            raise ValueError(f"unknown router {self.router!r} (choose from {', '.join(ROUTERS)})")
+
+    @property
+    def record_length(self) -> int:
+        """Values in each rank's state record (what a TorchGroup must gather)."""
+        return record_length(self.route_window if ROUTERS[self.router].needs_prefix_matches else 0)
 
 
 def fingerprint(prompt: np.ndarray) -> int:
