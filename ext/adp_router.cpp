@@ -2,6 +2,7 @@
 #include "adp_router.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <vector>
 
 namespace tllm {
@@ -14,10 +15,34 @@ int64_t adp_tie_priority(int64_t request_id, int32_t rank) {
     return static_cast<int64_t>(x >> 1);
 }
 
-void adp_balance(const int64_t* tokens, const int32_t* candidates, int32_t k, const int64_t* rank_tokens,
-                 const int64_t* rank_requests, int32_t num_ranks, int64_t expected, int32_t* ranks) {
+namespace {
+/// The candidates sorted by tokens, largest first, keeping their order among equals.
+std::vector<int32_t> largest_first(const int64_t* tokens, const int32_t* candidates, int32_t k) {
     std::vector<int32_t> order(candidates, candidates + k);
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return tokens[a] > tokens[b]; });
+    return order;
+}
+}  // namespace
+
+int32_t adp_round_robin(const int64_t* tokens, const int32_t* candidates, int32_t k, const int64_t* rank_requests,
+                        int32_t num_ranks, int64_t max_active, int32_t start, int32_t* ranks) {
+    std::vector<int64_t> room(static_cast<size_t>(num_ranks));
+    int64_t total = 0;
+    for (size_t r = 0; r < room.size(); ++r) total += room[r] = std::max<int64_t>(max_active - rank_requests[r], 0);
+    int32_t turn = start;
+    for (int32_t i : largest_first(tokens, candidates, k)) {
+        if (total == 0) break;
+        while (room[static_cast<size_t>(turn)] == 0) turn = (turn + 1) % num_ranks;
+        ranks[i] = turn;
+        --room[static_cast<size_t>(turn)], --total;
+        turn = (turn + 1) % num_ranks;
+    }
+    return turn;
+}
+
+void adp_balance(const int64_t* tokens, const int32_t* candidates, int32_t k, const int64_t* rank_tokens,
+                 const int64_t* rank_requests, int32_t num_ranks, int64_t expected, int32_t* ranks) {
+    const std::vector<int32_t> order = largest_first(tokens, candidates, k);
     const size_t R = static_cast<size_t>(num_ranks);
     std::vector<int64_t> load(rank_tokens, rank_tokens + R), count(rank_requests, rank_requests + R);
     // A linear scan for the minimum: TensorRT-LLM's heap of (tokens, requests, rank) pops the same
@@ -53,39 +78,53 @@ void adp_kv_route(const int64_t* tokens, const int64_t* request_ids, const int64
         load[r] = static_cast<double>(rank_tokens[r]);
         if (count[r] < expected) eligible.push_back(static_cast<int32_t>(r));
     }
+    // Token counts are integers below 2**53 (the binding checks), so every sum of them is exact in a
+    // double in any order: the eligible total is kept up to date instead of re-added per request.
+    double total = 0.0;
+    for (int32_t r : eligible) total += load[static_cast<size_t>(r)];
+    auto tie_first = [&](int32_t i, int32_t a, int32_t b) {  // a before b among exact ties
+        return adp_tie_priority(request_ids[i], a) < adp_tie_priority(request_ids[i], b);
+    };
     for (int32_t i : order) {
         if (eligible.empty()) break;
         const int64_t t = tokens[i];
-        double total = 0.0;
         int64_t best_match = 0;
-        for (int32_t r : eligible) {
-            total += load[static_cast<size_t>(r)];
-            best_match = std::max(best_match, match(r, i));
-        }
+        for (int32_t r : eligible) best_match = std::max(best_match, match(r, i));
         const double denom = std::max(total, static_cast<double>(t));
         const bool affinity = static_cast<double>(best_match) / static_cast<double>(std::max<int64_t>(t, 1)) > threshold;
-        // scores first (independent divisions pipeline), then the minimum
         const size_t e = eligible.size();
-        for (size_t j = 0; j < e; ++j) {
-            const int32_t r = eligible[j];
-            score[j] = static_cast<double>(t - (affinity ? match(r, i) : 0)) +
-                       weight * (load[static_cast<size_t>(r)] / denom * static_cast<double>(t));
-        }
         size_t bj = 0;
-        for (size_t j = 1; j < e; ++j) {
-            const double l = load[static_cast<size_t>(eligible[j])], bl = load[static_cast<size_t>(eligible[bj])];
-            // exact ties are rare: hash only then
-            if (score[j] < score[bj] ||
-                (score[j] == score[bj] && (l < bl || (l == bl && adp_tie_priority(request_ids[i], eligible[j]) <
-                                                                     adp_tie_priority(request_ids[i], eligible[bj])))))
-                bj = j;
+        if (!affinity) {
+            // score = t + weight * (load / denom * t) never decreases as the load grows (weight >= 0,
+            // rounding is monotone), and exact ties go to the lower load: the least loaded rank wins.
+            for (size_t j = 1; j < e; ++j) {
+                const double l = load[static_cast<size_t>(eligible[j])], bl = load[static_cast<size_t>(eligible[bj])];
+                if (l < bl || (l == bl && tie_first(i, eligible[j], eligible[bj]))) bj = j;
+            }
+        } else {
+            for (size_t j = 0; j < e; ++j) {  // scores first: the divisions pipeline
+                const int32_t r = eligible[j];
+                score[j] = static_cast<double>(t - match(r, i)) +
+                           weight * (load[static_cast<size_t>(r)] / denom * static_cast<double>(t));
+            }
+            for (size_t j = 1; j < e; ++j) {
+                const double l = load[static_cast<size_t>(eligible[j])], bl = load[static_cast<size_t>(eligible[bj])];
+                if (score[j] < score[bj] ||
+                    (score[j] == score[bj] && (l < bl || (l == bl && tie_first(i, eligible[j], eligible[bj])))))
+                    bj = j;
+            }
         }
         const int32_t best = eligible[bj];
         const size_t b = static_cast<size_t>(best);
         ranks[i] = best;
         ++count[b];
-        load[b] += static_cast<double>(std::max<int64_t>(t - match(best, i), 0));
-        if (count[b] >= expected) eligible.erase(std::find(eligible.begin(), eligible.end(), best));
+        const double added = static_cast<double>(std::max<int64_t>(t - match(best, i), 0));
+        load[b] += added;
+        total += added;
+        if (count[b] >= expected) {
+            eligible.erase(eligible.begin() + static_cast<std::ptrdiff_t>(bj));
+            total -= load[b];
+        }
     }
 }
 

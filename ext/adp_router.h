@@ -21,6 +21,12 @@ struct MatchView {
 /// lower one; TensorRT-LLM shuffles the ranks with random.Random(request_id) instead).
 int64_t adp_tie_priority(int64_t request_id, int32_t rank);
 
+/// Round-robin: the `candidates`, largest first (stable), dealt to the ranks in turn from `start`,
+/// skipping ranks with `max_active` requests (counting the ones dealt); ranks[i] is set for each
+/// candidate placed. Returns the rank after the last one dealt to (`start` if none).
+int32_t adp_round_robin(const int64_t* tokens, const int32_t* candidates, int32_t k, const int64_t* rank_requests,
+                        int32_t num_ranks, int64_t max_active, int32_t start, int32_t* ranks);
+
 /// DefaultADPRouter's balance: the `candidates` (indices into `tokens`), largest first (stable),
 /// each go to the rank with the smallest (tokens, requests, rank) among ranks with fewer than
 /// `expected` requests; ranks[i] is set for each candidate placed (the rest keep their value).

@@ -34,8 +34,7 @@ def new(tokens, target=None, strict=None, fingerprint=None, ids=None):
 
 
 def route(name, backend, st_, nr, max_active, **opts):
-    router = make_router(name, backend, **opts) if name != "round-robin" else make_router(name)
-    r = router.route(st_, nr, max_active)
+    r = make_router(name, backend, **opts).route(st_, nr, max_active)
     return r.ranks.tolist(), r.expected_num_active_requests
 
 
@@ -175,8 +174,9 @@ def test_kv_refuses_a_queue_the_records_do_not_describe():
 # ---------------------------------------------------------------------------------- round-robin
 
 
-def test_round_robin_largest_first_continues_where_it_stopped():
-    router = make_router("round-robin")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_round_robin_largest_first_continues_where_it_stopped(backend):
+    router = make_router("round-robin", backend)
     # sorted: 1 (9), 2 (7), 0 (5), 3 (1) dealt to 0, 1, 2, 0
     assert router.route(states([0, 0, 0], [0, 0, 0]), new([5, 9, 7, 1]), 10).ranks.tolist() == [2, 0, 1, 0]
     # next turn starts at rank 1: 1 (4) -> 1, 0 (3) -> 2
@@ -185,14 +185,16 @@ def test_round_robin_largest_first_continues_where_it_stopped():
     assert router.route(states([0, 0, 0], [0, 0, 0]), new([1]), 10).ranks.tolist() == [0]
 
 
-def test_round_robin_skips_full_ranks_and_leaves_the_rest_queued():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_round_robin_skips_full_ranks_and_leaves_the_rest_queued(backend):
     # room [0, 2, 1]: round 0 deals ranks 1, 2; round 1 rank 1; the fourth request waits
-    r = make_router("round-robin").route(states([2, 0, 1], [0, 0, 0]), new([1, 1, 1, 1]), 2)
+    r = make_router("round-robin", backend).route(states([2, 0, 1], [0, 0, 0]), new([1, 1, 1, 1]), 2)
     assert r.ranks.tolist() == [1, 2, 1, -1]
 
 
-def test_round_robin_honours_targets_first():
-    r = make_router("round-robin").route(states([0, 0], [0, 0]), new([1, 5, 3], target=[-1, 1, -1]), 4)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_round_robin_honours_targets_first(backend):
+    r = make_router("round-robin", backend).route(states([0, 0], [0, 0]), new([1, 5, 3], target=[-1, 1, -1]), 4)
     assert r.ranks.tolist() == [1, 1, 0]  # 1 -> its target; then 2 (3) -> rank 0, 0 (1) -> rank 1
 
 
@@ -234,6 +236,13 @@ def test_the_cpp_kernels_check_their_inputs():
         _core.adp_balance(tok, np.array([0], dtype=np.int64), one, one, 3, r0)
     with pytest.raises(ValueError, match="one entry per rank"):
         _core.adp_balance(tok, np.array([0], dtype=np.int32), one, np.zeros(2, dtype=np.int64), 3, r0)
+    with pytest.raises(ValueError, match="one entry per request"):
+        _core.adp_balance(tok, None, one, one, 3, r0[:1])
+    with pytest.raises(TypeError, match="int32 numpy array or None"):
+        _core.adp_balance(tok, [0], one, one, 3, None)
+    with pytest.raises(ValueError, match="start must be a rank"):
+        _core.adp_round_robin(tok, None, one, 3, 1, None)
+    assert _core.adp_balance(tok, None, one, one, 3, None).tolist() == [0, 0]
     with pytest.raises(ValueError, match=r"expected shape \(ranks, requests\) = \(1, 2\)"):
         _core.adp_kv_route(tok, tok, tok, np.array([0], dtype=np.int32), np.zeros((2, 2), dtype=np.int64), one, one,
                            3, 1.0, 0.1, r0)
@@ -273,9 +282,8 @@ def test_every_rank_routes_alike_in_any_order_with_either_backend(world_case, na
     same gathered states, the ranks taking turns in a random order; every rank, and the other
     backend, must reach the same routing at every step, within the caps."""
     world, max_active, steps, order = world_case
-    backends = ["cpp"] if name == "round-robin" else BACKENDS
-    routers = {(r, b): make_router(name, b) if name != "round-robin" else make_router(name)
-               for r in range(world) for b in backends}
+    backends = BACKENDS
+    routers = {(r, b): make_router(name, b) for r in range(world) for b in backends}
     for active, tokens, uncached, matches, nr in steps:
         s = states(active, tokens, uncached, matches if name == "kv-aware" else None, queue_len=len(nr))
         results = {}

@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="step-time model: fixed ms per step (default 15)")
     t.add_argument("--step-token-ms", type=float, default=wl.TraceOptions.step_token_ms,
                    help="step-time model: ms per computed token (default 0.02)")
+    from tllm_sched import bench_dp
+
+    bench_dp.add_arguments(p)
     c = p.add_argument_group("compare")
     c.add_argument("--compare", metavar="BASELINE.json", help="compare with a saved results.json; exit 1 on regression")
     c.add_argument("--max-ratio", type=float, default=1.25, help="allowed growth of a backend's ratio to cpp (1.25)")
@@ -256,6 +259,12 @@ def _main(argv: Optional[List[str]]) -> int:
         raise UsageError("--max-ratio must be greater than 1")
     if args.current and not args.compare:
         raise UsageError("--current needs --compare BASELINE.json")
+    if args.dp_ranks:
+        from tllm_sched import bench_dp
+
+        return bench_dp.run(args)
+    if args.router or args.adp_balance:
+        raise UsageError("--router and --adp-balance need --dp-ranks N")
     baseline = report.load_results(args.compare) if args.compare else None
     if args.current:
         return _compare(baseline, report.load_results(args.current), args.max_ratio)

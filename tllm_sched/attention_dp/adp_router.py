@@ -139,15 +139,13 @@ class ADPRouter:
     @staticmethod
     def _targets(new: NewRequests, active: np.ndarray, max_active: int):
         """TensorRT-LLM's first pass, as array math: requests in order (strict ones first, stable)
-        that name a target rank go there while it has fewer than `max_active` requests.
-        Returns (ranks: int32, -1 where not placed; active counts after; the other requests'
-        indices in order, int32)."""
-        n = len(new)
-        ranks = np.full(n, -1, dtype=np.int32)
-        active = active.astype(np.int64)
-        order = np.arange(n, dtype=np.int32) if new.strict is None else np.argsort(~new.strict, kind="stable").astype(np.int32)
+        that name a target rank go there while it has fewer than `max_active` requests. Returns
+        (ranks: int32 with -1 where not placed, or None when nothing was; active counts after;
+        the other requests' indices in order as int32, or None for all of them in queue order)."""
+        order = None if new.strict is None or not new.strict.any() else np.argsort(~new.strict, kind="stable").astype(np.int32)
         if new.target_rank is None or not (new.target_rank >= 0).any():
-            return ranks, active, order
+            return None, active, order
+        order = np.arange(len(new), dtype=np.int32) if order is None else order
         want = new.target_rank[order]
         idx = order[want >= 0]
         tgt = want[want >= 0].astype(np.int64)
@@ -156,7 +154,9 @@ class ADPRouter:
         nth = np.empty_like(by_rank)  # how many earlier requests name the same target
         nth[by_rank] = np.arange(tgt.size) - np.searchsorted(sorted_tgt, sorted_tgt, side="left")
         ok = nth < np.maximum(max_active - active, 0)[tgt]
+        ranks = np.full(len(new), -1, dtype=np.int32)
         ranks[idx[ok]] = tgt[ok]
+        active = active.copy()
         np.add.at(active, tgt[ok], 1)
         return ranks, active, order[ranks[order] < 0]
 
@@ -167,23 +167,14 @@ class RoundRobinRouter(ADPRouter):
 
     name = "round-robin"
 
-    def __init__(self):
+    def __init__(self, backend: str = "cpp"):
+        self.backend = _backend(backend)
         self._next = 0  # the rank the next request goes to; evolves identically on every rank
 
     def _route(self, states, new, max_active):
         ranks, active, rest = self._targets(new, states.active_requests, max_active)
-        world = states.world_size
-        rest = rest[np.argsort(-new.num_tokens[rest], kind="stable")]
-        room = np.maximum(max_active - active, 0)
-        if int(room.min()) * world >= rest.size:  # every turn finds room: deal in plain turns
-            deal = (self._next + np.arange(rest.size)) % world
-        else:
-            turn = (np.arange(world) + self._next) % world
-            rounds = min(int(room.max()), rest.size)
-            deal = np.broadcast_to(turn, (rounds, world))[room[turn][None, :] > np.arange(rounds)[:, None]][:rest.size]
-        ranks[rest[:deal.size]] = deal
-        if deal.size:
-            self._next = (int(deal[-1]) + 1) % world
+        args = (new.num_tokens, rest, active, max_active, self._next, ranks)
+        ranks, self._next = _core.adp_round_robin(*args) if self.backend == "cpp" else _round_robin_python(*args)
         return Routing(ranks, max_active)
 
 
@@ -196,16 +187,15 @@ class LoadBalancedRouter(ADPRouter):
     name = "load"
 
     def __init__(self, backend: str = "cpp"):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        self.backend = backend
+        self.backend = _backend(backend)
 
     def _route(self, states, new, max_active):
         ranks, active, rest = self._targets(new, states.active_requests, max_active)
-        expected = min(max(-(-(int(active.sum()) + rest.size) // states.world_size), int(active.max())), max_active)
-        if rest.size:
-            args = (new.num_tokens, rest, np.ascontiguousarray(states.active_tokens), active, expected, ranks)
-            ranks = _core.adp_balance(*args) if self.backend == "cpp" else _balance_python(*args)
+        n_rest = len(new) if rest is None else rest.size
+        counts = active.tolist()  # a handful of ranks: plain Python beats two numpy reductions
+        expected = min(max(-(-(sum(counts) + n_rest) // states.world_size), max(counts)), max_active)
+        args = (new.num_tokens, rest, states.active_tokens, active, expected, ranks)
+        ranks = _core.adp_balance(*args) if self.backend == "cpp" else _balance_python(*args)
         return Routing(ranks, expected)
 
 
@@ -224,32 +214,37 @@ class KVCacheAwareRouter(ADPRouter):
 
     def __init__(self, backend: str = "cpp", *, load_balance_weight: float = 1.0, match_rate_threshold: float = 0.1,
                  fair_share_multiplier: float = 2.0):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         for name, v in (("load_balance_weight", load_balance_weight), ("match_rate_threshold", match_rate_threshold),
                         ("fair_share_multiplier", fair_share_multiplier)):
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-        self.backend = backend
+        self.backend = _backend(backend)
         self.load_balance_weight = float(load_balance_weight)
         self.match_rate_threshold = float(match_rate_threshold)
         self.fair_share_multiplier = float(fair_share_multiplier)
 
     def _route(self, states, new, max_active):
         ranks, active, rest = self._targets(new, states.active_requests, max_active)
-        load = states.uncached_tokens.astype(np.int64)
-        match = states.matches  # (ranks, requests), a view of the gathered records
-        hit = np.flatnonzero(ranks >= 0) if new.target_rank is not None else ()
-        if len(hit):
+        load, match = states.uncached_tokens, states.matches  # match: (ranks, requests), a view of the records
+        if ranks is not None:
+            hit = np.flatnonzero(ranks >= 0)
+            load = load.copy()
             np.add.at(load, ranks[hit], np.maximum(new.num_tokens[hit] - match[ranks[hit], hit], 0))
-        fair = -(-(int(active.sum()) + rest.size) // states.world_size)
-        expected = min(max(math.ceil(self.fair_share_multiplier * fair), int(active.max())), max_active)
-        if rest.size:
-            fingerprint = new.fingerprint if new.fingerprint is not None else np.zeros(len(new), dtype=np.int64)
-            args = (new.num_tokens, new.request_id, fingerprint, rest, match, load, active, expected,
-                    self.load_balance_weight, self.match_rate_threshold, ranks)
-            ranks = _core.adp_kv_route(*args) if self.backend == "cpp" else _kv_route_python(*args)
+        n_rest = len(new) if rest is None else rest.size
+        counts = active.tolist()
+        fair = -(-(sum(counts) + n_rest) // states.world_size)
+        expected = min(max(math.ceil(self.fair_share_multiplier * fair), max(counts)), max_active)
+        fingerprint = new.fingerprint if new.fingerprint is not None else np.zeros(len(new), dtype=np.int64)
+        args = (new.num_tokens, new.request_id, fingerprint, rest, match, load, active, expected,
+                self.load_balance_weight, self.match_rate_threshold, ranks)
+        ranks = _core.adp_kv_route(*args) if self.backend == "cpp" else _kv_route_python(*args)
         return Routing(ranks, expected)
+
+
+def _backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    return backend
 
 
 ROUTERS = {r.name: r for r in (RoundRobinRouter, LoadBalancedRouter, KVCacheAwareRouter)}
@@ -263,18 +258,41 @@ def make_router(name: str, backend: str = "cpp", **options) -> ADPRouter:
         return KVCacheAwareRouter(backend, **options)
     if options:
         raise ValueError(f"router {name!r} takes no options, got {', '.join(sorted(options))}")
-    return RoundRobinRouter() if name == "round-robin" else LoadBalancedRouter(backend)
+    return ROUTERS[name](backend)
 
 
 # ------------------------------------------------------------------ the greedy loops in plain Python
+
+
+def _candidates(candidates, n: int) -> list:
+    return list(range(n)) if candidates is None else candidates.tolist()
+
+
+def _initial(ranks, n: int) -> np.ndarray:
+    return np.full(n, -1, dtype=np.int32) if ranks is None else ranks.copy()
+
+
+def _round_robin_python(tokens, candidates, rank_requests, max_active, start, ranks) -> tuple:
+    """adp_round_robin in Python: deal largest first, skipping full ranks."""
+    room = [max(max_active - q, 0) for q in rank_requests.tolist()]
+    out, tok, turn, world = _initial(ranks, tokens.size), tokens.tolist(), start, len(room)
+    for i in sorted(_candidates(candidates, tokens.size), key=lambda i: tok[i], reverse=True):
+        if not any(room):
+            break
+        while room[turn] == 0:
+            turn = (turn + 1) % world
+        out[i] = turn
+        room[turn] -= 1
+        turn = (turn + 1) % world
+    return out, turn
 
 
 def _balance_python(tokens, candidates, rank_tokens, rank_requests, expected, ranks) -> np.ndarray:
     """adp_balance in Python: TensorRT-LLM's heap of (tokens, requests, rank)."""
     heap = [(t, q, r) for r, (t, q) in enumerate(zip(rank_tokens.tolist(), rank_requests.tolist())) if q < expected]
     heapq.heapify(heap)
-    out, tok = ranks.copy(), tokens.tolist()
-    for i in sorted(candidates.tolist(), key=lambda i: tok[i], reverse=True):
+    out, tok = _initial(ranks, tokens.size), tokens.tolist()
+    for i in sorted(_candidates(candidates, tokens.size), key=lambda i: tok[i], reverse=True):
         if not heap:
             break
         t, q, r = heapq.heappop(heap)
@@ -287,14 +305,20 @@ def _balance_python(tokens, candidates, rank_tokens, rank_requests, expected, ra
 def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_tokens, rank_requests, expected,
                      weight, threshold, ranks) -> np.ndarray:
     """adp_kv_route in Python: TensorRT-LLM's scoring loop, ties broken by `tie_priorities`."""
+    if tokens.size and int(tokens.min()) <= 0:
+        raise ValueError("tokens: every request needs at least one token")
+    if int(rank_tokens.min()) < 0:
+        raise ValueError("rank_tokens: must be >= 0")
+    if int(tokens.sum()) + int(rank_tokens.sum()) >= 2**53:  # (python ints: no overflow)
+        raise ValueError("token counts too large: they must sum to less than 2**53")
     world = rank_tokens.size
     load = [float(t) for t in rank_tokens.tolist()]
     count = rank_requests.tolist()
     eligible = [r for r in range(world) if count[r] < expected]
     match, tie = match.T.tolist(), tie_priorities(request_ids, world).tolist()
     tok, fp = tokens.tolist(), fingerprints.tolist()
-    out = ranks.copy()
-    for i in sorted(candidates.tolist(), key=lambda i: (fp[i], -tok[i])):
+    out = _initial(ranks, tokens.size)
+    for i in sorted(_candidates(candidates, tokens.size), key=lambda i: (fp[i], -tok[i])):
         if not eligible:
             break
         t, m, p = tok[i], match[i], tie[i]

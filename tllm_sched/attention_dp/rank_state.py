@@ -55,9 +55,6 @@ class Field(IntEnum):
 HEADER_LEN = len(Field)
 STATUS_OK = 0
 STATUS_FAILED = 1
-_COUNTS = (Field.ACTIVE_REQUESTS, Field.ACTIVE_TOKENS, Field.UNCACHED_TOKENS, Field.FREE_BLOCKS, Field.WAITING,
-           Field.CONTEXT, Field.GENERATION, Field.SCHEDULED_TOKENS, Field.LAST_TOKENS)
-
 
 class RankStateError(ValueError):
     """A gathered record that does not parse (another version or length, a rank out of place, ranks
@@ -131,43 +128,44 @@ def stack_records(records: Sequence[np.ndarray]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RankStates:
-    """Every rank's parsed state at one step: per-rank int64 columns (read-only views of the
-    gathered array) and the (world_size, queue_len) match lengths."""
+    """Every rank's parsed state at one step: per-rank int64 columns (contiguous, read-only) and the
+    (world_size, queue_len) match lengths (a view of the gathered array)."""
 
     step: int
     queue_len: int
     records: np.ndarray  # the gathered (world_size, length) array
+    fields: np.ndarray  # (HEADER_LEN, world_size): the headers, one contiguous row per Field
 
     @property
     def world_size(self) -> int:
         return int(self.records.shape[0])
 
     def column(self, field: Field) -> np.ndarray:
-        return self.records[:, field]
+        return self.fields[field]
 
     @property
     def active_requests(self) -> np.ndarray:
-        return self.records[:, Field.ACTIVE_REQUESTS]
+        return self.fields[Field.ACTIVE_REQUESTS]
 
     @property
     def active_tokens(self) -> np.ndarray:
-        return self.records[:, Field.ACTIVE_TOKENS]
+        return self.fields[Field.ACTIVE_TOKENS]
 
     @property
     def uncached_tokens(self) -> np.ndarray:
-        return self.records[:, Field.UNCACHED_TOKENS]
+        return self.fields[Field.UNCACHED_TOKENS]
 
     @property
     def context(self) -> np.ndarray:
-        return self.records[:, Field.CONTEXT]
+        return self.fields[Field.CONTEXT]
 
     @property
     def generation(self) -> np.ndarray:
-        return self.records[:, Field.GENERATION]
+        return self.fields[Field.GENERATION]
 
     @property
     def last_tokens(self) -> np.ndarray:
-        return self.records[:, Field.LAST_TOKENS]
+        return self.fields[Field.LAST_TOKENS]
 
     @property
     def matches(self) -> np.ndarray:
@@ -183,10 +181,43 @@ def parse_records(gathered: np.ndarray, *, length: int, step: int) -> RankStates
 
     Raises RankFailure if a rank sent a failure record, RankStateError if a record does not parse:
     another version, another length, row r not from rank r, another step, a queue head that is not
-    every rank's, or a negative count."""
+    every rank's, or a negative count. A handful of whole-array comparisons on the good path; the
+    message is worked out only when one fails."""
     if gathered.ndim != 2 or gathered.dtype != np.int64 or gathered.shape[1] != length or gathered.shape[0] == 0:
         raise RankStateError(f"gathered state records: expected an int64 (world_size, {length}) array, got "
                              f"{gathered.dtype} {gathered.shape}")
+    head = gathered[:, :HEADER_LEN]
+    want = _expected_head(gathered.shape[0], length)
+    want[:, Field.STEP] = step
+    want[:, Field.ACTIVE_REQUESTS:Field.QUEUE_LEN] = head[:, Field.ACTIVE_REQUESTS:Field.QUEUE_LEN]  # free values
+    want[:, Field.QUEUE_LEN:] = head[0, Field.QUEUE_LEN:]  # every rank's queue is rank 0's
+    queue_len = int(head[0, Field.QUEUE_LEN])
+    # every valid value is >= 0: one minimum checks all the counts and match lengths
+    if (head != want).any() or gathered.min() < 0 or (length > HEADER_LEN and queue_len > length - HEADER_LEN):
+        _refuse(gathered, length, step)
+    fields = head.T.copy()
+    fields.flags.writeable = False
+    return RankStates(step, queue_len, gathered, fields)
+
+
+_HEADS: dict = {}
+
+
+def _expected_head(world: int, length: int) -> np.ndarray:
+    """A (world, HEADER_LEN) scratch header with the values every record must hold (version,
+    length, rank, status), cached per shape; the caller fills in the rest."""
+    want = _HEADS.get((world, length))
+    if want is None:
+        want = np.zeros((world, HEADER_LEN), dtype=np.int64)
+        want[:, Field.VERSION], want[:, Field.LENGTH], want[:, Field.RANK] = RECORD_VERSION, length, np.arange(world)
+        want[:, Field.STATUS] = STATUS_OK
+        _HEADS[(world, length)] = want
+    return want
+
+
+def _refuse(gathered: np.ndarray, length: int, step: int) -> None:
+    """Raises the error of the first thing wrong in `gathered`, in this order: version, length,
+    failure, rank, step, queue, counts."""
     version = gathered[:, Field.VERSION]
     bad = np.flatnonzero(version != RECORD_VERSION)
     if bad.size:
@@ -221,8 +252,5 @@ def parse_records(gathered: np.ndarray, *, length: int, step: int) -> RankStates
     queue_len = int(head[0, 0])
     if queue_len < 0 or (length > HEADER_LEN and queue_len > length - HEADER_LEN):
         raise RankStateError(f"queue length {queue_len} does not fit the record's {length - HEADER_LEN} match slots")
-    negative = (gathered[:, list(_COUNTS)] < 0).any(axis=1) | (gathered[:, HEADER_LEN:HEADER_LEN + queue_len] < 0).any(axis=1)
-    bad = np.flatnonzero(negative)
-    if bad.size:
-        raise RankStateError(f"rank {int(bad[0])}'s state record holds a negative count")
-    return RankStates(step, queue_len, gathered)
+    negative = (gathered < 0).any(axis=1)
+    raise RankStateError(f"rank {int(np.flatnonzero(negative)[0])}'s state record holds a negative count")

@@ -66,9 +66,10 @@ class ContextBalancer:
 
     def run_contexts(self, context: np.ndarray, generation: np.ndarray) -> bool:
         """Whether the ranks run this step's scheduled contexts (False: every rank holds them)."""
-        all_have_free_slots = bool((generation < self.max_batch_size).all())
-        all_have_context = bool((context > 0).all())
-        all_have_generation = bool((generation > 0).all())
+        gen = generation.tolist()  # a handful of ranks: plain Python beats numpy reductions
+        all_have_free_slots = max(gen) < self.max_batch_size
+        all_have_context = min(context.tolist()) > 0
+        all_have_generation = min(gen) > 0
         if all_have_free_slots and all_have_context:
             self.waiting_iters = 0
             if all_have_generation:
