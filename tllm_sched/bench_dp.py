@@ -123,7 +123,9 @@ def run_trace(args) -> dict:
              "router us: the router call per rank per step; share: of the rank's host work per step (schedule, "
              "record with the prefix probe, parse, context balance, route)",
              "balance: mean over steps (with any tokens) of mean / max of the ranks' tokens computed "
-             "(TensorRT-LLM's balance ratio); weighted: sum of means / sum of maxima"]
+             "(TensorRT-LLM's balance ratio); SOL: the same weighted by step time, sum(time x balance) / sum(time) "
+             "(TensorRT-LLM's actual / speed-of-light throughput)",
+             "tokens: computed over the run, reused prefix excluded; latency: arrival to last token, simulated"]
     if any(r["truncated"] for r in results):
         notes.append(f"TRUNCATED: stopped at --max-steps {args.max_steps:,} before every request finished")
     return dict(format=FORMAT, kind="dp-trace", created=report.now_iso(), machine=report.machine_info(), config=cfg,
@@ -144,6 +146,11 @@ def _trace_metrics(res, router: str, balance: str) -> tuple:
     peak = tokens.max(axis=0)
     busy = peak > 0
     ratio = tokens.mean(axis=0)[busy] / peak[busy]
+    # TensorRT-LLM's speed-of-light ratio: sum of step time x balance over the elapsed time, with the
+    # step time of the model (the slowest rank's tokens decide)
+    e = res.ranks[0].engine_opts
+    step_ms = e.step_base_ms + e.step_token_ms * peak[busy]
+    latency = np.concatenate([np.frombuffer(r.log.latency_ms, dtype=np.float64) for r in ranks]) / 1e3
     stats = [r.engine.kv.get_kv_cache_stats() for r in ranks]
     reused = sum(int(s["reused_blocks"]) for s in stats)
     missed = sum(int(s["missed_blocks"]) for s in stats)
@@ -157,13 +164,14 @@ def _trace_metrics(res, router: str, balance: str) -> tuple:
         sched_median_us=_us(timers["sched_ns"], 50), record_median_us=_us(timers["record_ns"], 50),
         host_median_us=_us(host, 50),
         balance_ratio=float(ratio.mean()) if ratio.size else None,
-        balance_weighted=float(tokens.mean(axis=0).sum() / peak.sum()) if peak.sum() else None,
+        balance_sol=float((step_ms * ratio).sum() / step_ms.sum()) if ratio.size else None,
+        latency_mean_s=float(latency.mean()) if latency.size else None,
+        latency_p99_s=float(np.percentile(latency, 99)) if latency.size else None,
         reuse_hit_rate=reused / (reused + missed) if reused + missed else 0.0,
         rank_hit_rates=[float(s["cache_hit_rate"]) for s in stats],
         rank_tokens=tokens.sum(axis=1).tolist(), tokens_total=int(tokens.sum()),
         requests_done=int(sum(_arr(r.log.finished).sum() for r in ranks)),
-        contexts_held_steps=int((~held).sum()), simulated_s=ranks[0].clock / 1e3,
-        tokens_per_s=float(tokens.sum()) / (ranks[0].clock / 1e3) if ranks[0].clock else None, wall_s=res.wall_s)
+        contexts_held_steps=int((~held).sum()), simulated_s=ranks[0].clock / 1e3, wall_s=res.wall_s)
     return row, _series(ranks[0], tokens, busy)
 
 
@@ -187,15 +195,15 @@ def _series(rank0, tokens: np.ndarray, busy: np.ndarray, points: int = 200) -> d
 
 
 def format_trace_table(results: List[dict]) -> str:
-    head = ("router", "balance", "steps", "route us med/p99", "share", "coll/step", "balance", "weighted", "hit rate",
-            "rank hit rates", "done", "sim s", "tok/s")
+    head = ("router", "balance", "steps", "route us med/p99", "share", "coll/step", "balance", "SOL", "hit rate",
+            "rank hit rates", "tokens", "latency s mean/p99", "done")
     rows = [head]
     for r in results:
         rows.append((r["router"], r["balance"], f"{r['steps']:,}", f"{_f(r['route_median_us'])}/{_f(r['route_p99_us'])}",
                      _pct(r["route_share"]), f"{r['collectives_per_step']:.2f}", _pct(r["balance_ratio"]),
-                     _pct(r["balance_weighted"]), _pct(r["reuse_hit_rate"]),
-                     " ".join(f"{h:.3f}" for h in r["rank_hit_rates"]), str(r["requests_done"]),
-                     f"{r['simulated_s']:.0f}", _f(r["tokens_per_s"], ".0f")))
+                     _pct(r["balance_sol"]), _pct(r["reuse_hit_rate"]),
+                     " ".join(f"{h:.3f}" for h in r["rank_hit_rates"]), f"{r['tokens_total']:,}",
+                     f"{_f(r['latency_mean_s'], '.2f')}/{_f(r['latency_p99_s'], '.2f')}", str(r["requests_done"])))
     return _text_table(rows, left=2)
 
 
@@ -336,14 +344,15 @@ def _markdown(doc: dict, drawn: bool) -> str:
         t = doc["trace"]
         lines += [f"Trace `{t['path']}` ({t['format']}), {t['requests']:,} requests.", "",
                   "| router | balance | steps | route µs median / p99 | route share | collectives/step | balance | "
-                  "weighted | reuse hit rate | per-rank hit rates | done | simulated s | tokens/s |",
-                  "|---|---|" + "---:|" * 11]
+                  "SOL | reuse hit rate | per-rank hit rates | tokens computed | latency s mean / p99 | done | "
+                  "simulated s |", "|---|---|" + "---:|" * 12]
         for r in doc["results"]:
             lines.append(f"| {r['router']} | {r['balance']} | {r['steps']:,} | {_f(r['route_median_us'])} / "
                          f"{_f(r['route_p99_us'])} | {_pct(r['route_share'])} | {r['collectives_per_step']:.2f} | "
-                         f"{_pct(r['balance_ratio'])} | {_pct(r['balance_weighted'])} | {_pct(r['reuse_hit_rate'])} | "
-                         f"{' '.join(f'{h:.3f}' for h in r['rank_hit_rates'])} | {r['requests_done']:,} | "
-                         f"{r['simulated_s']:.0f} | {_f(r['tokens_per_s'], '.0f')} |")
+                         f"{_pct(r['balance_ratio'])} | {_pct(r['balance_sol'])} | {_pct(r['reuse_hit_rate'])} | "
+                         f"{' '.join(f'{h:.3f}' for h in r['rank_hit_rates'])} | {r['tokens_total']:,} | "
+                         f"{_f(r['latency_mean_s'], '.2f')} / {_f(r['latency_p99_s'], '.2f')} | "
+                         f"{r['requests_done']:,} | {r['simulated_s']:.0f} |")
     else:
         lines += ["| what | calls | median µs | mean µs | p99 µs | × decode step |", "|---|" + "---:|" * 5]
         for r in doc["results"]:
@@ -380,8 +389,9 @@ def _plot(doc: dict, path: str) -> bool:
             a2.bar(x + k * width - 0.4 + width / 2, [r["rank_hit_rates"][k] for r in res], width, label=f"rank {k}")
         a2.set(xticks=x, xticklabels=labels, ylabel="reuse hit rate", title="reuse hit rate per rank")
         a2.legend(fontsize="small")
-        a3.bar(x - 0.2, [r["balance_ratio"] or 0 for r in res], 0.4, label="balance")
-        a3.bar(x + 0.2, [r["reuse_hit_rate"] for r in res], 0.4, label="reuse hit rate (all ranks)")
+        a3.bar(x - 0.27, [r["balance_ratio"] or 0 for r in res], 0.27, label="balance")
+        a3.bar(x, [r["balance_sol"] or 0 for r in res], 0.27, label="SOL (time-weighted balance)")
+        a3.bar(x + 0.27, [r["reuse_hit_rate"] for r in res], 0.27, label="reuse hit rate (all ranks)")
         a3.axhline(0.877, color="gray", linestyle=":", label="TensorRT-LLM ADP balance: 87.7%")
         a3.set(xticks=x, xticklabels=labels, ylim=(0, 1.05), title="totals")
         a3.legend(fontsize="small")

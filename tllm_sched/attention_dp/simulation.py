@@ -164,6 +164,7 @@ class RankLog:
     run_contexts: array = field(default_factory=lambda: array("b"))
     tokens: array = field(default_factory=lambda: array("q"))  # tokens this rank computed per step
     finished: array = field(default_factory=lambda: array("q"))  # requests this rank finished per step
+    latency_ms: array = field(default_factory=lambda: array("d"))  # arrival to finish of each, simulated
     timers: dict = field(default_factory=lambda: {k: array("q") for k in _TIMERS})
 
     def routing_table(self) -> np.ndarray:
@@ -222,6 +223,8 @@ class SimRank:
         log.tokens.append(self.last_tokens)
         log.finished.append(done.size)
         self._advance(d, routed=hit.size)
+        if done.size:  # finished at the end of this step: the clock now (one step behind, like all of it)
+            log.latency_ms.extend((self.clock - self.queue.trace.arrival_ms[done]).tolist())
         return d
 
     def _advance(self, d: StepDecision, routed: int) -> None:
