@@ -8,9 +8,11 @@
 namespace tllm {
 
 int64_t adp_tie_priority(int64_t request_id, int32_t rank) {
-    uint64_t x = static_cast<uint64_t>(request_id) * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(rank) * 0xBF58476D1CE4E5B9ULL;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    constexpr uint64_t k0 = 0x9E3779B97F4A7C15u, k1 = 0xBF58476D1CE4E5B9u, k2 = 0x94D049BB133111EBu;
+    const uint64_t id = static_cast<uint64_t>(request_id), r = static_cast<uint64_t>(static_cast<uint32_t>(rank));
+    uint64_t x = id * k0 + r * k1;
+    x = (x ^ (x >> 30)) * k1;
+    x = (x ^ (x >> 27)) * k2;
     x ^= x >> 31;
     return static_cast<int64_t>(x >> 1);
 }
