@@ -358,20 +358,12 @@ def _markdown(doc: dict, drawn: bool) -> str:
         for r in doc["results"]:
             lines.append(f"| {r['name']} | {r['calls']} | {_f(r['median_us'])} | {_f(r['mean_us'])} | "
                          f"{_f(r['p99_us'])} | {_f(r['ratio_to_decode_step'], '.2f')} |")
-    lines.append("")
-    if drawn:
-        lines += ["![report](report.png)", ""]
-    lines += ["Configuration:", "", "```json", json.dumps(doc["config"], indent=1), "```", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + report.markdown_tail(doc, drawn))
 
 
 def _plot(doc: dict, path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = report.pyplot()
+    if plt is None:
         return False
     res = doc["results"]
     if doc["kind"] == "dp-trace":

@@ -143,29 +143,12 @@ class RankStates:
     def column(self, field: Field) -> np.ndarray:
         return self.fields[field]
 
-    @property
-    def active_requests(self) -> np.ndarray:
-        return self.fields[Field.ACTIVE_REQUESTS]
-
-    @property
-    def active_tokens(self) -> np.ndarray:
-        return self.fields[Field.ACTIVE_TOKENS]
-
-    @property
-    def uncached_tokens(self) -> np.ndarray:
-        return self.fields[Field.UNCACHED_TOKENS]
-
-    @property
-    def context(self) -> np.ndarray:
-        return self.fields[Field.CONTEXT]
-
-    @property
-    def generation(self) -> np.ndarray:
-        return self.fields[Field.GENERATION]
-
-    @property
-    def last_tokens(self) -> np.ndarray:
-        return self.fields[Field.LAST_TOKENS]
+    active_requests = property(lambda self: self.fields[Field.ACTIVE_REQUESTS])
+    active_tokens = property(lambda self: self.fields[Field.ACTIVE_TOKENS])
+    uncached_tokens = property(lambda self: self.fields[Field.UNCACHED_TOKENS])
+    context = property(lambda self: self.fields[Field.CONTEXT])
+    generation = property(lambda self: self.fields[Field.GENERATION])
+    last_tokens = property(lambda self: self.fields[Field.LAST_TOKENS])
 
     @property
     def matches(self) -> np.ndarray:
@@ -217,39 +200,30 @@ def _expected_head(world: int, length: int) -> np.ndarray:
 
 def _refuse(gathered: np.ndarray, length: int, step: int) -> None:
     """Raises the error of the first thing wrong in `gathered`, in this order: version, length,
-    failure, rank, step, queue, counts."""
-    version = gathered[:, Field.VERSION]
-    bad = np.flatnonzero(version != RECORD_VERSION)
-    if bad.size:
-        r = int(bad[0])
-        raise RankStateError(f"rank {r}'s state record has version {int(version[r])}, this rank reads version "
-                             f"{RECORD_VERSION}: mixed tllm_sched versions")
-    bad = np.flatnonzero(gathered[:, Field.LENGTH] != length)
-    if bad.size:
-        r = int(bad[0])
-        raise RankStateError(f"rank {r}'s state record says it has {int(gathered[r, Field.LENGTH])} values, "
-                             f"expected {length}: the ranks disagree on the record layout (match slots)")
-    failed = np.flatnonzero(gathered[:, Field.STATUS] != STATUS_OK)
-    if failed.size:
-        r = int(failed[0])
-        raise RankFailure(f"attention-DP rank {int(gathered[r, Field.RANK])} failed at step "
-                          f"{int(gathered[r, Field.STEP])} (its own error is in its log); stopping")
-    bad = np.flatnonzero(gathered[:, Field.RANK] != np.arange(gathered.shape[0]))
-    if bad.size:
-        r = int(bad[0])
-        raise RankStateError(f"state record {r} comes from rank {int(gathered[r, Field.RANK])}: records must be "
-                             f"gathered in rank order")
-    bad = np.flatnonzero(gathered[:, Field.STEP] != step)
-    if bad.size:
-        r = int(bad[0])
-        raise RankStateError(f"rank {r} is at step {int(gathered[r, Field.STEP])}, this rank at step {step}: "
-                             f"the ranks are out of step")
-    head = gathered[:, (Field.QUEUE_LEN, Field.QUEUE_DIGEST)]
-    bad = np.flatnonzero((head != head[0]).any(axis=1))
-    if bad.size:
-        raise RankStateError(f"rank {int(bad[0])} sees another waiting queue than rank 0 (length "
-                             f"{int(head[bad[0], 0])} vs {int(head[0, 0])}): every rank must hold the same queue")
-    queue_len = int(head[0, 0])
+    failure, rank, step, queue, counts (a record of another version may have another layout)."""
+    row0 = gathered[0]
+    queue = lambda r, v: (f"rank {r} sees another waiting queue than rank 0 (length {int(gathered[r, Field.QUEUE_LEN])} "  # noqa: E731
+                          f"vs {int(row0[Field.QUEUE_LEN])}): every rank must hold the same queue")
+    checks = (
+        (Field.VERSION, RECORD_VERSION, RankStateError, lambda r, v: f"rank {r}'s state record has version {v}, this "
+         f"rank reads version {RECORD_VERSION}: mixed tllm_sched versions"),
+        (Field.LENGTH, length, RankStateError, lambda r, v: f"rank {r}'s state record says it has {v} values, "
+         f"expected {length}: the ranks disagree on the record layout (match slots)"),
+        (Field.STATUS, STATUS_OK, RankFailure, lambda r, v: f"attention-DP rank {int(gathered[r, Field.RANK])} failed "
+         f"at step {int(gathered[r, Field.STEP])} (its own error is in its log); stopping"),
+        (Field.RANK, np.arange(gathered.shape[0]), RankStateError, lambda r, v: f"state record {r} comes from rank "
+         f"{v}: records must be gathered in rank order"),
+        (Field.STEP, step, RankStateError, lambda r, v: f"rank {r} is at step {v}, this rank at step {step}: the "
+         f"ranks are out of step"),
+        (Field.QUEUE_LEN, row0[Field.QUEUE_LEN], RankStateError, queue),
+        (Field.QUEUE_DIGEST, row0[Field.QUEUE_DIGEST], RankStateError, queue),
+    )
+    for field, want, error, message in checks:
+        bad = np.flatnonzero(gathered[:, field] != want)
+        if bad.size:
+            r = int(bad[0])
+            raise error(message(r, int(gathered[r, field])))
+    queue_len = int(row0[Field.QUEUE_LEN])
     if queue_len < 0 or (length > HEADER_LEN and queue_len > length - HEADER_LEN):
         raise RankStateError(f"queue length {queue_len} does not fit the record's {length - HEADER_LEN} match slots")
     negative = (gathered < 0).any(axis=1)

@@ -26,8 +26,7 @@ from tllm_sched.attention_dp.adp_router import ROUTERS, NewRequests, make_router
 from tllm_sched.attention_dp.rank_state import RankFailure, failed_record, record_length
 from tllm_sched.attention_dp.ranks import AdpRank, AttentionDP, ContextBalance, StepDecision
 from tllm_sched.attention_dp.transport import InProcessGroup
-from tllm_sched.bench_workloads import TraceOptions, _PromptCache
-from tllm_sched.config import ChunkingConfig, KvCacheConfig, SchedulerConfig
+from tllm_sched.bench_workloads import TraceOptions, _PromptCache, trace_engine
 from tllm_sched.replay import RunFailure
 
 __all__ = ["AdpOptions", "SimRank", "WaitingQueue", "run_rank", "simulate"]
@@ -140,22 +139,6 @@ class WaitingQueue:
         return out
 
 
-def engine_configs(trace, engine: TraceOptions) -> tuple:
-    """(SchedulerConfig, KvCacheConfig) of every rank, as the single-rank trace benchmark builds them."""
-    tpb = engine.tokens_per_block
-    total = trace.input_length.astype(np.int64) + trace.output_length
-    max_seq = int(-(-int(total.max()) // tpb) * tpb)
-    too_big = int((-(-total // tpb) > engine.num_blocks).sum())
-    if too_big:
-        raise RunFailure(f"{too_big} requests need more than a rank's KV cache of {engine.num_blocks} blocks; "
-                         f"raise --num-blocks or lower --trace-limit")
-    reuse = trace.format == "mooncake" if engine.reuse is None else engine.reuse
-    kv = KvCacheConfig(tokens_per_block=tpb, num_blocks=engine.num_blocks, max_seq_len=max_seq, enable_block_reuse=reuse)
-    cfg = SchedulerConfig(policy=engine.policy, max_num_requests=engine.max_num_requests,
-                          max_num_tokens=engine.max_num_tokens, chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", tpb))
-    return cfg, kv
-
-
 @dataclass
 class RankLog:
     """What one rank decided and measured, step by step."""
@@ -178,7 +161,7 @@ class SimRank:
     returns the record to gather, `after_gather(gathered)` decides and executes."""
 
     def __init__(self, rank: int, trace, opts: AdpOptions, engine: TraceOptions, prompts: _PromptCache):
-        cfg, kv = engine_configs(trace, engine)
+        cfg, kv = trace_engine(trace, engine)  # every rank: the single-rank trace benchmark's engine
         max_active = opts.max_num_active_requests or engine.max_num_requests
         self.rank, self.opts, self.engine_opts = rank, opts, engine
         self.engine = AdpRank(rank, cfg, kv, capacity=max_active, backend=opts.scheduler_backend)
