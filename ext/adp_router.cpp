@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <utility>
 #include <vector>
 
 namespace tllm {
@@ -18,11 +19,30 @@ int64_t adp_tie_priority(int64_t request_id, int32_t rank) {
 }
 
 namespace {
-/// The candidates sorted by tokens, largest first, keeping their order among equals.
-std::vector<int32_t> largest_first(const int64_t* tokens, const int32_t* candidates, int32_t k) {
-    std::vector<int32_t> order(candidates, candidates + k);
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return tokens[a] > tokens[b]; });
+/// `candidates` in the order of (key1, key2), ties kept in candidate order (what a stable sort
+/// gives): the keys are copied next to each candidate so that the sort touches one array.
+std::vector<int32_t> sorted_by(const int32_t* candidates, int32_t k, const int64_t* key1, const int64_t* key2,
+                               bool key2_descending) {
+    struct Item {
+        int64_t k1, k2;
+        int32_t position, request;
+    };
+    std::vector<Item> items(static_cast<size_t>(k));
+    for (int32_t j = 0; j < k; ++j) {
+        const int32_t i = candidates[j];
+        items[static_cast<size_t>(j)] = {key1 ? key1[i] : 0, key2_descending ? -key2[i] : key2[i], j, i};
+    }
+    std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+        return a.k1 != b.k1 ? a.k1 < b.k1 : a.k2 != b.k2 ? a.k2 < b.k2 : a.position < b.position;
+    });
+    std::vector<int32_t> order(static_cast<size_t>(k));
+    for (size_t j = 0; j < items.size(); ++j) order[j] = items[j].request;
     return order;
+}
+
+/// The candidates by tokens, largest first (stable).
+std::vector<int32_t> largest_first(const int64_t* tokens, const int32_t* candidates, int32_t k) {
+    return sorted_by(candidates, k, nullptr, tokens, /*key2_descending=*/true);
 }
 }  // namespace
 
@@ -67,10 +87,7 @@ void adp_kv_route(const int64_t* tokens, const int64_t* request_ids, const int64
                   const int32_t* candidates, int32_t k, MatchView match, const int64_t* rank_tokens,
                   const int64_t* rank_requests, int32_t num_ranks, int64_t expected, double weight, double threshold,
                   int32_t* ranks) {
-    std::vector<int32_t> order(candidates, candidates + k);
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-        return fingerprints[a] != fingerprints[b] ? fingerprints[a] < fingerprints[b] : tokens[a] > tokens[b];
-    });
+    const std::vector<int32_t> order = sorted_by(candidates, k, fingerprints, tokens, /*key2_descending=*/true);
     const size_t R = static_cast<size_t>(num_ranks);
     std::vector<double> load(R);
     std::vector<int64_t> count(rank_requests, rank_requests + R);

@@ -236,6 +236,14 @@ std::vector<int32_t> checked_candidates(nb::handle candidates, int32_t n) {
     return std::vector<int32_t>(p, p + k);
 }
 
+/// Attention DP: the new requests' prompt tokens, all positive.
+std::pair<const int64_t*, int32_t> checked_tokens(const AnyArray& tokens) {
+    auto [p, n] = checked<int64_t>(tokens, "tokens");
+    for (int32_t i = 0; i < n; ++i)
+        if (p[i] <= 0) throw InputError("tokens: every request needs at least one token");
+    return {p, n};
+}
+
 /// Attention DP: per-rank (tokens, requests) arrays of equal, non-zero length.
 std::tuple<const int64_t*, const int64_t*, int32_t> checked_ranks(const AnyArray& tokens, const AnyArray& requests) {
     auto [t, r] = checked<int64_t>(tokens, "rank_tokens");
@@ -253,15 +261,12 @@ std::vector<int32_t> initial_ranks(nb::handle ranks, int32_t n) {
     return std::vector<int32_t>(p, p + m);
 }
 
-/// Attention DP (KV-aware): positive request tokens, non-negative rank tokens, all of them summing to
+/// Attention DP (KV-aware): (positive) request tokens and non-negative rank tokens summing to
 /// less than 2**53 so that every sum of them is exact in a double (the router adds them up).
 void check_token_counts(const int64_t* tokens, int32_t n, const int64_t* rank_tokens, int32_t num_ranks) {
     constexpr int64_t kExact = int64_t{1} << 53;
     int64_t total = 0;
-    for (int32_t i = 0; i < n; ++i) {
-        if (tokens[i] <= 0) throw InputError("tokens: every request needs at least one token");
-        total = std::min(kExact, total + std::min(tokens[i], kExact));
-    }
+    for (int32_t i = 0; i < n; ++i) total = std::min(kExact, total + std::min(tokens[i], kExact));
     for (int32_t r = 0; r < num_ranks; ++r) {
         if (rank_tokens[r] < 0) throw InputError("rank_tokens: must be >= 0");
         total = std::min(kExact, total + std::min(rank_tokens[r], kExact));
@@ -883,7 +888,7 @@ NB_MODULE(_core, m) {
     // candidates: int32 request indices, None for all in order; ranks: the routing so far, None for all -1.
     m.def("adp_round_robin", [](const AnyArray& tokens, nb::handle candidates, const AnyArray& rank_requests,
                                 int64_t max_active, int32_t start, nb::handle ranks) {
-            auto [tp, n] = checked<int64_t>(tokens, "tokens");
+            auto [tp, n] = checked_tokens(tokens);
             std::vector<int32_t> cand = checked_candidates(candidates, n);
             auto [rq, R] = checked<int64_t>(rank_requests, "rank_requests");
             if (R == 0 || start < 0 || start >= R) throw InputError("round robin: start must be a rank of at least one");
@@ -894,7 +899,7 @@ NB_MODULE(_core, m) {
         "ranks"_a.none(), "Round-robin deal: (a copy of `ranks` with each placed candidate's rank, next start).");
     m.def("adp_balance", [](const AnyArray& tokens, nb::handle candidates, const AnyArray& rank_tokens,
                             const AnyArray& rank_requests, int64_t expected, nb::handle ranks) {
-            auto [tp, n] = checked<int64_t>(tokens, "tokens");
+            auto [tp, n] = checked_tokens(tokens);
             std::vector<int32_t> cand = checked_candidates(candidates, n);
             auto [rt, rq, R] = checked_ranks(rank_tokens, rank_requests);
             std::vector<int32_t> out = initial_ranks(ranks, n);
@@ -907,7 +912,7 @@ NB_MODULE(_core, m) {
                              nb::handle candidates, const Matrix& match, const AnyArray& rank_tokens,
                              const AnyArray& rank_requests, int64_t expected, double weight, double threshold,
                              nb::handle ranks) {
-            auto [tp, n] = checked<int64_t>(tokens, "tokens");
+            auto [tp, n] = checked_tokens(tokens);
             auto [ip, in] = checked<int64_t>(request_ids, "request_ids");
             auto [fp, fn] = checked<int64_t>(fingerprints, "fingerprints");
             if (in != n || fn != n) throw InputError("request_ids and fingerprints: expected one entry per request");

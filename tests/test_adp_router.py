@@ -165,6 +165,16 @@ def test_kv_no_eligible_rank_and_empty_queue(backend):
     assert route("kv-aware", backend, states([1, 2], [0, 0], matches=[[], []]), new([]), 8) == ([], 4)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kv_refuses_token_counts_it_cannot_sum_exactly(backend):
+    # the loop keeps the eligible total up to date instead of re-adding it: exact below 2**53 only
+    s = states([0, 0], [0, 0], uncached=[2**52, 2**52 - 8], matches=[[0], [0]], queue_len=1)
+    with pytest.raises(ValueError, match="must sum to less than 2\\*\\*53"):
+        make_router("kv-aware", backend).route(s, new([8]), 4)
+    s = states([0, 0], [0, 0], uncached=[2**52, 2**52 - 9], matches=[[0], [0]], queue_len=1)
+    assert make_router("kv-aware", backend).route(s, new([8]), 4).ranks.tolist() == [1]
+
+
 def test_kv_refuses_a_queue_the_records_do_not_describe():
     s = states([0, 0], [0, 0], matches=[[1], [2]], queue_len=1)
     with pytest.raises(ValueError, match="describe a queue head of 1"):
@@ -213,6 +223,10 @@ def test_bad_inputs_are_refused():
         new([5, 6], target=[1])
     with pytest.raises(TypeError, match="expected integers"):
         new([5.5])
+    with pytest.raises(TypeError, match="NewRequests.num_tokens: expected a 1-D int64 array of 2 entries"):
+        NewRequests(np.arange(2, dtype=np.int64), np.array([1, 2], dtype=np.int32))
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        NewRequests(np.arange(2, dtype=np.int64), np.array([1, -2], dtype=np.int64))
     with pytest.raises(ValueError, match="unknown router 'x'"):
         make_router("x")
     with pytest.raises(ValueError, match="takes no options"):
@@ -243,6 +257,8 @@ def test_the_cpp_kernels_check_their_inputs():
     with pytest.raises(ValueError, match="start must be a rank"):
         _core.adp_round_robin(tok, None, one, 3, 1, None)
     assert _core.adp_balance(tok, None, one, one, 3, None).tolist() == [0, 0]
+    with pytest.raises(ValueError, match="at least one token"):
+        _core.adp_round_robin(np.array([5, 0], dtype=np.int64), None, one, 3, 0, None)
     with pytest.raises(ValueError, match=r"expected shape \(ranks, requests\) = \(1, 2\)"):
         _core.adp_kv_route(tok, tok, tok, np.array([0], dtype=np.int32), np.zeros((2, 2), dtype=np.int64), one, one,
                            3, 1.0, 0.1, r0)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -61,25 +61,30 @@ class NewRequests:
     strict: Optional[np.ndarray] = None  # bool
     fingerprint: Optional[np.ndarray] = None  # int64
 
+    def __post_init__(self):
+        n = self.request_id.size
+        for name, dtype in (("request_id", np.int64), ("num_tokens", np.int64), ("target_rank", np.int32),
+                            ("strict", np.bool_), ("fingerprint", np.int64)):
+            a = getattr(self, name)
+            if a is None and name not in ("request_id", "num_tokens"):
+                continue
+            if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != (n,):
+                raise TypeError(f"NewRequests.{name}: expected a 1-D {np.dtype(dtype)} array of {n} entries "
+                                f"(NewRequests.make converts)")
+        if n and int(self.num_tokens.min()) <= 0:
+            raise ValueError("num_tokens: every request needs at least one prompt token")
+
     @classmethod
     def make(cls, request_id, num_tokens, target_rank=None, strict=None, fingerprint=None) -> "NewRequests":
-        """Checked constructor: 1-D arrays of one length, positive token counts."""
+        """From any integer sequences of one length (converted; a float or a wrong length is refused)."""
         ids = _int_array(request_id, "request_id", np.int64)
-        tokens = _int_array(num_tokens, "num_tokens", np.int64)
-        n = ids.size
-        if tokens.size != n:
-            raise ValueError(f"num_tokens: expected {n} entries, got {tokens.size}")
-        if n and int(tokens.min()) <= 0:
-            raise ValueError("num_tokens: every request needs at least one prompt token")
-        extra = []
-        for name, a, dtype in (("target_rank", target_rank, np.int32), ("strict", strict, np.bool_),
-                               ("fingerprint", fingerprint, np.int64)):
-            if a is not None:
-                a = _int_array(a, name, dtype)
-                if a.size != n:
-                    raise ValueError(f"{name}: expected {n} entries, got {a.size}")
-            extra.append(a)
-        return cls(ids, tokens, *extra)
+        arrays = [_int_array(a, name, dtype) if a is not None else None for name, a, dtype in (
+            ("num_tokens", num_tokens, np.int64), ("target_rank", target_rank, np.int32),
+            ("strict", strict, np.bool_), ("fingerprint", fingerprint, np.int64))]
+        for name, a in zip(("num_tokens", "target_rank", "strict", "fingerprint"), arrays):
+            if a is not None and a.size != ids.size:
+                raise ValueError(f"{name}: expected {ids.size} entries, got {a.size}")
+        return cls(ids, *arrays)
 
     def __len__(self) -> int:
         return int(self.request_id.size)
@@ -91,8 +96,7 @@ class NewRequests:
                            cut(self.fingerprint))
 
 
-@dataclass(frozen=True)
-class Routing:
+class Routing(NamedTuple):
     """One step's routing: the rank of each new request (-1: it stays queued), and the per-rank
     request count the router aimed at (TensorRT-LLM's expected_num_active_requests)."""
 
