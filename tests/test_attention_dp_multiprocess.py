@@ -60,7 +60,8 @@ def _worker(rank, case, out_dir):
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{case['port']}", rank=rank,
                                 world_size=case["world"], timeout=datetime.timedelta(seconds=60))
         opts = _options(case, rank)
-        group = TorchGroup(opts.record_length, timeout_s=case.get("timeout_s", 30))
+        group = TorchGroup(opts.record_length, timeout_s=case.get("timeout_s", 30), staged=case.get("staged"))
+        assert group.staged == bool(case.get("staged"))
         sim = run_rank(group, _trace(case), opts, TraceOptions(**ENGINE), max_steps=case["steps"], fail=fail)
         np.save(Path(out_dir) / f"routing{rank}.npy", sim.log.routing_table())
         result = dict(ok=True, steps=sim.step, collectives=group.collectives,
@@ -100,12 +101,13 @@ def _spawn(case, tmp_path, wait_s=90):
     return [json.loads(f.read_text()) if f.exists() else None for f in files]
 
 
-@pytest.mark.parametrize("world, router", [(2, "kv-aware"), (4, "load")])
-def test_every_rank_routes_as_the_in_process_simulation(world, router, tmp_path):
+@pytest.mark.parametrize("world, router, staged", [(2, "kv-aware", True), (4, "load", False)])
+def test_every_rank_routes_as_the_in_process_simulation(world, router, staged, tmp_path):
+    """staged: the record goes through a separate "device" tensor, NCCL's code path, on gloo."""
     from tllm_sched.attention_dp.simulation import simulate
     from tllm_sched.bench_workloads import TraceOptions
 
-    case = dict(world=world, router=router, limit=120, steps=300)
+    case = dict(world=world, router=router, limit=120, steps=300, staged=staged)
     results = _spawn(case, tmp_path)
     assert all(r is not None and r["ok"] for r in results), results
     ref = simulate(_trace(case), _options(case), TraceOptions(**ENGINE), max_steps=case["steps"])

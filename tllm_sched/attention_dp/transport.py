@@ -52,10 +52,11 @@ class TorchGroup:
     rank runs this record version and length). `device`: where the gathered tensor lives (default
     the current CUDA device for NCCL, the CPU otherwise). Pack each step's record into `record`
     (a numpy view of the host tensor) and call `all_gather(record)`; the result is a numpy view
-    that the next call overwrites."""
+    that the next call overwrites. `staged` (default: on for a device other than the CPU) gathers a
+    device copy of the record; staged on the CPU runs NCCL's code path on gloo (tests)."""
 
     def __init__(self, record_length: int, *, timeout_s: float = 60.0, backend: Optional[str] = None,
-                 device=None, ranks: Optional[Sequence[int]] = None):
+                 device=None, ranks: Optional[Sequence[int]] = None, staged: Optional[bool] = None):
         import torch
         import torch.distributed as dist
 
@@ -83,7 +84,8 @@ class TorchGroup:
         self._host_out = torch.zeros(self.world_size * self.length, dtype=torch.int64, pin_memory=pin)
         self.record = self._host_in.numpy()  # zero-copy: pack here
         self._gathered = self._host_out.numpy().reshape(self.world_size, self.length)
-        if self.device.type == "cpu":
+        self.staged = self.device.type != "cpu" if staged is None else bool(staged)
+        if not self.staged:
             self._dev_in, self._dev_out = self._host_in, self._host_out
         else:
             self._dev_in = torch.zeros(self.length, dtype=torch.int64, device=self.device)
@@ -107,7 +109,7 @@ class TorchGroup:
         torch = self._torch
         mine = torch.tensor([_MAGIC, RECORD_VERSION, self.length, self.rank], dtype=torch.int64)
         out = torch.zeros(self.world_size * 4, dtype=torch.int64)
-        if self.device.type == "cpu":
+        if not self.staged:
             self._gather(mine, out, what="the attention-DP handshake")
         else:
             dev_out = out.to(self.device)
