@@ -37,18 +37,21 @@ def add_arguments(parser) -> None:
 
     g = parser.add_argument_group("attention data parallelism (simulated in one process)")
     g.add_argument("--dp-ranks", type=_positive, metavar="N", help="simulate N attention-DP ranks: with --trace, "
-                   "replay it; alone, measure the routers' cost per step")
+                   "replay it (each rank schedules with the first of --backends); alone, measure the routers' cost")
     g.add_argument("--router", type=_list("router", list(ROUTERS)), help="round-robin, load, kv-aware, or a list "
                    "to compare side by side (default: load)")
-    g.add_argument("--adp-balance", type=_list("--adp-balance value", list(_BALANCE)),
+    g.add_argument("--adp-balance", type=_list("--adp-balance value", list(_BALANCE)), metavar="on,off",
                    help="context balancing on, off, or on,off to compare (default: on)")
     g.add_argument("--router-backend", choices=("cpp", "python"), default="cpp",
                    help="the routers' greedy loops (default cpp)")
-    g.add_argument("--route-window", type=_positive, default=256, help="queued requests routed per step at most")
-    g.add_argument("--max-num-active-requests", type=_positive, help="per-rank cap of the routers "
+    g.add_argument("--route-window", type=_positive, default=256, metavar="N",
+                   help="queued requests routed per step at most (default 256)")
+    g.add_argument("--max-num-active-requests", type=_positive, metavar="N", help="per-rank cap of the routers "
                    "(default: --max-num-requests)")
-    g.add_argument("--dp-new", type=_positive, default=256, help="router cost: new requests per step (default 256)")
-    g.add_argument("--dp-repeats", type=_positive, default=2000, help="router cost: timed calls each (default 2000)")
+    g.add_argument("--dp-new", type=_positive, default=256, metavar="N",
+                   help="router cost: new requests per step (default 256)")
+    g.add_argument("--dp-repeats", type=_positive, default=2000, metavar="N",
+                   help="router cost: timed calls each (default 2000)")
 
 
 def run(args) -> int:

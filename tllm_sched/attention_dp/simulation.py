@@ -240,16 +240,12 @@ class SimResult:
         return not self.ranks[0].done
 
 
-def _prompt_source(trace, users: int) -> _PromptCache:
-    return _PromptCache(trace, users)
-
-
 def simulate(trace, opts: AdpOptions, engine: TraceOptions, *, max_steps: Optional[int] = None,
              progress: Callable[[int], None] = lambda n: None) -> SimResult:
     """Replays `trace` on `opts.dp_ranks` ranks in this process, one all_gather per step. Checks
     every step that all ranks routed alike (they must: same inputs, same code)."""
     group = InProcessGroup(opts.dp_ranks)
-    prompts = _prompt_source(trace, opts.dp_ranks)
+    prompts = _PromptCache(trace, opts.dp_ranks)  # each prompt built once, for all ranks
     ranks = [SimRank(r, trace, opts, engine, prompts) for r in range(opts.dp_ranks)]
     limit = engine.max_steps if max_steps is None else max_steps
     t0 = time.perf_counter()
@@ -272,7 +268,7 @@ def run_rank(group, trace, opts: AdpOptions, engine: TraceOptions, *, max_steps:
     all_gather per step. `fail(step)` is called before each step (tests inject faults with it).
     If this rank raises, it sends a failure record in place of its next state record, so that every
     other rank stops with RankFailure at once, then re-raises."""
-    sim = SimRank(group.rank, trace, opts, engine, _prompt_source(trace, 1))
+    sim = SimRank(group.rank, trace, opts, engine, _PromptCache(trace, 1))
     if group.world_size != opts.dp_ranks:
         raise ValueError(f"the group has {group.world_size} ranks, the options say {opts.dp_ranks}")
     limit = engine.max_steps if max_steps is None else max_steps
