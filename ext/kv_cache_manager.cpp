@@ -208,6 +208,27 @@ void KVCacheManager::find_new_context_block_ids(const int32_t* slots, int32_t n,
     for (int32_t i = 0; i < n; ++i) ids[i] = find_new_context_block_id(slots[i], i == 0 && !continue_pass);
 }
 
+void KVCacheManager::probe_prefix_match_lengths(const int32_t* tokens, const int64_t* offsets, int32_t n,
+                                                const int64_t* lora_task_ids, int32_t* out) const {
+    const int32_t tpb = cfg_.tokens_per_block;
+    BlockKey key;
+    for (int32_t i = 0; i < n; ++i) {
+        out[i] = 0;
+        if (!cfg_.enable_block_reuse) continue;
+        const int64_t begin = offsets[i], usable = offsets[i + 1] - begin - 1;
+        key.lora_task_id = lora_task_ids ? lora_task_ids[i] : -1;
+        int32_t search = BlockPool::kRoot, matched = 0;
+        for (int64_t start = 0; start + tpb <= usable; start += tpb) {
+            const int32_t* b = tokens + begin + start;
+            key.tokens.assign(b, b + tpb);
+            search = pool_.find_child(search, key);
+            if (search < 0) break;
+            matched += tpb;
+        }
+        out[i] = matched;
+    }
+}
+
 // ---------------------------------------------------------------- scheduling accounting
 
 void KVCacheManager::start_scheduling() {

@@ -80,6 +80,13 @@ public:
     /// find_new_context_block_id of `n` slots into `ids`; the first starts a new pass unless
     /// `continue_pass` (then the ids compare with those of the calls since the last new pass).
     void find_new_context_block_ids(const int32_t* slots, int32_t n, bool continue_pass, int64_t* ids);
+    /// Attention-DP routing (TensorRT-LLM's probe_prefix_match_length, for many prompts at once): the
+    /// leading tokens of each prompt found in the reuse tree, in whole blocks. The full blocks of the
+    /// prompt without its last token (never reused, as in add_sequence) are matched exactly from the
+    /// root. Prompt i is tokens[offsets[i], offsets[i + 1]) with LoRA task lora_task_ids[i] (-1 or a
+    /// null array: none). A dry run: changes nothing, not even statistics. 0 without block reuse.
+    void probe_prefix_match_lengths(const int32_t* tokens, const int64_t* offsets, int32_t n,
+                                    const int64_t* lora_task_ids, int32_t* out) const;
 
     // --- counts ---
     int32_t num_free_blocks() const { return pool_.num_free_blocks(); }  ///< primary, cached blocks included

@@ -23,9 +23,9 @@ from typing import List, Optional
 
 from tllm_sched import bench_report as report
 from tllm_sched import bench_workloads as wl
+from tllm_sched.bench_args import PROG, UsageError, _count, _list, _positive, _progress
 from tllm_sched.registry import CAPACITY_POLICIES
 
-PROG = "tllm-sched bench"
 DEFAULTS = dict(workloads=list(wl.WORKLOADS), policies=list(wl.POLICIES), active=[64, 256, 1024, 4096], steps=1000,
                 warmup=20, seed=0)
 QUICK = dict(active=[64, 512], steps=100, warmup=5)
@@ -34,53 +34,6 @@ SWEEP = dict(steps=100, warmup=2)  # --prompt-length-sweep defaults
 # reuse skipping dominates); by default a trace run covers its first half of the requests.
 TRACE_DEFAULT_LIMIT: dict = {}  # per-format default request limits (none: every trace replays whole)
 # --policies spellings besides the names: each benched policy's short name and aliases.
-ALIASES = {a: p.name for p in CAPACITY_POLICIES.values() if p.name in wl.POLICIES for a in (p.short, *p.aliases)}
-
-
-class UsageError(ValueError):
-    """Invalid input (exit status 2)."""
-
-
-def _list(kind: str, choices=None, convert=str):
-    def parse(text: str):
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"empty {kind} list")
-        out = []
-        for t in items:
-            if kind == "policy":
-                t = ALIASES.get(t.upper(), t.upper())
-            try:
-                v = convert(t)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"bad {kind} {t!r}") from None
-            if choices is not None and v not in choices:
-                raise argparse.ArgumentTypeError(f"unknown {kind} {t!r} (choose from {', '.join(map(str, choices))})")
-            if convert is int and v <= 0:
-                raise argparse.ArgumentTypeError(f"{kind} must be positive, got {v}")
-            out.append(v)
-        return list(dict.fromkeys(out))
-    return parse
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
-    return v
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,23 +79,14 @@ def _parser() -> argparse.ArgumentParser:
                    type=_list("prompt length", convert=int),
                    help="instead of the grid: cost per step against the length of a cached shared prefix "
                    f"(default {','.join(map(str, wl.SWEEP_LENGTHS))} tokens; {SWEEP['steps']} steps; policy GNE)")
+    from tllm_sched import bench_dp
+
+    bench_dp.add_arguments(p)
     c = p.add_argument_group("compare")
     c.add_argument("--compare", metavar="BASELINE.json", help="compare with a saved results.json; exit 1 on regression")
     c.add_argument("--max-ratio", type=float, default=1.25, help="allowed growth of a backend's ratio to cpp (1.25)")
     c.add_argument("--current", metavar="RESULTS.json", help="compare this saved run instead of running one")
     return p
-
-
-def _progress(args, total: Optional[int], unit: str):
-    """(update callback, close callback): a tqdm bar on a terminal, silence otherwise."""
-    if args.no_progress or not sys.stderr.isatty():
-        return wl._noop, lambda: None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return wl._noop, lambda: None
-    bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
-    return bar.update, bar.close
 
 
 def _resolve(args, baseline: Optional[dict]) -> None:
@@ -309,6 +253,12 @@ def _main(argv: Optional[List[str]]) -> int:
         raise UsageError("--current needs --compare BASELINE.json")
     if args.prompt_length_sweep and (args.trace or args.compare):
         raise UsageError("--prompt-length-sweep runs alone (not with --trace or --compare)")
+    if args.dp_ranks:
+        from tllm_sched import bench_dp
+
+        return bench_dp.run(args)
+    if args.router or args.adp_balance:
+        raise UsageError("--router and --adp-balance need --dp-ranks N")
     baseline = report.load_results(args.compare) if args.compare else None
     if args.current:
         return _compare(baseline, report.load_results(args.current), args.max_ratio)

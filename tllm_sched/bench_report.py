@@ -220,19 +220,30 @@ def _markdown(doc: dict, drawn: bool) -> str:
                          f"{r['kv_util_mean']:.2f} / {r['kv_util_max']:.2f} | {r['reuse_hit_rate']:.3f} | "
                          f"{_fmt(r.get('key_walks_per_step'))} | {r['requests_done']} | {r['simulated_s']:.0f} |")
         lines.append("")
-    if drawn:
-        lines += ["![report](report.png)", ""]
-    lines += ["Configuration:", "", "```json", json.dumps(doc["config"], indent=1), "```", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + markdown_tail(doc, drawn))
 
 
-def _plot(doc: dict, path: str) -> bool:
+def markdown_tail(doc: dict, drawn: bool) -> List[str]:
+    """The end of a report.md: the picture (if drawn) and the configuration as JSON."""
+    return (["![report](report.png)", ""] if drawn else []) + [
+        "Configuration:", "", "```json", json.dumps(doc["config"], indent=1), "```", ""]
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None without matplotlib (an optional extra)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _plot(doc: dict, path: str) -> bool:
+    plt = pyplot()
+    if plt is None:
         return False
     draw = {"trace": _plot_trace, SWEEP: _plot_sweep}.get(doc["kind"], _plot_synthetic)
     fig = draw(plt, doc)

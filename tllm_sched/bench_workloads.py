@@ -54,7 +54,7 @@ from tllm_sched.scheduler import Scheduler
 __all__ = ["WORKLOADS", "POLICIES", "SWEEP_LENGTHS", "DecisionCheck", "DecisionMismatch", "FamilySource", "SimState",
            "StepResult", "SweepCase", "SyntheticCase", "TraceOptions", "add_growth", "build_synthetic_state",
            "decision_checksum", "measured_steps", "naive_steps", "warmup_steps", "probe_backends", "run_sweep_case",
-           "run_synthetic_case", "run_trace", "timing_stats"]
+           "run_synthetic_case", "run_trace", "timing_stats", "trace_engine"]
 
 WORKLOADS = ("decode", "mixed", "reuse")
 POLICIES = BENCH_POLICIES
@@ -584,15 +584,8 @@ class TraceOptions:
 class _TraceState:
     """A SimState plus the trace cursor, simulated clock and per-step records."""
 
-    def __init__(self, trace, backend: str, opt: TraceOptions, max_seq: int, prompts: "_PromptCache"):
-        tpb = opt.tokens_per_block
-        reuse = trace.format == "mooncake" if opt.reuse is None else opt.reuse
-        kv_cfg = KvCacheConfig(tokens_per_block=tpb, num_blocks=opt.num_blocks, max_seq_len=max_seq,
-                               enable_block_reuse=reuse)
-        cfg = SchedulerConfig(policy=opt.policy, max_num_requests=opt.max_num_requests,
-                              max_num_tokens=opt.max_num_tokens,
-                              chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", tpb))
-        self.sim = SimState(backend, cfg, kv_cfg, capacity=len(trace))
+    def __init__(self, trace, backend: str, opt: TraceOptions, engine: tuple, prompts: "_PromptCache"):
+        self.sim = SimState(backend, *engine, capacity=len(trace))
         self.trace, self.opt, self.prompts = trace, opt, prompts
         self.arrival = trace.arrival_ms
         self.next, self.clock, self.steps, self.stall, self.done_requests = 0, 0.0, 0, 0, 0
@@ -651,8 +644,9 @@ class _PromptCache:
         return hit[0]
 
 
-def run_trace(trace, backends: Sequence[str], opt: TraceOptions, progress: Progress = _noop) -> Dict:
-    """Replays `trace` on every backend, interleaved; returns {"results": [...], "series": {...}, ...}."""
+def trace_engine(trace, opt: TraceOptions) -> tuple:
+    """(SchedulerConfig, KvCacheConfig) of a trace replay: max_seq_len the longest request in whole
+    blocks, reuse on for Mooncake unless set. RunFailure if a request can never fit the cache."""
     tpb = opt.tokens_per_block
     total = trace.input_length.astype(np.int64) + trace.output_length
     max_seq = int(-(-int(total.max()) // tpb) * tpb)
@@ -660,8 +654,20 @@ def run_trace(trace, backends: Sequence[str], opt: TraceOptions, progress: Progr
     if too_big:
         raise RunFailure(f"{too_big} requests need more than the KV cache's {opt.num_blocks} blocks; "
                          f"raise --num-blocks or lower --trace-limit")
+    reuse = trace.format == "mooncake" if opt.reuse is None else opt.reuse
+    kv_cfg = KvCacheConfig(tokens_per_block=tpb, num_blocks=opt.num_blocks, max_seq_len=max_seq,
+                           enable_block_reuse=reuse)
+    cfg = SchedulerConfig(policy=opt.policy, max_num_requests=opt.max_num_requests, max_num_tokens=opt.max_num_tokens,
+                          chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", tpb))
+    return cfg, kv_cfg
+
+
+def run_trace(trace, backends: Sequence[str], opt: TraceOptions, progress: Progress = _noop) -> Dict:
+    """Replays `trace` on every backend, interleaved; returns {"results": [...], "series": {...}, ...}."""
+    engine = trace_engine(trace, opt)
+    max_seq = engine[1].max_seq_len
     prompts = _PromptCache(trace, len(backends))
-    states = [_TraceState(trace, b, opt, max_seq, prompts) for b in backends]
+    states = [_TraceState(trace, b, opt, engine, prompts) for b in backends]
     check = DecisionCheck([s.sim for s in states], f"trace:{trace.format} {POLICY_SHORT.get(opt.policy, opt.policy)}")
     t0 = time.perf_counter()
     i = 0

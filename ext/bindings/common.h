@@ -47,5 +47,6 @@ void bind_policy_enums(nb::module_& m);   // schedulers.cpp
 void bind_request_table(nb::module_& m);  // request_table.cpp: RequestTable, LlmRequest, RequestList
 void bind_kv_cache(nb::module_& m);       // kv_cache.cpp: KVCacheManager, PeftCacheManager
 void bind_schedulers(nb::module_& m);     // schedulers.cpp
+void bind_attention_dp(nb::module_& m);   // attention_dp.cpp: the routers' loops
 
 }  // namespace tllm::bindings

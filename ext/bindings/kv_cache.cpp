@@ -174,6 +174,27 @@ void bind_kv_cache(nb::module_& m) {
             }, "slots"_a.noconvert(), "continue_pass"_a = false,
             "Key ids: equal ids iff equal first-new-block keys, within one call or across calls made with "
             "continue_pass=True after it; -1 for none.")
+        .def("probe_prefix_match_lengths", [](const KVCacheManager& k, const AnyArray& tokens, const AnyArray& offsets,
+                                               nb::handle lora_task_ids) {
+                auto [tp, tn] = checked<int32_t>(tokens, "tokens");
+                auto [op, on] = checked<int64_t>(offsets, "offsets");
+                if (on == 0) throw InputError("offsets: expected n + 1 entries, got none");
+                for (int32_t i = 0; i < on; ++i)
+                    if (op[i] < (i ? op[i - 1] : 0) || op[i] > tn)
+                        throw InputError("offsets: must rise from >= 0 to at most len(tokens); entry " + std::to_string(i) + " does not");
+                const int64_t* lp = nullptr;
+                if (!lora_task_ids.is_none()) {
+                    if (!nb::isinstance<AnyArray>(lora_task_ids)) throw TypeInputError("lora_task_ids: expected an int64 numpy array or None");
+                    auto [l, ln] = checked<int64_t>(nb::cast<AnyArray>(lora_task_ids, false), "lora_task_ids");
+                    if (ln != on - 1) throw InputError("lora_task_ids: expected one entry per prompt");
+                    lp = l;
+                }
+                std::vector<int32_t> out(static_cast<size_t>(on - 1));
+                k.probe_prefix_match_lengths(tp, op, on - 1, lp, out.data());
+                return to_numpy(std::move(out));
+            }, "tokens"_a.noconvert(), "offsets"_a.noconvert(), "lora_task_ids"_a = nb::none(),
+            "Attention-DP routing: cached leading tokens (whole blocks, last token excluded) of each prompt "
+            "tokens[offsets[i]:offsets[i+1]]; a dry run that changes nothing.")
         .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const AnyArray& slots) {
                 return per_slot(k.table(), slots, [&](int32_t s) { return k.sequence_num_blocks(s); });
             }, "slots"_a.noconvert())
