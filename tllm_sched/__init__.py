@@ -28,10 +28,20 @@ def _add_installed_extension_dir() -> None:
 
 _add_installed_extension_dir()
 
+try:
+    import tllm_sched._core  # noqa: E402, F401
+except ModuleNotFoundError as _e:  # a source checkout nobody built: say what to do
+    if _e.name != "tllm_sched._core":
+        raise
+    raise ModuleNotFoundError(
+        "tllm_sched._core, the package's C++ extension, is not built: build/install the package first: "
+        "pip install .  (for development: pip install --no-build-isolation -e .)", name=_e.name) from None
+
 from tllm_sched._core import (  # noqa: E402
     CapacityScheduler,
     CapacitySchedulerPolicy,
     ContextChunkingPolicy,
+    Executor,
     KVCacheManager,
     LlmRequest,
     LlmRequestState,
@@ -51,6 +61,7 @@ __all__ = [
     "CapacityScheduler",
     "CapacitySchedulerPolicy",
     "ContextChunkingPolicy",
+    "Executor",
     "KVCacheManager",
     "LlmRequest",
     "LlmRequestState",

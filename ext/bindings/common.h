@@ -41,5 +41,6 @@ void bind_policy_enums(nb::module_& m);   // schedulers.cpp
 void bind_request_table(nb::module_& m);  // request_table.cpp: RequestTable, LlmRequest, RequestList
 void bind_kv_cache(nb::module_& m);       // kv_cache.cpp: KVCacheManager, PeftCacheManager
 void bind_schedulers(nb::module_& m);     // schedulers.cpp
+void bind_executor(nb::module_& m);       // executor.cpp: Executor, SimExecutor
 
 }  // namespace tllm::bindings
