@@ -6,9 +6,11 @@
 // [context_current_position, + context_chunk_size); a generation row one token, at position
 // num_tokens - 1 (the last sampled token, fed back). The layouts:
 //   block table   [rows, width] int32: row r lists the blocks of row r's sequence in order (block i
-//                 holds positions [i * tpb, (i + 1) * tpb)), then 0 up to `width`. This is vLLM's
-//                 block_table, and what TensorRT-LLM's copy_batch_block_offsets writes per pool and
-//                 sequence for K and for V (there scaled to page offsets; absent blocks also 0).
+//                 holds positions [i * tpb, (i + 1) * tpb)), then 0 up to the step's widest row
+//                 (max_blocks_per_row); columns past it are left as they are (a kernel reads a row
+//                 only up to its sequence length). This is vLLM's block_table, and what
+//                 TensorRT-LLM's copy_batch_block_offsets writes per pool and sequence for K and for
+//                 V (there scaled to page offsets, absent blocks 0).
 //   slot mapping  [tokens] int32 or int64: for each token written, row by row and position by
 //                 position, block_id * tpb + position % tpb (vLLM's slot_mapping).
 //   token inputs  [tokens] int32 each: the token ids fed and their positions, in the same order.
@@ -37,7 +39,7 @@ inline void step_positions(const RequestTable& t, int32_t s, int32_t* first, int
 int64_t count_step_tokens(const RequestTable& t, const int32_t* rows, int32_t n);
 /// The most blocks any row's sequence holds (the narrowest block table that fits).
 int32_t max_blocks_per_row(const KVCacheManager& kv, const int32_t* rows, int32_t n);
-/// Rows of `width` entries, `row_stride` apart; the caller checked width >= max_blocks_per_row.
+/// Rows of `width` = max_blocks_per_row entries, `row_stride` apart (the caller checked the room).
 void fill_block_tables(const KVCacheManager& kv, const int32_t* rows, int32_t n, int32_t* out, int64_t row_stride,
                        int32_t width);
 /// count_step_tokens entries; the caller checked the room and that slot ids fit T.

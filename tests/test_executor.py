@@ -49,7 +49,8 @@ class Loop:
 
     def layout(self):
         """Everything the prepared step tells the model, as lists (a fresh buffer per call, pre-filled
-        with -7 to show what is written and what is left alone)."""
+        with -7 to show what is written and what is left alone: block-table columns past the step's
+        widest row stay -7)."""
         ex = self.ex
         table = np.full((6, self.WIDTH), -7, dtype=np.int32)
         slots = np.full(40, -7, dtype=np.int64)
@@ -73,7 +74,7 @@ def test_layouts_reused_prefix_partial_copy_partial_last_block_and_pause_resume(
     a = w.add(1, P)
     # Step 1: A's whole prompt. Blocks 0, 1, 2 from the queue front; the last one holds 2 tokens.
     w.ex.prepare(step(context=[a]))
-    assert w.layout() == dict(rows=[1], tables=[[0, 1, 2, 0, 0, 0]], slots=list(range(10)), ids=P,
+    assert w.layout() == dict(rows=[1], tables=[[0, 1, 2, -7, -7, -7]], slots=list(range(10)), ids=P,
                               positions=list(range(10)), query_lens=[10], seq_lens=[10], copies=[])
     assert w.ex.commit([100]).tolist() == []          # A stores blocks 0 [10..13] and 1 [14..17]
     assert a.state == S.GENERATION_IN_PROGRESS and a.get_tokens() == P + [100]
@@ -88,7 +89,7 @@ def test_layouts_reused_prefix_partial_copy_partial_last_block_and_pause_resume(
     assert (b.prepopulated_prompt_len, c.prepopulated_prompt_len) == (8, 6)
     assert w.layout() == dict(
         rows=[2, 3, 1],
-        tables=[[0, 1, 3, 0, 0, 0], [0, 4, 5, 0, 0, 0], [0, 1, 2, 0, 0, 0]],
+        tables=[[0, 1, 3, -7, -7, -7], [0, 4, 5, -7, -7, -7], [0, 1, 2, -7, -7, -7]],
         slots=[3 * 4 + 0, 3 * 4 + 1, 4 * 4 + 2, 4 * 4 + 3, 5 * 4 + 0, 5 * 4 + 1, 2 * 4 + 2],
         ids=[18, 19, 50, 51, 52, 53, 100],
         positions=[8, 9, 6, 7, 8, 9, 10],
@@ -98,7 +99,7 @@ def test_layouts_reused_prefix_partial_copy_partial_last_block_and_pause_resume(
 
     # Step 3: three generations, each inside its partly filled last block.
     w.ex.prepare(step(generation=[a, b, c]))
-    assert w.layout() == dict(rows=[1, 2, 3], tables=[[0, 1, 2, 0, 0, 0], [0, 1, 3, 0, 0, 0], [0, 4, 5, 0, 0, 0]],
+    assert w.layout() == dict(rows=[1, 2, 3], tables=[[0, 1, 2, -7, -7, -7], [0, 1, 3, -7, -7, -7], [0, 4, 5, -7, -7, -7]],
                               slots=[2 * 4 + 3, 3 * 4 + 2, 5 * 4 + 2], ids=[101, 200, 300], positions=[11, 10, 10],
                               query_lens=[1, 1, 1], seq_lens=[12, 11, 11], copies=[])
     w.ex.commit([102, 201, 301])
@@ -107,7 +108,7 @@ def test_layouts_reused_prefix_partial_copy_partial_last_block_and_pause_resume(
     # stores all its blocks: 2 [18, 19, 100, 101] under 1, and 6 [102] under 2. It releases 6 and 2
     # (to the queue's back); 1 and 0 stay held by B and C.
     w.ex.prepare(step(generation=[a]))
-    assert w.layout()["tables"] == [[0, 1, 2, 6, 0, 0]] and w.layout()["slots"] == [6 * 4 + 0]
+    assert w.layout()["tables"] == [[0, 1, 2, 6, -7, -7]] and w.layout()["slots"] == [6 * 4 + 0]
     assert w.ex.commit([103]).tolist() == [a.slot]
     assert a.state == S.GENERATION_COMPLETE and not w.kv.has_sequence(1)
     assert w.kv.free_queue(0).tolist()[-2:] == [6, 2]
@@ -117,16 +118,17 @@ def test_layouts_reused_prefix_partial_copy_partial_last_block_and_pause_resume(
     w.ex.prepare(step(paused=[b], generation=[c]))
     assert b.state == S.CONTEXT_INIT and b.prompt_len == 12 and b.max_new_tokens == 2
     assert not w.kv.has_sequence(2) and w.kv.free_queue(0).tolist()[-4:] == [6, 2, 3, 1]
-    assert w.layout() == dict(rows=[3], tables=[[0, 4, 5, 0, 0, 0]], slots=[5 * 4 + 3], ids=[301], positions=[11],
+    assert w.layout() == dict(rows=[3], tables=[[0, 4, 5, -7, -7, -7]], slots=[5 * 4 + 3], ids=[301], positions=[11],
                               query_lens=[1], seq_lens=[12], copies=[])
     w.ex.commit([302])
 
     # Step 6: B resumes. Blocks 0 (held by C) and 1 (free, still cached) match fully; of block 2
     # (cached, free, with child 6) 2 tokens match, so they are copied into the queue front, 7. B
     # recomputes positions 10 and 11 (its generated tokens 200, 201). C's position 12 opens block 8.
+    # B's row is padded with 0 up to C's 4 blocks, the step's widest row.
     w.ex.prepare(step(context=[b], generation=[c]))
     assert b.prepopulated_prompt_len == 10
-    assert w.layout() == dict(rows=[2, 3], tables=[[0, 1, 7, 0, 0, 0], [0, 4, 5, 8, 0, 0]],
+    assert w.layout() == dict(rows=[2, 3], tables=[[0, 1, 7, 0, -7, -7], [0, 4, 5, 8, -7, -7]],
                               slots=[7 * 4 + 2, 7 * 4 + 3, 8 * 4 + 0], ids=[200, 201, 302], positions=[10, 11, 12],
                               query_lens=[2, 1], seq_lens=[12, 13], copies=[[2, 7, 2]])
     assert sorted(w.ex.commit([202, 303]).tolist()) == [c.slot]  # C: 4 tokens; B: 1 of its 2
@@ -139,12 +141,12 @@ def test_chunked_context_rows_write_their_chunk_only():
     a = w.add(1, list(range(100, 114)))               # 14 tokens: 4 blocks
     a.context_chunk_size = 6
     w.ex.prepare(step(context=[a]))
-    assert w.layout() == dict(rows=[1], tables=[[0, 1, 2, 3, 0, 0]], slots=list(range(6)), ids=list(range(100, 106)),
+    assert w.layout() == dict(rows=[1], tables=[[0, 1, 2, 3, -7, -7]], slots=list(range(6)), ids=list(range(100, 106)),
                               positions=list(range(6)), query_lens=[6], seq_lens=[6], copies=[])
     assert w.ex.commit([-1]).tolist() == [] and a.get_tokens() == list(range(100, 114))  # token ignored
     assert a.context_current_position == 6 and a.context_chunk_size == 6
     w.ex.prepare(step(context=[a]))                    # the next chunk: positions 6..11, the blocks it had
-    assert w.layout()["slots"] == list(range(6, 12)) and w.layout()["tables"] == [[0, 1, 2, 3, 0, 0]]
+    assert w.layout()["slots"] == list(range(6, 12)) and w.layout()["tables"] == [[0, 1, 2, 3, -7, -7]]
     w.ex.commit([0])
     a.context_chunk_size = 6
     w.ex.prepare(step(context=[a]))                    # clamped to the 2 tokens left: the last chunk
@@ -161,7 +163,7 @@ def test_torch_buffers_are_filled_in_place_and_torch_tokens_are_committed():
     table = torch.full((2, 6), -7, dtype=torch.int32)
     slots = torch.zeros(16, dtype=torch.int64)
     assert w.ex.block_tables(table) == 1 and w.ex.slot_mapping(slots[4:]) == 10  # a view: an offset buffer
-    assert table.tolist() == [[0, 1, 2, 0, 0, 0], [-7] * 6] and slots.tolist() == [0] * 4 + list(range(10)) + [0, 0]
+    assert table.tolist() == [[0, 1, 2, -7, -7, -7], [-7] * 6] and slots.tolist() == [0] * 4 + list(range(10)) + [0, 0]
     assert w.ex.block_tables(table[:, :3]) == 1                 # a column slice: row stride 6, width 3
     w.ex.commit(torch.tensor([100]))                             # int64, checked
     assert a.get_tokens()[-1] == 100

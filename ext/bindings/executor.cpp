@@ -139,13 +139,12 @@ void bind_executor(nb::module_& m) {
                                      " blocks, the buffer has " + std::to_string(b.cols) + " columns (size it for "
                                      "ceil(max_seq_len / tokens_per_block) = " +
                                      std::to_string(ceil_div(e.kv()->config().max_seq_len, e.kv()->tokens_per_block())) + ")");
-                fill_block_tables(*e.kv(), rows.data(), n, static_cast<int32_t*>(b.data), b.row_stride,
-                                  static_cast<int32_t>(b.cols));
+                fill_block_tables(*e.kv(), rows.data(), n, static_cast<int32_t*>(b.data), b.row_stride, most);
                 return n;
             }, "out"_a.none(),
             "Fills rows [0, num_rows) of the caller's [rows, width] int32 buffer (numpy or torch, host memory) with "
-            "each row's block ids in order, then 0 up to width (vLLM's block_table). Returns num_rows. Rows past "
-            "num_rows are not touched.")
+            "each row's block ids in order, then 0 up to max_blocks_per_row (vLLM's block_table). Returns num_rows. "
+            "Rows past num_rows and columns past max_blocks_per_row are not touched.")
         .def("slot_mapping", [](const Executor& e, nb::handle out) {
                 const auto& rows = prepared_rows(e, "Executor.slot_mapping");
                 OutBuffer b = out_buffer(out, "slot_mapping", 1, true);
