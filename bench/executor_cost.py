@@ -25,7 +25,7 @@ import os
 import platform
 import sys
 import time
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 

@@ -328,3 +328,21 @@ def test_sim_executor_and_step_api_make_the_same_decisions_without_reuse():
         logs.append(log)
         assert pauses > 0 and not len(lst)
     assert logs[0] == logs[1]
+
+
+def test_executor_cost_bench_runs_and_both_executors_decide_alike(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "executor_cost.py"
+    out = tmp_path / "cost.json"
+    proc = subprocess.run([sys.executable, str(script), "--active", "64", "--steps", "20", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["workload"], r["n_active"]) for r in rows] == [("decode", 64), ("mixed", 64)]
+    for r in rows:
+        assert r["decisions_match"] and r["steps"] == 20
+        assert 0 < r["fills"]["median_us"] < r["step_api"]["median_us"] and r["sim_apply"]["median_us"] > 0

@@ -8,6 +8,7 @@
 
 #include <limits>
 #include <string>
+#include <utility>
 
 #include "bindings/arrays.h"
 #include "bindings/common.h"
@@ -40,12 +41,17 @@ void check_length(const char* name, int64_t have, int64_t need, const char* what
                          ", this step needs " + std::to_string(need) + " (size it for the largest step)");
 }
 
-/// One int32 output of `n` entries (1-D), or null for None.
-int32_t* optional_int32(nb::handle obj, const char* name, int64_t n, const char* what, OutBuffer& keep) {
-    if (obj.is_none()) return nullptr;
-    keep = out_buffer(obj, name, 1, false);
-    check_length(name, keep.rows, n, what);
-    return static_cast<int32_t*>(keep.data);
+/// Two optional 1-D int32 outputs of `n` `what` each: their data, null for None (`keep` holds them).
+std::pair<int32_t*, int32_t*> optional_pair(nb::handle a, const char* a_name, nb::handle b, const char* b_name,
+                                            int64_t n, const char* what, OutBuffer (&keep)[2]) {
+    auto one = [&](nb::handle obj, const char* name, OutBuffer& k) -> int32_t* {
+        if (obj.is_none()) return nullptr;
+        k = out_buffer(obj, name, 1, false);
+        check_length(name, k.rows, n, what);
+        return static_cast<int32_t*>(k.data);
+    };
+    int32_t* pa = one(a, a_name, keep[0]);
+    return {pa, one(b, b_name, keep[1])};
 }
 
 }  // namespace
@@ -165,9 +171,8 @@ void bind_executor(nb::module_& m) {
         .def("token_inputs", [](const Executor& e, nb::handle input_ids, nb::handle positions) {
                 const auto& rows = prepared_rows(e, "Executor.token_inputs");
                 const int64_t n = step_tokens(e);
-                OutBuffer ki, kp;
-                int32_t* ids = optional_int32(input_ids, "input_ids", n, "tokens", ki);
-                int32_t* pos = optional_int32(positions, "positions", n, "tokens", kp);
+                OutBuffer keep[2];
+                auto [ids, pos] = optional_pair(input_ids, "input_ids", positions, "positions", n, "tokens", keep);
                 fill_token_inputs(e.table(), rows.data(), num_rows(e), ids, pos);
                 return n;
             }, "input_ids"_a.none(), "positions"_a.none(),
@@ -175,12 +180,10 @@ void bind_executor(nb::module_& m) {
             "feeds and their positions, in slot-mapping order. Returns num_tokens.")
         .def("sequence_lengths", [](const Executor& e, nb::handle query_lens, nb::handle seq_lens) {
                 const auto& rows = prepared_rows(e, "Executor.sequence_lengths");
-                const int32_t n = num_rows(e);
-                OutBuffer kq, ks;
-                int32_t* q = optional_int32(query_lens, "query_lens", n, "rows", kq);
-                int32_t* k = optional_int32(seq_lens, "seq_lens", n, "rows", ks);
-                fill_lengths(e.table(), rows.data(), n, q, k);
-                return n;
+                OutBuffer keep[2];
+                auto [q, k] = optional_pair(query_lens, "query_lens", seq_lens, "seq_lens", num_rows(e), "rows", keep);
+                fill_lengths(e.table(), rows.data(), num_rows(e), q, k);
+                return num_rows(e);
             }, "query_lens"_a.none(), "seq_lens"_a.none(),
             "Fills entries [0, num_rows) of 1-D int32 buffers (either may be None): tokens each row writes this "
             "step, and tokens in its KV cache after the step (last position + 1). Returns num_rows.");
