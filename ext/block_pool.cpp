@@ -240,7 +240,8 @@ int32_t BlockPool::count_blocks_needed(const std::vector<BlockKey>& keys) const 
     return needed;
 }
 
-int32_t BlockPool::allocate_with_reuse(const std::vector<BlockKey>& keys, std::vector<int32_t>& ids) {
+int32_t BlockPool::allocate_with_reuse(const std::vector<BlockKey>& keys, std::vector<int32_t>& ids,
+                                       std::vector<BlockCopy>* copies) {
     auto take = [&](int32_t b) {
         hold(b);
         ids.push_back(b);
@@ -273,6 +274,7 @@ int32_t BlockPool::allocate_with_reuse(const std::vector<BlockKey>& keys, std::v
             int32_t b = get_free_block();
             blocks_[static_cast<size_t>(b)].key = key;
             take(b);
+            if (copies) copies->push_back(BlockCopy{m.block, b, m.num_matched});
         } else {
             // Take over the unreferenced leaf.
             detach_subtree(m.block);

@@ -31,6 +31,14 @@ struct BlockKeyHash {
     size_t operator()(const BlockKey& k) const;
 };
 
+/// A partially reused block copied into a fresh one: the executor copies the KV data of the first
+/// `num_tokens` token positions of block `src` into block `dst` before the model runs.
+struct BlockCopy {
+    int32_t src = -1;
+    int32_t dst = -1;
+    int32_t num_tokens = 0;
+};
+
 /// Block statistics (TensorRT-LLM's KvCacheStats counters).
 struct KvCacheStats {
     int64_t alloc_total_blocks = 0;  ///< every block taken from a free queue
@@ -76,7 +84,9 @@ public:
     int32_t count_blocks_needed(const std::vector<BlockKey>& keys) const;
     /// Holds one block per key, reusing cached ones along the tree walk; appends them to `ids`.
     /// An empty key never matches. Returns the tokens matched. The caller checked the free count.
-    int32_t allocate_with_reuse(const std::vector<BlockKey>& keys, std::vector<int32_t>& ids);
+    /// A partial match copied into a fresh block is appended to `copies` when given.
+    int32_t allocate_with_reuse(const std::vector<BlockKey>& keys, std::vector<int32_t>& ids,
+                                std::vector<BlockCopy>* copies = nullptr);
     /// Inserts blocks `ids` under the contents `keys` (pairwise) into the tree.
     void store_blocks(const std::vector<BlockKey>& keys, const std::vector<int32_t>& ids);
 

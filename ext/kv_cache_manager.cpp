@@ -43,9 +43,11 @@ KVCacheManager::KVCacheManager(std::shared_ptr<RequestTable> table, const KvCach
     seq_blocks_.resize(cap);
     seq_sched_removed_.assign(cap, 0);
     epoch_ = 1;
+    table_->add_cache_limit(CacheLimit{this, cfg_.max_seq_len, cfg_.num_blocks, cfg_.tokens_per_block, cfg_.cross_kv});
 }
 
 KVCacheManager::~KVCacheManager() {
+    table_->remove_cache_limit(this);
     // Let the requests go: the table outlives us through table_.
     for (size_t s = 0; s < seq_live_.size(); ++s)
         if (seq_live_[s]) --table_->kv_refs[s];
@@ -71,7 +73,7 @@ void KVCacheManager::add_block_to_sequence(int32_t slot, int32_t b) {
     seq_blocks_[static_cast<size_t>(slot)].push_back(b);
 }
 
-void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t beam_width) {
+void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t beam_width, std::vector<BlockCopy>* copies) {
     table_->check_slot(slot);
     RequestTable& t = *table_;
     const std::string who = "add_sequence: request " + std::to_string(t.request_id[slot]);
@@ -99,7 +101,7 @@ void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t be
     seq_blocks_[static_cast<size_t>(slot)].clear();
     seq_blocks_[static_cast<size_t>(slot)].reserve(static_cast<size_t>(num_ctx_blocks) + 1);
     if (cfg_.enable_block_reuse) {
-        int32_t matched = pool_.allocate_with_reuse(keys, seq_blocks_[static_cast<size_t>(slot)]);
+        int32_t matched = pool_.allocate_with_reuse(keys, seq_blocks_[static_cast<size_t>(slot)], copies);
         t.set_prepopulated_prompt_len(slot, std::min(matched, t.prompt_len[slot] - 1), tpb);
     } else {
         for (int32_t i = 0; i < num_ctx_blocks; ++i) add_block_to_sequence(slot, pool_.get_free_block());

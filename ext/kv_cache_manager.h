@@ -47,8 +47,9 @@ public:
 
     // --- sequences (harness / executor side) ---
     /// Allocates ceil(input_length / tpb) blocks, reusing cached ones when reuse is on. All checks
-    /// happen before any change: on InputError the cache and the request are as before.
-    void add_sequence(int32_t slot, int32_t input_length, int32_t beam_width);
+    /// happen before any change: on InputError the cache and the request are as before. A partially
+    /// reused block copied into a fresh one is appended to `copies` when given (the data to copy).
+    void add_sequence(int32_t slot, int32_t input_length, int32_t beam_width, std::vector<BlockCopy>* copies = nullptr);
     /// One more KV token; allocates a block at a block boundary.
     void add_token(int32_t slot);
     /// Inserts the full blocks of the first (tokens - 1) tokens into the reuse tree.

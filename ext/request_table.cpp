@@ -108,6 +108,30 @@ int32_t RequestTable::add_request(int64_t id, const int32_t* prompt, int32_t ple
     return s;
 }
 
+void RequestTable::check_fits(const CacheLimit& l, int64_t id, int64_t plen, int64_t max_new, int32_t enc) {
+    const std::string cache = l.cross ? "the cross KV cache's " : "the KV cache's ";
+    const int64_t tokens = l.cross ? std::max(enc, 1) : plen + max_new;
+    const std::string what = l.cross ? "encoder_output_len " + std::to_string(enc)
+                                     : "prompt length " + std::to_string(plen) + " + max_new_tokens " +
+                                           std::to_string(max_new) + " = " + std::to_string(tokens) + " tokens";
+    if (tokens > l.max_seq_len)
+        fail_input(id_str(id) + ": " + what + " exceeds " + cache + "max_seq_len " + std::to_string(l.max_seq_len) +
+                   ": it could never run (remove it from the table, or size the cache for it)");
+    const int64_t blocks = ceil_div(tokens, l.tokens_per_block);
+    if (blocks > l.num_blocks)
+        fail_input(id_str(id) + ": " + what + " need " + std::to_string(blocks) + " blocks of " +
+                   std::to_string(l.tokens_per_block) + " tokens, more than " + cache + "num_blocks " +
+                   std::to_string(l.num_blocks) + ": it could never run (remove it from the table, or size the cache for it)");
+}
+
+void RequestTable::add_cache_limit(const CacheLimit& l) { cache_limits_.push_back(l); }
+
+void RequestTable::remove_cache_limit(const void* cache) {
+    cache_limits_.erase(std::remove_if(cache_limits_.begin(), cache_limits_.end(),
+                                       [cache](const CacheLimit& l) { return l.cache == cache; }),
+                        cache_limits_.end());
+}
+
 void RequestTable::remove_request(int32_t s) {
     check_slot(s);
     if (kv_refs[s] != 0)

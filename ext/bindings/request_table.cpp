@@ -24,25 +24,8 @@ using namespace nb::literals;
 namespace {
 
 std::vector<int32_t> tokens_from(nb::handle obj, const char* name) {
-    if (nb::isinstance<AnyArray>(obj)) {
-        AnyArray a = nb::cast<AnyArray>(obj, /*convert=*/false);
-        auto [p, n] = checked<int32_t>(a, name);
-        return std::vector<int32_t>(p, p + n);
-    }
-    if (!nb::isinstance<nb::sequence>(obj) || nb::isinstance<nb::str>(obj))
-        throw TypeInputError(std::string(name) + ": expected a sequence of ints or an int32 numpy array");
-    std::vector<int32_t> out;
-    for (nb::handle h : nb::iter(obj)) {
-        if (!PyLong_Check(h.ptr()) || PyBool_Check(h.ptr()))
-            throw TypeInputError(std::string(name) + ": every token must be an int");
-        long long v = PyLong_AsLongLong(h.ptr());
-        if (PyErr_Occurred() || v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max()) {
-            PyErr_Clear();
-            throw InputError(std::string(name) + ": token id out of the int32 range");
-        }
-        out.push_back(static_cast<int32_t>(v));
-    }
-    return out;
+    Int32Values v = int32_values(obj, name);
+    return std::vector<int32_t>(v.data, v.data + v.size);
 }
 
 /// A zero-copy view of the request's tokens (the whole reserved buffer if `whole_buffer`) that

@@ -1,5 +1,5 @@
-// ext/bindings/schedulers.cpp: the capacity, micro-batch and step schedulers, the chunk-size
-// function and the simulated executor.
+// ext/bindings/schedulers.cpp: the capacity, micro-batch and step schedulers and the chunk-size
+// function.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -19,7 +19,6 @@
 #include "policies/registry.h"
 #include "request_list.h"
 #include "scheduler.h"
-#include "sim_executor.h"
 
 namespace tllm::bindings {
 
@@ -122,22 +121,6 @@ void bind_schedulers(nb::module_& m) {
                                       to_numpy(out.micro.generation));
             }, "active_requests"_a, "inflight_request_ids"_a = nb::none(),
             "Returns slot arrays (fitting, fitting_disagg_gen_init, paused, context, generation).");
-
-    nb::class_<SimExecutor>(m, "SimExecutor", "GPU-less executor step: pause, allocate, advance chunks, append, complete.")
-        .def(nb::init<std::shared_ptr<RequestTable>, std::shared_ptr<KVCacheManager>, std::shared_ptr<KVCacheManager>, int32_t>(),
-             "table"_a, "kv_cache_manager"_a.none(), "cross_kv_cache_manager"_a.none(), "max_input_len"_a)
-        .def("apply", [](SimExecutor& e, const AnyArray& paused, const AnyArray& disagg, const AnyArray& execute,
-                         int32_t token) {
-                const RequestTable& t = e.table();
-                auto [pp, pn] = checked_slots(t, paused, "paused");
-                auto [dp, dn] = checked_slots(t, disagg, "disagg_gen_init");
-                auto [ep, en] = checked_slots(t, execute, "execute");
-                std::vector<int32_t> finished;
-                e.apply(pp, pn, dp, dn, ep, en, token, finished);
-                return to_numpy(std::move(finished));
-            }, "paused"_a.noconvert(), "disagg_gen_init"_a.noconvert(), "execute"_a.noconvert(),
-            "generated_token"_a = 1, "Applies one step; returns the slots completed, in completion order.")
-        .def_prop_ro("tokens_appended", &SimExecutor::tokens_appended);
 }
 
 }  // namespace tllm::bindings
