@@ -460,7 +460,7 @@ def _parse_requests(obj: Dict[str, Any], kv: Optional[KvCacheConfig],
 # --------------------------------------------------------------------------- events
 
 
-def _parse_event(item: object, index: int, request_ids: Sequence[int]) -> Event:
+def _parse_event(item: object, index: int, requests: Dict[int, RequestSpec]) -> Event:
     label = f"events[{index}]"
     if not isinstance(item, dict):
         raise _At().error(label, f"must be an object, got {_show(item)}")
@@ -475,16 +475,23 @@ def _parse_event(item: object, index: int, request_ids: Sequence[int]) -> Event:
         raise body_at.error("ids", "must name at least one request, got []")
     for j, req_id in enumerate(ids):
         _check_int(req_id, body_at, f"ids[{j}]", 0, MAX_INT64)
-        if req_id not in request_ids:
+        if req_id not in requests:
             raise body_at.error(f"ids[{j}]", f"names no request: no request has id {req_id}")
     count = _int(body, "count", body_at, min_value=0)
+    for req_id in ids:  # LlmRequest.set_num_draft_tokens's limit, checked before the run
+        r = requests[req_id]
+        reserved = r.prompt_len + r.max_new_tokens + r.draft_tokens
+        if count > reserved:
+            raise body_at.error("count", f"is too large: {count} draft tokens exceed the reserved token storage "
+                                f"of request {req_id} (prompt length {r.prompt_len} + max_new_tokens "
+                                f"{r.max_new_tokens} + draft_tokens {r.draft_tokens} = {reserved})")
     return Event(at=when, ids=tuple(ids), count=count)
 
 
 def _parse_events(obj: Dict[str, Any], requests: Sequence[RequestSpec]) -> Tuple[Event, ...]:
-    request_ids = frozenset(req.id for req in requests)
+    by_id = {req.id: req for req in requests}
     items = _list(obj, "events", _At(), [])
-    return tuple(_parse_event(item, index, request_ids) for index, item in enumerate(items))
+    return tuple(_parse_event(item, index, by_id) for index, item in enumerate(items))
 
 
 # --------------------------------------------------------------------------- entry points

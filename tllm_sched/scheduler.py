@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from tllm_sched import _core
-from tllm_sched.backend import SchedulerBackend, SchedulerOutput
+from tllm_sched.backend import SchedulerBackend, SchedulerOutput, list_slots, list_table
 from tllm_sched.config import SchedulerConfig
 from tllm_sched.crossings import Counter, CountingProxy
 from tllm_sched.naive.scheduler import NaiveBackend
@@ -97,6 +97,25 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
 
+def _check_type(value, name: str, cls, optional: bool = False) -> None:
+    """TypeError naming the expected type, for a wrong object given as config, table or manager."""
+    if (value is None and optional) or isinstance(value, cls):
+        return
+    expected = f"a {cls.__name__}" + (" or None" if optional else "")
+    raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}")
+
+
+def _check_managers(table, kv, cross_kv, peft) -> None:
+    """Each manager of the right type and over `table` (what the C++ Scheduler refuses, with its
+    messages), so every backend refuses the same."""
+    _check_type(table, "table", _core.RequestTable)
+    for name, manager in (("kv_cache_manager", kv), ("cross_kv_cache_manager", cross_kv)):
+        _check_type(manager, name, _core.KVCacheManager, optional=True)
+        if manager is not None and manager.table is not table:
+            raise ValueError(f"{name} belongs to another RequestTable")
+    _check_type(peft, "peft_cache_manager", _core.PeftCacheManager, optional=True)
+
+
 def _checked_array(arr, name: str, dtype, expected: str) -> np.ndarray:
     """`arr` as the C++ bindings take arrays: 1-D, C-contiguous, of `dtype`, never converted.
     Raises TypeError naming `name` (as the bindings do)."""
@@ -146,8 +165,8 @@ class Scheduler:
         count_crossings: bool = False,
     ):
         _check_backend(backend)
-        if config.max_batch_size is None or config.max_batch_size <= 0:
-            raise ValueError("max_batch_size must be positive")
+        _check_type(config, "config", SchedulerConfig)  # validated where it was built
+        _check_managers(table, kv_cache_manager, cross_kv_cache_manager, peft_cache_manager)
         self.config = config
         self.backend = backend
         self.table = table
@@ -167,7 +186,7 @@ class Scheduler:
         """`active` is a RequestList of this table. Remembered, so each list costs one check."""
         if not isinstance(active, _core.RequestList):
             raise TypeError(f"active_requests: expected a RequestList, got {type(active).__name__}")
-        if active.table is not self.table:
+        if list_table(active) is not self.table:
             raise ValueError("the RequestList belongs to another RequestTable")
         self._list = active
 
@@ -188,7 +207,7 @@ class Scheduler:
         if isinstance(active, _core.RequestList):
             if active is not self._list:
                 self._check_list(active)
-            return active.slots
+            return list_slots(active)
         slots = _slot_array(active, "active_requests")
         self._check_live(slots)
         if slots.size > 1:

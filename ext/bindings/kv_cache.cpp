@@ -72,6 +72,7 @@ void bind_kv_cache(nb::module_& m) {
              "table"_a, "tokens_per_block"_a, "num_blocks"_a, "max_seq_len"_a, nb::kw_only(), "enable_block_reuse"_a = false,
              "enable_partial_reuse"_a = true, "copy_on_partial_reuse"_a = true, "num_secondary_blocks"_a = 0,
              "cross_kv"_a = false, "max_attention_window_vec"_a = nb::none(), "sink_token_length"_a = 0)
+        .def_prop_ro("table", &KVCacheManager::table_ptr, "The RequestTable whose requests this cache holds.")
         .def_prop_ro("tokens_per_block", &KVCacheManager::tokens_per_block)
         .def_prop_ro("max_seq_len", [](const KVCacheManager& k) { return k.config().max_seq_len; })
         .def_prop_ro("max_attention_window_vec", [](const KVCacheManager& k) { return std::vector<int32_t>{k.config().max_seq_len}; })

@@ -240,7 +240,8 @@ void bind_request_table(nb::module_& m) {
         .def_prop_ro("encoder_output_len", [](const PyRequest& r) { return r.t().encoder_output_len[r.slot]; })
         .def_prop_ro("num_draft_tokens", [](const PyRequest& r) { return r.t().num_draft_tokens[r.slot]; })
         .def_prop_ro("has_draft_tokens", [](const PyRequest& r) { return r.t().num_draft_tokens[r.slot] > 0; })
-        .def("set_num_draft_tokens", [](const PyRequest& r, int32_t n) { r.t().set_num_draft_tokens(r.slot, n); }, "count"_a)
+        .def("set_num_draft_tokens", [](const PyRequest& r, int32_t n) { r.t().set_num_draft_tokens(r.slot, n); }, "count"_a,
+             "Sets the draft token count of the next step: 0 <= count <= the reserved token storage (prompt + max new + initial drafts).")
         .def("discard_draft_tokens", [](const PyRequest& r, int32_t n) { r.t().discard_draft_tokens(r.slot, n); }, "num_tokens_to_discard"_a)
         .def_prop_ro("lora_task_id", [](const PyRequest& r) -> std::optional<int64_t> {
                 int64_t v = r.t().lora_task_id[r.slot];
