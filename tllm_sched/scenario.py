@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from tllm_sched.config import ChunkingConfig, KvCacheConfig, PeftConfig, SchedulerConfig
+from tllm_sched.files import SCENARIO_MAX_BYTES, FileProblem, open_input
 from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES
 
 __all__ = [
@@ -377,6 +378,9 @@ def _parse_prompt(obj: Dict[str, Any], at: _At) -> Tuple[int, ...]:
     tokens = _list(obj, "prompt", at)
     if not tokens:
         raise at.error("prompt", "must not be empty")
+    if len(tokens) > MAX_REQUEST_TOKENS:  # before looking at any token
+        raise at.error("prompt", f"is too long: {len(tokens)} tokens, more than the limit of "
+                       f"{MAX_REQUEST_TOKENS} tokens per request")
     return tuple(_check_int(token, at, f"prompt[{j}]", 0, MAX_INT32)
                  for j, token in enumerate(tokens))
 
@@ -572,10 +576,14 @@ def load_scenario(path: "str | os.PathLike[str]") -> Scenario:
     """
     name = os.fsdecode(path)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        with open_input(path, SCENARIO_MAX_BYTES, "scenario file") as handle:
+            raw = handle.read(SCENARIO_MAX_BYTES + 1)
+    except FileProblem as exc:
+        raise ScenarioError(str(exc)) from None
     except OSError as exc:
         raise ScenarioError(f"{name}: cannot read scenario file: {exc.strerror or exc}") from None
+    if len(raw) > SCENARIO_MAX_BYTES:  # it grew after the size check
+        raise ScenarioError(f"{name}: the scenario file is over the limit of {SCENARIO_MAX_BYTES:,} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -116,11 +116,22 @@ def _check_managers(table, kv, cross_kv, peft) -> None:
     _check_type(peft, "peft_cache_manager", _core.PeftCacheManager, optional=True)
 
 
+def describe(obj) -> str:
+    """What was given instead of an array, worded as the bindings word it (ext/bindings/arrays.h)."""
+    if not isinstance(obj, np.ndarray):
+        t = type(obj)
+        return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    if obj.dtype.byteorder == ">":
+        return (f"a big-endian numpy array (dtype {obj.dtype.str}); convert it with "
+                ".astype(its dtype.newbyteorder('='))")
+    return f"a numpy array of dtype {obj.dtype}"
+
+
 def _checked_array(arr, name: str, dtype, expected: str) -> np.ndarray:
     """`arr` as the C++ bindings take arrays: 1-D, C-contiguous, of `dtype`, never converted.
-    Raises TypeError naming `name` (as the bindings do)."""
-    if not isinstance(arr, np.ndarray):
-        raise TypeError(f"{name}: expected {expected}")
+    Raises TypeError naming `name` and what was given (as the bindings do)."""
+    if not isinstance(arr, np.ndarray) or arr.dtype.byteorder == ">":
+        raise TypeError(f"{name}: expected {expected}, got {describe(arr)}")
     if arr.dtype != dtype:
         raise TypeError(f"{name}: expected a numpy array of dtype {np.dtype(dtype)} (no silent conversion), "
                         f"got {arr.dtype}")
@@ -148,9 +159,10 @@ class Scheduler:
     Inputs are validated as the C++ bindings validate them, whatever the backend: slot arrays are
     1-D C-contiguous int32 numpy arrays of live requests of the table, inflight ids None or a 1-D
     C-contiguous int64 array, a RequestList must belong to the table (TypeError for a wrong type or
-    dtype, ValueError for a wrong value). The cpp backend's bindings check slots and ids for
-    themselves; for the Python backends the facade checks them with numpy (the live check reads
-    the zero-copy request_id column). `schedule` checks a RequestList, on every backend, only the
+    dtype, ValueError for a wrong value). The facade checks types on every backend (so a torch
+    tensor, which the bindings would take through DLPack, is refused alike); the cpp backend's
+    bindings check liveness for themselves, and for the Python backends the facade checks it with
+    numpy (the live check reads the zero-copy request_id column). `schedule` checks a RequestList, on every backend, only the
     first time it sees it (a list cannot change tables), so a steady step costs no extra crossing."""
 
     def __init__(
@@ -207,8 +219,10 @@ class Scheduler:
         if isinstance(active, _core.RequestList):
             if active is not self._list:
                 self._check_list(active)
-            return list_slots(active)
-        slots = _slot_array(active, "active_requests")
+            return list_slots(active) if self._checked else active
+        slots = _slot_array(active, "active_requests")  # the type on every backend: same message
+        if not self._checked:
+            return slots
         self._check_live(slots)
         if slots.size > 1:
             uniq, counts = np.unique(slots, return_counts=True)
@@ -222,7 +236,7 @@ class Scheduler:
         With `count_crossings`, `last_step_crossings` then holds the Python -> C++ calls it made."""
         if active is not self._list:  # a list once found to be of the table stays so: no crossing
             self._check_list(active)
-        if self._checked and inflight_ids is not None:
+        if inflight_ids is not None:
             _inflight_ids(inflight_ids)
         if self._counter is None:
             return self._impl.schedule(active, inflight_ids)
@@ -233,23 +247,19 @@ class Scheduler:
 
     def schedule_capacity(self, slots: np.ndarray):
         """Capacity stage alone: (fitting, fitting_disagg_gen_init, paused) slot arrays."""
-        if self._checked:
-            slots = self._active_slots(slots)
-        return self._impl.schedule_capacity(slots)
+        return self._impl.schedule_capacity(self._active_slots(slots))
 
     def schedule_micro(self, slots: np.ndarray, inflight_ids: Optional[np.ndarray] = None):
         """Micro-batch stage alone over `slots`: (context, generation) slot arrays."""
-        if self._checked:
-            slots = self._active_slots(slots)
-            _inflight_ids(inflight_ids)
-        return self._impl.schedule_micro(slots, inflight_ids)
+        slots = self._active_slots(slots)
+        return self._impl.schedule_micro(slots, _inflight_ids(inflight_ids))
 
     def set_ctx_requests_chunk_size(self, slots: np.ndarray) -> None:
         """Sets the chunk sizes of the context requests `slots` directly under the configured
         chunking policy, with max_num_tokens as the capacity (TensorRT-LLM's setCtxRequestsChunkSize)."""
         if self.config.chunking is None:
             raise ValueError("set_ctx_requests_chunk_size needs a chunking policy in the scheduler config")
-        slots = np.ascontiguousarray(slots, dtype=np.int32)
+        slots = _slot_array(slots, "slots")
         if self._checked:
             self._check_live(slots)
         self._impl.set_ctx_requests_chunk_size(slots)

@@ -154,20 +154,20 @@ void bind_kv_cache(nb::module_& m) {
                 return nb::make_tuple(to_numpy(std::move(key->tokens)), lora);
             }, "llm_request"_a, "(tokens through the first uncached full block, lora_task_id), or None if all cached.")
         // array forms: one call for many requests
-        .def("get_remaining_blocks_to_completion_batch", [](const KVCacheManager& k, const AnyArray& slots) {
+        .def("get_remaining_blocks_to_completion_batch", [](const KVCacheManager& k, const ArrayArg& slots) {
                 return per_slot(k.table(), slots, [&](int32_t s) { return k.get_remaining_blocks_to_completion(s); });
             }, "slots"_a.noconvert())
-        .def("get_remaining_blocks_to_completion_sum", [](const KVCacheManager& k, const AnyArray& slots) {
+        .def("get_remaining_blocks_to_completion_sum", [](const KVCacheManager& k, const ArrayArg& slots) {
                 return sum_per_slot(k.table(), slots, [&](int32_t s) { return k.get_remaining_blocks_to_completion(s); });
             }, "slots"_a.noconvert(), "The sum of get_remaining_blocks_to_completion over many requests (no array).")
-        .def("get_needed_blocks_one_step_batch", [](const KVCacheManager& k, const AnyArray& slots, bool two) {
+        .def("get_needed_blocks_one_step_batch", [](const KVCacheManager& k, const ArrayArg& slots, bool two) {
                 return per_slot(k.table(), slots, [&](int32_t s) { return k.get_needed_blocks_one_step(s, two); });
             }, "slots"_a.noconvert(), "two_steps_look_ahead"_a = false)
-        .def("get_needed_blocks_one_step_sum", [](const KVCacheManager& k, const AnyArray& slots, bool two) {
+        .def("get_needed_blocks_one_step_sum", [](const KVCacheManager& k, const ArrayArg& slots, bool two) {
                 return sum_per_slot(k.table(), slots, [&](int32_t s) { return k.get_needed_blocks_one_step(s, two); });
             }, "slots"_a.noconvert(), "two_steps_look_ahead"_a = false,
             "The sum of get_needed_blocks_one_step over many requests (no array).")
-        .def("find_new_context_block_batch", [](KVCacheManager& k, const AnyArray& slots, bool continue_pass) {
+        .def("find_new_context_block_batch", [](KVCacheManager& k, const ArrayArg& slots, bool continue_pass) {
                 auto [p, n] = checked_slots(k.table(), slots);
                 std::vector<int64_t> out(static_cast<size_t>(n), -1);
                 k.find_new_context_block_ids(p, n, continue_pass, out.data());
@@ -175,7 +175,7 @@ void bind_kv_cache(nb::module_& m) {
             }, "slots"_a.noconvert(), "continue_pass"_a = false,
             "Key ids: equal ids iff equal first-new-block keys, within one call or across calls made with "
             "continue_pass=True after it; -1 for none.")
-        .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const AnyArray& slots) {
+        .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const ArrayArg& slots) {
                 return per_slot(k.table(), slots, [&](int32_t s) { return k.sequence_num_blocks(s); });
             }, "slots"_a.noconvert())
         // introspection (tests, invariants)
@@ -193,7 +193,7 @@ void bind_kv_cache(nb::module_& m) {
         .def_prop_ro("pages_per_task", &PeftCacheManager::pages_per_task)
         .def("set_task_pages", &PeftCacheManager::set_task_pages, "task_id"_a, "pages"_a)
         .def("determine_num_pages", [](const PeftCacheManager& p, const PyRequest& r) { return p.determine_num_pages(r.t(), r.slot); }, "llm_request"_a)
-        .def("determine_num_pages_batch", [](const PeftCacheManager& p, const RequestTable& t, const AnyArray& slots) {
+        .def("determine_num_pages_batch", [](const PeftCacheManager& p, const RequestTable& t, const ArrayArg& slots) {
                 return per_slot(t, slots, [&](int32_t s) { return p.determine_num_pages(t, s); });
             }, "table"_a, "slots"_a.noconvert());
 }
