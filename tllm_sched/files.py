@@ -33,7 +33,8 @@ class FileProblem(ValueError):
     """A path that cannot be read or written as asked: one line, starting with the path."""
 
     def __init__(self, path: "str | os.PathLike[str]", what: str) -> None:
-        super().__init__(" ".join(f"{os.fsdecode(path)}: {what}".split()))
+        self.what = " ".join(what.split())  # the message without the path
+        super().__init__(f"{os.fsdecode(path)}: {self.what}")
 
 
 def _kind(mode: int) -> str:
@@ -141,14 +142,25 @@ class AtomicFile:
     def __exit__(self, *exc) -> None:
         self.discard()
 
-    def commit(self) -> None:
-        """Flushes the data to disk and renames the file into place. OSError (after discarding)
-        when the data cannot be written, a full disk say."""
+    def finish(self) -> None:
+        """Flushes the data to disk and closes the file, ready to commit: OSError (after
+        discarding) when the data cannot be written, a full disk say. Several files finished first
+        and committed after are all replaced, or (nearly) none."""
         f = self.file
+        if f is None or f.closed:
+            return
         try:
             f.flush()
             os.fsync(f.fileno())  # a full disk shows here at the latest, never after the rename
             f.close()
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        """`finish`, then renames the file into place."""
+        self.finish()
+        try:
             mask = os.umask(0)
             os.umask(mask)
             os.chmod(self._tmp, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600
