@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+from tllm_sched import _core
 from tllm_sched.config import ChunkingConfig, KvCacheConfig, PeftConfig, SchedulerConfig
 from tllm_sched.files import SCENARIO_MAX_BYTES, FileProblem, open_input
 from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES
@@ -361,7 +362,7 @@ def _check_scheduler_rules(sched: SchedulerConfig, harness: str,
 # --------------------------------------------------------------------------- requests
 
 
-MAX_REQUEST_TOKENS = 1 << 24  # prompt + max new tokens of one request (RequestTable's limit)
+MAX_REQUEST_TOKENS = _core.MAX_REQUEST_TOKENS  # prompt + max new tokens of one request (RequestTable's limit)
 
 
 def _parse_prompt(obj: Dict[str, Any], at: _At) -> Tuple[int, ...]:

@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from tllm_sched import _core
 from tllm_sched.files import TRACE_MAX_BYTES, TRACE_MAX_LINE_BYTES, FileProblem, open_input
 
 try:  # orjson is several times faster; json is the fallback.
@@ -87,8 +88,8 @@ __all__ = [
 MOONCAKE_BLOCK_TOKENS = 512  # tokens per Mooncake hash id (prompt block)
 AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"  # required CSV header
 TOKEN_MODULUS = 2**31 - 1  # synthetic token ids lie in [0, TOKEN_MODULUS)
-MAX_REQUESTS = 1 << 22  # requests of one trace: the most a RequestTable holds
-MAX_REQUEST_TOKENS = 1 << 24  # input + output tokens of one request: the RequestTable's limit
+MAX_REQUESTS = _core.MAX_TABLE_CAPACITY  # requests of one trace: the most a RequestTable holds
+MAX_REQUEST_TOKENS = _core.MAX_REQUEST_TOKENS  # input + output tokens of one request: a RequestTable's limit
 
 _MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
 _INT32_MAX = 2**31 - 1
