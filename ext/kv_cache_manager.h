@@ -41,6 +41,7 @@ public:
 
     const KvCacheConfig& config() const { return cfg_; }
     const RequestTable& table() const { return *table_; }
+    const std::shared_ptr<RequestTable>& table_ptr() const { return table_; }
     const BlockPool& pool() const { return pool_; }
     /// Throws InputError unless `window` is absent or this cache's one window (max_seq_len).
     void check_window(std::optional<int32_t> window) const;

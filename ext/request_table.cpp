@@ -272,6 +272,11 @@ void RequestTable::discard_draft_tokens(const int32_t* slots, const int32_t* cou
 
 void RequestTable::set_num_draft_tokens(int32_t s, int32_t n) {
     if (n < 0) fail_input(id_str(request_id[s]) + ": draft token count must be >= 0");
+    // A count within the reserved storage keeps every per-request token sum far inside int32.
+    const int32_t reserved = token_store_[idx(s)]->capacity;
+    if (n > reserved)
+        fail_input(id_str(request_id[s]) + ": " + std::to_string(n) + " draft tokens exceed the request's reserved " +
+                   "token storage of " + std::to_string(reserved) + " tokens");
     tally(s, -1);
     num_draft_tokens[s] = n;
     tally(s, +1);

@@ -124,6 +124,7 @@ public:
     void discard_draft_tokens(int32_t s, int32_t n);
     /// discard_draft_tokens for many slots, all checked before the first is changed.
     void discard_draft_tokens(const int32_t* slots, const int32_t* counts, int32_t n);
+    /// Sets the draft token count: 0 <= n <= the request's reserved token storage (TokenStore::capacity).
     void set_num_draft_tokens(int32_t s, int32_t n);
     /// Folds generated tokens into the prompt (beam 1) and restarts the request (a pause).
     void pause(int32_t s, int32_t max_input_len);

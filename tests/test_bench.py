@@ -246,11 +246,15 @@ def test_trace_max_steps_truncates(tmp_path, capsys):
     assert "TRUNCATED" in capsys.readouterr().out
 
 
-def test_trace_request_larger_than_cache_exit_3(tmp_path, capsys):
+def test_trace_request_larger_than_cache_exit_2(tmp_path, capsys):
+    # 5,010 tokens need ceil(5010 / 64) = 79 blocks of a 20-block cache: invalid input, refused
+    # before the run (exit 2, one line), the output folder untouched.
     f = _mooncake_file(tmp_path / "m.jsonl", [{"timestamp": 0, "input_length": 5000, "output_length": 10,
                                                 "hash_ids": list(range(10))}])
-    assert _run(tmp_path, "--trace", f, "--backends", "cpp", "--num-blocks", "20") == 3
-    assert "--num-blocks" in capsys.readouterr().err
+    assert _run(tmp_path, "--trace", f, "--backends", "cpp", "--num-blocks", "20") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "request 0 (0-based) needs 79 blocks of 64 tokens" in err and "--num-blocks" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("path", [MOONCAKE, AZURE], ids=["mooncake", "azure"])

@@ -21,10 +21,13 @@ import sys
 import time
 from typing import List, Optional
 
+from tllm_sched import _core, cli
 from tllm_sched import bench_report as report
 from tllm_sched import bench_workloads as wl
-from tllm_sched.bench_args import PROG, UsageError, _count, _list, _positive, _progress
+from tllm_sched.bench_args import MAX_SEED, PROG, UsageError, _count, _int_in, _list, _milliseconds, _positive, _progress, _steps
+from tllm_sched.files import FileProblem, check_output_dir
 from tllm_sched.registry import CAPACITY_POLICIES
+from tllm_sched.replay import RunFailure
 
 DEFAULTS = dict(workloads=list(wl.WORKLOADS), policies=list(wl.POLICIES), active=[64, 256, 1024, 4096], steps=1000,
                 warmup=20, seed=0)
@@ -39,7 +42,7 @@ TRACE_DEFAULT_LIMIT: dict = {}  # per-format default request limits (none: every
 def _parser() -> argparse.ArgumentParser:
     from tllm_sched.scheduler import BACKENDS
 
-    p = argparse.ArgumentParser(prog=PROG, description="Measure scheduler host overhead per step on a simulated "
+    p = cli.ArgumentParser(prog=PROG, description="Measure scheduler host overhead per step on a simulated "
                                 "executor: synthetic workloads (default), a real trace (--trace), or a check "
                                 "against a saved run (--compare).")
     g = p.add_argument_group("what to run (--policies, --backends and --out also apply to --trace)")
@@ -49,12 +52,13 @@ def _parser() -> argparse.ArgumentParser:
                    + " (default: all; trace: GNE)")
     g.add_argument("--backends", type=_list("backend", BACKENDS), default=list(BACKENDS),
                    help=f"default: {','.join(BACKENDS)} (unavailable ones are skipped with a notice)")
-    g.add_argument("--active", type=_list("active count", convert=int), help="default: 64,256,1024,4096")
-    g.add_argument("--steps", type=_positive, help=f"measured steps per case (default {DEFAULTS['steps']}; "
+    g.add_argument("--active", type=_list("active count", convert=int, most=_core.MAX_TABLE_CAPACITY),
+                   help="default: 64,256,1024,4096")
+    g.add_argument("--steps", type=_steps, help=f"measured steps per case (default {DEFAULTS['steps']}; "
                    "python-naive gets fewer above 512 active)")
-    g.add_argument("--warmup", type=_positive, help=f"unmeasured steps first, the first two also counting "
+    g.add_argument("--warmup", type=_steps, help=f"unmeasured steps first, the first two also counting "
                    f"crossings (default {DEFAULTS['warmup']})")
-    g.add_argument("--seed", type=int, help="workload seed (default 0)")
+    g.add_argument("--seed", type=_int_in(0, MAX_SEED), help="workload seed (default 0)")
     g.add_argument("--quick", action="store_true", help="a run under 20 seconds: 64 and 512 active, 100 steps")
     g.add_argument("--out", help="output folder (default bench-results/, for a trace bench-results/trace-FORMAT/)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -62,21 +66,21 @@ def _parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("trace run")
     t.add_argument("--trace", metavar="FILE", help="replay a Mooncake JSONL or Azure CSV trace (format detected)")
     t.add_argument("--trace-limit", type=_count, metavar="N", help="only the first N requests; 0: all (default: all)")
-    t.add_argument("--max-steps", type=_positive, default=wl.TraceOptions.max_steps,
+    t.add_argument("--max-steps", type=_steps, default=wl.TraceOptions.max_steps,
                    help=f"stop a trace run after this many steps (default {wl.TraceOptions.max_steps:,})")
-    t.add_argument("--num-blocks", type=_positive, default=wl.TraceOptions.num_blocks, help="KV blocks (default 16384)")
-    t.add_argument("--tokens-per-block", type=_positive, default=wl.TraceOptions.tokens_per_block, help="default 64")
-    t.add_argument("--max-num-requests", type=_positive, default=wl.TraceOptions.max_num_requests,
+    t.add_argument("--num-blocks", type=_int_in(1, _core.MAX_NUM_BLOCKS), default=wl.TraceOptions.num_blocks, help="KV blocks (default 16384)")
+    t.add_argument("--tokens-per-block", type=_int_in(1, _core.MAX_REQUEST_TOKENS), default=wl.TraceOptions.tokens_per_block, help="default 64")
+    t.add_argument("--max-num-requests", type=_int_in(1, _core.MAX_TABLE_CAPACITY), default=wl.TraceOptions.max_num_requests,
                    help="also max_batch_size (default 256)")
     t.add_argument("--max-num-tokens", type=_positive, default=wl.TraceOptions.max_num_tokens, help="default 8192")
     t.add_argument("--reuse", choices=("auto", "on", "off"), default="auto", help="KV reuse (auto: on for Mooncake)")
-    t.add_argument("--step-base-ms", type=float, default=wl.TraceOptions.step_base_ms,
+    t.add_argument("--step-base-ms", type=_milliseconds, default=wl.TraceOptions.step_base_ms,
                    help="step-time model: fixed ms per step (default 15)")
-    t.add_argument("--step-token-ms", type=float, default=wl.TraceOptions.step_token_ms,
+    t.add_argument("--step-token-ms", type=_milliseconds, default=wl.TraceOptions.step_token_ms,
                    help="step-time model: ms per computed token (default 0.02)")
     w = p.add_argument_group("prompt-length sweep (--policies, --backends, --steps, --warmup, --seed, --out apply)")
     w.add_argument("--prompt-length-sweep", nargs="?", const=list(wl.SWEEP_LENGTHS), metavar="LENGTHS",
-                   type=_list("prompt length", convert=int),
+                   type=_list("prompt length", convert=int, most=_core.MAX_REQUEST_TOKENS),
                    help="instead of the grid: cost per step against the length of a cached shared prefix "
                    f"(default {','.join(map(str, wl.SWEEP_LENGTHS))} tokens; {SWEEP['steps']} steps; policy GNE)")
     from tllm_sched import bench_dp
@@ -106,10 +110,27 @@ def _backends(args) -> List[str]:
     return usable
 
 
+def _ready(args, cases, check, default_out: str) -> None:
+    """The checks before a run starts (UsageError, exit 2): every case within the C++ core's size
+    limits (`check(case)` raises ValueError), and the output folder (`--out`, else `default_out`)
+    writable, so a long run never loses its results to a bad path."""
+    for case in cases:
+        try:
+            check(case)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    args.out = args.out or default_out
+    try:
+        check_output_dir(args.out)
+    except FileProblem as e:
+        raise UsageError(f"--out {e}") from None
+
+
 def run_synthetic(args) -> dict:
     backends = _backends(args)
     cases = [wl.SyntheticCase(w, p, n, args.steps, args.warmup, args.seed)
              for w in args.workloads for p in args.policies for n in args.active]
+    _ready(args, cases, wl.check_synthetic_case, "bench-results")
     per_case = lambda c: (wl.warmup_steps(c) * len(backends)  # noqa: E731
                           + sum(wl.measured_steps(c, b) for b in backends))
     update, close = _progress(args, sum(per_case(c) for c in cases), "step")
@@ -158,6 +179,8 @@ def run_trace(args) -> dict:
     except OSError as e:
         raise UsageError(f"{args.trace}: {e.strerror or e}") from None
     backends = _backends(args)
+    _ready(args, [trace], lambda t: wl.check_trace_fits(t, args.tokens_per_block, args.num_blocks),
+           os.path.join("bench-results", f"trace-{fmt}"))
     policies = args.policies or ["GUARANTEED_NO_EVICT"]
     partial = args.trace_limit is None and limit is not None and len(trace) == limit
     if partial:
@@ -203,6 +226,7 @@ def run_prompt_length_sweep(args) -> dict:
     steps, warmup = args.steps or SWEEP["steps"], args.warmup or SWEEP["warmup"]
     seed = 0 if args.seed is None else args.seed
     cases = [wl.SweepCase(n, p, steps, warmup, seed) for p in policies for n in args.prompt_length_sweep]
+    _ready(args, cases, wl.check_sweep_case, os.path.join("bench-results", report.SWEEP))
     update, close = _progress(args, sum(len(backends) * (c.warmup + c.steps) for c in cases), "pass")
     t0 = time.perf_counter()
     results: List[dict] = []
@@ -264,27 +288,24 @@ def _main(argv: Optional[List[str]]) -> int:
         return _compare(baseline, report.load_results(args.current), args.max_ratio)
     if args.prompt_length_sweep:
         doc = run_prompt_length_sweep(args)
-        out = args.out or os.path.join("bench-results", report.SWEEP)
     elif args.trace:
         doc = run_trace(args)
-        out = args.out or os.path.join("bench-results", f"trace-{doc['trace']['format']}")
     else:
         _resolve(args, baseline)
         doc = run_synthetic(args)
-        out = args.out or "bench-results"
     print(report.table_for(doc))
     for n in doc["notes"]:
         print(f"note: {n}")
-    paths = report.write_outputs(doc, out, plot=not args.no_plot)
+    try:  # all files or none (the folder was probed before the run)
+        paths = report.write_outputs(doc, args.out, plot=not args.no_plot)
+    except OSError as e:
+        raise RunFailure(f"cannot write the results to {args.out}: {e.strerror or e}") from None
     print("wrote " + ", ".join(paths))
     return _compare(baseline, doc, args.max_ratio) if baseline is not None else 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `tllm-sched bench`; returns the exit status."""
-    from tllm_sched.replay import RunFailure
-    from tllm_sched import _core
-
     try:
         return _main(argv)
     except (UsageError, report.CompareError) as e:
@@ -295,4 +316,4 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 3
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return cli.INTERRUPTED

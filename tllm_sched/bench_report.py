@@ -19,6 +19,7 @@ import subprocess
 from datetime import datetime, timezone
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from tllm_sched.files import AtomicFile
 from tllm_sched.registry import CAPACITY_POLICIES
 
 FORMAT = "tllm_sched.bench/1"
@@ -166,23 +167,33 @@ def _markdown_sweep(results: List[dict]) -> List[str]:
 
 
 def write_outputs(doc: dict, out_dir: str, plot: bool = True) -> List[str]:
-    """Writes results.json, report.md and (with matplotlib) report.png; returns the paths written."""
+    """Writes results.json, report.md and (with matplotlib) report.png; returns the paths written.
+    Each is written whole to a temporary file and all are renamed into place once all are on disk:
+    an OSError (a full disk) leaves the earlier files as they were."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, "results.json")]
-    with open(paths[0], "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    png = os.path.join(out_dir, "report.png")
-    drawn = plot and _plot(doc, png)
-    md = os.path.join(out_dir, "report.md")
-    with open(md, "w", encoding="utf-8") as f:
-        f.write(_markdown(doc, drawn))
-    paths.append(md)
-    if drawn:
-        paths.append(png)
-    elif os.path.exists(png):
+    js, md, png = (os.path.join(out_dir, name) for name in ("results.json", "report.md", "report.png"))
+    files = [AtomicFile(js)]
+    try:
+        json.dump(doc, files[0].file, indent=1)
+        files[0].file.write("\n")
+        drawn = False
+        if plot:
+            files.append(AtomicFile(png, binary=True))
+            drawn = _plot(doc, files[-1].file)
+            if not drawn:
+                files.pop().discard()
+        files.append(AtomicFile(md))
+        files[-1].file.write(_markdown(doc, drawn))
+        for f in files:
+            f.finish()
+        for f in files:
+            f.commit()
+    finally:
+        for f in files:
+            f.discard()  # nothing after a commit
+    if not drawn and os.path.exists(png):
         os.remove(png)  # a stale picture of an earlier run would mislead
-    return paths
+    return [js, md] + ([png] if drawn else [])
 
 
 def _markdown(doc: dict, drawn: bool) -> str:
@@ -241,7 +252,8 @@ def pyplot():
     return plt
 
 
-def _plot(doc: dict, path: str) -> bool:
+def _plot(doc: dict, out) -> bool:
+    """Draws the report's picture into the binary file `out`; False without matplotlib or data."""
     plt = pyplot()
     if plt is None:
         return False
@@ -249,7 +261,7 @@ def _plot(doc: dict, path: str) -> bool:
     fig = draw(plt, doc)
     if fig is None:
         return False
-    fig.savefig(path, dpi=110)
+    fig.savefig(out, dpi=110, format="png")
     plt.close(fig)
     return True
 

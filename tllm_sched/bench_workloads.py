@@ -53,8 +53,9 @@ from tllm_sched.scheduler import Scheduler
 
 __all__ = ["WORKLOADS", "POLICIES", "SWEEP_LENGTHS", "DecisionCheck", "DecisionMismatch", "FamilySource", "SimState",
            "StepResult", "SweepCase", "SyntheticCase", "TraceOptions", "add_growth", "build_synthetic_state",
-           "decision_checksum", "measured_steps", "naive_steps", "warmup_steps", "probe_backends", "run_sweep_case",
-           "run_synthetic_case", "run_trace", "timing_stats", "trace_engine"]
+           "check_sweep_case", "check_synthetic_case", "check_trace_fits", "decision_checksum", "measured_steps",
+           "naive_steps", "warmup_steps", "probe_backends", "run_sweep_case", "run_synthetic_case", "run_trace",
+           "timing_stats", "trace_engine"]
 
 WORKLOADS = ("decode", "mixed", "reuse")
 POLICIES = BENCH_POLICIES
@@ -335,24 +336,53 @@ class FamilySource:
         return int(self.lengths.max()) + self.suffix[1]
 
 
-def _build_synthetic(case: SyntheticCase, backend: str, pool: np.ndarray) -> tuple[SimState, Optional[_Source]]:
-    n, tpb = case.n_active, TOKENS_PER_BLOCK
+def _synthetic_source(case: SyntheticCase, pool: np.ndarray):
+    """(the case's request source, output range of the requests that start running (None: the
+    source's), requests that start in context)."""
+    n = case.n_active
     if case.workload == "decode":
         out_len = case.warmup + case.steps + 16  # never finishes while measured
-        src, output, n_ctx = _Source(pool, case.seed, (64, 512), (out_len, out_len)), None, 0
-    elif case.workload == "mixed":
-        src, output, n_ctx = _Source(pool, case.seed, (128, 1024), (32, 512)), (2, 512), n // 4
-    else:
-        src = FamilySource(pool, case.seed, max(2, n // REUSE_FAMILY_SIZE))
-        output, n_ctx = (2, REUSE_OUTPUT[1]), max(0, n - REUSE_RUNNING)
+        return _Source(pool, case.seed, (64, 512), (out_len, out_len)), None, 0
+    if case.workload == "mixed":
+        return _Source(pool, case.seed, (128, 1024), (32, 512)), (2, 512), n // 4
+    return FamilySource(pool, case.seed, max(2, n // REUSE_FAMILY_SIZE)), (2, REUSE_OUTPUT[1]), max(0, n - REUSE_RUNNING)
+
+
+def check_synthetic_case(case: SyntheticCase) -> None:
+    """ValueError (one line) when the case's engine exceeds a size limit of the C++ core (requests,
+    tokens per request, KV blocks), before anything is built."""
+    what = f"{case.workload} at {case.n_active:,} active with {case.warmup:,} + {case.steps:,} steps"
+    if case.n_active > _core.MAX_TABLE_CAPACITY:
+        raise ValueError(f"{what}: more than the limit of {_core.MAX_TABLE_CAPACITY:,} requests")
+    src = _synthetic_source(case, _pool(case.seed))[0]
+    _check_cache(what, *_synthetic_cache(case, src), "fewer --active or --steps")
+
+
+def _check_cache(what: str, max_seq: int, num_blocks: int, advice: str) -> None:
+    if max_seq > _core.MAX_REQUEST_TOKENS:
+        raise ValueError(f"{what}: a request would hold {max_seq:,} tokens, more than the limit of "
+                         f"{_core.MAX_REQUEST_TOKENS:,} ({advice})")
+    if num_blocks > _core.MAX_NUM_BLOCKS:
+        raise ValueError(f"{what}: the KV cache would need {num_blocks:,} blocks, more than the limit of "
+                         f"{_core.MAX_NUM_BLOCKS:,} ({advice})")
+
+
+def _synthetic_cache(case: SyntheticCase, src) -> tuple[int, int]:
+    """(max_seq_len, num_blocks) of the case's KV cache."""
+    n, tpb = case.n_active, TOKENS_PER_BLOCK
     out_max = src.output[1]
     max_seq = src.max_prompt + out_max + 1
     if case.workload == "reuse":  # every request's own blocks, the live prefixes, room for two more
         own = -(-(REUSE_SUFFIX[1] + out_max + 1) // tpb) + 1
         prefixes = int(src.family.size * src.lengths.mean()) // tpb
-        num_blocks = n * own + prefixes + 2 * -(-max_seq // tpb)
-    else:  # enough for GUARANTEED_NO_EVICT's remaining-to-completion of all
-        num_blocks = n * -(-max_seq // tpb) + 16
+        return max_seq, n * own + prefixes + 2 * -(-max_seq // tpb)
+    return max_seq, n * -(-max_seq // tpb) + 16  # enough for GUARANTEED_NO_EVICT's remaining-to-completion of all
+
+
+def _build_synthetic(case: SyntheticCase, backend: str, pool: np.ndarray) -> tuple[SimState, Optional[_Source]]:
+    n, tpb = case.n_active, TOKENS_PER_BLOCK
+    src, output, n_ctx = _synthetic_source(case, pool)
+    max_seq, num_blocks = _synthetic_cache(case, src)
     kv_cfg = KvCacheConfig(tokens_per_block=tpb, num_blocks=num_blocks, max_seq_len=max_seq,
                            enable_block_reuse=case.workload == "reuse")
     st = SimState(backend, _scheduler_config(case.policy, n), kv_cfg, capacity=n)
@@ -491,12 +521,24 @@ class SweepCase:
     output: int = 64
 
 
+def _sweep_cache(case: SweepCase) -> tuple[int, int]:
+    """(max_seq_len, num_blocks) of a sweep case's KV cache: room for every request's remaining
+    blocks to completion, so that GUARANTEED_NO_EVICT admits (and key-walks) every waiting prompt."""
+    max_seq = case.prefix_len + case.suffix + case.output + 1
+    return max_seq, (case.running + case.waiting) * -(-max_seq // TOKENS_PER_BLOCK) + 16
+
+
+def check_sweep_case(case: SweepCase) -> None:
+    """ValueError (one line) when the sweep case's KV cache exceeds the C++ core's limits."""
+    max_seq, num_blocks = _sweep_cache(case)
+    what = f"prompt-length sweep at {case.prefix_len:,} tokens"
+    _check_cache(what, max_seq, num_blocks, "a shorter prefix")
+
+
 def _build_sweep(case: SweepCase, backend: str, pool: np.ndarray) -> SimState:
     n, tpb = case.running + case.waiting, TOKENS_PER_BLOCK
-    max_seq = case.prefix_len + case.suffix + case.output + 1
-    # Room for every request's remaining blocks to completion, so that GUARANTEED_NO_EVICT
-    # admits (and key-walks) every waiting prompt.
-    kv_cfg = KvCacheConfig(tokens_per_block=tpb, num_blocks=n * -(-max_seq // tpb) + 16, max_seq_len=max_seq,
+    max_seq, num_blocks = _sweep_cache(case)
+    kv_cfg = KvCacheConfig(tokens_per_block=tpb, num_blocks=num_blocks, max_seq_len=max_seq,
                            enable_block_reuse=True)
     st = SimState(backend, _scheduler_config(case.policy, n), kv_cfg, capacity=n)
     rng = np.random.default_rng(case.seed)
@@ -644,16 +686,26 @@ class _PromptCache:
         return hit[0]
 
 
+def check_trace_fits(trace, tokens_per_block: int, num_blocks: int) -> None:
+    """ValueError (one line) naming the first request of `trace` that needs more KV blocks than
+    the cache has: it could never run."""
+    total = trace.input_length.astype(np.int64) + trace.output_length
+    need = -(-total // tokens_per_block)
+    too_big = np.flatnonzero(need > num_blocks)
+    if too_big.size:
+        i = int(too_big[0])
+        raise ValueError(f"{trace.path}: request {i} (0-based) needs {int(need[i]):,} blocks of {tokens_per_block} "
+                         f"tokens, more than the KV cache's {num_blocks:,} ({too_big.size} such requests; raise "
+                         f"--num-blocks or lower --trace-limit)")
+
+
 def trace_engine(trace, opt: TraceOptions) -> tuple:
     """(SchedulerConfig, KvCacheConfig) of a trace replay: max_seq_len the longest request in whole
-    blocks, reuse on for Mooncake unless set. RunFailure if a request can never fit the cache."""
+    blocks, reuse on for Mooncake unless set. ValueError if a request can never fit the cache."""
     tpb = opt.tokens_per_block
+    check_trace_fits(trace, tpb, opt.num_blocks)
     total = trace.input_length.astype(np.int64) + trace.output_length
     max_seq = int(-(-int(total.max()) // tpb) * tpb)
-    too_big = int((-(-total // tpb) > opt.num_blocks).sum())
-    if too_big:
-        raise RunFailure(f"{too_big} requests need more than the KV cache's {opt.num_blocks} blocks; "
-                         f"raise --num-blocks or lower --trace-limit")
     reuse = trace.format == "mooncake" if opt.reuse is None else opt.reuse
     kv_cfg = KvCacheConfig(tokens_per_block=tpb, num_blocks=opt.num_blocks, max_seq_len=max_seq,
                            enable_block_reuse=reuse)

@@ -10,9 +10,9 @@ from typing import Optional
 
 import numpy as np
 
-from tllm_sched.backend import SchedulerOutput
+from tllm_sched.backend import SchedulerOutput, list_slots
 from tllm_sched.capacity_scheduler import PyCapacityScheduler
-from tllm_sched.crossings import Counter, counting
+from tllm_sched.crossings import Counter, counted, counting
 from tllm_sched.micro_batch_scheduler import PyMicroBatchScheduler
 from tllm_sched.policies import chunking
 
@@ -36,12 +36,12 @@ class PythonBackend:
             self.cols, table.tallies(), self._table, None if ch is None else ch.policy, None if ch is None else ch.unit_size,
             config.max_context_length,
         )
-        self._wrap = wrap
+        self._list_slots = counted(list_slots, counter)
 
     def schedule(self, active, inflight_ids):
         # The one read of the list, copied: outputs may be slices of it and must not change
         # when the list does.
-        slots = self._wrap(active).slots.copy()
+        slots = self._list_slots(active).copy()
         fit, disagg, paused, split = self.capacity.schedule_split(slots)
         ctx, gen = self.micro.schedule(fit, inflight_ids, self.config.max_batch_size, self.config.max_num_tokens, split)
         return SchedulerOutput(fit, disagg, paused, ctx, gen)

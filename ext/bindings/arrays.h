@@ -25,6 +25,14 @@ template <class T>
 using OutArray = nb::ndarray<nb::numpy, T, nb::ndim<1>>;
 using AnyArray = nb::ndarray<nb::ro, nb::device::cpu>;
 
+/// An array argument as the caller gave it. Overload resolution accepts any object, so that
+/// `checked` refuses a wrong one with a one-line TypeError naming the argument, the expected array
+/// and what was given (nanobind's own error lists the signatures and cannot say why a big-endian
+/// array does not fit).
+struct ArrayArg {
+    nb::handle obj;
+};
+
 template <class T>
 const char* dtype_name();
 template <>
@@ -45,6 +53,38 @@ inline std::string dtype_str(nb::dlpack::dtype d) {
     return std::string(kind) + std::to_string(d.bits);
 }
 
+/// What was given instead of an array, for messages: its type, and the reason a numpy array of a
+/// fitting dtype is refused (byte order).
+inline bool is_numpy_array(nb::handle obj) {
+    nb::handle tp = obj.type();
+    return nb::cast<std::string>(tp.attr("__module__")) == "numpy" && nb::cast<std::string>(tp.attr("__qualname__")) == "ndarray";
+}
+
+/// What `obj` is, for an error message: its type (and device, for a DLPack producer outside host
+/// memory), or a numpy array's dtype (saying so when it is big-endian).
+inline std::string describe(nb::handle obj) {
+    if (!is_numpy_array(obj)) {
+        nb::handle tp = obj.type();
+        std::string module = nb::cast<std::string>(tp.attr("__module__")), name = nb::cast<std::string>(tp.attr("__qualname__"));
+        std::string what = module == "builtins" ? name : module + "." + name;
+        if (nb::hasattr(obj, "__dlpack_device__")) {
+            try {
+                nb::tuple dev = nb::cast<nb::tuple>(obj.attr("__dlpack_device__")());
+                int kind = nb::cast<int>(dev[0]);
+                if (kind != nb::device::cpu::value && kind != nb::device::cuda_host::value)
+                    what += " in device memory (DLPack device type " + std::to_string(kind) + ")";
+            } catch (const nb::python_error&) {  // not a usable DLPack producer: its type says enough
+            }
+        }
+        return what;
+    }
+    nb::object dtype = obj.attr("dtype");
+    std::string str = nb::cast<std::string>(nb::str(dtype.attr("str")));
+    if (!str.empty() && str[0] == '>')
+        return "a big-endian numpy array (dtype " + str + "); convert it with .astype(its dtype.newbyteorder('='))";
+    return "a numpy array of dtype " + nb::cast<std::string>(nb::str(dtype));
+}
+
 /// Borrowed, checked view of a 1-D contiguous array of T (no conversion, no copy).
 template <class T>
 std::pair<const T*, int32_t> checked(const AnyArray& a, const char* name) {
@@ -58,26 +98,21 @@ std::pair<const T*, int32_t> checked(const AnyArray& a, const char* name) {
     return {static_cast<const T*>(a.data()), static_cast<int32_t>(a.shape(0))};
 }
 
+/// `checked` for an argument that may be any object: TypeError unless it is a CPU array.
+template <class T>
+std::pair<const T*, int32_t> checked(const ArrayArg& arg, const char* name) {
+    AnyArray a;
+    if (!nb::try_cast<AnyArray>(arg.obj, a, /*convert=*/false))
+        throw TypeInputError(std::string(name) + ": expected an " + dtype_name<T>() + " numpy array, got " + describe(arg.obj));
+    return checked<T>(a, name);
+}
+
 /// Slots of live requests of `t`.
-inline std::pair<const int32_t*, int32_t> checked_slots(const RequestTable& t, const AnyArray& a, const char* name = "slots") {
+template <class Array>
+std::pair<const int32_t*, int32_t> checked_slots(const RequestTable& t, const Array& a, const char* name = "slots") {
     auto [p, n] = checked<int32_t>(a, name);
     for (int32_t i = 0; i < n; ++i) t.check_slot(p[i]);
     return {p, n};
-}
-
-/// The Python type of `obj`, and its device when it is a DLPack producer outside host memory.
-inline std::string describe(nb::handle obj) {
-    std::string what = nb::type_name(obj.type()).c_str();
-    if (nb::hasattr(obj, "__dlpack_device__")) {
-        try {
-            nb::tuple dev = nb::cast<nb::tuple>(obj.attr("__dlpack_device__")());
-            int kind = nb::cast<int>(dev[0]);
-            if (kind != nb::device::cpu::value && kind != nb::device::cuda_host::value)
-                what += " in device memory (DLPack device type " + std::to_string(kind) + ")";
-        } catch (const nb::python_error&) {  // not a usable DLPack producer: its type says enough
-        }
-    }
-    return what;
 }
 
 /// `obj` as a read-only host array (numpy, or any DLPack producer: a torch CPU tensor), or a
@@ -230,7 +265,7 @@ OutArray<T> to_numpy(const std::vector<T>& v) { return to_numpy(std::vector<T>(v
 
 /// f(slot) for each of the live `slots` of `t`, as a fresh int32 array (the `*_batch` queries).
 template <class F>
-OutArray<int32_t> per_slot(const RequestTable& t, const AnyArray& slots, F f) {
+OutArray<int32_t> per_slot(const RequestTable& t, const ArrayArg& slots, F f) {
     auto [p, n] = checked_slots(t, slots);
     std::vector<int32_t> out(static_cast<size_t>(n));
     for (int32_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = f(p[i]);
@@ -239,7 +274,7 @@ OutArray<int32_t> per_slot(const RequestTable& t, const AnyArray& slots, F f) {
 
 /// The sum of f(slot) over the live `slots` of `t` (the `*_sum` queries: no array).
 template <class F>
-int64_t sum_per_slot(const RequestTable& t, const AnyArray& slots, F f) {
+int64_t sum_per_slot(const RequestTable& t, const ArrayArg& slots, F f) {
     auto [p, n] = checked_slots(t, slots);
     int64_t total = 0;
     for (int32_t i = 0; i < n; ++i) total += f(p[i]);
@@ -258,3 +293,15 @@ OutArray<T> gather_col(const T* col, const int32_t* slots, int32_t n) {
 }
 
 }  // namespace tllm::bindings
+
+namespace nanobind::detail {
+template <>
+struct type_caster<tllm::bindings::ArrayArg> {
+    NB_TYPE_CASTER(tllm::bindings::ArrayArg, const_name("numpy.ndarray"))
+    bool from_python(handle src, uint8_t, cleanup_list*) noexcept {
+        value.obj = src;
+        return true;
+    }
+    static handle from_cpp(const tllm::bindings::ArrayArg& a, rv_policy, cleanup_list*) noexcept { return a.obj.inc_ref(); }
+};
+}  // namespace nanobind::detail

@@ -72,6 +72,7 @@ void bind_kv_cache(nb::module_& m) {
              "table"_a, "tokens_per_block"_a, "num_blocks"_a, "max_seq_len"_a, nb::kw_only(), "enable_block_reuse"_a = false,
              "enable_partial_reuse"_a = true, "copy_on_partial_reuse"_a = true, "num_secondary_blocks"_a = 0,
              "cross_kv"_a = false, "max_attention_window_vec"_a = nb::none(), "sink_token_length"_a = 0)
+        .def_prop_ro("table", &KVCacheManager::table_ptr, "The RequestTable whose requests this cache holds.")
         .def_prop_ro("tokens_per_block", &KVCacheManager::tokens_per_block)
         .def_prop_ro("max_seq_len", [](const KVCacheManager& k) { return k.config().max_seq_len; })
         .def_prop_ro("max_attention_window_vec", [](const KVCacheManager& k) { return std::vector<int32_t>{k.config().max_seq_len}; })
@@ -153,20 +154,20 @@ void bind_kv_cache(nb::module_& m) {
                 return nb::make_tuple(to_numpy(std::move(key->tokens)), lora);
             }, "llm_request"_a, "(tokens through the first uncached full block, lora_task_id), or None if all cached.")
         // array forms: one call for many requests
-        .def("get_remaining_blocks_to_completion_batch", [](const KVCacheManager& k, const AnyArray& slots) {
+        .def("get_remaining_blocks_to_completion_batch", [](const KVCacheManager& k, const ArrayArg& slots) {
                 return per_slot(k.table(), slots, [&](int32_t s) { return k.get_remaining_blocks_to_completion(s); });
             }, "slots"_a.noconvert())
-        .def("get_remaining_blocks_to_completion_sum", [](const KVCacheManager& k, const AnyArray& slots) {
+        .def("get_remaining_blocks_to_completion_sum", [](const KVCacheManager& k, const ArrayArg& slots) {
                 return sum_per_slot(k.table(), slots, [&](int32_t s) { return k.get_remaining_blocks_to_completion(s); });
             }, "slots"_a.noconvert(), "The sum of get_remaining_blocks_to_completion over many requests (no array).")
-        .def("get_needed_blocks_one_step_batch", [](const KVCacheManager& k, const AnyArray& slots, bool two) {
+        .def("get_needed_blocks_one_step_batch", [](const KVCacheManager& k, const ArrayArg& slots, bool two) {
                 return per_slot(k.table(), slots, [&](int32_t s) { return k.get_needed_blocks_one_step(s, two); });
             }, "slots"_a.noconvert(), "two_steps_look_ahead"_a = false)
-        .def("get_needed_blocks_one_step_sum", [](const KVCacheManager& k, const AnyArray& slots, bool two) {
+        .def("get_needed_blocks_one_step_sum", [](const KVCacheManager& k, const ArrayArg& slots, bool two) {
                 return sum_per_slot(k.table(), slots, [&](int32_t s) { return k.get_needed_blocks_one_step(s, two); });
             }, "slots"_a.noconvert(), "two_steps_look_ahead"_a = false,
             "The sum of get_needed_blocks_one_step over many requests (no array).")
-        .def("find_new_context_block_batch", [](KVCacheManager& k, const AnyArray& slots, bool continue_pass) {
+        .def("find_new_context_block_batch", [](KVCacheManager& k, const ArrayArg& slots, bool continue_pass) {
                 auto [p, n] = checked_slots(k.table(), slots);
                 std::vector<int64_t> out(static_cast<size_t>(n), -1);
                 k.find_new_context_block_ids(p, n, continue_pass, out.data());
@@ -195,7 +196,7 @@ void bind_kv_cache(nb::module_& m) {
             }, "tokens"_a.noconvert(), "offsets"_a.noconvert(), "lora_task_ids"_a = nb::none(),
             "Attention-DP routing: cached leading tokens (whole blocks, last token excluded) of each prompt "
             "tokens[offsets[i]:offsets[i+1]]; a dry run that changes nothing.")
-        .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const AnyArray& slots) {
+        .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const ArrayArg& slots) {
                 return per_slot(k.table(), slots, [&](int32_t s) { return k.sequence_num_blocks(s); });
             }, "slots"_a.noconvert())
         // introspection (tests, invariants)
@@ -213,7 +214,7 @@ void bind_kv_cache(nb::module_& m) {
         .def_prop_ro("pages_per_task", &PeftCacheManager::pages_per_task)
         .def("set_task_pages", &PeftCacheManager::set_task_pages, "task_id"_a, "pages"_a)
         .def("determine_num_pages", [](const PeftCacheManager& p, const PyRequest& r) { return p.determine_num_pages(r.t(), r.slot); }, "llm_request"_a)
-        .def("determine_num_pages_batch", [](const PeftCacheManager& p, const RequestTable& t, const AnyArray& slots) {
+        .def("determine_num_pages_batch", [](const PeftCacheManager& p, const RequestTable& t, const ArrayArg& slots) {
                 return per_slot(t, slots, [&](int32_t s) { return p.determine_num_pages(t, s); });
             }, "table"_a, "slots"_a.noconvert());
 }

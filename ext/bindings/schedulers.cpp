@@ -33,17 +33,18 @@ std::pair<const int32_t*, int32_t> list_or_slots(const RequestTable& t, nb::hand
         return {l.data(), l.size()};
     }
     if (nb::isinstance<AnyArray>(active)) {
-        auto [p, n] = checked_slots(t, nb::cast<AnyArray>(active, false), "active_requests");
+        auto [p, n] = checked_slots(t, ArrayArg{active}, "active_requests");
         int32_t dup = first_repeated_slot(p, n);
         if (dup >= 0) throw InputError("active_requests: slot " + std::to_string(dup) + " is listed twice");
         return {p, n};
     }
-    throw TypeInputError("active_requests: expected a RequestList or an int32 array of slots");
+    throw TypeInputError("active_requests: expected a RequestList or an int32 array of slots, got " + describe(active));
 }
 
 std::pair<const int64_t*, int32_t> inflight_ids(nb::handle obj) {
     if (obj.is_none()) return {nullptr, 0};
-    if (!nb::isinstance<AnyArray>(obj)) throw TypeInputError("inflight_request_ids: expected an int64 numpy array or None");
+    if (!nb::isinstance<AnyArray>(obj))
+        throw TypeInputError("inflight_request_ids: expected an int64 numpy array or None, got " + describe(obj));
     return checked<int64_t>(nb::cast<AnyArray>(obj, false), "inflight_request_ids");
 }
 
@@ -97,7 +98,7 @@ void bind_schedulers(nb::module_& m) {
             }, "table"_a, "active_requests"_a, "inflight_request_ids"_a = nb::none(), "max_batch_size"_a,
             "max_num_tokens"_a = nb::none(), "Returns slot arrays (context, generation).");
 
-    m.def("set_ctx_requests_chunk_size", [](RequestTable& t, const AnyArray& slots, ContextChunkingPolicy policy,
+    m.def("set_ctx_requests_chunk_size", [](RequestTable& t, const ArrayArg& slots, ContextChunkingPolicy policy,
                                             std::optional<int32_t> capacity, int32_t unit, std::optional<int32_t> max_ctx) {
             auto [p, n] = checked_slots(t, slots);
             set_ctx_requests_chunk_size(t, p, n, policy, capacity, unit, max_ctx);
