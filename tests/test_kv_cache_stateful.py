@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -31,9 +31,13 @@ PREFIXES = [
     list(range(0, 6)) + list(range(200, 210)),
     [7] * 16,
 ]
-# A prompt: a cut of a prefix, a suffix, max new tokens, a LoRA id and extra ids (all one value; a
-# prompt with extra ids never shares a block with one without them).
-PROMPT = st.tuples(st.integers(0, len(PREFIXES) - 1), st.integers(1, 16), st.lists(st.integers(0, 3), max_size=10),
+# A prompt: the first `cut` tokens of a base, then a suffix. The base is one of PREFIXES or, for
+# source >= len(PREFIXES), the tokens of a request with a live sequence, else of a recent request
+# (whose LoRA id and extra ids it keeps):
+# prompts then diverge at any position, so sibling blocks with equal leading tokens (ties of the
+# partial match) are common. LoRA ids and extra ids (all one value) of prefix prompts are drawn;
+# a prompt with extra ids never shares a block with one without them.
+PROMPT = st.tuples(st.integers(0, len(PREFIXES) + 3), st.integers(1, 20), st.lists(st.integers(0, 3), max_size=10),
                    st.integers(1, 12), st.sampled_from([None] * 4 + [1]), st.sampled_from([None] * 5 + [0, 1]))
 STATS = ("alloc_total_blocks", "alloc_new_blocks", "reused_blocks", "missed_blocks")
 
@@ -51,6 +55,7 @@ class KVMachine(RuleBasedStateMachine):
         self.reqs = {}          # rid -> LlmRequest
         self.seq = {}           # rid -> KV token count (live sequences only)
         self.next_id = 0
+        self.fillers = set()    # rids of pressure() prompts
         self.sched = None       # set of rids scheduling-removed in the current pass, None: no pass
         self.sched_free0 = None
 
@@ -101,10 +106,58 @@ class KVMachine(RuleBasedStateMachine):
         if then and self._add_sequence(rid, 0) and then == "add+store":
             self._store_context_blocks(rid)
 
+    @precondition(lambda self: len(self.reqs) < CAPACITY - 1)
+    @rule(prompt=PROMPT, longer=st.integers(1, 2 * TPB), first_finishes=st.booleans())
+    def add_twins(self, prompt, longer, first_finishes):
+        """Two requests with one prompt, both allocated before either stores (kvcache.md §2.4: they
+        arrive together). The second, `longer` tokens longer, stores its tail under the first one's
+        blocks, so it holds blocks whose tree parents it does not hold; once the first finishes,
+        those parents are free and can be offloaded while their children are held."""
+        tokens, extras, lora, max_new = self._prompt(prompt)
+        first = self._add_request(tokens, extras, lora, max_new)
+        tail = [1000 + i % 4 for i in range(longer)]
+        second = self._add_request(tokens + tail, None if extras is None else extras + [0] * longer, lora, max_new)
+        if self._add_sequence(first, 0) and self._add_sequence(second, 0):
+            self._store_context_blocks(first)
+            self._store_context_blocks(second)
+            if first_finishes:
+                self._remove_sequence(first, True)
+
+    @precondition(lambda self: len(self.reqs) < CAPACITY and self.kv.num_free_blocks > 0)
+    @rule(blocks=st.integers(1, MAX_SEQ_LEN // TPB), stays=st.booleans())
+    def pressure(self, blocks, stays):
+        """An unrelated prompt takes LRU front blocks: cached blocks there are recycled, or offloaded
+        to the host pool (to be onboarded by a later match). If it stays, the pool is left tight,
+        where a pre-check count that is off by one shows."""
+        n = min(blocks, self.kv.num_free_blocks) * TPB
+        rid = self._add_request([5000 + 100 * self.next_id + i for i in range(n)], None, None, 1)
+        self.fillers.add(rid)
+        assert self._add_sequence(rid, 0)
+        if not stays:
+            self._remove_sequence(rid, False)
+            self.t.remove_request(self.reqs.pop(rid))
+            self.model.remove_request(rid)
+
     def _new_request(self, prompt):
-        prefix, cut, suffix, max_new, lora, extra = prompt
-        tokens = PREFIXES[prefix][:cut] + [1000 + x for x in suffix]
-        extras = None if extra is None else [extra] * len(tokens)
+        return self._add_request(*self._prompt(prompt))
+
+    def _prompt(self, prompt):
+        """(tokens, extra ids or None, LoRA id, max new tokens) of a PROMPT draw."""
+        source, cut, suffix, max_new, lora, extra = prompt
+        # Live sequences first (their blocks are held); fillers share nothing.
+        bases = [r for r in sorted(self.seq) if r not in self.fillers][-4:] or sorted(self.reqs)[-4:]
+        if source >= len(PREFIXES) and bases:
+            base = self.model.requests[bases[-1 - (source - len(PREFIXES)) % len(bases)]]
+            lora, items = base["lora"], base["items"][:cut]
+            extra = None if items[0][1] is None else items[0][1]
+            tokens = [tok for tok, _ in items] + [1000 + x for x in suffix]
+            extras = None if extra is None else [e for _, e in items] + [extra] * len(suffix)
+        else:
+            tokens = PREFIXES[source % len(PREFIXES)][:cut] + [1000 + x for x in suffix]
+            extras = None if extra is None else [extra] * len(tokens)
+        return tokens, extras, lora, max_new
+
+    def _add_request(self, tokens, extras, lora, max_new):
         rid = self.next_id
         self.next_id += 1
         self.reqs[rid] = self.t.add_request(rid, tokens, max_new, lora_task_id=lora, input_token_extra_ids=extras)
@@ -366,8 +419,10 @@ class KVMachine(RuleBasedStateMachine):
         assert all(self.kv.ref_count(b) == 0 for b in range(self.num_blocks + self.secondary))
 
 
-# Sized for about 5 s per machine; the CI profile of tests/conftest.py fixes the seed.
+# About 4 s per machine. No explain phase: it traces every line of the model and turns a
+# 10-second shrink into minutes. The other phases (and the seed) come from the active profile.
 SETTINGS = settings(max_examples=150, stateful_step_count=40, deadline=None,
+                    phases=[p for p in settings.default.phases if p != Phase.explain], report_multiple_bugs=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
@@ -381,7 +436,8 @@ class KVMachineNoReuse(KVMachine):
 
 class KVMachineSecondary(KVMachine):
     REUSE = True
-    SECONDARY = st.integers(1, 3)
+    SECONDARY = st.integers(2, 8)
+    NUM_BLOCKS = st.sampled_from([6, 8])
 
 
 TestKVCacheReuse = KVMachineReuse.TestCase
