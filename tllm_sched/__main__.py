@@ -2,9 +2,10 @@
 
     tllm-sched replay SCENARIO.json [--backend cpp|python|python-naive] [--out FILE]
     tllm-sched bench [options]            (see `tllm-sched bench --help`)
+    tllm-sched gate record|check BASELINE.json [options]   (see `tllm-sched gate --help`)
 
-Exit status: 0 success, 2 invalid input (one-line message, no traceback), 3 a run that
-started but could not go on.
+Exit status: 0 success, 1 a regression (bench --compare, gate check), 2 invalid input (one-line
+message, no traceback), 3 a run that started but could not go on.
 """
 
 from __future__ import annotations
@@ -51,11 +52,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     rp.set_defaults(func=_replay)
     bp = sub.add_parser("bench", help="measure scheduler host overhead (see bench --help)", add_help=False)
     bp.set_defaults(func=None)
+    gp = sub.add_parser("gate", help="record or check a CI performance baseline (see gate --help)", add_help=False)
+    gp.set_defaults(func=None)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         from tllm_sched.bench import main as bench_main
 
         return bench_main(rest)
+    if args.command == "gate":
+        from tllm_sched.gate import main as gate_main
+
+        return gate_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
