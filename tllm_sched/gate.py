@@ -59,8 +59,8 @@ from tllm_sched.gate_measure import Cell, CellTimes, instruction_tool, measure_i
 from tllm_sched.gate_stats import judge
 from tllm_sched.replay import RunFailure
 
-__all__ = ["FORMAT", "GateError", "Thresholds", "CheckResult", "check", "load_baseline", "main", "record",
-           "select_cells"]
+__all__ = ["FORMAT", "GateError", "Thresholds", "CheckResult", "check", "check_writable", "import_modules",
+           "load_baseline", "main", "record", "select_cells", "write_atomic"]
 
 PROG = "tllm-sched gate"
 FORMAT = "tllm_sched.gate/1"
@@ -175,7 +175,7 @@ def _cell(c: dict) -> Cell:
     return Cell(c["workload"], c["policy"], c["n_active"], c["backend"])
 
 
-def _check_writable(path: str) -> None:
+def check_writable(path: str) -> None:
     """Raises GateError unless `path` can be written (tried with a scratch file beside it)."""
     if os.path.isdir(path):
         raise GateError(f"{path}: is a folder")
@@ -188,7 +188,7 @@ def _check_writable(path: str) -> None:
         raise GateError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
-def _write_atomic(path: str, doc: dict) -> None:
+def write_atomic(path: str, doc: dict) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".gate-", suffix=".tmp")
     try:
@@ -402,7 +402,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _import(modules: Sequence[str]) -> None:
+def import_modules(modules: Sequence[str]) -> None:
     for m in modules:
         try:
             importlib.import_module(m)
@@ -412,13 +412,13 @@ def _import(modules: Sequence[str]) -> None:
 
 def _main(argv: Optional[List[str]]) -> int:
     args = _parser().parse_args(argv)
-    _import(args.imports)
+    import_modules(args.imports)
     chosen = dict(workloads=args.workloads, policies=args.policies, backends=args.backends, active=args.active)
     if args.action == "record":
-        _check_writable(args.baseline)
+        check_writable(args.baseline)
         doc = record(select_cells(**chosen), rounds=args.rounds, steps=args.steps, seed=args.seed,
                      instructions=args.instructions, imports=args.imports)
-        _write_atomic(args.baseline, doc)
+        write_atomic(args.baseline, doc)
         for c in doc["cells"]:
             instr = "-" if c["instructions_per_step"] is None else f"{c['instructions_per_step']:,}"
             print(f"{_cell(c).name():46s} instr {instr:>12s}  cpu {_median(c['cpu_us']):8.2f} us  wall "
@@ -428,7 +428,7 @@ def _main(argv: Optional[List[str]]) -> int:
     th = Thresholds(args.max_instructions_growth, args.max_time_growth, args.max_ratio_growth, args.alpha)
     baseline = load_baseline(args.baseline)
     if args.out:
-        _check_writable(args.out)
+        check_writable(args.out)
     cells = None
     if any(v is not None for v in chosen.values()):
         cells = [c for c in map(_cell, baseline["cells"]) if all(
@@ -442,7 +442,7 @@ def _main(argv: Optional[List[str]]) -> int:
     for n in res.notes:
         print(f"note: {n}")
     if args.out:
-        _write_atomic(args.out, res.doc)
+        write_atomic(args.out, res.doc)
     if res.regressions:
         print("\n".join("REGRESSION " + r for r in res.regressions))
         print(f"{PROG}: {len(res.regressions)} regression(s) in {len(res.lines)} cells", file=sys.stderr)
