@@ -95,16 +95,26 @@ class Thresholds:
 
 
 def select_cells(workloads=None, policies=None, backends=None, active=None) -> List[Cell]:
-    """The record cell set: every workload x policy x N x usable backend (defaults: all, N 64 and 1024)."""
+    """The record cell set: every workload x policy x N x usable backend (defaults: all, N 64 and 1024).
+    Policies may be given by their short names (GNE, MU); GateError for anything unknown."""
     from tllm_sched import bench_workloads as wl
+    from tllm_sched.bench import ALIASES
     from tllm_sched.scheduler import BACKENDS
 
+    policies = [ALIASES.get(str(p).upper(), p) for p in policies] if policies else wl.POLICIES
+    for kind, given, known in (("workload", workloads, wl.WORKLOADS), ("policy", policies, wl.POLICIES),
+                               ("backend", backends, BACKENDS)):
+        bad = [x for x in given or () if x not in known]
+        if bad:
+            raise GateError(f"unknown {kind} {bad[0]!r} (choose from {', '.join(known)})")
+    if active is not None and not all(isinstance(n, int) and n > 0 for n in active):
+        raise GateError(f"active counts must be positive integers, got {list(active)}")
     usable, notices = wl.probe_backends(backends or BACKENDS)
     for n in notices:
         print(f"{PROG}: {n}", file=sys.stderr)
     if not usable:
         raise RunFailure("no usable backend")
-    return [Cell(w, p, n, b) for w, p, n, b in itertools.product(workloads or wl.WORKLOADS, policies or wl.POLICIES,
+    return [Cell(w, p, n, b) for w, p, n, b in itertools.product(workloads or wl.WORKLOADS, policies,
                                                                  active or DEFAULT_ACTIVE, usable)]
 
 
@@ -339,7 +349,7 @@ def _judge_cell(c: Cell, base: Dict[Cell, dict], new: Dict[Cell, dict], th: Thre
         parts.append(f"crossings {bx} -> {nx}")
         if bx != nx:
             failed.append(f"{name}: crossings per step {bx} -> {nx} (compared exactly)")
-    return f"{'REGRESSION' if failed else 'ok':10s} {name:46s} " + "  ".join(parts), failed
+    return f"{'FAIL' if failed else 'ok':4s} {name:46s} " + "  ".join(parts), failed
 
 
 # --------------------------------------------------------------------------- command line
