@@ -5,7 +5,8 @@
 BASELINE.json is a baseline recorded on the code being checked (`tllm-sched gate record`), so
 every difference the checks see is either noise or a doctoring done here:
 
-  - unchanged: `gate check BASELINE.json` N times; every run must exit 0.
+  - unchanged: `gate check BASELINE.json` N times; every run must exit 0. Each run's results
+    (with per-cell figures) are kept as DIR/unchanged-N.json for a look at the noise.
   - doctored: N runs against copies of the baseline whose time figures (CPU and wall per round,
     p99) are all 30% below today's and whose instruction count is 5% below today's in one cell,
     a different cell each run, over every backend. Each run must exit 1 with an instruction
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     failures = 0
     for i in range(args.unchanged):
-        code, secs, lines = _check(Path(args.baseline), extra, work)
+        out = ["--out", str(work / f"unchanged-{i + 1}.json")]
+        code, secs, lines = _check(Path(args.baseline), extra + out, work)
         ok = code == 0
         failures += not ok
         print(f"unchanged {i + 1:2d}: exit {code}  {secs:6.1f} s  {'ok' if ok else 'FAILED: ' + '; '.join(lines)}",

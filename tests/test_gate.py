@@ -354,20 +354,22 @@ def test_callgrind_counts_each_cell_in_one_child():
 # ------------------------------------------------------------------------------ pytest plugin
 
 
-def _pytest(tmp_path: Path, *args) -> subprocess.CompletedProcess:
+def _pytest(tmp_path: Path, *args, folder: bool = True) -> subprocess.CompletedProcess:
     loaded = any(ep.name == "tllm_sched" for ep in importlib.metadata.entry_points(group="pytest11"))
     plugin = [] if loaded else ["-p", "tllm_sched.pytest_plugin"]
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin,
-                           "--tllm-gate-dir", str(tmp_path / "gates"), *args, "test_mine.py"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    where = ["--tllm-gate-dir", str(tmp_path / "gates")] if folder else []
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, *where, *args,
+                           "test_mine.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+MY_TEST = ("from tllm_sched.gate import Thresholds\n"
+           "def test_cost(tllm_gate):\n"
+           "    tllm_gate('mine', workloads=['decode'], policies=['GNE'], backends=['cpp', 'python'], active=[8],\n"
+           "              rounds=3, instructions='off', thresholds=Thresholds(time=1000, ratio=1000))\n")
 
 
 def test_pytest_fixture_records_then_catches_a_regression(tmp_path):
-    (tmp_path / "test_mine.py").write_text(
-        "from tllm_sched.gate import Thresholds\n"
-        "def test_cost(tllm_gate):\n"
-        "    tllm_gate('mine', workloads=['decode'], policies=['GNE'], backends=['cpp', 'python'], active=[8],\n"
-        "              rounds=3, instructions='off', thresholds=Thresholds(time=1000, ratio=1000))\n")
+    (tmp_path / "test_mine.py").write_text(MY_TEST)
     p = _pytest(tmp_path, "-rs")
     assert p.returncode == 0 and "1 skipped" in p.stdout and "--tllm-gate=record" in p.stdout
     p = _pytest(tmp_path, "--tllm-gate=record")
@@ -379,3 +381,13 @@ def test_pytest_fixture_records_then_catches_a_regression(tmp_path):
     _doctor(baseline, baseline, lambda c: c.update(crossings_per_step=5))
     p = _pytest(tmp_path)
     assert p.returncode == 1 and f"decode/{GNE}/N=8/python: crossings per step 5 -> 1" in p.stdout, p.stdout
+
+
+def test_pytest_fixture_keeps_baselines_in_pytest_benchmark_storage(tmp_path):
+    pytest.importorskip("pytest_benchmark")
+    (tmp_path / "test_mine.py").write_text(MY_TEST)
+    p = _pytest(tmp_path, "--tllm-gate=record", "--benchmark-storage", str(tmp_path / "store"), folder=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # pytest-benchmark keeps its runs per machine: store/<machine id>/; the gate's go beside them.
+    assert [q.relative_to(tmp_path / "store").parts[1:] for q in (tmp_path / "store").rglob("*.json")] == [
+        ("tllm_gate", "mine.json")]
