@@ -3,7 +3,7 @@
     tllm-sched gate record BASELINE.json [--workloads W] [--policies P] [--backends B] [--active N,...]
                                          [--rounds R] [--steps K] [--instructions auto|callgrind|perf|off]
     tllm-sched gate check BASELINE.json [same cell options: a subset of the baseline's cells]
-                                        [--max-instructions-growth 0.02] [--max-time-growth 0.25]
+                                        [--max-instructions-growth 0.02] [--max-time-growth 0.30]
                                         [--max-ratio-growth 0.25] [--alpha 0.01] [--absolute-time auto|on|off]
                                         [--out RESULT.json]
 
@@ -21,17 +21,20 @@ side by side (how: gate_measure.py):
   2. time per step: thread CPU time and wall-clock per round of interleaved rounds, both
      reported; the CPU time judged by the one-sided Mann-Whitney U test and the Hodges-Lehmann
      ratio (gate_stats.py): a cell fails when its new rounds are significantly slower
-     (p < `--alpha` 0.01) AND slower by more than `--max-time-growth` (25%). Thread CPU time
+     (p < `--alpha` 0.01) AND slower by more than `--max-time-growth` (30%). Thread CPU time
      because a neighbour that takes the core stretches the wall-clock, not the CPU time: on the
      shared 2-core machine a baseline recorded at load average 6 had wall-clock medians 2.3x its
-     CPU times, and a check minutes later 1.0x. Over 20 checks of unchanged code at load
-     averages 9 to 14, the largest CPU-time ratio of any cell was 1.09 (every such drift is
-     "significant" with 30 rounds: the effect size is what guards). 25% sits between that drift
-     and what must fail: a baseline 30% faster than today is a ratio of 1/0.7 = 1.43. Absolute
+     CPU times, and a check minutes later 1.0x. CPU time still drifts with what the neighbours
+     do to the shared caches: over 21 checks of unchanged code at load averages 7 to 14, the
+     CPU-time ratio new / baseline of a cell ranged from 0.93 to 1.18 (the largest in the cell
+     with the biggest working set, mixed/N=1024/python; every such drift is "significant" with
+     30 rounds: the effect size is what guards). 30% sits between that drift and what must fail:
+     a baseline 30% faster than today is a ratio of 1/0.7 = 1.43, and even the fastest drift
+     seen (0.93) leaves it at 1.33. Absolute
      times mean something only on the machine class that recorded them: with `--absolute-time
      auto` they are judged when the CPU model and count match the baseline's.
   3. ratio to the reference backend (cpp): per round, the cell's CPU time over cpp's in the same
-     round, judged the same way with `--max-ratio-growth` (25%; the 20 checks' largest was 1.09).
+     round, judged the same way with `--max-ratio-growth` (25%; the 21 checks' largest was 1.13).
      Machine speed cancels within a round, so this holds on any machine; it does not see cpp
      itself slowing down (1. and 2. do).
   4. Python -> C++ crossings per step, compared exactly.
@@ -82,7 +85,7 @@ class GateError(ValueError):
 @dataclass(frozen=True)
 class Thresholds:
     instructions: float = 0.02  # growth of instructions per step
-    time: float = 0.25  # growth of the thread CPU time per step
+    time: float = 0.30  # growth of the thread CPU time per step
     ratio: float = 0.25  # growth of the CPU time ratio to the reference backend
     alpha: float = 0.01  # significance level of the time tests
 
