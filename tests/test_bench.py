@@ -1,6 +1,6 @@
 """tests/test_bench.py: `tllm-sched bench` (tllm_sched/bench.py, bench_workloads.py, bench_report.py).
 
-Fast: tiny synthetic runs on cpp, the JSON format, the --compare logic on crafted files, and the
+Fast: tiny synthetic runs on cpp, the JSON format, the retired --compare, and the
 trace paths (error exit status, small crafted traces, a few requests of the real ones).
 """
 
@@ -65,13 +65,13 @@ def test_quick_smoke_cpp(tmp_path):
 
 def test_quick_defaults_and_explicit_options():
     args = bench._parser().parse_args(["--quick"])
-    bench._resolve(args, None)
+    bench._resolve(args)
     assert (args.active, args.steps, args.warmup) == (bench.QUICK["active"], 100, 5)
     args = bench._parser().parse_args(["--quick", "--steps", "7", "--policies", "mu,GNE"])
-    bench._resolve(args, None)
+    bench._resolve(args)
     assert args.steps == 7 and args.policies == ["MAX_UTILIZATION", "GUARANTEED_NO_EVICT"]
     args = bench._parser().parse_args([])
-    bench._resolve(args, None)
+    bench._resolve(args)
     assert args.active == [64, 256, 1024, 4096] and args.workloads == ["decode", "mixed", "reuse"]
 
 
@@ -125,69 +125,10 @@ def test_format_table():
 # --------------------------------------------------------------------------------- compare
 
 
-def _results_file(path, cells, fmt="tllm_sched.bench/1"):
-    results = [dict(workload=w, policy="GUARANTEED_NO_EVICT", backend=b, n_active=n, steps=10, median_us=us,
-                    p99_us=us * 2, crossings_per_step=1.0) for w, n, b, us in cells]
-    path.write_text(json.dumps({"format": fmt, "kind": "synthetic", "results": results}))
-    return str(path)
-
-
-def test_compare_ratios_not_absolute_times(tmp_path, capsys):
-    base = _results_file(tmp_path / "b.json", [("decode", 64, "cpp", 10.0), ("decode", 64, "python", 50.0)])
-    # Twice as slow overall (a slower machine), same ratio: no regression.
-    slow = _results_file(tmp_path / "s.json", [("decode", 64, "cpp", 20.0), ("decode", 64, "python", 100.0)])
-    assert bench.main(["--compare", base, "--current", slow]) == 0
-    assert "no regression" in capsys.readouterr().out
-    # The python backend alone got 1.4x slower relative to cpp.
-    worse = _results_file(tmp_path / "w.json", [("decode", 64, "cpp", 10.0), ("decode", 64, "python", 70.0)])
-    assert bench.main(["--compare", base, "--current", worse]) == 1
-    assert "REGRESSION" in capsys.readouterr().out
-    assert bench.main(["--compare", base, "--current", worse, "--max-ratio", "1.5"]) == 0
-
-
-def test_compare_only_common_rows_with_a_cpp_reference(tmp_path):
-    base = _results_file(tmp_path / "b.json", [("decode", 64, "cpp", 10.0), ("decode", 64, "python", 50.0),
-                                               ("mixed", 64, "python", 50.0)])
-    cur = _results_file(tmp_path / "c.json", [("decode", 64, "cpp", 10.0), ("decode", 64, "python", 55.0),
-                                              ("mixed", 64, "python", 500.0), ("decode", 256, "cpp", 1.0),
-                                              ("decode", 256, "python", 900.0)])
-    lines, bad = bench_report.compare(bench_report.load_results(base), bench_report.load_results(cur), 1.25)
-    assert len(lines) == 1 and not bad  # mixed has no cpp row; N=256 is not in the baseline
-
-
-@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "other/1", "results": []}),
-                                     json.dumps({"format": "tllm_sched.bench/1", "results": [{"workload": "decode"}]})],
-                         ids=["not-json", "other-format", "missing-keys"])
-def test_compare_bad_baseline_exit_2(tmp_path, content, capsys):
-    bad = tmp_path / "bad.json"
-    bad.write_text(content)
-    good = _results_file(tmp_path / "g.json", [("decode", 64, "cpp", 10.0), ("decode", 64, "python", 50.0)])
-    assert bench.main(["--compare", str(bad), "--current", good]) == 2
-    err = capsys.readouterr().err
-    assert "bad.json" in err and len(err.strip().splitlines()) == 1
-
-
-def test_compare_nothing_in_common_exit_2(tmp_path):
-    a = _results_file(tmp_path / "a.json", [("decode", 64, "cpp", 10.0), ("decode", 64, "python", 50.0)])
-    b = _results_file(tmp_path / "b.json", [("mixed", 64, "cpp", 10.0), ("mixed", 64, "python", 50.0)])
-    assert bench.main(["--compare", a, "--current", b]) == 2
-    assert bench.main(["--compare", str(tmp_path / "missing.json"), "--current", b]) == 2
-
-
-def test_compare_runs_with_the_baseline_configuration(tmp_path, capsys):
-    """Without --current, a new run reuses the baseline's cases, then compares."""
-    assert _run(tmp_path, "--backends", "cpp", "--workloads", "decode", "--policies", "GNE", "--active", "8",
-                "--steps", "5", "--no-progress") == 0
-    base = tmp_path / "out" / "results.json"
-    doc = json.loads(base.read_text())
-    doc["results"].append(dict(doc["results"][0], backend="python", median_us=doc["results"][0]["median_us"] * 1e6))
-    base.write_text(json.dumps(doc))
-    new = tmp_path / "new"
-    expected = 0 if "python" in wl.probe_backends(["python"])[0] else 2  # 2: no python row to compare
-    assert bench.main(["--compare", str(base), "--backends", "cpp,python", "--out", str(new), "--no-progress",
-                       "--no-plot"]) == expected
-    cur = json.loads((new / "results.json").read_text())
-    assert {(r["workload"], r["n_active"], r["steps"]) for r in cur["results"]} == {("decode", 8, 5)}
+def test_compare_is_gone_with_a_pointer_to_the_gate(tmp_path, capsys):
+    assert bench.main(["--compare", str(tmp_path / "base.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tllm-sched gate check" in err
 
 
 # ------------------------------------------------------------------------------- traces

@@ -2,9 +2,10 @@
 
     tllm-sched replay SCENARIO.json [--backend cpp|python|python-naive] [--out FILE]
     tllm-sched bench [options]            (see `tllm-sched bench --help`)
+    tllm-sched gate record|check BASELINE.json [options]   (see `tllm-sched gate --help`)
 
-Exit status (tllm_sched/cli.py): 0 success, 2 invalid input (one-line message, no traceback), 3 a
-run that started but could not go on, 130 interrupted.
+Exit status (tllm_sched/cli.py): 0 success, 1 a regression (gate check), 2 invalid input (one-line
+message, no traceback), 3 a run that started but could not go on, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     rp.set_defaults(func=_replay)
     bp = sub.add_parser("bench", help="measure scheduler host overhead (see bench --help)", add_help=False)
     bp.set_defaults(func=None)
+    gp = sub.add_parser("gate", help="record or check a CI performance baseline (see gate --help)", add_help=False)
+    gp.set_defaults(func=None)
     try:
         args, rest = parser.parse_known_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, its one line already printed)
@@ -88,6 +91,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from tllm_sched.bench import main as bench_main
 
         return bench_main(rest)
+    if args.command == "gate":
+        from tllm_sched.gate import main as gate_main
+
+        return gate_main(rest)
     if rest:
         return _fail(f"{PROG} {args.command}", cli.INVALID, f"error: unrecognized arguments: {' '.join(rest)}")
     try:

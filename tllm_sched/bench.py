@@ -3,13 +3,13 @@
     tllm-sched bench [--quick] [--workloads decode,mixed] [--policies GNE,MU] [--backends cpp,python,...]
                      [--active 64,256,1024,4096] [--steps N] [--warmup N] [--seed N] [--out DIR]
     tllm-sched bench --trace FILE [--trace-limit N] [--max-steps N] [--policies P] [engine options]
-    tllm-sched bench --compare BASELINE.json [--max-ratio 1.25] [--current RESULTS.json | run options]
     tllm-sched bench --prompt-length-sweep [1024,4096,16384,65536] [--policies P] [--steps N]
 
 The workloads and the simulated executor are in bench_workloads.py, the outputs in
 bench_report.py. Every step's decisions are compared across the backends (a checksum of the
-output slot arrays): a difference ends the run (exit 3, naming the step). Exit status: 0 success,
-1 a --compare regression, 2 invalid input (one-line message, no traceback), 3 a run that started
+output slot arrays): a difference ends the run (exit 3, naming the step). To gate a change
+against a saved baseline, use `tllm-sched gate` (gate.py). Exit status: 0 success,
+2 invalid input (one-line message, no traceback), 3 a run that started
 but could not go on.
 """
 
@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     from tllm_sched.scheduler import BACKENDS
 
     p = cli.ArgumentParser(prog=PROG, description="Measure scheduler host overhead per step on a simulated "
-                                "executor: synthetic workloads (default), a real trace (--trace), or a check "
-                                "against a saved run (--compare).")
+                                "executor: synthetic workloads (default) or a real trace (--trace). To gate a change "
+                                "against a baseline: tllm-sched gate.")
     g = p.add_argument_group("what to run (--policies, --backends and --out also apply to --trace)")
     g.add_argument("--workloads", type=_list("workload", wl.WORKLOADS), help=f"{','.join(wl.WORKLOADS)} (default: all)")
     g.add_argument("--policies", type=_list("policy", wl.POLICIES),
@@ -86,19 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     from tllm_sched import bench_dp
 
     bench_dp.add_arguments(p)
-    c = p.add_argument_group("compare")
-    c.add_argument("--compare", metavar="BASELINE.json", help="compare with a saved results.json; exit 1 on regression")
-    c.add_argument("--max-ratio", type=float, default=1.25, help="allowed growth of a backend's ratio to cpp (1.25)")
-    c.add_argument("--current", metavar="RESULTS.json", help="compare this saved run instead of running one")
+    p.add_argument("--compare", help=argparse.SUPPRESS)  # gone: answered with a pointer to `tllm-sched gate`
     return p
 
 
-def _resolve(args, baseline: Optional[dict]) -> None:
-    """Fills unset synthetic options: command line, else the baseline's (compare), else --quick/defaults."""
-    inherited = (baseline or {}).get("config", {}) if (baseline or {}).get("kind") == "synthetic" else {}
+def _resolve(args) -> None:
+    """Fills unset synthetic options: --quick's, else the defaults."""
     for k, v in DEFAULTS.items():
         if getattr(args, k) is None:
-            setattr(args, k, inherited.get(k, QUICK.get(k, v) if args.quick else v))
+            setattr(args, k, QUICK.get(k, v) if args.quick else v)
 
 
 def _backends(args) -> List[str]:
@@ -255,43 +251,28 @@ def _doc(kind: str, results: List[dict], notes: List[str], config: dict, **extra
                 config=config, notes=notes + ([warn] if warn else []), results=results, **extra)
 
 
-def _compare(baseline: dict, current: dict, max_ratio: float) -> int:
-    lines, bad = report.compare(baseline, current, max_ratio)
-    print(f"\ncompare (ratio to cpp, baseline -> current; regression above {max_ratio:g}x):")
-    print("\n".join(lines))
-    if bad:
-        print(f"{PROG}: {len(bad)} regression(s) beyond {max_ratio:g}x", file=sys.stderr)
-        return 1
-    print(f"no regression beyond {max_ratio:g}x ({len(lines)} rows)")
-    return 0
-
-
 def _main(argv: Optional[List[str]]) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
         return int(e.code or 0)
-    if args.max_ratio <= 1.0 and args.compare:
-        raise UsageError("--max-ratio must be greater than 1")
-    if args.current and not args.compare:
-        raise UsageError("--current needs --compare BASELINE.json")
-    if args.prompt_length_sweep and (args.trace or args.compare):
-        raise UsageError("--prompt-length-sweep runs alone (not with --trace or --compare)")
+    if args.compare is not None:
+        raise UsageError("--compare is gone: gate changes with `tllm-sched gate record BASELINE.json` once, then "
+                         "`tllm-sched gate check BASELINE.json`")
+    if args.prompt_length_sweep and args.trace:
+        raise UsageError("--prompt-length-sweep runs alone (not with --trace)")
     if args.dp_ranks:
         from tllm_sched import bench_dp
 
         return bench_dp.run(args)
     if args.router or args.adp_balance:
         raise UsageError("--router and --adp-balance need --dp-ranks N")
-    baseline = report.load_results(args.compare) if args.compare else None
-    if args.current:
-        return _compare(baseline, report.load_results(args.current), args.max_ratio)
     if args.prompt_length_sweep:
         doc = run_prompt_length_sweep(args)
     elif args.trace:
         doc = run_trace(args)
     else:
-        _resolve(args, baseline)
+        _resolve(args)
         doc = run_synthetic(args)
     print(report.table_for(doc))
     for n in doc["notes"]:
@@ -301,14 +282,14 @@ def _main(argv: Optional[List[str]]) -> int:
     except OSError as e:
         raise RunFailure(f"cannot write the results to {args.out}: {e.strerror or e}") from None
     print("wrote " + ", ".join(paths))
-    return _compare(baseline, doc, args.max_ratio) if baseline is not None else 0
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `tllm-sched bench`; returns the exit status."""
     try:
         return _main(argv)
-    except (UsageError, report.CompareError) as e:
+    except UsageError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     except (RunFailure, _core.SchedulingError) as e:

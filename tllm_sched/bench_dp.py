@@ -56,10 +56,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """`tllm-sched bench --dp-ranks N ...`; returns the exit status (raises bench.UsageError)."""
-    from tllm_sched.bench_args import UsageError
-
-    if args.compare or args.current:
-        raise UsageError("--dp-ranks does not combine with --compare")
     if args.trace:
         doc = run_trace(args)
         out = args.out or os.path.join("bench-results", f"dp-trace-{doc['trace']['format']}")

@@ -1,5 +1,5 @@
-"""tllm_sched/bench_report.py: the outputs of `tllm-sched bench`: table, results.json, report.md,
-report.png, and the --compare check.
+"""tllm_sched/bench_report.py: the outputs of `tllm-sched bench`: table, results.json, report.md
+and report.png.
 
 results.json ("format": "tllm_sched.bench/1"; "kind": synthetic, trace or prompt-length-sweep)
 holds the machine and versions, the run's configuration and a `results` list, one entry per
@@ -27,12 +27,8 @@ SWEEP = "prompt-length-sweep"  # the kind of a --prompt-length-sweep run
 REQUIRED = ("workload", "policy", "backend", "n_active", "steps", "median_us", "p99_us", "crossings_per_step")
 POLICY_SHORT = {p.name: p.short for p in CAPACITY_POLICIES.values()}
 
-__all__ = ["FORMAT", "REQUIRED", "SWEEP", "add_ratios", "compare", "format_sweep_table", "format_table",
-           "load_results", "machine_info", "table_for", "write_outputs"]
-
-
-class CompareError(ValueError):
-    """A results file that cannot be compared (exit status 2)."""
+__all__ = ["FORMAT", "REQUIRED", "SWEEP", "add_ratios", "format_sweep_table", "format_table", "machine_info",
+           "table_for", "write_outputs"]
 
 
 def machine_info() -> Dict[str, object]:
@@ -382,56 +378,6 @@ def _bars(ax, results: List[dict]) -> None:
     ax.set(yscale="log", ylabel="scheduler thread CPU µs per step", title="whole run (thread CPU time)")
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend(fontsize="small")
-
-
-# --------------------------------------------------------------------------------- compare
-
-
-def load_results(path: str) -> dict:
-    """A results.json, checked enough to compare; CompareError (one line) otherwise."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except OSError as e:
-        raise CompareError(f"{path}: cannot read: {e.strerror or e}") from None
-    except ValueError as e:
-        raise CompareError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise CompareError(f"{path}: not a {FORMAT} results file")
-    results = doc.get("results")
-    if not isinstance(results, list):
-        raise CompareError(f"{path}: 'results' must be a list")
-    for i, r in enumerate(results):
-        missing = [k for k in REQUIRED if not isinstance(r, dict) or k not in r]
-        if missing:
-            raise CompareError(f"{path}: results[{i}] lacks {', '.join(missing)}")
-    return doc
-
-
-def _ratios(results: List[dict]) -> Dict[Tuple[str, str, int, str], float]:
-    cpp = {_key(r): r["median_us"] for r in results if r["backend"] == "cpp" and r["median_us"]}
-    return {(*_key(r), r["backend"]): r["median_us"] / cpp[_key(r)] for r in results
-            if r["backend"] != "cpp" and r["median_us"] and _key(r) in cpp}
-
-
-def compare(baseline: dict, current: dict, max_ratio: float) -> Tuple[List[str], List[str]]:
-    """(report lines, regression lines). Compares each backend's ratio to cpp in its own run, so a
-    slower machine does not fail the check: a regression is new ratio / baseline ratio > max_ratio.
-    CompareError when no row can be compared."""
-    base, cur = _ratios(baseline["results"]), _ratios(current["results"])
-    common = [k for k in cur if k in base]
-    if not common:
-        raise CompareError("no (workload, policy, n_active, backend) row with a cpp reference is in both runs")
-    lines, bad = [], []
-    for k in common:
-        change = cur[k] / base[k]
-        verdict = "REGRESSION" if change > max_ratio else "ok"
-        line = (f"{k[0]:<10} {POLICY_SHORT.get(k[1], k[1]):<4} N={k[2]:<6} {k[3]:<13} x cpp {base[k]:8.2f} -> "
-                f"{cur[k]:8.2f}  ({change:5.2f}x)  {verdict}")
-        lines.append(line)
-        if change > max_ratio:
-            bad.append(line)
-    return lines, bad
 
 
 def now_iso() -> str:
