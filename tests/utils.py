@@ -31,6 +31,9 @@ def slots(*reqs):
     return np.array([r.slot for r in reqs], dtype=np.int32)
 
 
+WORK_STATS = ("blocks_hashed", "blocks_compared")
+
+
 def kv_snapshot(kv, rids=()):
     """Everything a failed KV call must leave unchanged."""
     snap = {
@@ -41,7 +44,9 @@ def kv_snapshot(kv, rids=()):
         "cached": [kv.is_cached(b) for b in range(kv.max_num_blocks)],
         "parents": [kv.tree_parent(b) for b in range(kv.max_num_blocks)],
         "refs": [kv.ref_count(b) for b in range(kv.max_num_blocks)],
-        "stats": {k: v for k, v in kv.get_kv_cache_stats().items()},
+        # Work statistics (blocks hashed, compared) may grow in a failed call: they count effort,
+        # not state, and the hashes they count are kept for later calls.
+        "stats": {k: v for k, v in kv.get_kv_cache_stats().items() if k not in WORK_STATS},
     }
     for rid in rids:
         if kv.has_sequence(rid):

@@ -99,6 +99,11 @@ void bind_kv_cache(nb::module_& m) {
                 d["missed_blocks"] = s.missed_blocks;
                 int64_t looked = s.reused_blocks + s.missed_blocks;
                 d["cache_hit_rate"] = looked ? static_cast<double>(s.reused_blocks) / static_cast<double>(looked) : 0.0;
+                // Work statistics of prefix reuse: chained block hashes computed and block keys
+                // compared to confirm a hash match (each once per request and block, while
+                // nothing the answer depends on changes).
+                d["blocks_hashed"] = k.num_blocks_hashed();
+                d["blocks_compared"] = k.num_blocks_compared();
                 nb::dict per;
                 per[nb::int_(k.config().max_seq_len)] = k.num_free_blocks();
                 d["num_free_blocks_per_window_size"] = per;

@@ -3,24 +3,29 @@
 
 namespace tllm {
 
-ReuseSkipper::ReuseSkipper(const RequestTable& table, const KVCacheManager* kv, const int32_t* slots,
-                           int32_t num_slots)
+ReuseSkipper::ReuseSkipper(const RequestTable& table, KVCacheManager* kv, const int32_t* slots, int32_t num_slots)
     : table_(table), kv_(kv && kv->config().enable_block_reuse ? kv : nullptr) {
     if (!kv_) return;
     for (int32_t i = 0; i < num_slots; ++i) {  // no gating in step A
         int32_t s = slots[i];
-        if (state::is_context_init(table_.state[s]) && !table_.is_first_context_chunk(s)) {
-            if (auto key = kv_->find_new_context_block(s)) contributed_.insert(std::move(*key));
-        }
+        if (state::is_context_init(table_.state[s]) && !table_.is_first_context_chunk(s)) claimed_before(s);
     }
+}
+
+bool ReuseSkipper::claimed_before(int32_t s) {
+    // Equal ids mean equal keys within one pass of the cache's interning (tree unchanged).
+    const int64_t id = kv_->find_new_context_block_id(s, !pass_open_);
+    pass_open_ = true;
+    if (id < 0) return false;
+    if (static_cast<size_t>(id) >= claimed_.size()) claimed_.resize(static_cast<size_t>(id) + 1, 0);
+    if (claimed_[static_cast<size_t>(id)]) return true;
+    claimed_[static_cast<size_t>(id)] = 1;
+    return false;
 }
 
 bool ReuseSkipper::claim_or_skip(int32_t s) {
     if (!state::is_context_init(table_.state[s]) || !table_.is_first_context_chunk(s)) return false;
-    auto key = kv_->find_new_context_block(s);
-    if (!key) return false;
-    // The first request with a key claims it, even if it then fails to fit.
-    return !contributed_.insert(std::move(*key)).second;
+    return claimed_before(s);  // the first request with a key claims it, even if it then fails to fit
 }
 
 }  // namespace tllm
