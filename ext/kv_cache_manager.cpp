@@ -280,9 +280,18 @@ int64_t KVCacheManager::find_new_context_block_id(int32_t slot, bool new_pass) {
     int32_t id = pass_index_.find(r.key_hash, [&](int32_t k) { return same_pass_key(slot, r, pass_keys_[static_cast<size_t>(k)]); });
     if (id >= 0) return id;
     id = static_cast<int32_t>(pass_keys_.size());
-    pass_keys_.push_back({slot, r.node, r.depth, r.key_hash});
+    pass_keys_.push_back({slot, r.node, r.depth, r.key_hash, false});
     pass_index_.insert(r.key_hash, id);
     return id;
+}
+
+KVCacheManager::Claim KVCacheManager::claim_new_context_block(int32_t slot, bool new_pass) {
+    const int64_t id = find_new_context_block_id(slot, new_pass);
+    if (id < 0) return kNoKey;
+    bool& claimed = pass_keys_[static_cast<size_t>(id)].claimed;
+    if (claimed) return kClaimedBefore;
+    claimed = true;
+    return kClaimed;
 }
 
 // ---------------------------------------------------------------- scheduling accounting

@@ -70,6 +70,10 @@ public:
     /// Continuing a pass after the tree or any request's tokens changed (other than by appending)
     /// is an InputError: ids are compared through tree nodes, which must still mean the same.
     int64_t find_new_context_block_id(int32_t slot, bool new_pass);
+    /// Step B of reuse skipping on the pass's interned keys: claims the request's key if no
+    /// request of the pass claimed it yet. Returns kNoKey, kClaimed or kClaimedBefore (skip).
+    enum Claim : int8_t { kNoKey = 0, kClaimed = 1, kClaimedBefore = 2 };
+    Claim claim_new_context_block(int32_t slot, bool new_pass);
 
     // --- counts ---
     int32_t num_free_blocks() const { return pool_.num_free_blocks(); }  ///< primary, cached blocks included
@@ -114,6 +118,7 @@ private:
     struct PassKey {
         int32_t slot, node, depth;
         uint64_t hash;
+        bool claimed;  ///< by a request of the pass (claim_new_context_block)
     };
 
     /// The slot's hash and walk memo, reset first if it belongs to an earlier request or tokens.

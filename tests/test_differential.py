@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -138,17 +139,30 @@ def test_backends_agree(raw):
 @given(scenarios())
 def test_backends_agree_on_the_large_batch_paths(raw):
     """The same comparison with the thresholds of the large-batch paths lowered, so the tiny
-    generated scenarios exercise them: skip keys asked for in two windows, the array twins of
+    generated scenarios exercise them: skip keys asked for in several windows (the array form of
+    the claims, the last call left taking the rest), the array twins of
     the chunking policies, and numpy (not Python-int) counting of a split's others."""
+    with large_batch_paths():
+        test_backends_agree.hypothesis.inner_test(raw)
+
+
+@contextmanager
+def large_batch_paths():
+    """Lowers the thresholds of the large-batch paths: windows of two skip keys (the last key
+    question a step can afford takes the rest), array forms from the first item."""
     from tllm_sched import micro_batch_scheduler
     from tllm_sched.policies import chunking, common, reuse_skipping
 
-    saved = reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS, common.FEW, micro_batch_scheduler.FEW
-    reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS, common.FEW, micro_batch_scheduler.FEW = 2, 1, 0, 0
+    lowered = [(reuse_skipping, "FIRST_WINDOW", 2), (reuse_skipping, "GROWTH", 1),
+               (chunking, "VECTOR_MIN_ITEMS", 1), (common, "FEW", 0), (micro_batch_scheduler, "FEW", 0)]
+    saved = [getattr(m, k) for m, k, _ in lowered]
+    for m, k, v in lowered:
+        setattr(m, k, v)
     try:
-        test_backends_agree.hypothesis.inner_test(raw)
+        yield
     finally:
-        reuse_skipping.FIRST_WINDOW, chunking.VECTOR_MIN_ITEMS, common.FEW, micro_batch_scheduler.FEW = saved
+        for (m, k, _), v in zip(lowered, saved):
+            setattr(m, k, v)
 
 
 @settings(max_examples=max(100, EXAMPLES // 3), deadline=None, suppress_health_check=list(HealthCheck))
@@ -156,7 +170,7 @@ def test_backends_agree_on_the_large_batch_paths(raw):
 def test_python_scheduler_stays_within_the_crossing_budget(raw):
     """Every full step of the batched Python scheduler, in every generated configuration (cross
     caches, reuse, PEFT, drafts, disagg states, pauses...), makes at most 8 Python -> C++ calls,
-    plus one per pause (the issue's budget)."""
+    plus one per pause (the issue's budget), also when skip keys come in many windows."""
     import tllm_sched.replay as replay_mod
     from tllm_sched.scheduler import Scheduler
 
@@ -179,6 +193,8 @@ def test_python_scheduler_stays_within_the_crossing_budget(raw):
     replay_mod.Scheduler = Counting
     try:
         run(sc, "python")
+        with large_batch_paths():
+            run(sc, "python")
     finally:
         replay_mod.Scheduler = saved
     over = [(c, p) for c, p in steps if c > 8 + p]

@@ -185,6 +185,16 @@ void bind_kv_cache(nb::module_& m) {
             }, "slots"_a.noconvert(), "continue_pass"_a = false,
             "Key ids: equal ids iff equal first-new-block keys, within one call or across calls made with "
             "continue_pass=True after it; -1 for none.")
+        .def("claim_new_context_blocks", [](KVCacheManager& k, const AnyArray& slots, bool continue_pass) {
+                auto [p, n] = checked_slots(k.table(), slots);
+                std::vector<int8_t> out(static_cast<size_t>(n), 0);
+                for (int32_t i = 0; i < n; ++i)
+                    out[static_cast<size_t>(i)] = k.claim_new_context_block(p[i], i == 0 && !continue_pass);
+                return to_numpy(std::move(out));
+            }, "slots"_a.noconvert(), "continue_pass"_a = false,
+            "Step B of reuse skipping, in order, on the keys of a pass (as find_new_context_block_batch): "
+            "0 no key (every full block cached), 1 the key is claimed now, 2 another request of the pass "
+            "claimed it (skip).")
         .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const AnyArray& slots) {
                 return per_slot(k.table(), slots, [&](int32_t s) {
                     return k.has_sequence(s) ? static_cast<int32_t>(k.block_ids(s).size()) : 0;

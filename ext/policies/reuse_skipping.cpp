@@ -12,17 +12,6 @@ ReuseSkipper::ReuseSkipper(const RequestTable& table, KVCacheManager* kv, const 
     }
 }
 
-bool ReuseSkipper::claimed_before(int32_t s) {
-    // Equal ids mean equal keys within one pass of the cache's interning (tree unchanged).
-    const int64_t id = kv_->find_new_context_block_id(s, !pass_open_);
-    pass_open_ = true;
-    if (id < 0) return false;
-    if (static_cast<size_t>(id) >= claimed_.size()) claimed_.resize(static_cast<size_t>(id) + 1, 0);
-    if (claimed_[static_cast<size_t>(id)]) return true;
-    claimed_[static_cast<size_t>(id)] = 1;
-    return false;
-}
-
 bool ReuseSkipper::claim_or_skip(int32_t s) {
     if (!state::is_context_init(table_.state[s]) || !table_.is_first_context_chunk(s)) return false;
     return claimed_before(s);  // the first request with a key claims it, even if it then fails to fit

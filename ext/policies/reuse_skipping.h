@@ -5,8 +5,6 @@
 // scheduler.md §2.3, self cache only (cross-cache reuse is not supported).
 #pragma once
 
-#include <vector>
-
 #include "policies/common.h"
 
 namespace tllm {
@@ -22,13 +20,16 @@ public:
 
 private:
     bool claim_or_skip(int32_t slot);
-    /// Claims the slot's key; true if another request had claimed it already (false: newly
-    /// claimed, or no key).
-    bool claimed_before(int32_t slot);
+    /// Claims the slot's key in the cache's pass (opened by the first call); true if another
+    /// request had claimed it already.
+    bool claimed_before(int32_t slot) {
+        const bool first = !pass_open_;
+        pass_open_ = true;
+        return kv_->claim_new_context_block(slot, first) == KVCacheManager::kClaimedBefore;
+    }
     const RequestTable& table_;
-    KVCacheManager* kv_;          ///< null when reuse is off: nothing is ever skipped
-    bool pass_open_ = false;      ///< the cache's key ids of this pass are being handed out
-    std::vector<uint8_t> claimed_;  ///< by key id (the cache interns keys per pass)
+    KVCacheManager* kv_;      ///< null when reuse is off: nothing is ever skipped
+    bool pass_open_ = false;  ///< the cache's pass of keys and claims is this skipper's
 };
 
 }  // namespace tllm
