@@ -57,6 +57,13 @@ inline int32_t num_matching_tokens(const KeyView& a, const KeyView& b) {
 /// The chained hash of the (empty) prefix before a request's first block.
 constexpr uint64_t kRootHash = 0x9e3779b97f4a7c15ULL;
 
+/// Every chained hash is masked with this (all ones). Tests narrow it so that hashes collide,
+/// which must never change a decision (tllm_sched._core._set_block_hash_mask).
+inline uint64_t& block_hash_mask() {
+    static uint64_t mask = ~uint64_t{0};
+    return mask;
+}
+
 namespace detail {
 inline uint64_t mum(uint64_t a, uint64_t b) {
     const __uint128_t r = static_cast<__uint128_t>(a) * b;
@@ -89,7 +96,7 @@ inline uint64_t chain_hash(uint64_t parent, const KeyView& k) {
     h = detail::fold_bytes(h, reinterpret_cast<const unsigned char*>(k.tokens), static_cast<size_t>(k.size) * sizeof(int32_t));
     if (k.extra_ids)
         h = detail::fold_bytes(h, reinterpret_cast<const unsigned char*>(k.extra_ids), static_cast<size_t>(k.size) * sizeof(uint64_t));
-    return detail::mum(h ^ 0x589965cc75374cc3ULL, h ^ 0x1d8e4e27c47d124fULL);
+    return detail::mum(h ^ 0x589965cc75374cc3ULL, h ^ 0x1d8e4e27c47d124fULL) & block_hash_mask();
 }
 
 }  // namespace tllm

@@ -37,12 +37,22 @@ KVCacheManager::KVCacheManager(std::shared_ptr<RequestTable> table, const KvCach
     seq_sched_removed_.assign(cap, 0);
     request_keys_.resize(cap);
     epoch_ = 1;
+    ++live_managers_;
+}
+
+int64_t KVCacheManager::live_managers_ = 0;
+
+void KVCacheManager::set_block_hash_mask(uint64_t mask) {
+    if (live_managers_ != 0)
+        fail_input("set_block_hash_mask: " + std::to_string(live_managers_) + " KVCacheManager(s) alive; set it before creating any");
+    block_hash_mask() = mask;
 }
 
 KVCacheManager::~KVCacheManager() {
     // Let the requests go: the table outlives us through table_.
     for (size_t s = 0; s < seq_live_.size(); ++s)
         if (seq_live_[s]) --table_->kv_refs[s];
+    --live_managers_;
 }
 
 // ---------------------------------------------------------------- sequences

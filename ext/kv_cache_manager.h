@@ -93,6 +93,10 @@ public:
     /// Throws std::logic_error describing the first broken invariant.
     void check_invariants() const;
 
+    /// Tests only: masks every chained block hash (block_key.h) so that hashes collide. Refused
+    /// (InputError) while a KVCacheManager lives: their hashes would no longer be recomputable.
+    static void set_block_hash_mask(uint64_t mask);
+
 private:
     /// Per block, its scheduling ref count of the current pass (initialised on first touch).
     struct SchedulingRef {
@@ -153,6 +157,7 @@ private:
     mutable int64_t key_walks_ = 0;      ///< statistics: find_new_context_block calls
     mutable int64_t blocks_hashed_ = 0;  ///< statistics: chained block hashes computed
     mutable int64_t pass_compared_ = 0;  ///< statistics: skip keys compared to confirm a hash
+    static int64_t live_managers_;       ///< KVCacheManagers alive (set_block_hash_mask's guard)
 };
 
 }  // namespace tllm

@@ -36,6 +36,9 @@ int32_t request_slot_for(const KVCacheManager& kv, const PyRequest& r) {
 }  // namespace
 
 void bind_kv_cache(nb::module_& m) {
+    m.def("_set_block_hash_mask", &KVCacheManager::set_block_hash_mask, "mask"_a,
+          "Tests only: masks every chained block hash so that hashes collide (decisions must not change). "
+          "Only while no KVCacheManager exists; all ones restores the default.");
     // ------------------------------------------------------------------ KVCacheManager
     nb::class_<KVCacheManager>(m, "KVCacheManager", "Paged KV-cache block manager with prefix reuse (one attention window).")
         .def("__init__",
