@@ -324,6 +324,9 @@ void BlockPool::check_invariants(const std::vector<int32_t>& holders) const {
             int32_t sib = first_child_of(k.parent);
             while (sib >= 0 && sib != b) sib = blocks_[static_cast<size_t>(sib)].next_sibling;
             if (sib != b) fail_invariant(id + ": not in its parent's child list");
+            int32_t next = k.next_sibling;
+            if (next >= 0 && blocks_[static_cast<size_t>(next)].store_seq >= k.store_seq)
+                fail_invariant(id + ": its parent's children are not listed newest first");
         } else if (k.first_child >= 0) {
             fail_invariant(id + ": detached block keeps children");
         }

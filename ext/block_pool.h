@@ -73,6 +73,16 @@ public:
     uint64_t children_stamp(int32_t node) const {
         return node == kRoot ? root_children_stamp_ : blocks_[static_cast<size_t>(node)].children_stamp;
     }
+    /// Whether a child inserted under `node` after its children stamp was `stamp` has this
+    /// chained hash. A node's children are listed newest first, so only those are looked at.
+    bool child_added_since(int32_t node, uint64_t stamp, uint64_t hash) const {
+        for (int32_t c = first_child_of(node); c >= 0; c = blocks_[static_cast<size_t>(c)].next_sibling) {
+            const Block& k = blocks_[static_cast<size_t>(c)];
+            if (k.store_seq <= stamp) return false;
+            if (k.hash == hash) return true;
+        }
+        return false;
+    }
     /// Changes whenever a block enters or leaves the tree.
     uint64_t tree_version() const { return tree_version_; }
     /// Free blocks allocate_with_reuse(keys, ...) would take (an upper bound once it onboards).
@@ -117,7 +127,7 @@ private:
         int8_t queue_level = -1;       ///< free queue level it sits in, -1 when claimed
         int16_t queue_priority = 0;    ///< free queue priority it sits in
         bool in_tree = false;          ///< reachable from the reuse-tree root
-        int32_t first_child = -1;      ///< tree children: a list through next/prev_sibling
+        int32_t first_child = -1;      ///< tree children, newest first: a list through next/prev_sibling
         int32_t next_sibling = -1, prev_sibling = -1;
         uint64_t store_seq = 0;        ///< order of insertion into the tree (earliest wins ties)
         uint64_t children_stamp = 0;   ///< store_seq of the last child inserted under it

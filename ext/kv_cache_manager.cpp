@@ -207,8 +207,17 @@ const KVCacheManager::RequestKeys& KVCacheManager::walk(int32_t slot) const {
         if (pool_.placement(r.node) != r.placement) {
             r.node = BlockPool::kRoot;  // a block of the path left the tree: walk again
             r.depth = 0;
-        } else if (pool_.children_stamp(r.node) == r.children && (r.depth < r.full_blocks || full == r.full_blocks)) {
-            return r;  // the path stands, nothing new hangs under its end, no new full block to try
+        } else {
+            // The path stands. A walk that ended at a miss changes only if a child with the
+            // missed block's hash was inserted under its end since; one that matched every full
+            // block, only if the tokens grew by a full block.
+            const uint64_t stamp = pool_.children_stamp(r.node);
+            const bool same = r.depth < r.full_blocks
+                                  ? stamp == r.children ||
+                                        !pool_.child_added_since(r.node, r.children, r.hashes[static_cast<size_t>(r.depth)])
+                                  : full == r.full_blocks;
+            r.children = stamp;
+            if (same) return r;
         }
     }
     int32_t node = r.node, depth = r.depth;
@@ -275,8 +284,8 @@ bool KVCacheManager::same_pass_key(int32_t slot, const RequestKeys& r, const Pas
 int64_t KVCacheManager::find_new_context_block_id(int32_t slot, bool new_pass) {
     table_->check_slot(slot);
     if (new_pass) {
+        pass_index_.clear(static_cast<int32_t>(pass_keys_.size()));  // keeps room for as many as last time
         pass_keys_.clear();
-        pass_index_.clear();
         pass_tree_version_ = pool_.tree_version();
         pass_tokens_epoch_ = table_->tokens_epoch();
     } else if (pass_tree_version_ != pool_.tree_version() || pass_tokens_epoch_ != table_->tokens_epoch()) {

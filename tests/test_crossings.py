@@ -163,8 +163,7 @@ def test_key_windows_stay_within_the_budget(policy, monkeypatch):
     set_context_chunk_sizes), and the decisions of cpp."""
     from tllm_sched.policies import reuse_skipping
 
-    monkeypatch.setattr(reuse_skipping, "FIRST_WINDOW", 2)
-    monkeypatch.setattr(reuse_skipping, "GROWTH", 1)
+    monkeypatch.setattr(reuse_skipping, "WINDOW_CAP", 2)
     n, contexts = 16, 40
     chunking = ChunkingConfig("FIRST_COME_FIRST_SERVED", 16)
     decided = {}

@@ -153,8 +153,9 @@ def large_batch_paths():
     from tllm_sched import micro_batch_scheduler
     from tllm_sched.policies import chunking, common, reuse_skipping
 
-    lowered = [(reuse_skipping, "FIRST_WINDOW", 2), (reuse_skipping, "GROWTH", 1),
-               (chunking, "VECTOR_MIN_ITEMS", 1), (common, "FEW", 0), (micro_batch_scheduler, "FEW", 0)]
+    lowered = [(reuse_skipping, "WINDOW_CAP", 2),
+               (chunking, "VECTOR_MIN_ITEMS", 1), (common, "FEW", 0), (common, "HEAD", 1),
+               (micro_batch_scheduler, "FEW", 0)]
     saved = [getattr(m, k) for m, k, _ in lowered]
     for m, k, v in lowered:
         setattr(m, k, v)

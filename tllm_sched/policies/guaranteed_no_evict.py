@@ -205,7 +205,8 @@ class _Pass2:
             skip = skipper.skip_flags(part)
             if plain and not admitted and (part.size > k or part.size == order.size) and not skip[:k + 1].any():
                 # Nothing skipped up to where admission stops (the usual case): the prefix stands.
-                self.avail -= int(need[:k].sum())
+                if k:
+                    self.avail -= int(need[:k].sum())
                 self.count += k
                 self.stopped = k < order.size
                 return order[:k]

@@ -7,8 +7,9 @@ Keys are asked for lazily, like C++ does: admission usually stops after a few wa
 and a long queue (real conversation traces) would otherwise pay for requests the policy never
 reaches. Callers evaluate windows of requests in list order: the first reaches where admission
 must stop if nothing were skipped, each further one (asked for only when admission gets past the
-previous) is at least GROWTH times larger, so the keys asked for stay within a constant factor of
-those the C++ loop computes. Each window is one call; a policy passes how many calls its step can
+previous) is GROWTH times larger, so the keys asked for stay within a constant factor of those the
+C++ loop computes (every request before where admission would stop without skipping is asked
+about in C++ too). Each window is one call; a policy passes how many calls its step can
 spend on keys within the crossing budget, and only the last of them takes the rest of the list.
 
 The cache keeps the keys of one pass and which of them are claimed: each call claims the keys
@@ -22,9 +23,10 @@ import numpy as np
 
 from tllm_sched.policies.common import StepContext, is_context_init
 
-FIRST_WINDOW = 64  # the most requests the first key question covers
 WINDOW_SLACK = 2  # beyond the point where admission must stop if nothing were skipped
 GROWTH = 4  # each further window is at least this many times the previous one
+MIN_WINDOW = 64  # the fewest candidates a scalar step B asks for at once
+WINDOW_CAP = None  # tests cap every window to force many questions
 _NOT_ASKED, _CLAIMED_BEFORE = -1, 2  # claim_new_context_blocks answers: 0 no key, 1 claimed now, 2 skip
 
 
@@ -32,15 +34,14 @@ class ReuseSkipper:
     """The claims of a list's contexts (asked for on demand, in list order). Positions index
     `slots`: the whole active list, or (split paths) just its non-generation entries."""
 
-    __slots__ = ("enabled", "kv", "slots", "claim", "candidate", "_is_ctx", "_first", "_pass_open", "_calls",
-                 "_size", "_last")
+    __slots__ = ("enabled", "kv", "slots", "candidate", "_is_ctx", "_first", "_claim", "_asked", "_pass_open",
+                 "_calls", "_size", "_last")
 
     def __init__(self, kv, slots: np.ndarray, is_ctx, first: np.ndarray, calls: int):
         """`is_ctx`: in a context-init state (None: every entry is); `first`: at its first
         context chunk (per entry); `calls`: the most key questions this step may ask (>= 1)."""
         self.enabled = True
         self.kv, self.slots = kv, slots
-        self.claim = None  # the cache's answer per position (int8, _NOT_ASKED), from the first question
         self._pass_open = False
         self._calls, self._size, self._last = calls, 0, -1  # questions left; last window; last scalar position
         # Step B applies to first-chunk contexts; step A claims the keys of those in progress.
@@ -48,14 +49,18 @@ class ReuseSkipper:
         # if no step-B question is asked: no later question could see them.
         self._is_ctx, self._first = is_ctx, first
         self.candidate = first if is_ctx is None else is_ctx & first
+        # The cache's answer per position (int8, _NOT_ASKED), built only when a scalar step B
+        # needs it; until then the answers of each question are kept as they came.
+        self._claim, self._asked = None, []
 
     def windows(self, order: np.ndarray, reach: int):
         """Slices of `order` to evaluate in turn, each asked for only when admission got past the
         previous one: the first covers `reach` requests (plus slack), each next one GROWTH times
         the previous, the last call left takes the rest."""
-        start = 0
-        size = min(FIRST_WINDOW, reach + WINDOW_SLACK)
+        start, size = 0, reach + WINDOW_SLACK
         while True:  # at least one (maybe empty) window
+            if WINDOW_CAP is not None:
+                size = min(size, WINDOW_CAP)
             end = order.size if self._calls <= 1 else min(start + size, order.size)
             self._size = end - start
             yield order[start:end]
@@ -63,30 +68,32 @@ class ReuseSkipper:
                 return
             start, size = end, size * GROWTH
 
-    def _ask(self, pos: np.ndarray) -> None:
+    def _ask(self, pos: np.ndarray) -> np.ndarray:
         """Claims the keys of candidate positions `pos` (in list order, after every position
-        asked so far), step A's first on the first question: one call, if any."""
+        asked so far), step A's first on the first question: one call. Returns the answers."""
         slots = self.slots.take(pos)
-        if self.claim is None:
-            self.claim = np.full(self.slots.size, _NOT_ASKED, dtype=np.int8)
-            in_progress = ~self._first if self._is_ctx is None else self._is_ctx & ~self._first
-            if in_progress.any():
-                slots = np.concatenate((self.slots[in_progress], slots))
-        if slots.size == 0:
-            return
+        if not self._pass_open and not self._first.all():  # some context may be in progress
+            started = ~self._first if self._is_ctx is None else self._is_ctx & ~self._first
+            slots = np.concatenate((self.slots[started], slots))
         answers = self.kv.claim_new_context_blocks(slots, continue_pass=self._pass_open)
         self._pass_open = True
         self._calls -= 1
-        self.claim[pos] = answers[answers.size - pos.size:]
+        answers = answers[answers.size - pos.size:]
+        if self._claim is None:
+            self._asked.append((pos, answers))
+        else:
+            self._claim[pos] = answers
+        return answers
 
     def skip_flags(self, order: np.ndarray) -> np.ndarray:
         """Skip decisions for the list positions `order`, evaluated in that order after every
         position evaluated so far (their keys are claimed)."""
-        cand = order[self.candidate.take(order)]
-        if cand.size == 0:
-            return np.zeros(order.size, dtype=bool)
-        self._ask(cand)
-        return self.claim.take(order) == _CLAIMED_BEFORE
+        mask = self.candidate.take(order)
+        cand = order[mask]
+        skip = np.zeros(order.size, dtype=bool)
+        if cand.size:
+            skip[mask] = self._ask(cand) == _CLAIMED_BEFORE
+        return skip
 
     def beneficial_to_skip(self, pos: int) -> bool:
         """Scalar step B for one list position, positions visited in order; asked again for the
@@ -95,11 +102,18 @@ class ReuseSkipper:
         (the rest of the list on the last call left)."""
         if not self.candidate[pos]:
             return False
-        if self.claim is None or self.claim[pos] == _NOT_ASKED:  # then no later candidate was asked either
+        claim = self._claim
+        if claim is None:
+            claim = self._claim = np.full(self.slots.size, _NOT_ASKED, dtype=np.int8)
+            for asked, answers in self._asked:
+                claim[asked] = answers
+        if claim[pos] == _NOT_ASKED:  # then no later candidate was asked either
             rest = pos + self.candidate[pos:].nonzero()[0]
-            self._size = max(FIRST_WINDOW, self._size * GROWTH)
+            self._size = max(MIN_WINDOW, self._size * GROWTH)
+            if WINDOW_CAP is not None:
+                self._size = min(self._size, WINDOW_CAP)
             self._ask(rest if self._calls <= 1 else rest[:self._size])
-        answer = int(self.claim[pos])
+        answer = int(claim[pos])
         if pos == self._last:
             return answer != 0
         self._last = pos
