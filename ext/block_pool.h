@@ -2,8 +2,9 @@
 //
 // Part of TensorRT-LLM's BlockManager (one window): blocks with ref counts, LRU free queues per
 // storage level (primary, secondary) and retention priority, and the reuse tree of cached block
-// contents with full and partial matching. Which request holds which blocks is the sequence
-// manager's (kv_cache_manager.h); the pool only counts holders.
+// contents with full and partial matching. The tree finds a child by its chained hash
+// (block_key.h) in one flat index and confirms it by comparing keys. Which request holds which
+// blocks is the sequence manager's (kv_cache_manager.h); the pool only counts holders.
 #pragma once
 
 #include <cstddef>

@@ -84,7 +84,7 @@ public:
     int32_t num_used_blocks() const { return pool_.max_num_blocks() - pool_.num_free_blocks(); }
     int32_t num_cached_blocks() const { return pool_.num_cached_blocks(); }  ///< blocks in the reuse tree
     const KvCacheStats& stats() const { return pool_.stats(); }
-    int64_t num_key_walks() const { return key_walks_; }  ///< find_new_context_block calls so far
+    int64_t num_key_walks() const { return key_walks_; }  ///< skip-key questions so far (remembered walks too)
     int64_t num_blocks_hashed() const { return blocks_hashed_; }  ///< chained block hashes computed so far
     /// Block keys (and skip keys) compared to confirm a hash match, so far.
     int64_t num_blocks_compared() const { return pool_.blocks_compared() + pass_compared_; }

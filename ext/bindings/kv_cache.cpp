@@ -83,7 +83,7 @@ void bind_kv_cache(nb::module_& m) {
             }, "Zero-copy read-only view of [num_free_blocks, num_free_secondary_blocks], always current. Build once.")
         .def_prop_ro("num_used_blocks", &KVCacheManager::num_used_blocks)
         .def_prop_ro("num_cached_blocks", &KVCacheManager::num_cached_blocks)
-        .def_prop_ro("num_key_walks", &KVCacheManager::num_key_walks, "Reuse-tree walks made for skip keys so far.")
+        .def_prop_ro("num_key_walks", &KVCacheManager::num_key_walks, "Skip-key questions answered so far (find_new_context_block and its batch and claim forms; a remembered walk counts too).")
         .def("get_num_free_blocks_per_window_size", [](const KVCacheManager& k) {
                 nb::dict d;
                 d[nb::int_(k.config().max_seq_len)] = k.num_free_blocks();
