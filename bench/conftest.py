@@ -1,25 +1,14 @@
 """bench/conftest.py: shared fixtures of the pytest-benchmark suite (not collected by the unit tests).
 
-Run from the repository root:
+Run from the repository root (`pytest`, not `python -m pytest`: see tests/conftest.py):
 
-    python -m pytest bench --benchmark-json=bench-results/pytest-benchmark.json
-
-As in tests/conftest.py, a checkout without a built _core in tllm_sched/ is dropped from
-sys.path so that the installed package is the one measured.
+    pytest bench --benchmark-json=bench-results/pytest-benchmark.json
 """
-
-import sys
-from importlib.machinery import EXTENSION_SUFFIXES
-from pathlib import Path
 
 import pytest
 
-_ROOT = Path(__file__).resolve().parents[1]
-if not any((_ROOT / "tllm_sched" / f"_core{s}").exists() for s in EXTENSION_SUFFIXES):
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
-
-from tllm_sched import bench_workloads as wl  # noqa: E402
-from tllm_sched.scheduler import BACKENDS  # noqa: E402
+from tllm_sched import bench_workloads as wl
+from tllm_sched.scheduler import BACKENDS
 
 _USABLE, _NOTICES = wl.probe_backends(BACKENDS)
 _STATES = {}  # the few most recent states (a 4,096-request state holds tens of MB)

@@ -279,8 +279,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        import tllm_sched  # noqa: F401  (installed, or on PYTHONPATH)
-    except ImportError:  # a checkout with a built tllm_sched/_core*.so, run as bench/soak.py
-        sys.path.insert(0, str(ROOT))
     sys.exit(main())

@@ -236,7 +236,8 @@ int32_t BlockPool::count_blocks_needed(const KeyChain& keys) const {
     return needed;
 }
 
-int32_t BlockPool::allocate_with_reuse(const KeyChain& keys, std::vector<int32_t>& ids) {
+int32_t BlockPool::allocate_with_reuse(const KeyChain& keys, std::vector<int32_t>& ids,
+                                       std::vector<BlockCopy>* copies) {
     auto take = [&](int32_t b) {
         hold(b);
         ids.push_back(b);
@@ -270,6 +271,7 @@ int32_t BlockPool::allocate_with_reuse(const KeyChain& keys, std::vector<int32_t
             int32_t b = get_free_block();
             blocks_[static_cast<size_t>(b)].key = BlockKey(key);
             take(b);
+            if (copies) copies->push_back(BlockCopy{m.block, b, m.num_matched});
         } else {
             // Take over the unreferenced leaf.
             detach_subtree(m.block);
@@ -283,6 +285,10 @@ int32_t BlockPool::allocate_with_reuse(const KeyChain& keys, std::vector<int32_t
 }
 
 // ---------------------------------------------------------------- introspection
+
+void BlockPool::check_block_id(int32_t b) const {
+    if (b < 0 || b >= num_total_) fail_index("block id out of range");
+}
 
 int32_t BlockPool::num_cached_blocks() const {
     int32_t n = 0;

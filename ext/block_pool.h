@@ -16,12 +16,25 @@
 
 namespace tllm {
 
+/// A partially reused block copied into a fresh one: the executor copies the KV data of the first
+/// `num_tokens` token positions of block `src` into block `dst` before the model runs.
+struct BlockCopy {
+    int32_t src = -1;
+    int32_t dst = -1;
+    int32_t num_tokens = 0;
+};
+
 /// Block statistics (TensorRT-LLM's KvCacheStats counters).
 struct KvCacheStats {
     int64_t alloc_total_blocks = 0;  ///< every block taken from a free queue
     int64_t alloc_new_blocks = 0;    ///< ... of which held no tokens
     int64_t reused_blocks = 0;       ///< context blocks matched in the reuse tree (full or partial)
     int64_t missed_blocks = 0;       ///< context blocks allocated fresh
+    /// Reused among the context blocks looked up in the tree (0 before any).
+    double cache_hit_rate() const {
+        int64_t looked = reused_blocks + missed_blocks;
+        return looked ? static_cast<double>(reused_blocks) / static_cast<double>(looked) : 0.0;
+    }
 };
 
 /// A request's blocks as the pool's walks take them: keys in order, each with its chained hash
@@ -58,10 +71,13 @@ public:
     /// a candidate with that hash is confirmed by comparing keys.
     int32_t find_child(int32_t parent, const KeyView& key, uint64_t hash) const {
         return index_.find(hash, [&](int32_t b) {
-            const Block& k = blocks_[static_cast<size_t>(b)];
             ++blocks_compared_;
-            return k.parent == parent && same_key(k.key.view(), key);
+            return is_child(b, parent, key);
         });
+    }
+    /// find_child for dry runs (the attention-DP probe): the comparisons are not counted.
+    int32_t peek_child(int32_t parent, const KeyView& key, uint64_t hash) const {
+        return index_.find(hash, [&](int32_t b) { return is_child(b, parent, key); });
     }
     /// Names a node's current place in the tree: equal stamps mean it has stayed there (with its
     /// whole path to the root) since. The root's is 0; a block out of the tree has none (-1).
@@ -90,7 +106,9 @@ public:
     int32_t count_blocks_needed(const KeyChain& keys) const;
     /// Holds one block per key, reusing cached ones along the tree walk; appends them to `ids`.
     /// An empty key never matches. Returns the tokens matched. The caller checked the free count.
-    int32_t allocate_with_reuse(const KeyChain& keys, std::vector<int32_t>& ids);
+    /// A partial match copied into a fresh block is appended to `copies` when given.
+    int32_t allocate_with_reuse(const KeyChain& keys, std::vector<int32_t>& ids,
+                                std::vector<BlockCopy>* copies = nullptr);
     /// Inserts blocks `ids` under the contents `keys` (pairwise) into the tree.
     void store_blocks(const KeyChain& keys, const std::vector<int32_t>& ids);
     /// Block keys compared to confirm a hash match, so far (work statistics).
@@ -106,6 +124,8 @@ public:
     const KvCacheStats& stats() const { return stats_; }
 
     // --- introspection for tests and invariant checks (cold) ---
+    /// Throws std::out_of_range (IndexError) unless 0 <= block < max_num_blocks().
+    void check_block_id(int32_t block) const;
     int32_t ref_count(int32_t block) const { return blocks_[static_cast<size_t>(block)].ref_count; }
     bool is_primary(int32_t block) const { return blocks_[static_cast<size_t>(block)].level == 0; }
     bool in_free_queue(int32_t block) const { return blocks_[static_cast<size_t>(block)].queue_level >= 0; }
@@ -141,6 +161,10 @@ private:
     }
     int32_t first_child_of(int32_t parent) const {
         return parent == kRoot ? root_first_child_ : blocks_[static_cast<size_t>(parent)].first_child;
+    }
+    bool is_child(int32_t b, int32_t parent, const KeyView& key) const {
+        const Block& k = blocks_[static_cast<size_t>(b)];
+        return k.parent == parent && same_key(k.key.view(), key);
     }
     uint64_t hash_of(int32_t node) const { return node == kRoot ? kRootHash : blocks_[static_cast<size_t>(node)].hash; }
     // free queues

@@ -3,23 +3,23 @@
 
 #include <string>
 
+#include "policies/registry.h"
+
 namespace tllm {
 
 CapacityScheduler::CapacityScheduler(int32_t max_num_requests, CapacitySchedulerPolicy policy, bool has_kv,
-                                     bool two_steps, int32_t until, int32_t after)
+                                     bool two_steps, int32_t no_schedule_until_state, int32_t no_schedule_after_state)
     : max_num_requests_(max_num_requests), policy_(policy), has_kv_(has_kv), two_steps_look_ahead_(two_steps),
-      no_schedule_until_(until), no_schedule_after_(after) {
+      no_schedule_until_state_(no_schedule_until_state), no_schedule_after_state_(no_schedule_after_state) {
     if (max_num_requests <= 0) throw InputError("max_num_requests must be positive, got " + std::to_string(max_num_requests));
     if (!has_kv) {
         fn_ = schedule_max_requests;
         return;
     }
-    switch (policy) {
-        case CapacitySchedulerPolicy::kMAX_UTILIZATION: fn_ = schedule_max_utilization; break;
-        case CapacitySchedulerPolicy::kGUARANTEED_NO_EVICT: fn_ = schedule_guaranteed_no_evict; break;
-        case CapacitySchedulerPolicy::kSTATIC_BATCH: fn_ = schedule_static_batch; break;
-        default: throw InputError("unknown capacity scheduler policy " + std::to_string(static_cast<int32_t>(policy)));
-    }
+    const int32_t index = static_cast<int32_t>(policy);
+    if (index < 0 || index >= kNumCapacityPolicies)
+        throw InputError("unknown capacity scheduler policy " + std::to_string(index));
+    fn_ = kCapacityPolicies[index].schedule;
 }
 
 void CapacityScheduler::schedule(RequestTable& t, const int32_t* slots, int32_t n, KVCacheManager* kv,
@@ -32,7 +32,7 @@ void CapacityScheduler::schedule(RequestTable& t, const int32_t* slots, int32_t 
     out.scheduled.reserve(static_cast<size_t>(n));  // no-op once a reused output has grown
     out.fitting.reserve(static_cast<size_t>(n));
     CapacityContext c{&t, slots, n, kv, cross_kv, peft, max_num_requests_, two_steps_look_ahead_,
-                      no_schedule_until_, no_schedule_after_};
+                      no_schedule_until_state_, no_schedule_after_state_};
     fn_(c, out);
     for (int32_t s : out.scheduled) {
         if (state::is_disagg_generation_init(t.state[s])) out.fitting_disagg_gen_init.push_back(s);

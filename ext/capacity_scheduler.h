@@ -1,7 +1,7 @@
 // ext/capacity_scheduler.h: which active requests get KV blocks and LoRA pages this step.
 //
-// Python twin: tllm_sched/capacity_scheduler.py. Mirrors TensorRT-LLM's CapacityScheduler
-// (scheduler.md §2): the policy is chosen once, at construction (no KV cache -> max-requests).
+// Python twin: tllm_sched/capacity_scheduler.py. Mirrors TensorRT-LLM's CapacityScheduler: the
+// policy (policies/registry.h) is chosen once, at construction (no KV cache -> max-requests).
 #pragma once
 
 #include "policies/common.h"
@@ -11,8 +11,8 @@ namespace tllm {
 class CapacityScheduler {
 public:
     CapacityScheduler(int32_t max_num_requests, CapacitySchedulerPolicy policy, bool has_kv_cache_manager,
-                      bool two_steps_look_ahead = false, int32_t no_schedule_until = state::CONTEXT_INIT,
-                      int32_t no_schedule_after = state::GENERATION_COMPLETE);
+                      bool two_steps_look_ahead = false, int32_t no_schedule_until_state = state::CONTEXT_INIT,
+                      int32_t no_schedule_after_state = state::GENERATION_COMPLETE);
 
     /// Fills `out` for the active list `slots`. `kv` must be given iff built with a KV cache.
     void schedule(RequestTable& t, const int32_t* slots, int32_t num_slots, KVCacheManager* kv,
@@ -27,7 +27,7 @@ private:
     CapacitySchedulerPolicy policy_;
     bool has_kv_;
     bool two_steps_look_ahead_;
-    int32_t no_schedule_until_, no_schedule_after_;
+    int32_t no_schedule_until_state_, no_schedule_after_state_;
     CapacityPolicyFn fn_;  ///< chosen once
 };
 

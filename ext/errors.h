@@ -1,8 +1,8 @@
 // ext/errors.h: the exceptions of the core and the one-line helpers that throw them.
 //
 // The bindings translate them: InputError -> ValueError, TypeInputError -> TypeError,
-// SchedulingError -> tllm_sched._core.SchedulingError (a RuntimeError), std::logic_error (a broken
-// internal invariant) -> RuntimeError. Every InputError is thrown before any state changes.
+// SchedulingError -> tllm_sched._core.SchedulingError (a RuntimeError), std::out_of_range (an index
+// out of range) -> IndexError, std::logic_error (a broken internal invariant) -> RuntimeError. Every InputError is thrown before any state changes.
 #pragma once
 
 #include <stdexcept>
@@ -26,6 +26,7 @@ struct SchedulingError : std::runtime_error {
 
 /// Out of line, so the hot paths that check keep only a compare and a call.
 [[gnu::noinline, noreturn]] inline void fail_input(const std::string& msg) { throw InputError(msg); }
+[[gnu::noinline, noreturn]] inline void fail_index(const std::string& msg) { throw std::out_of_range(msg); }
 [[gnu::noinline, noreturn]] inline void fail_invariant(const std::string& msg) { throw std::logic_error(msg); }
 
 }  // namespace tllm

@@ -10,6 +10,14 @@ namespace tllm {
 namespace {
 /// The configuration, checked before the pool is built from it.
 const KvCacheConfig& checked(const RequestTable* table, const KvCacheConfig& cfg) {
+    if (cfg.max_attention_window_vec) {
+        if (cfg.max_attention_window_vec->empty())
+            fail_input("max_attention_window_vec must hold the one window (max_seq_len), got none");
+        for (int32_t w : *cfg.max_attention_window_vec)
+            if (w != cfg.max_seq_len)
+                fail_input("only one attention window, equal to max_seq_len, is supported; got window " + std::to_string(w));
+    }
+    if (cfg.sink_token_length != 0) fail_input("sink tokens are not supported (sink_token_length must be 0)");
     if (!table) fail_input("KVCacheManager: request table must not be None");
     if (cfg.tokens_per_block <= 0) fail_input("tokens_per_block must be positive, got " + std::to_string(cfg.tokens_per_block));
     if (cfg.num_blocks <= 0) fail_input("num_blocks must be positive, got " + std::to_string(cfg.num_blocks));
@@ -38,6 +46,7 @@ KVCacheManager::KVCacheManager(std::shared_ptr<RequestTable> table, const KvCach
     request_keys_.resize(cap);
     epoch_ = 1;
     ++live_managers_;
+    table_->add_cache_limit(CacheLimit{this, cfg_.max_seq_len, cfg_.num_blocks, cfg_.tokens_per_block, cfg_.cross_kv});
 }
 
 int64_t KVCacheManager::live_managers_ = 0;
@@ -49,10 +58,17 @@ void KVCacheManager::set_block_hash_mask(uint64_t mask) {
 }
 
 KVCacheManager::~KVCacheManager() {
+    table_->remove_cache_limit(this);
     // Let the requests go: the table outlives us through table_.
     for (size_t s = 0; s < seq_live_.size(); ++s)
         if (seq_live_[s]) --table_->kv_refs[s];
     --live_managers_;
+}
+
+void KVCacheManager::check_window(std::optional<int32_t> window) const {
+    if (window && *window != cfg_.max_seq_len)
+        fail_input("window_size " + std::to_string(*window) + " is not this cache's single window " +
+                   std::to_string(cfg_.max_seq_len));
 }
 
 // ---------------------------------------------------------------- sequences
@@ -69,7 +85,7 @@ void KVCacheManager::add_block_to_sequence(int32_t slot, int32_t b) {
     seq_blocks_[static_cast<size_t>(slot)].push_back(b);
 }
 
-void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t beam_width) {
+void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t beam_width, std::vector<BlockCopy>* copies) {
     table_->check_slot(slot);
     RequestTable& t = *table_;
     const std::string who = "add_sequence: request " + std::to_string(t.request_id[slot]);
@@ -100,7 +116,7 @@ void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t be
     seq_blocks_[static_cast<size_t>(slot)].clear();
     seq_blocks_[static_cast<size_t>(slot)].reserve(static_cast<size_t>(num_ctx_blocks) + 1);
     if (cfg_.enable_block_reuse) {
-        int32_t matched = pool_.allocate_with_reuse(keys, seq_blocks_[static_cast<size_t>(slot)]);
+        int32_t matched = pool_.allocate_with_reuse(keys, seq_blocks_[static_cast<size_t>(slot)], copies);
         t.set_prepopulated_prompt_len(slot, std::min(matched, t.prompt_len[slot] - 1), tpb);
     } else {
         for (int32_t i = 0; i < num_ctx_blocks; ++i) add_block_to_sequence(slot, pool_.get_free_block());
@@ -313,6 +329,32 @@ KVCacheManager::Claim KVCacheManager::claim_new_context_block(int32_t slot, bool
     return kClaimed;
 }
 
+void KVCacheManager::find_new_context_block_ids(const int32_t* slots, int32_t n, bool continue_pass, int64_t* ids) {
+    for (int32_t i = 0; i < n; ++i) ids[i] = find_new_context_block_id(slots[i], i == 0 && !continue_pass);
+}
+
+void KVCacheManager::probe_prefix_match_lengths(const int32_t* tokens, const int64_t* offsets, int32_t n,
+                                                const int64_t* lora_task_ids, int32_t* out) const {
+    const int32_t tpb = cfg_.tokens_per_block;
+    for (int32_t i = 0; i < n; ++i) {
+        out[i] = 0;
+        if (!cfg_.enable_block_reuse) continue;
+        const int64_t begin = offsets[i], usable = offsets[i + 1] - begin - 1;
+        const int64_t lora = lora_task_ids ? lora_task_ids[i] : -1;
+        // The prompt's own chained hashes, computed here: a dry run touches no memo or counter.
+        uint64_t hash = kRootHash;
+        int32_t node = BlockPool::kRoot, matched = 0;
+        for (int64_t start = 0; start + tpb <= usable; start += tpb) {
+            const KeyView key{tokens + begin + start, nullptr, tpb, lora};
+            hash = chain_hash(hash, key);
+            node = pool_.peek_child(node, key, hash);
+            if (node < 0) break;
+            matched += tpb;
+        }
+        out[i] = matched;
+    }
+}
+
 // ---------------------------------------------------------------- scheduling accounting
 
 void KVCacheManager::start_scheduling() {
@@ -343,7 +385,7 @@ int32_t KVCacheManager::get_remaining_blocks_to_completion(int32_t slot) const {
     const RequestTable& t = *table_;
     const int64_t tpb = cfg_.tokens_per_block;
     if (cfg_.cross_kv) {
-        bool fresh = state::is_context_init(t.state[slot]) && t.context_position[slot] == 0;
+        bool fresh = state::is_context_init(t.state[slot]) && t.context_current_position[slot] == 0;
         return fresh ? static_cast<int32_t>(ceil_div(t.encoder_output_len[slot], tpb)) : 0;
     }
     const int64_t w = cfg_.max_seq_len;

@@ -27,6 +27,9 @@ struct KvCacheConfig {
     bool copy_on_partial_reuse = true; ///< copy a partially matched block instead of taking it over
     int32_t num_secondary_blocks = 0;  ///< host blocks (moved logically, no data)
     bool cross_kv = false;             ///< cross-attention cache: sized by encoder_output_len
+    /// TensorRT-LLM's per-layer windows: when given, every entry must be max_seq_len (one window).
+    std::optional<std::vector<int32_t>> max_attention_window_vec;
+    int32_t sink_token_length = 0;     ///< must be 0: sink tokens are not modelled
 };
 
 class KVCacheManager {
@@ -39,11 +42,14 @@ public:
     const KvCacheConfig& config() const { return cfg_; }
     const RequestTable& table() const { return *table_; }
     const BlockPool& pool() const { return pool_; }
+    /// Throws InputError unless `window` is absent or this cache's one window (max_seq_len).
+    void check_window(std::optional<int32_t> window) const;
 
     // --- sequences (harness / executor side) ---
     /// Allocates ceil(input_length / tpb) blocks, reusing cached ones when reuse is on. All checks
-    /// happen before any change: on InputError the cache and the request are as before.
-    void add_sequence(int32_t slot, int32_t input_length, int32_t beam_width);
+    /// happen before any change: on InputError the cache and the request are as before. A partially
+    /// reused block copied into a fresh one is appended to `copies` when given (the data to copy).
+    void add_sequence(int32_t slot, int32_t input_length, int32_t beam_width, std::vector<BlockCopy>* copies = nullptr);
     /// One more KV token; allocates a block at a block boundary.
     void add_token(int32_t slot);
     /// Inserts the full blocks of the first (tokens - 1) tokens into the reuse tree.
@@ -53,6 +59,10 @@ public:
     bool has_sequence(int32_t slot) const { return seq_live_[static_cast<size_t>(slot)] != 0; }
     const std::vector<int32_t>& block_ids(int32_t slot) const { return seq_blocks_[static_cast<size_t>(slot)]; }
     int32_t sequence_num_tokens(int32_t slot) const { return seq_tokens_[static_cast<size_t>(slot)]; }
+    /// Blocks the slot's sequence holds, 0 without one.
+    int32_t sequence_num_blocks(int32_t slot) const {
+        return has_sequence(slot) ? static_cast<int32_t>(block_ids(slot).size()) : 0;
+    }
 
     // --- scheduling-time accounting ---
     void start_scheduling();
@@ -74,6 +84,16 @@ public:
     /// request of the pass claimed it yet. Returns kNoKey, kClaimed or kClaimedBefore (skip).
     enum Claim : int8_t { kNoKey = 0, kClaimed = 1, kClaimedBefore = 2 };
     Claim claim_new_context_block(int32_t slot, bool new_pass);
+    /// find_new_context_block_id of `n` slots into `ids`; the first starts a new pass unless
+    /// `continue_pass` (then the ids compare with those of the calls since the last new pass).
+    void find_new_context_block_ids(const int32_t* slots, int32_t n, bool continue_pass, int64_t* ids);
+    /// Attention-DP routing (TensorRT-LLM's probe_prefix_match_length, for many prompts at once): the
+    /// leading tokens of each prompt found in the reuse tree, in whole blocks. The full blocks of the
+    /// prompt without its last token (never reused, as in add_sequence) are matched exactly from the
+    /// root. Prompt i is tokens[offsets[i], offsets[i + 1]) with LoRA task lora_task_ids[i] (-1 or a
+    /// null array: none). A dry run: changes nothing, not even statistics. 0 without block reuse.
+    void probe_prefix_match_lengths(const int32_t* tokens, const int64_t* offsets, int32_t n,
+                                    const int64_t* lora_task_ids, int32_t* out) const;
 
     // --- counts ---
     int32_t num_free_blocks() const { return pool_.num_free_blocks(); }  ///< primary, cached blocks included

@@ -16,8 +16,14 @@ namespace {
 }  // namespace
 
 MicroBatchScheduler::MicroBatchScheduler(std::optional<ContextChunkingConfig> chunking,
-                                         std::optional<int32_t> max_context_length, int32_t until, int32_t after)
-    : chunking_(chunking), max_context_length_(max_context_length), no_schedule_until_(until), no_schedule_after_(after) {
+                                         std::optional<int32_t> max_context_length, int32_t no_schedule_until_state,
+                                         int32_t no_schedule_after_state)
+    : chunking_(chunking),
+      max_context_length_(max_context_length),
+      no_schedule_until_state_(no_schedule_until_state),
+      no_schedule_after_state_(no_schedule_after_state) {
+    if (chunking && (static_cast<int32_t>(chunking->policy) < 0 || static_cast<int32_t>(chunking->policy) >= kNumChunkingPolicies))
+        throw InputError("unknown context chunking policy " + std::to_string(static_cast<int32_t>(chunking->policy)));
     if (chunking && chunking->unit_size <= 0)
         throw InputError("chunk unit size must be positive, got " + std::to_string(chunking->unit_size));
     if (max_context_length && *max_context_length <= 0)
@@ -27,6 +33,8 @@ MicroBatchScheduler::MicroBatchScheduler(std::optional<ContextChunkingConfig> ch
 void MicroBatchScheduler::schedule(RequestTable& t, const int32_t* slots, int32_t n, const int64_t* inflight,
                                    int32_t num_inflight, int32_t max_batch_size, std::optional<int32_t> budget,
                                    MicroBatchOutput& out) {
+    if (max_batch_size <= 0) throw InputError("max_batch_size must be positive");
+    if (budget && *budget <= 0) throw InputError("max_num_tokens must be positive or None");
     out.clear();
     out.generation.reserve(static_cast<size_t>(n));
     items_.clear();
@@ -39,7 +47,7 @@ void MicroBatchScheduler::schedule(RequestTable& t, const int32_t* slots, int32_
 
     for (int32_t i = 0; i < n; ++i) {
         int32_t s = slots[i], st = t.state[s];
-        if (st < no_schedule_until_ || st >= no_schedule_after_) continue;
+        if (st < no_schedule_until_state_ || st >= no_schedule_after_state_) continue;
         if (num_inflight > 0 && inflight_set.count(t.request_id[s])) continue;
         if (state::is_encoder_init(st)) {
             int64_t tokens = t.encoder_output_len[s];
@@ -87,12 +95,9 @@ void MicroBatchScheduler::schedule(RequestTable& t, const int32_t* slots, int32_
         if (budget) capacity = static_cast<int32_t>(*budget - batch_tokens);
         set_ctx_requests_chunk_size(items_, chunking_->policy, capacity, chunking_->unit_size, max_ctx);
     }
-    // Commit: nothing above changed a request.
-    for (const ChunkItem& it : items_) {
-        t.context_chunk_size[it.slot] = std::min(it.chunk, t.context_remaining_length(it.slot));
-        if (it.discard > 0) t.discard_draft_tokens(it.slot, it.discard);
+    commit_chunk_sizes(t, items_);  // nothing above changed a request
+    for (const ChunkItem& it : items_)
         if (it.chunk > 0) out.context.push_back(it.slot);
-    }
     sort_requests(t, out.context, out.generation, !all_fit);
 }
 

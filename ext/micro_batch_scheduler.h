@@ -1,7 +1,7 @@
 // ext/micro_batch_scheduler.h: batch size, token budget and chunked prefill (MicroBatchScheduler).
 //
-// Python twin: tllm_sched/micro_batch_scheduler.py. Mirrors TensorRT-LLM's MicroBatchScheduler
-// (scheduler.md §3). Decisions are made on scratch arrays and committed at the end, so a
+// Python twin: tllm_sched/micro_batch_scheduler.py. Mirrors TensorRT-LLM's MicroBatchScheduler.
+// Decisions are made on scratch arrays and committed at the end, so a
 // SchedulingError leaves every request as it was.
 #pragma once
 
@@ -26,11 +26,12 @@ struct MicroBatchOutput {
 class MicroBatchScheduler {
 public:
     MicroBatchScheduler(std::optional<ContextChunkingConfig> chunking, std::optional<int32_t> max_context_length,
-                        int32_t no_schedule_until = state::CONTEXT_INIT,
-                        int32_t no_schedule_after = state::GENERATION_TO_COMPLETE);
+                        int32_t no_schedule_until_state = state::CONTEXT_INIT,
+                        int32_t no_schedule_after_state = state::GENERATION_TO_COMPLETE);
 
     /// Schedules `slots` (the capacity scheduler's fitting list) skipping `inflight_ids`.
-    /// Sets chunk sizes and discards draft tokens of the requests it chunks.
+    /// Sets chunk sizes and discards draft tokens of the requests it chunks. Throws InputError
+    /// unless max_batch_size > 0 and max_num_tokens is absent or > 0.
     void schedule(RequestTable& t, const int32_t* slots, int32_t num_slots, const int64_t* inflight_ids,
                   int32_t num_inflight, int32_t max_batch_size, std::optional<int32_t> max_num_tokens,
                   MicroBatchOutput& out);
@@ -41,7 +42,7 @@ public:
 private:
     std::optional<ContextChunkingConfig> chunking_;
     std::optional<int32_t> max_context_length_;
-    int32_t no_schedule_until_, no_schedule_after_;
+    int32_t no_schedule_until_state_, no_schedule_after_state_;
     std::vector<ChunkItem> items_;   ///< scratch: contexts to be chunked (reused across calls)
     std::vector<int32_t> scratch_;   ///< scratch: sort buffer
 };

@@ -25,6 +25,10 @@ public:
     RequestList& operator=(const RequestList&) = delete;
 
     const std::shared_ptr<RequestTable>& table() const { return table_; }
+    /// Throws InputError unless this list holds slots of `t`.
+    void check_table(const RequestTable& t) const {
+        if (table_.get() != &t) throw InputError("the RequestList belongs to another RequestTable");
+    }
     int32_t size() const { return static_cast<int32_t>(slots_.size()); }
     const int32_t* data() const { return slots_.data(); }
     bool contains(int32_t slot) const { return member_[static_cast<size_t>(slot)] != 0; }
@@ -59,6 +63,7 @@ private:
     void insert_at(std::vector<int32_t>::iterator pos, int32_t slot) {
         table_->check_slot(slot);
         if (contains(slot)) throw InputError("request " + std::to_string(table_->request_id[slot]) + " is already in the list");
+        table_->check_fits_caches(slot);  // a request that could never run does not enter
         slots_.insert(pos, slot);  // never reallocates: capacity reserved for every slot
         member_[static_cast<size_t>(slot)] = 1;
         ++table_->list_refs[slot];

@@ -54,6 +54,10 @@ inline bool is_generation_in_progress(int32_t s) {
 }
 inline bool is_disagg_generation_init(int32_t s) { return s == DISAGG_GENERATION_INIT; }
 inline bool is_generation_complete(int32_t s) { return s == GENERATION_COMPLETE; }
+/// The states whose context chunk may be set: context init and the disagg generation inits.
+inline bool takes_context_chunk(int32_t s) {
+    return is_context_init(s) || s == DISAGG_GENERATION_INIT || s == DISAGG_GENERATION_TRANS_COMPLETE;
+}
 }  // namespace state
 
 }  // namespace tllm

@@ -21,7 +21,7 @@ RequestTable::RequestTable(int32_t capacity) : capacity_(capacity) {
     orig_prompt_len = column(c_orig_prompt_len_);
     max_new_tokens = column(c_max_new_);
     num_tokens = column(c_num_tokens_);
-    context_position = column(c_pos_);
+    context_current_position = column(c_pos_);
     context_chunk_size = column(c_chunk_);
     prepopulated_prompt_len = column(c_prepop_);
     num_draft_tokens = column(c_draft_);
@@ -95,7 +95,7 @@ int32_t RequestTable::add_request(int64_t id, const int32_t* prompt, int32_t ple
     orig_prompt_len[s] = plen;
     max_new_tokens[s] = max_new;
     num_tokens[s] = plen;
-    context_position[s] = 0;
+    context_current_position[s] = 0;
     context_chunk_size[s] = plen;
     prepopulated_prompt_len[s] = 0;
     num_draft_tokens[s] = o.num_draft_tokens;
@@ -109,6 +109,30 @@ int32_t RequestTable::add_request(int64_t id, const int32_t* prompt, int32_t ple
     list_refs[s] = 0;
     tally(s, +1);
     return s;
+}
+
+void RequestTable::check_fits(const CacheLimit& l, int64_t id, int64_t plen, int64_t max_new, int32_t enc) {
+    const std::string cache = l.cross ? "the cross KV cache's " : "the KV cache's ";
+    const int64_t tokens = l.cross ? std::max(enc, 1) : plen + max_new;
+    const std::string what = l.cross ? "encoder_output_len " + std::to_string(enc)
+                                     : "prompt length " + std::to_string(plen) + " + max_new_tokens " +
+                                           std::to_string(max_new) + " = " + std::to_string(tokens) + " tokens";
+    if (tokens > l.max_seq_len)
+        fail_input(id_str(id) + ": " + what + " exceeds " + cache + "max_seq_len " + std::to_string(l.max_seq_len) +
+                   ": it could never run (remove it from the table, or size the cache for it)");
+    const int64_t blocks = ceil_div(tokens, l.tokens_per_block);
+    if (blocks > l.num_blocks)
+        fail_input(id_str(id) + ": " + what + " need " + std::to_string(blocks) + " blocks of " +
+                   std::to_string(l.tokens_per_block) + " tokens, more than " + cache + "num_blocks " +
+                   std::to_string(l.num_blocks) + ": it could never run (remove it from the table, or size the cache for it)");
+}
+
+void RequestTable::add_cache_limit(const CacheLimit& l) { cache_limits_.push_back(l); }
+
+void RequestTable::remove_cache_limit(const void* cache) {
+    cache_limits_.erase(std::remove_if(cache_limits_.begin(), cache_limits_.end(),
+                                       [cache](const CacheLimit& l) { return l.cache == cache; }),
+                        cache_limits_.end());
 }
 
 void RequestTable::remove_request(int32_t s) {
@@ -130,6 +154,23 @@ void RequestTable::remove_request(int32_t s) {
     free_slots_.push_back(s);
 }
 
+void RequestTable::remove_slots(const int32_t* slots, int32_t n) {
+    for (int32_t i = 0; i < n; ++i) check_slot(slots[i]);
+    for (int32_t i = 0; i < n; ++i)
+        if (kv_refs[slots[i]] != 0 || list_refs[slots[i]] != 0)
+            fail_input(id_str(request_id[slots[i]]) + " is still held by a KV cache or a RequestList");
+    int32_t dup = first_repeated_slot(slots, n);
+    if (dup >= 0) fail_input("slot " + std::to_string(dup) + " is listed twice");
+    for (int32_t i = 0; i < n; ++i) remove_request(slots[i]);
+}
+
+int32_t first_repeated_slot(const int32_t* slots, int32_t n) {
+    std::vector<int32_t> sorted(slots, slots + n);
+    std::sort(sorted.begin(), sorted.end());
+    auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+    return dup == sorted.end() ? -1 : *dup;
+}
+
 int32_t RequestTable::slot_of(int64_t id) const {
     int32_t s = find(id);
     if (s < 0) fail_input("unknown request id " + std::to_string(id));
@@ -142,7 +183,7 @@ void RequestTable::fail_dead_slot(int32_t s) const {
 
 void RequestTable::check_context_state(int32_t s, const char* what) const {
     int32_t st = state[s];
-    if (!(state::is_context_init(st) || st == state::DISAGG_GENERATION_INIT || st == state::DISAGG_GENERATION_TRANS_COMPLETE))
+    if (!state::takes_context_chunk(st))
         fail_input(id_str(request_id[s]) + ": " + what + " needs a context or disagg-init state, state is " +
                    std::to_string(st));
 }
@@ -153,9 +194,24 @@ void RequestTable::set_context_chunk_size(int32_t s, int32_t n) {
     context_chunk_size[s] = std::min(n, context_remaining_length(s));
 }
 
+void RequestTable::set_context_chunk_sizes(const int32_t* slots, const int32_t* sizes, const int32_t* discards,
+                                           int32_t n) {
+    for (int32_t i = 0; i < n; ++i) check_slot(slots[i]);
+    for (int32_t i = 0; i < n; ++i) {  // validate all, then write: all or nothing
+        int32_t s = slots[i];
+        if (sizes[i] < 0) fail_input("chunk sizes must be >= 0");
+        if (!state::takes_context_chunk(state[s])) fail_input(id_str(request_id[s]) + " is not in a context state");
+        if (discards) check_draft_discard(s, discards[i], 0);
+    }
+    for (int32_t i = 0; i < n; ++i) {
+        set_context_chunk_size(slots[i], sizes[i]);
+        if (discards && discards[i] > 0) discard_draft_tokens(slots[i], discards[i]);
+    }
+}
+
 void RequestTable::move_to_next_context_chunk(int32_t s) {
     check_context_state(s, "move_to_next_context_chunk");
-    context_position[s] += context_chunk_size[s];
+    context_current_position[s] += context_chunk_size[s];
     context_chunk_size[s] = 0;
 }
 
@@ -170,14 +226,14 @@ void RequestTable::set_prepopulated_prompt_len(int32_t s, int32_t len, int32_t t
         // End the (shifted) first chunk on a block boundary.
         chunk = std::max(0, (len + chunk) / tpb * tpb - len);
     }
-    context_position[s] = len;
+    context_current_position[s] = len;
     context_chunk_size[s] = std::min(chunk, context_remaining_length(s));
 }
 
 void RequestTable::set_context_current_position(int32_t s, int32_t pos) {
     if (pos < 0 || pos > prompt_len[s])
         fail_input(id_str(request_id[s]) + ": context position must be in [0, prompt_len]");
-    context_position[s] = pos;
+    context_current_position[s] = pos;
     context_chunk_size[s] = std::min(context_chunk_size[s], context_remaining_length(s));
 }
 
@@ -206,6 +262,18 @@ void RequestTable::discard_draft_tokens(int32_t s, int32_t n) {
     tally(s, +1);
 }
 
+void RequestTable::check_draft_discard(int32_t s, int32_t n, int32_t min_n) const {
+    if (n < min_n || n > num_draft_tokens[s])
+        fail_input(id_str(request_id[s]) + ": cannot discard " + std::to_string(n) + " of " +
+                   std::to_string(num_draft_tokens[s]) + " draft tokens");
+}
+
+void RequestTable::discard_draft_tokens(const int32_t* slots, const int32_t* counts, int32_t n) {
+    for (int32_t i = 0; i < n; ++i) check_slot(slots[i]);
+    for (int32_t i = 0; i < n; ++i) check_draft_discard(slots[i], counts[i], 1);
+    for (int32_t i = 0; i < n; ++i) discard_draft_tokens(slots[i], counts[i]);
+}
+
 void RequestTable::set_num_draft_tokens(int32_t s, int32_t n) {
     if (n < 0) fail_input(id_str(request_id[s]) + ": draft token count must be >= 0");
     tally(s, -1);
@@ -226,7 +294,7 @@ void RequestTable::pause(int32_t s, int32_t max_input_len) {
     ++tokens_epoch_;
     num_tokens[s] = t.size;
     state[s] = encoder_output_len[s] > 0 ? state::ENCODER_INIT : state::CONTEXT_INIT;
-    context_position[s] = 0;
+    context_current_position[s] = 0;
     prepopulated_prompt_len[s] = 0;
     context_chunk_size[s] = prompt_len[s];
     decoding_iter[s] = 0;

@@ -1,6 +1,6 @@
 // ext/scheduler.h: one scheduling step in one call: capacity, then micro-batch over its fitting list.
 //
-// Python twin: tllm_sched/scheduler.py (Scheduler with backend="cpp" wraps this class).
+// Python twin: tllm_sched/scheduler.py (`Scheduler`; its backend "cpp" wraps this class).
 #pragma once
 
 #include <memory>
@@ -11,14 +11,14 @@
 
 namespace tllm {
 
-struct StepOutput {
+struct SchedulerOutput {
     CapacityOutput capacity;  ///< fitting, fitting_disagg_gen_init, paused
     MicroBatchOutput micro;   ///< context, generation
 };
 
-class StepScheduler {
+class Scheduler {
 public:
-    StepScheduler(CapacityScheduler capacity, MicroBatchScheduler micro, std::shared_ptr<RequestTable> table,
+    Scheduler(CapacityScheduler capacity, MicroBatchScheduler micro, std::shared_ptr<RequestTable> table,
                   std::shared_ptr<KVCacheManager> kv, std::shared_ptr<KVCacheManager> cross_kv,
                   std::shared_ptr<PeftCacheManager> peft, int32_t max_batch_size, std::optional<int32_t> max_num_tokens)
         : capacity_(std::move(capacity)), micro_(std::move(micro)), table_(std::move(table)), kv_(std::move(kv)),
@@ -31,12 +31,14 @@ public:
             throw InputError("cross_kv_cache_manager belongs to another RequestTable");
     }
 
-    /// Capacity over `slots`, then micro-batch over the fitting list, into last_output().
-    const StepOutput& schedule(const int32_t* slots, int32_t n, const int64_t* inflight, int32_t num_inflight) {
-        schedule(slots, n, inflight, num_inflight, last_);
+    /// Capacity over the active list, then micro-batch over the fitting list. The output is
+    /// reused by the next call.
+    const SchedulerOutput& schedule(const RequestList& active, const int64_t* inflight, int32_t num_inflight) {
+        active.check_table(*table_);
+        schedule(active.data(), active.size(), inflight, num_inflight, last_);
         return last_;
     }
-    void schedule(const int32_t* slots, int32_t n, const int64_t* inflight, int32_t num_inflight, StepOutput& out) {
+    void schedule(const int32_t* slots, int32_t n, const int64_t* inflight, int32_t num_inflight, SchedulerOutput& out) {
         capacity_.schedule(*table_, slots, n, kv_.get(), peft_.get(), cross_kv_.get(), out.capacity);
         const std::vector<int32_t>& fit = out.capacity.fitting;
         micro_.schedule(*table_, fit.data(), static_cast<int32_t>(fit.size()), inflight, num_inflight, max_batch_size_,
@@ -57,7 +59,7 @@ private:
     std::shared_ptr<PeftCacheManager> peft_;         ///< shared; may be null
     int32_t max_batch_size_;
     std::optional<int32_t> max_num_tokens_;
-    StepOutput last_;  ///< reused across steps so its vectors keep their capacity
+    SchedulerOutput last_;  ///< reused across steps so its vectors keep their capacity
 };
 
 }  // namespace tllm

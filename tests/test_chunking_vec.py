@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tllm_sched.policies import chunking
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1500)
 @given(
     remaining=st.lists(st.integers(0, 300), min_size=0, max_size=60),
     drafts=st.lists(st.integers(0, 6), min_size=60, max_size=60),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +22,7 @@ from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES
 from tllm_sched.replay import RunFailure, replay
 from tllm_sched.scenario import ScenarioError, parse_scenario
 from tllm_sched.scheduler import BACKENDS
+from utils import lowered_thresholds
 
 EXAMPLES = int(os.environ.get("TLLM_DIFF_EXAMPLES", "1000"))
 
@@ -115,7 +115,7 @@ def run(sc, backend):
         return out.getvalue(), str(e)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, suppress_health_check=list(HealthCheck))
 @given(scenarios())
 def test_backends_agree(raw):
     try:
@@ -135,38 +135,16 @@ def test_backends_agree(raw):
         assert fail == ref_fail, f"{backend} run failure {fail!r} != cpp {ref_fail!r}"
 
 
-@settings(max_examples=max(100, EXAMPLES // 3), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=max(100, EXAMPLES // 3), suppress_health_check=list(HealthCheck))
 @given(scenarios())
 def test_backends_agree_on_the_large_batch_paths(raw):
-    """The same comparison with the thresholds of the large-batch paths lowered, so the tiny
-    generated scenarios exercise them: skip keys asked for in several windows (the array form of
-    the claims, the last call left taking the rest), the array twins of
-    the chunking policies, and numpy (not Python-int) counting of a split's others."""
-    with large_batch_paths():
+    """The same comparison with the size thresholds of the large-list paths lowered
+    (tests/utils.py LOWERED_THRESHOLDS), so the tiny generated scenarios take them."""
+    with lowered_thresholds():
         test_backends_agree.hypothesis.inner_test(raw)
 
 
-@contextmanager
-def large_batch_paths():
-    """Lowers the thresholds of the large-batch paths: windows of two skip keys (the last key
-    question a step can afford takes the rest), array forms from the first item."""
-    from tllm_sched import micro_batch_scheduler
-    from tllm_sched.policies import chunking, common, reuse_skipping
-
-    lowered = [(reuse_skipping, "WINDOW_CAP", 2),
-               (chunking, "VECTOR_MIN_ITEMS", 1), (common, "FEW", 0), (common, "HEAD", 1),
-               (micro_batch_scheduler, "FEW", 0)]
-    saved = [getattr(m, k) for m, k, _ in lowered]
-    for m, k, v in lowered:
-        setattr(m, k, v)
-    try:
-        yield
-    finally:
-        for (m, k, _), v in zip(lowered, saved):
-            setattr(m, k, v)
-
-
-@settings(max_examples=max(100, EXAMPLES // 3), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=max(100, EXAMPLES // 3), suppress_health_check=list(HealthCheck))
 @given(scenarios())
 def test_python_scheduler_stays_within_the_crossing_budget(raw):
     """Every full step of the batched Python scheduler, in every generated configuration (cross
@@ -194,7 +172,7 @@ def test_python_scheduler_stays_within_the_crossing_budget(raw):
     replay_mod.Scheduler = Counting
     try:
         run(sc, "python")
-        with large_batch_paths():
+        with lowered_thresholds():
             run(sc, "python")
     finally:
         replay_mod.Scheduler = saved

@@ -39,6 +39,10 @@ def test_add_sequence_without_reuse():
     assert kv.num_used_blocks == 7 and kv.max_num_blocks == 20
     assert kv.free_queue(0).tolist() == list(range(7, 20))
     assert [kv.ref_count(x) for x in range(8)] == [1] * 7 + [0]
+    for query in (kv.ref_count, kv.is_cached, kv.tree_parent, kv.is_primary):
+        for bad in (-1, 20):  # block ids are 0 .. max_num_blocks - 1
+            with pytest.raises(IndexError, match="^block id out of range$"):
+                query(bad)
     assert a.prepopulated_prompt_len == 0 and a.context_current_position == 0
     s = stats(kv)
     assert s["alloc_total_blocks"] == 7 and s["alloc_new_blocks"] == 7 and s["reused_blocks"] == 0
@@ -95,6 +99,7 @@ def test_reuse_prompt_len_multiple_of_tpb():
     s = stats(kv)
     assert s["reused_blocks"] == 3 and s["missed_blocks"] == 4          # 3 matches (2 full + 1 partial), 0 misses
     assert s["alloc_total_blocks"] == 5 and s["alloc_new_blocks"] == 5  # only the copy target 4 was taken
+    assert kv.get_kv_cache_stats()["cache_hit_rate"] == 3 / (3 + 4)   # reused / (reused + missed)
     assert kv.is_cached(2) and kv.tree_parent(2) == 1                  # the original stays cached
     assert kv.is_cached(3) and not kv.is_cached(4)
     kv.check_invariants()
@@ -586,6 +591,7 @@ def test_get_num_free_blocks_per_window_and_stats_dict():
     s = kv.get_kv_cache_stats()
     assert (s["max_num_blocks"], s["free_num_blocks"], s["used_num_blocks"], s["tokens_per_block"]) == (10, 8, 2, 10)
     assert s["num_free_blocks_per_window_size"] == {64: 8}
+    assert s["cache_hit_rate"] == 0.0  # reuse off: no block was looked up in the tree
 
 
 # --------------------------------------------------------------------------- secondary pool

@@ -16,15 +16,10 @@ import pytest
 
 import tllm_sched as ts
 from tllm_sched.config import ChunkingConfig, SchedulerConfig
-from tllm_sched.scheduler import BACKENDS, Scheduler
+from tllm_sched.scheduler import Scheduler
 
 S = ts.LlmRequestState
 EP, FCFS = "EQUAL_PROGRESS", "FIRST_COME_FIRST_SERVED"
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
 
 
 class Bed:
@@ -160,7 +155,7 @@ def test_too_long_context_fails_before_the_budget_check(backend):
     # [G0, C1 = C(20)], max_context_length 12: C1 would break on the budget (1 + 20 > 5) but the
     # length check fails first.
     b = Bed(backend)
-    with pytest.raises(ts.SchedulingError):
+    with pytest.raises(ts.SchedulingError, match="request 1: context of 20 tokens exceeds max_context_length 12"):
         b.micro([b.gen(0), b.ctx(1, 20)], max_num_tokens=5, max_context_length=12)
     # Never reached (batch full after G0): no error.
     assert b.micro([b.gen(2), b.ctx(3, 20)], max_batch_size=1, max_context_length=12) == ([], [2])
@@ -255,3 +250,17 @@ def test_equal_keys_keep_their_input_order(backend):
     # Contexts without LoRA keep their order too (no chunks present).
     ctx = [b.ctx(i, 10) for i in (25, 21, 23, 20, 24, 22)]
     assert b.micro(ctx) == ([25, 21, 23, 20, 24, 22], [])
+
+
+def test_core_micro_batch_scheduler_refuses_bad_limits():
+    # The C++ scheduler checks its per-call limits itself, before it looks at a request.
+    t = ts.RequestTable(4)
+    r = t.add_request(0, [1] * 5, 3)
+    m = ts.MicroBatchScheduler(None)
+    one = np.array([r.slot], dtype=np.int32)
+    with pytest.raises(ValueError, match="^max_batch_size must be positive$"):
+        m.schedule(t, one, None, 0)
+    with pytest.raises(ValueError, match="^max_num_tokens must be positive or None$"):
+        m.schedule(t, one, None, 4, 0)
+    ctx, gen = m.schedule(t, one, None, 1, 5)
+    assert (ctx.tolist(), gen.tolist()) == ([r.slot], [])

@@ -4,8 +4,10 @@ offers exactly the registry's members."""
 import pytest
 
 import tllm_sched as ts
-from tllm_sched import bench, bench_report, bench_workloads, scenario
+from tllm_sched import bench_args, bench_report, bench_workloads, scenario
+from tllm_sched.config import SchedulerConfig
 from tllm_sched.registry import BENCH_POLICIES, CAPACITY_POLICIES, CHUNKING_POLICIES
+from tllm_sched.scheduler import Scheduler
 
 
 def test_capacity_policies_are_the_cpp_enum_in_its_order():
@@ -28,7 +30,7 @@ def test_consumers_read_the_registry():
     assert set(BENCH_POLICIES) <= set(CAPACITY_POLICIES)
     assert bench_workloads.POLICIES == BENCH_POLICIES
     assert bench_report.POLICY_SHORT == {"MAX_UTILIZATION": "MU", "GUARANTEED_NO_EVICT": "GNE", "STATIC_BATCH": "SB"}
-    assert bench.ALIASES == {"MU": "MAX_UTILIZATION", "MAX_UTIL": "MAX_UTILIZATION", "GNE": "GUARANTEED_NO_EVICT"}
+    assert bench_args.ALIASES == {"MU": "MAX_UTILIZATION", "MAX_UTIL": "MAX_UTILIZATION", "GNE": "GUARANTEED_NO_EVICT"}
 
 
 @pytest.mark.parametrize("policy", CAPACITY_POLICIES)
@@ -38,3 +40,10 @@ def test_scenario_validation_accepts_every_registered_policy(policy):
         "scheduler": {"policy": policy, "max_num_requests": 1},
         "requests": [{"id": 1, "prompt_len": 4, "max_new_tokens": 1}],
     }).scheduler.policy == policy
+
+
+def test_every_backend_refuses_an_unknown_policy(backend):
+    t = ts.RequestTable(2)
+    kv = ts.KVCacheManager(t, 4, 8, 32)
+    with pytest.raises(ValueError, match="unknown capacity scheduler policy 'ROUND_ROBIN'"):
+        Scheduler(SchedulerConfig("ROUND_ROBIN", 2), t, kv, backend=backend)

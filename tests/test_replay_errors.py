@@ -1,10 +1,11 @@
 """tests/test_replay_errors.py: `tllm-sched replay` on invalid scenarios (exit 2) and failed runs (exit 3).
 
-scenario-format.md, "Invalid scenarios and failed runs": an invalid scenario is rejected before the
+design.md, "Replay scenarios": an invalid scenario is rejected before the
 run starts with exit status 2, nothing on standard output and a one-line message on standard error
 naming the key and the request id (no traceback). A run that starts but cannot go on exits with 3,
 prints the log lines of the iterations that completed and no summary line, and one stderr line.
-Every case runs the real command line in a subprocess.
+One case per exit status runs the real command in a subprocess (`_run_cli`); the others run
+its `main` in this process (tests/utils.py `replay_cli`), which prints the same.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from utils import replay_cli
+
 
 # A valid scenario every invalid one is derived from: two requests of 10 + 5 tokens; with 10-token
 # blocks each needs 2 blocks, well within 10 blocks and max_seq_len 100.
@@ -39,18 +41,11 @@ def _command(path: Path):
 
 
 def _run_cli(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(path), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(_command(path), cwd=path.parent, capture_output=True, text=True, timeout=60)
 
 
-def _run_many(paths):
-    """Runs the CLI on every path concurrently (each start costs ~0.4 s of imports)."""
-    procs = [subprocess.Popen(_command(p), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for p in paths]
-    results = []
-    for p, proc in zip(paths, procs):
-        out, err = proc.communicate(timeout=60)
-        results.append(subprocess.CompletedProcess(_command(p), proc.returncode, out, err))
-    return results
+def _run_here(capsys, path: Path) -> subprocess.CompletedProcess:
+    return replay_cli(capsys, path, "--backend", "cpp")
 
 
 def _write(tmp_path: Path, obj=None, raw: str | None = None, name: str = "scenario.json") -> Path:
@@ -84,9 +79,9 @@ def _set(path, value):
     return edit
 
 
-def test_base_scenario_is_valid(tmp_path):
+def test_base_scenario_is_valid(tmp_path, capsys):
     # Guards every case below: the only thing wrong with each is the edit it makes.
-    proc = _run_cli(_write(tmp_path, BASE))
+    proc = _run_here(capsys, _write(tmp_path, BASE))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert proc.stdout.splitlines()[-1].startswith('{"iterations": ')
@@ -120,17 +115,9 @@ INVALID = [
 ]
 
 
-@pytest.fixture(scope="module")
-def invalid_results(tmp_path_factory):
-    """Case id -> CompletedProcess, every INVALID case run once, concurrently."""
-    root = tmp_path_factory.mktemp("invalid")
-    paths = [_write(root, _mutated(edit), name=f"{case}.json") for case, edit, _ in INVALID]
-    return {case: proc for (case, _, _), proc in zip(INVALID, _run_many(paths))}
-
-
-@pytest.mark.parametrize("case,words", [pytest.param(i, w, id=i) for i, _, w in INVALID])
-def test_invalid_scenario_exits_2(invalid_results, case, words):
-    proc = invalid_results[case]
+@pytest.mark.parametrize("edit,words", [pytest.param(e, w, id=i) for i, e, w in INVALID])
+def test_invalid_scenario_exits_2(tmp_path, capsys, edit, words):
+    proc = _run_here(capsys, _write(tmp_path, _mutated(edit)))
     line = _assert_one_line_error(proc, 2)
     assert proc.stdout == ""
     for word in words:
@@ -138,15 +125,16 @@ def test_invalid_scenario_exits_2(invalid_results, case, words):
 
 
 def test_bad_json_exits_2(tmp_path):
+    # Exit 2 from the real command, in a subprocess.
     proc = _run_cli(_write(tmp_path, raw='{"format": "tllm_sched.scenario/1", "requests": [}'))
     line = _assert_one_line_error(proc, 2)
     assert proc.stdout == ""
     assert "JSON" in line and "scenario.json" in line
 
 
-def test_missing_file_exits_2(tmp_path):
+def test_missing_file_exits_2(tmp_path, capsys):
     missing = tmp_path / "does_not_exist.json"
-    proc = _run_cli(missing)
+    proc = _run_here(capsys, missing)
     line = _assert_one_line_error(proc, 2)
     assert proc.stdout == ""
     assert "does_not_exist.json" in line
@@ -159,7 +147,7 @@ def _log_lines(stdout: str):
     return [json.loads(line) for line in stdout.splitlines()]
 
 
-def test_too_long_context_without_chunking_fails_the_run(tmp_path):
+def test_too_long_context_without_chunking_fails_the_run(tmp_path, capsys):
     # Micro harness, no chunking, max_context_length 15. Iteration 0: requests 0 and 7 (10 tokens
     # each) are scheduled as contexts. Request 9 (20 tokens) arrives at iteration 1, behind the two
     # generations, and 20 > 15 is a hard error (scheduler.md §3.2 step 3): exit 3 after one line.
@@ -168,7 +156,7 @@ def test_too_long_context_without_chunking_fails_the_run(tmp_path):
     obj["kv_cache"] = None
     obj["scheduler"]["max_context_length"] = 15
     obj["requests"].append({"id": 9, "prompt_len": 20, "max_new_tokens": 3, "arrive_at": 1})
-    proc = _run_cli(_write(tmp_path, obj))
+    proc = _run_here(capsys, _write(tmp_path, obj))
     line = _assert_one_line_error(proc, 3)
     lines = _log_lines(proc.stdout)
     assert [entry["it"] for entry in lines] == [0]
@@ -183,7 +171,7 @@ def test_max_iterations_too_small_fails_the_run(tmp_path):
     # max_iterations 3, iterations 0..2 are logged and the run fails before iteration 3.
     obj = copy.deepcopy(BASE)
     obj["max_iterations"] = 3
-    proc = _run_cli(_write(tmp_path, obj))
+    proc = _run_cli(_write(tmp_path, obj))  # exit 3 from the real command, in a subprocess
     line = _assert_one_line_error(proc, 3)
     lines = _log_lines(proc.stdout)
     assert [entry["it"] for entry in lines] == [0, 1, 2]
@@ -192,7 +180,7 @@ def test_max_iterations_too_small_fails_the_run(tmp_path):
     assert "max_iterations" in line
 
 
-def test_chunking_iteration_without_progress_fails_the_run(tmp_path):
+def test_chunking_iteration_without_progress_fails_the_run(tmp_path, capsys):
     # Chunking harness, FCFS unit 5, capacity (max_num_tokens) 3: one 20-token request gets
     # min(3, 20) = 3 != 20 -> floor(3/5) * 5 = 0 tokens: no request advances at iteration 0 ->
     # run failure with no log line at all.
@@ -202,16 +190,16 @@ def test_chunking_iteration_without_progress_fails_the_run(tmp_path):
                       "chunking": {"policy": "FIRST_COME_FIRST_SERVED", "unit_size": 5}},
         "requests": [{"id": 4, "prompt_len": 20, "max_new_tokens": 1}],
     }
-    proc = _run_cli(_write(tmp_path, obj))
+    proc = _run_here(capsys, _write(tmp_path, obj))
     _assert_one_line_error(proc, 3)
     assert proc.stdout == ""
 
 
-def test_max_iterations_exactly_enough_succeeds(tmp_path):
+def test_max_iterations_exactly_enough_succeeds(tmp_path, capsys):
     # The boundary of the case above: 5 iterations are enough.
     obj = copy.deepcopy(BASE)
     obj["max_iterations"] = 5
-    proc = _run_cli(_write(tmp_path, obj))
+    proc = _run_here(capsys, _write(tmp_path, obj))
     assert proc.returncode == 0, proc.stderr
     lines = _log_lines(proc.stdout)
     assert lines[-1] == {"iterations": 5, "reused_blocks": 0, "missed_blocks": 0}

@@ -272,7 +272,7 @@ def test_discard_draft_tokens_bounds():
     assert r.num_draft_tokens == 1
     r.discard_draft_tokens(1)
     assert r.num_draft_tokens == 0 and not r.has_draft_tokens
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="discard_draft_tokens needs 0 < n <= 0, got 1"):
         r.discard_draft_tokens(1)   # 1 > 0 remaining
 
 
@@ -298,7 +298,7 @@ def test_tallies_follow_every_write():
     assert tallies.tolist() == [1, 0, 0]
     b.set_num_draft_tokens(3)
     assert tallies.tolist() == [1, 1, 0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="draft token count must be >= 0"):
         b.set_num_draft_tokens(-1)
     assert tallies.tolist() == [1, 1, 0]       # a refused write changes nothing
     t.remove_request(a)
@@ -336,7 +336,7 @@ def test_columns_are_read_only_views_of_the_cpp_buffer():
     assert len(state_view) == 8                     # capacity long
     assert state_view.dtype == np.int32
     assert not state_view.flags.writeable
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         state_view[0] = 13
     ptr = state_view.__array_interface__["data"][0]
     assert t.columns()["state"].__array_interface__["data"][0] == ptr   # same C++ buffer every call
@@ -361,6 +361,8 @@ def test_gather_values():
     b.add_new_token(5)
     a.context_chunk_size = 4
     g = t.gather(slots(b, a))   # list order, not slot order
+    assert set(g) == {"request_id", "state", "prompt_len", "context_current_position", "context_chunk_size",
+                      "max_new_tokens", "num_tokens", "num_draft_tokens", "lora_task_id", "beam_width", "priority"}
     assert g["request_id"].tolist() == [22, 11]
     assert g["state"].tolist() == [13, 10]
     assert g["prompt_len"].tolist() == [12, 7]
@@ -404,13 +406,18 @@ def _fill(t, n):
     (lambda t: add_req(t, 2, 5, priority=1.5), ValueError, "priority"),
     (lambda t: add_req(t, 2, 5, lora_task_id=-5), ValueError, "lora_task_id"),
     (lambda t: add_req(t, -3, 5), ValueError, "request_id"),
-    (lambda t: t.add_request(2, np.arange(5, dtype=np.int64), 3), TypeError, "int32"),
-    (lambda t: t.add_request(2, np.arange(10, dtype=np.int32)[::2], 3), TypeError, "contiguous"),
+    (lambda t: t.add_request(2, np.array([5, 2**31], dtype=np.int64), 3), ValueError, "2147483648 at index 1"),
+    (lambda t: t.add_request(2, np.array([5, -2**31 - 1], dtype=np.int64), 3), ValueError, "int32 range"),
+    (lambda t: t.add_request(2, np.array([2**32 - 1], dtype=np.uint32), 3), ValueError, "int32 range"),
+    (lambda t: t.add_request(2, np.arange(5, dtype=np.float64), 3), TypeError, "integer values.*float64"),
+    (lambda t: t.add_request(2, np.ones(5, dtype=bool), 3), TypeError, "integer values.*bool"),
+    (lambda t: t.add_request(2, np.ones((2, 3), dtype=np.int32), 3), TypeError, "1-D"),
     (lambda t: t.add_request(2, "abc", 3), TypeError, "input_tokens"),
     (lambda t: t.add_request(2, [1, 2.5], 3), TypeError, "int"),
     (lambda t: t.add_request(2, [1, 2**40], 3), ValueError, "int32"),
 ], ids=["duplicate", "empty", "max_new0", "beam0", "draft_neg", "priority1.5", "lora-5", "id_neg",
-        "int64_array", "noncontiguous", "str", "float_token", "token_range"])
+        "int64_too_big", "int64_too_small", "uint32_too_big", "float_array", "bool_array", "2d", "str",
+        "float_token", "token_range"])
 def test_add_request_bad_input(call, exc, words):
     t = new_table(4)
     add_req(t, 1, 5)
@@ -420,6 +427,17 @@ def test_add_request_bad_input(call, exc, words):
     # Nothing leaked: id 2 and a slot are still available.
     r = add_req(t, 2, 5)
     assert r.request_id == 2 and len(t) == 2
+
+
+@pytest.mark.parametrize("prompt", [
+    np.arange(5, dtype=np.int64), np.arange(5, dtype=np.uint8), np.arange(5, dtype=np.int16),
+    np.arange(10, dtype=np.int32)[::2] // 2, np.arange(10, dtype=np.int64)[::2] // 2, [0, 1, 2, 3, 4],
+], ids=["int64", "uint8", "int16", "int32_strided", "int64_strided", "list"])
+def test_add_request_takes_any_integer_prompt_whose_values_fit_int32(prompt):
+    # A checked conversion: every value is read and range-checked, so the stored prompt is exact.
+    t = new_table(4)
+    r = t.add_request(2, prompt, 3)
+    assert r.tokens.dtype == np.int32 and r.tokens.tolist() == [0, 1, 2, 3, 4]
 
 
 def test_add_request_table_full():
@@ -454,9 +472,36 @@ def test_removed_request_handle_raises_but_tokens_view_survives():
     with pytest.raises(ValueError, match="removed"):
         r.state
     assert view.tolist() == [40, 41, 42, 43, 44, 45, 99]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="removed"):
         t.remove_request(r)
     assert len(t) == 1
+
+
+def test_remove_slots_is_all_or_nothing():
+    t = new_table(4)
+    a, b, c = add_req(t, 1, 5), add_req(t, 2, 5), add_req(t, 3, 5)
+    kv = new_kv(t)
+    kv.add_sequence(2, 5, 1, b)
+    # b still holds a KV sequence: nothing is freed, a included (a is listed first).
+    with pytest.raises(ValueError, match="^request 2 is still held by a KV cache or a RequestList$"):
+        t.remove_slots(slots(a, b))
+    assert len(t) == 3 and a.is_valid and b.is_valid
+    rl = ts.RequestList(t)
+    rl.append(c)
+    with pytest.raises(ValueError, match="^request 3 is still held by a KV cache or a RequestList$"):
+        t.remove_slots(slots(a, c))
+    rl.remove(c)
+    with pytest.raises(ValueError, match=f"^slot {a.slot} is listed twice$"):
+        t.remove_slots(slots(a, c, a))
+    assert len(t) == 3 and a.is_valid and c.is_valid
+    a_slot = a.slot
+    t.remove_slots(slots(c, a))
+    assert len(t) == 1 and 1 not in t and 3 not in t and not a.is_valid and b.is_valid
+    # a's slot is free now: listing it again is a dead slot, and nothing else is freed.
+    kv.remove_sequence(2)
+    with pytest.raises(ValueError, match="holds no live request"):
+        t.remove_slots(np.array([b.slot, a_slot], dtype=np.int32))
+    assert b.is_valid
 
 
 def test_get_and_request_at():
@@ -465,6 +510,6 @@ def test_get_and_request_at():
     assert t.get(9).slot == r.slot and t.request_at(r.slot).request_id == 9
     with pytest.raises(ValueError, match="unknown request id 10"):
         t.get(10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="slot 3 holds no live request"):
         t.request_at(3)
     assert t.slot_of(9) == r.slot

@@ -1,7 +1,7 @@
 """tests/test_scenarios.py: every shared scenario replays to its expected decision log, byte for byte.
 
 The shared folder (`../shared/scenarios` beside the repository) holds `NAME.json` scenarios and
-`NAME.expected.jsonl` logs (scenario-format.md; README pin 9: every backend gives the same bytes).
+`NAME.expected.jsonl` logs (design.md, "The decision log"; pinned choice 9: every backend gives the same bytes).
 Each scenario runs in-process once per backend of `BACKENDS`; one more test runs the command line
 as a subprocess, as a user would.
 """
@@ -18,9 +18,9 @@ import pytest
 from tllm_sched.replay import replay
 from tllm_sched.scenario import load_scenario
 from tllm_sched.scheduler import BACKENDS
+from utils import SHARED
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "scenarios"
+SCENARIO_DIR = SHARED / "scenarios"
 SCENARIO_FILES = sorted(SCENARIO_DIR.glob("*.json")) if SCENARIO_DIR.is_dir() else []
 _MISSING = pytest.param(None, marks=pytest.mark.skip(reason=f"shared scenarios folder not found: {SCENARIO_DIR}"))
 
@@ -70,13 +70,13 @@ def test_expected_logs_end_with_a_summary_line() -> None:
         assert lines and lines[-1].startswith('{"iterations": '), path.name
 
 
-def test_cli_replay_matches_expected_log() -> None:
+def test_cli_replay_matches_expected_log(tmp_path) -> None:
     path = SCENARIO_DIR / "microD04_SimpleNoOverlapMaxContextLength.json"
     if not path.is_file():
         pytest.skip(f"shared scenario not found: {path}")
     proc = subprocess.run(
         [sys.executable, "-m", "tllm_sched", "replay", str(path), "--backend", "cpp"],
-        cwd=ROOT, capture_output=True, timeout=60,
+        cwd=tmp_path, capture_output=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert proc.stderr == b""

@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 
 import tllm_sched as ts
-from utils import package_env, toks
+from utils import SHARED, toks
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_TRACE = ROOT.parent / "shared" / "data" / "azure_llm_inference_2023_conv.csv"
+REAL_TRACE = SHARED / "data" / "azure_llm_inference_2023_conv.csv"
 UNDER_SANITIZER = "asan" in os.environ.get("LD_PRELOAD", "") or "ASAN_OPTIONS" in os.environ
 I32 = lambda *a: np.array(a, dtype=np.int32)  # noqa: E731
 E32 = I32()
@@ -76,12 +76,11 @@ def test_soak_script_exit_status(tmp_path):
     """The command line: exit 0 and a summary on a clean run, exit 1 on a violation."""
     trace = _trace(tmp_path)
     cmd = [sys.executable, str(ROOT / "bench" / "soak.py"), "--trace", str(trace), "--check-every", "500"]
-    ok = subprocess.run(cmd + ["--steps", "1000", "--no-rss-check"], capture_output=True, text=True,
-                        env=package_env(), timeout=300)
+    ok = subprocess.run(cmd + ["--steps", "1000", "--no-rss-check"], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "soak: 1000 steps" in ok.stdout and "0 violations" in ok.stdout
     bad = subprocess.run(cmd + ["--steps", "1000", "--rss-tolerance-mib", "-1"], capture_output=True, text=True,
-                         env=package_env(), timeout=300)
+                         timeout=300)
     assert bad.returncode == 1 and "VIOLATION" in bad.stdout, bad.stdout + bad.stderr
 
 
@@ -118,7 +117,7 @@ LEAK_SCRIPT = textwrap.dedent("""
             sch = Scheduler(cfg, t, kv, cross, peft, backend=backend, count_crossings=round % 2 == 1)
             o = sch.schedule(rl)
             sch.schedule_capacity(np.array(rl.slots))
-        step = ts.StepScheduler(ts.CapacityScheduler(8, ts.CapacitySchedulerPolicy.GUARANTEED_NO_EVICT),
+        step = ts.Scheduler(ts.CapacityScheduler(8, ts.CapacitySchedulerPolicy.GUARANTEED_NO_EVICT),
                                 ts.MicroBatchScheduler((ts.ContextChunkingPolicy.FIRST_COME_FIRST_SERVED, 4)),
                                 t, kv, cross, peft, 8, 64)
         for _ in range(12):
@@ -149,14 +148,14 @@ LEAK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_nanobind_reports_no_leaks():
+def test_nanobind_reports_no_leaks(tmp_path):
     # Control: the check is live in this build (a deliberately leaked table is reported).
     control = subprocess.run([sys.executable, "-c", "import ctypes, tllm_sched as ts; "
                               "ctypes.pythonapi.Py_IncRef(ctypes.py_object(ts.RequestTable(2)))"],
-                             capture_output=True, text=True, env=package_env(), timeout=120)
+                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert "nanobind: leaked" in control.stderr, control.stderr[-2000:]
-    proc = subprocess.run([sys.executable, "-c", LEAK_SCRIPT], capture_output=True, text=True,
-                          env=package_env(), timeout=300)
+    proc = subprocess.run([sys.executable, "-c", LEAK_SCRIPT], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "done 3"
     leaks = [ln for ln in proc.stderr.splitlines() if "nanobind: leaked" in ln]

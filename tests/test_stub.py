@@ -3,7 +3,7 @@ the built `tllm_sched._core` (the same stub the build installs as tllm_sched/_co
 
 After changing ext/bindings/, rebuild and refresh the reference from the repository root:
 
-    python -m nanobind.stubgen -q -m tllm_sched._core -o tests/_core.pyi.ref
+    python -P -m nanobind.stubgen -q -m tllm_sched._core -o tests/_core.pyi.ref
 """
 
 from pathlib import Path
@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 REF = Path(__file__).with_name("_core.pyi.ref")
-REFRESH = "python -m nanobind.stubgen -q -m tllm_sched._core -o tests/_core.pyi.ref"
+REFRESH = "python -P -m nanobind.stubgen -q -m tllm_sched._core -o tests/_core.pyi.ref"
 
 
 def test_stub_matches_reference(tmp_path, monkeypatch):
     stubgen = pytest.importorskip("nanobind.stubgen", reason="nanobind is not installed (pip install 'nanobind>=3.1')")
     monkeypatch.setenv("NB_STUBGEN", "1")  # stubgen sets it; monkeypatch restores it afterwards
     out = tmp_path / "_core.pyi"
-    # In-process, so the module checked is the one these tests import (see conftest.py).
+    # In-process, so the module checked is the one these tests import.
     stubgen.main(["-q", "-m", "tllm_sched._core", "-o", str(out)])
     assert out.read_text(encoding="utf-8") == REF.read_text(encoding="utf-8"), (
         f"tests/_core.pyi.ref is stale; refresh it from the repository root with: {REFRESH}")

@@ -97,9 +97,9 @@ def test_tokens_torch_shares_memory():
     assert tt.tolist() == [4, 5, 6]
 
 
-def test_import_does_not_import_torch():
+def test_import_does_not_import_torch(tmp_path):
     code = "import sys, tllm_sched; assert 'torch' not in sys.modules, 'torch imported'"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
 
 

@@ -1,8 +1,53 @@
 """tests/utils.py: small shared builders for the tests (append-only; keep it small)."""
 
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 
 import tllm_sched as ts
+from tllm_sched.config import SchedulerConfig
+from tllm_sched.policies import chunking, common, reuse_skipping
+from tllm_sched.scheduler import Scheduler
+
+# The shared data beside the repository: replay scenarios with their logs, and real traces.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# The batched Python backend's size thresholds, each with the value that sends the small cases of
+# the tests down its large-list path: skip keys asked for in windows of two (the last key question
+# a step can afford takes the rest), the array twins of the chunking policies, numpy counting of a
+# split's others, array prefix sums after the first value.
+LOWERED_THRESHOLDS = (
+    (reuse_skipping, "WINDOW_CAP", 2),
+    (chunking, "VECTOR_MIN_ITEMS", 1),
+    (common, "FEW", 0),
+    (common, "HEAD", 1),
+)
+
+
+@contextmanager
+def lowered_thresholds():
+    """Runs the body with LOWERED_THRESHOLDS in force, then restores the real values."""
+    saved = [(module, name, getattr(module, name)) for module, name, _ in LOWERED_THRESHOLDS]
+    try:
+        for module, name, value in LOWERED_THRESHOLDS:
+            setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def replay_cli(capsys, path, *args):
+    """`tllm-sched replay PATH ARGS` run in this process: a CompletedProcess with the exit status
+    and what it printed. (A test per exit path also starts the real command in a subprocess.)"""
+    from tllm_sched.__main__ import main
+
+    argv = ["replay", str(path), *args]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["tllm-sched", *argv], code, out, err)
 
 
 def toks(n, start=0):
@@ -78,12 +123,67 @@ def full_snapshot(table, kv=None, lists=(), handles=()):
     return snap
 
 
-def package_env():
-    """Environment for a subprocess that must import the same tllm_sched as this process."""
-    import os
-    from pathlib import Path
+# ------------------------------------------------------------------ capacity policies (tests/test_<policy>.py)
+MU, GNE, STATIC = "MAX_UTILIZATION", "GUARANTEED_NO_EVICT", "STATIC_BATCH"
+S = ts.LlmRequestState
+_EMPTY = np.zeros(0, dtype=np.int32)
 
-    env = dict(os.environ)
-    here = str(Path(ts.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+
+class CapacityBed:
+    """A request table, a KV cache and an executor to put requests into the states a test needs
+    (tests/test_<policy>.py, tests/test_capacity_scheduler.py).
+
+    Defaults: 10 tokens per block, max_seq_len (= the single window) 100, reuse off. "G(p)" (`gen`)
+    is a request that ran its context of p tokens through the executor: GENERATION_IN_PROGRESS,
+    holding ceil(p/10) blocks; its KV sequence has p tokens and the request p + 1 (the newest token
+    has no KV yet). "N(p)" (`new`) is a new CONTEXT_INIT request of p tokens.
+    """
+
+    def __init__(self, backend="cpp", blocks=10, tpb=10, max_seq_len=100, reuse=False, kv=True):
+        self.backend = backend
+        self.t = ts.RequestTable(64)
+        self.kv = ts.KVCacheManager(self.t, tpb, blocks, max_seq_len, enable_block_reuse=reuse) if kv else None
+        self.ex = ts.SimExecutor(self.t, self.kv, None, 1000)
+
+    def new(self, rid, prompt, max_new=10, **kw):
+        """N: a new context. `prompt` is a length (all 1s) or a token list."""
+        tokens = [1] * prompt if isinstance(prompt, int) else list(prompt)
+        return self.t.add_request(rid, tokens, max_new, **kw)
+
+    def step(self, *reqs):
+        """One executor step over `reqs` (contexts advance one chunk, generations add a token)."""
+        self.ex.apply(_EMPTY, _EMPTY, np.array([r.slot for r in reqs], dtype=np.int32))
+
+    def gen(self, rid, prompt, max_new=10, **kw):
+        """G: a request whose whole context ran; it is generating and holds its prompt blocks."""
+        r = self.new(rid, prompt, max_new, **kw)
+        self.step(r)
+        assert r.state == S.GENERATION_IN_PROGRESS
+        return r
+
+    def chunked(self, rid, prompt, first_chunk, max_new=10, **kw):
+        """A context that ran its first chunk only: CONTEXT_INIT, not on its first chunk."""
+        r = self.new(rid, prompt, max_new, **kw)
+        r.context_chunk_size = first_chunk
+        self.step(r)
+        assert r.state == S.CONTEXT_INIT and not r.is_first_context_chunk
+        return r
+
+    def with_state(self, rid, prompt, state, max_new=10, **kw):
+        r = self.new(rid, prompt, max_new, **kw)
+        if state != S.CONTEXT_INIT:
+            r.set_state(state)
+        return r
+
+    def scheduler(self, policy, max_num_requests=8, peft=None, two_steps=False, **cfg):
+        config = SchedulerConfig(policy=policy, max_num_requests=max_num_requests, two_steps_look_ahead=two_steps, **cfg)
+        return Scheduler(config, self.t, self.kv, None, peft, backend=self.backend)
+
+    def ids(self, slots):
+        return self.t.request_ids(np.ascontiguousarray(slots, dtype=np.int32)).tolist()
+
+    def capacity(self, policy, reqs, **kw):
+        """(fitting ids, disagg-gen-init ids, paused ids) of one capacity call over `reqs`, in order."""
+        fit, disagg, paused = self.scheduler(policy, **kw).schedule_capacity(
+            np.array([r.slot for r in reqs], dtype=np.int32))
+        return self.ids(fit), self.ids(disagg), self.ids(paused)

@@ -4,10 +4,13 @@
                      [--active 64,256,1024,4096] [--steps N] [--warmup N] [--seed N] [--out DIR]
     tllm-sched bench --trace FILE [--trace-limit N] [--max-steps N] [--policies P] [engine options]
     tllm-sched bench --compare BASELINE.json [--max-ratio 1.25] [--current RESULTS.json | run options]
+    tllm-sched bench --prompt-length-sweep [1024,4096,16384,65536] [--policies P] [--steps N]
 
 The workloads and the simulated executor are in bench_workloads.py, the outputs in
-bench_report.py. Exit status: 0 success, 1 a --compare regression, 2 invalid input (one-line
-message, no traceback), 3 a run that started but could not go on.
+bench_report.py. Every step's decisions are compared across the backends (a checksum of the
+output slot arrays): a difference ends the run (exit 3, naming the step). Exit status: 0 success,
+1 a --compare regression, 2 invalid input (one-line message, no traceback), 3 a run that started
+but could not go on.
 """
 
 from __future__ import annotations
@@ -20,63 +23,17 @@ from typing import List, Optional
 
 from tllm_sched import bench_report as report
 from tllm_sched import bench_workloads as wl
+from tllm_sched.bench_args import PROG, UsageError, _count, _list, _positive, _progress
 from tllm_sched.registry import CAPACITY_POLICIES
 
-PROG = "tllm-sched bench"
 DEFAULTS = dict(workloads=list(wl.WORKLOADS), policies=list(wl.POLICIES), active=[64, 256, 1024, 4096], steps=1000,
                 warmup=20, seed=0)
 QUICK = dict(active=[64, 512], steps=100, warmup=5)
+SWEEP = dict(steps=100, warmup=2)  # --prompt-length-sweep defaults
 # A full Mooncake replay takes ~7 min with all three backends on 2 cores (the python backend's
 # reuse skipping dominates); by default a trace run covers its first half of the requests.
 TRACE_DEFAULT_LIMIT: dict = {}  # per-format default request limits (none: every trace replays whole)
 # --policies spellings besides the names: each benched policy's short name and aliases.
-ALIASES = {a: p.name for p in CAPACITY_POLICIES.values() if p.name in wl.POLICIES for a in (p.short, *p.aliases)}
-
-
-class UsageError(ValueError):
-    """Invalid input (exit status 2)."""
-
-
-def _list(kind: str, choices=None, convert=str):
-    def parse(text: str):
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"empty {kind} list")
-        out = []
-        for t in items:
-            if kind == "policy":
-                t = ALIASES.get(t.upper(), t.upper())
-            try:
-                v = convert(t)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"bad {kind} {t!r}") from None
-            if choices is not None and v not in choices:
-                raise argparse.ArgumentTypeError(f"unknown {kind} {t!r} (choose from {', '.join(map(str, choices))})")
-            if convert is int and v <= 0:
-                raise argparse.ArgumentTypeError(f"{kind} must be positive, got {v}")
-            out.append(v)
-        return list(dict.fromkeys(out))
-    return parse
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
-    return v
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,23 +74,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="step-time model: fixed ms per step (default 15)")
     t.add_argument("--step-token-ms", type=float, default=wl.TraceOptions.step_token_ms,
                    help="step-time model: ms per computed token (default 0.02)")
+    w = p.add_argument_group("prompt-length sweep (--policies, --backends, --steps, --warmup, --seed, --out apply)")
+    w.add_argument("--prompt-length-sweep", nargs="?", const=list(wl.SWEEP_LENGTHS), metavar="LENGTHS",
+                   type=_list("prompt length", convert=int),
+                   help="instead of the grid: cost per step against the length of a cached shared prefix "
+                   f"(default {','.join(map(str, wl.SWEEP_LENGTHS))} tokens; {SWEEP['steps']} steps; policy GNE)")
+    from tllm_sched import bench_dp
+
+    bench_dp.add_arguments(p)
     c = p.add_argument_group("compare")
     c.add_argument("--compare", metavar="BASELINE.json", help="compare with a saved results.json; exit 1 on regression")
     c.add_argument("--max-ratio", type=float, default=1.25, help="allowed growth of a backend's ratio to cpp (1.25)")
     c.add_argument("--current", metavar="RESULTS.json", help="compare this saved run instead of running one")
     return p
-
-
-def _progress(args, total: Optional[int], unit: str):
-    """(update callback, close callback): a tqdm bar on a terminal, silence otherwise."""
-    if args.no_progress or not sys.stderr.isatty():
-        return wl._noop, lambda: None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return wl._noop, lambda: None
-    bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
-    return bar.update, bar.close
 
 
 def _resolve(args, baseline: Optional[dict]) -> None:
@@ -157,8 +110,8 @@ def run_synthetic(args) -> dict:
     backends = _backends(args)
     cases = [wl.SyntheticCase(w, p, n, args.steps, args.warmup, args.seed)
              for w in args.workloads for p in args.policies for n in args.active]
-    per_case = lambda c: c.warmup * len(backends) + sum(  # noqa: E731
-        wl.naive_steps(c.steps, c.n_active) if b == "python-naive" else c.steps for b in backends)
+    per_case = lambda c: (wl.warmup_steps(c) * len(backends)  # noqa: E731
+                          + sum(wl.measured_steps(c, b) for b in backends))
     update, close = _progress(args, sum(per_case(c) for c in cases), "step")
     t0 = time.perf_counter()
     results: List[dict] = []
@@ -170,17 +123,27 @@ def run_synthetic(args) -> dict:
     report.add_ratios(results)
     notes = [f"{len(cases)} cases x {len(backends)} backends, interleaved step by step; {args.warmup} warm-up steps "
              f"each; wall time {time.perf_counter() - t0:.1f} s"]
-    if "python-naive" in backends:
-        fewer = [f"N={n}: {k}" for n in args.active if (k := wl.naive_steps(args.steps, n)) < args.steps]
-        if fewer:
-            notes.append("python-naive measured on fewer steps at large N (" + ", ".join(fewer) + " steps)")
+    notes += _fewer_steps_notes(cases, backends)
     if any(r["crossings_per_step"] is None for r in results):
-        notes.append("crossings n/a: the Scheduler facade does not count crossings (count_crossings) yet")
+        notes.append("crossings n/a: no step of that case was counted")
     return _doc("synthetic", results, notes, dict(
         workloads=args.workloads, policies=args.policies, backends=backends, active=args.active, steps=args.steps,
         warmup=args.warmup, seed=args.seed, quick=args.quick, tokens_per_block=wl.TOKENS_PER_BLOCK,
         chunk_unit=wl.CHUNK_UNIT, max_num_tokens="max(8192, 2N)", max_num_requests="N"),
         wall_s=time.perf_counter() - t0)
+
+
+def _fewer_steps_notes(cases: List[wl.SyntheticCase], backends: List[str]) -> List[str]:
+    """One note per (workload, backend) measured on fewer steps than --steps somewhere, and one per
+    workload warmed up on fewer than --warmup."""
+    fewer: dict = {}
+    for c in cases:
+        for b in [*backends, "warm-up"]:
+            k = wl.warmup_steps(c) if b == "warm-up" else wl.measured_steps(c, b)
+            if k < (c.warmup if b == "warm-up" else c.steps):
+                fewer.setdefault((c.workload, b), {})[c.n_active] = k
+    return [f"{w}: {'fewer warm-up steps' if b == 'warm-up' else f'{b} measured on fewer steps'} at large N ("
+            + ", ".join(f"N={n}: {k}" for n, k in ks.items()) + ")" for (w, b), ks in fewer.items()]
 
 
 def run_trace(args) -> dict:
@@ -233,6 +196,35 @@ def run_trace(args) -> dict:
     return doc
 
 
+def run_prompt_length_sweep(args) -> dict:
+    """The prompt-length sweep: one unchanged state per prefix length, scheduled again and again."""
+    backends = _backends(args)
+    policies = args.policies or ["GUARANTEED_NO_EVICT"]
+    steps, warmup = args.steps or SWEEP["steps"], args.warmup or SWEEP["warmup"]
+    seed = 0 if args.seed is None else args.seed
+    cases = [wl.SweepCase(n, p, steps, warmup, seed) for p in policies for n in args.prompt_length_sweep]
+    update, close = _progress(args, sum(len(backends) * (c.warmup + c.steps) for c in cases), "pass")
+    t0 = time.perf_counter()
+    results: List[dict] = []
+    try:
+        for case in cases:
+            results += wl.run_sweep_case(case, backends, update)
+    finally:
+        close()
+    report.add_ratios(results)
+    wl.add_growth(results)
+    c = cases[0]
+    notes = [f"each prefix length: {c.running} running generations and {c.waiting} waiting prompts of one family "
+             f"(the prefix, then {c.suffix} tokens of their own), the prefix cached; the same state scheduled "
+             f"{1 + warmup + steps} times without executing, backends interleaved; the first pass is reported "
+             f"apart (first_cpu_us); growth: CPU median over the shortest prefix's; wall time "
+             f"{time.perf_counter() - t0:.1f} s"]
+    return _doc(report.SWEEP, results, notes, dict(
+        prompt_lengths=args.prompt_length_sweep, policies=policies, backends=backends, steps=steps, warmup=warmup,
+        seed=seed, running=c.running, waiting=c.waiting, suffix=c.suffix, tokens_per_block=wl.TOKENS_PER_BLOCK),
+        wall_s=time.perf_counter() - t0)
+
+
 def _doc(kind: str, results: List[dict], notes: List[str], config: dict, **extra) -> dict:
     warn = report.summary_note(results)
     return dict(format=report.FORMAT, kind=kind, created=report.now_iso(), machine=report.machine_info(),
@@ -259,17 +251,28 @@ def _main(argv: Optional[List[str]]) -> int:
         raise UsageError("--max-ratio must be greater than 1")
     if args.current and not args.compare:
         raise UsageError("--current needs --compare BASELINE.json")
+    if args.prompt_length_sweep and (args.trace or args.compare):
+        raise UsageError("--prompt-length-sweep runs alone (not with --trace or --compare)")
+    if args.dp_ranks:
+        from tllm_sched import bench_dp
+
+        return bench_dp.run(args)
+    if args.router or args.adp_balance:
+        raise UsageError("--router and --adp-balance need --dp-ranks N")
     baseline = report.load_results(args.compare) if args.compare else None
     if args.current:
         return _compare(baseline, report.load_results(args.current), args.max_ratio)
-    if args.trace:
+    if args.prompt_length_sweep:
+        doc = run_prompt_length_sweep(args)
+        out = args.out or os.path.join("bench-results", report.SWEEP)
+    elif args.trace:
         doc = run_trace(args)
         out = args.out or os.path.join("bench-results", f"trace-{doc['trace']['format']}")
     else:
         _resolve(args, baseline)
         doc = run_synthetic(args)
         out = args.out or "bench-results"
-    print(report.format_table(doc["results"]))
+    print(report.table_for(doc))
     for n in doc["notes"]:
         print(f"note: {n}")
     paths = report.write_outputs(doc, out, plot=not args.no_plot)

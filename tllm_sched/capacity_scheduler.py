@@ -1,8 +1,8 @@
 """tllm_sched/capacity_scheduler.py: which active requests get KV blocks and LoRA pages, batched.
 
-C++ twin: ext/capacity_scheduler.cpp. Mirrors TensorRT-LLM's CapacityScheduler (scheduler.md §2):
-the policy function is picked once at construction (`make_capacity_policy`); each call gathers
-the active list's columns from zero-copy views and returns slot arrays.
+C++ twin: ext/capacity_scheduler.cpp. Mirrors TensorRT-LLM's CapacityScheduler: the policy
+function is picked once at construction (`make_capacity_policy`, from the registry); each call
+gathers the active list's columns from zero-copy views and returns slot arrays.
 """
 
 from __future__ import annotations
@@ -11,22 +11,17 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, Split, StepContext
-from tllm_sched.registry import CAPACITY_POLICIES, NO_KV_CACHE
+from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, CapacityContext, Split
+from tllm_sched.registry import resolve_capacity_policy
 
 # A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix) or,
 # from a split path, the fitting list itself as a Split.
-CapacityPolicy = Callable[[StepContext], tuple]
+CapacityPolicy = Callable[[CapacityContext], tuple]
 
 
 def make_capacity_policy(policy: str, has_kv_cache_manager: bool) -> CapacityPolicy:
-    """The policy function (scheduler.md §2.1): no KV cache means the max-requests path."""
-    if not has_kv_cache_manager:
-        return NO_KV_CACHE.python
-    try:
-        return CAPACITY_POLICIES[policy].python
-    except KeyError:
-        raise ValueError(f"unknown capacity scheduler policy {policy!r}") from None
+    """The policy function: no KV cache means the max-requests path."""
+    return resolve_capacity_policy(policy, has_kv_cache_manager).python
 
 
 class PyCapacityScheduler:
@@ -34,15 +29,16 @@ class PyCapacityScheduler:
 
     def __init__(self, cols: dict, table, max_num_requests: int, policy: str, kv_cache_manager=None,
                  peft_cache_manager=None, cross_kv_cache_manager=None, two_steps_look_ahead: bool = False,
-                 no_schedule_until: int = CONTEXT_INIT, no_schedule_after: int = GEN_COMPLETE,
+                 no_schedule_until_state: int = CONTEXT_INIT, no_schedule_after_state: int = GEN_COMPLETE,
                  reuse: bool = False, max_device_pages: Optional[int] = None):
         if max_num_requests <= 0:
             raise ValueError(f"max_num_requests must be positive, got {max_num_requests}")
         self._policy = make_capacity_policy(policy, kv_cache_manager is not None)
-        self._ctx = StepContext(
+        self._ctx = CapacityContext(
             cols, kv=kv_cache_manager, cross_kv=cross_kv_cache_manager, peft=peft_cache_manager, table=table,
             max_num_requests=max_num_requests, two_steps_look_ahead=two_steps_look_ahead,
-            until=no_schedule_until, after=no_schedule_after, reuse=reuse, max_device_pages=max_device_pages,
+            no_schedule_until_state=no_schedule_until_state, no_schedule_after_state=no_schedule_after_state,
+            reuse=reuse, max_device_pages=max_device_pages,
         )
 
     def schedule(self, slots: np.ndarray):

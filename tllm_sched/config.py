@@ -3,8 +3,11 @@ loader and the schedulers)."""
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Optional
+
+from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES
 
 __all__ = ["KvCacheConfig", "PeftConfig", "ChunkingConfig", "SchedulerConfig"]
 
@@ -37,6 +40,10 @@ class ChunkingConfig:
     policy: str  # a name of registry.CHUNKING_POLICIES
     unit_size: int  # chunk sizes are multiples of this
 
+    def __post_init__(self) -> None:
+        _check_name("chunking policy", self.policy, CHUNKING_POLICIES)
+        _check_positive("unit_size", self.unit_size)
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -51,5 +58,30 @@ class SchedulerConfig:
     two_steps_look_ahead: bool = False  # reserve for two decoding steps when chunking
 
     def __post_init__(self) -> None:
+        _check_name("capacity scheduler policy", self.policy, CAPACITY_POLICIES)
+        _check_positive("max_num_requests", self.max_num_requests)
         if self.max_batch_size is None:
             object.__setattr__(self, "max_batch_size", self.max_num_requests)
+        _check_positive("max_batch_size", self.max_batch_size)
+        for name in ("max_num_tokens", "max_context_length"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name), "or None")
+        if self.chunking is not None and not isinstance(self.chunking, ChunkingConfig):
+            raise TypeError(f"chunking: expected a ChunkingConfig or None, got {type(self.chunking).__name__}")
+
+
+def _check_name(what: str, name, names) -> None:
+    if name not in names:
+        raise ValueError(f"unknown {what} {name!r}; expected one of {', '.join(names)}")
+
+
+def _check_positive(name: str, value, alternative: str = "") -> None:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int{' ' + alternative if alternative else ''}, "
+                        f"got {type(value).__name__}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive{' ' + alternative if alternative else ''}, got {value}")

@@ -8,9 +8,9 @@ so the normal path pays nothing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["Counter", "CountingProxy", "unwrap"]
+__all__ = ["Counter", "CountingProxy", "counting", "unwrap"]
 
 
 class Counter:
@@ -51,6 +51,14 @@ class CountingProxy:
     def __len__(self) -> int:
         self._counter.n += 1
         return len(self._obj)
+
+
+def counting(counter: "Counter | None") -> Callable[[Any], Any]:
+    """A function wrapping C++ objects in proxies that count into `counter` (None stays None);
+    the identity when `counter` is None."""
+    if counter is None:
+        return lambda obj: obj
+    return lambda obj: None if obj is None else CountingProxy(obj, counter)
 
 
 def unwrap(obj: Any) -> Any:

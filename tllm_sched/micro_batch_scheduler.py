@@ -1,7 +1,7 @@
 """tllm_sched/micro_batch_scheduler.py: batch size, token budget and chunked prefill, batched.
 
-C++ twin: ext/micro_batch_scheduler.cpp. Mirrors TensorRT-LLM's MicroBatchScheduler
-(scheduler.md §3). The walk over the fitting list is a cumulative sum of tokens with two
+C++ twin: ext/micro_batch_scheduler.cpp; python-naive twin: tllm_sched/naive/micro_batch_scheduler.py.
+Mirrors TensorRT-LLM's MicroBatchScheduler. The walk over the fitting list is a cumulative sum of tokens with two
 first-break searches (token budget, batch size); beam-width mismatches, rare, take a scalar
 walk. Given the capacity stage's Split (running generations and a few contexts), the common
 step takes everything when it fits and only chunks the contexts. Decisions are committed with
@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from tllm_sched import _core
-from tllm_sched.policies import chunking
+from tllm_sched.policies import chunking, common
 from tllm_sched.policies.common import (
     CONTEXT_INIT,
     DISAGG_CTX_INIT_AND_TRANS,
@@ -23,7 +23,6 @@ from tllm_sched.policies.common import (
     DISAGG_GEN_TRANS_COMPLETE,
     ENCODER_INIT,
     GEN_IN_PROGRESS,
-    FEW,
     GEN_TO_COMPLETE,
     KindTable,
     Split,
@@ -45,22 +44,23 @@ class PyMicroBatchScheduler:
     """Micro-batch scheduling over request slots, reading columns through zero-copy views."""
 
     def __init__(self, cols: dict, tallies: np.ndarray, table, chunking_policy: Optional[str], chunk_unit_size: Optional[int],
-                 max_context_length: Optional[int], no_schedule_until: int = CONTEXT_INIT,
-                 no_schedule_after: int = GEN_TO_COMPLETE):
+                 max_context_length: Optional[int], no_schedule_until_state: int = CONTEXT_INIT,
+                 no_schedule_after_state: int = GEN_TO_COMPLETE):
         self._c = cols  # zero-copy column views of the table, built once
         self._tallies = tallies  # zero-copy view of the table's tallies (RequestTable.tallies)
         self._table = table  # RequestTable (or a counting proxy): only for commits
         self.chunking_policy = chunking_policy
         self.unit = chunk_unit_size
         self.max_ctx = max_context_length
-        self.until, self.after = no_schedule_until, no_schedule_after
+        self.no_schedule_until_state, self.no_schedule_after_state = no_schedule_until_state, no_schedule_after_state
         # The split path needs contexts and running generations inside the window, encoders not.
-        self._split_window = ENCODER_INIT < no_schedule_until <= CONTEXT_INIT and no_schedule_after > GEN_IN_PROGRESS
+        self._split_window = (ENCODER_INIT < no_schedule_until_state <= CONTEXT_INIT
+                              and no_schedule_after_state > GEN_IN_PROGRESS)
         self._kinds = KindTable(self._kind_of, 3)
 
     def _kind_of(self, st: int) -> int:
         """Kind of a split's other: outside the window, a context, or anything else."""
-        if not self.until <= st < self.after:
+        if not self.no_schedule_until_state <= st < self.no_schedule_after_state:
             return _OUTSIDE
         return _CONTEXT if is_context_init(st) else _OTHER
 
@@ -80,7 +80,7 @@ class PyMicroBatchScheduler:
                 return out
         if st is None:
             st = c["state"].take(slots)
-        ok = (st >= self.until) & (st < self.after)
+        ok = (st >= self.no_schedule_until_state) & (st < self.no_schedule_after_state)
         if not no_inflight:
             ok &= ~np.isin(c["request_id"].take(slots), inflight_ids)
         s = slots
@@ -89,7 +89,7 @@ class PyMicroBatchScheduler:
             s, st = slots.take(idx), st.take(idx)
         # Context states (10, 11) are contiguous; encoder requests only exist in a widened window.
         is_ctx = (st >= CONTEXT_INIT) & (st <= DISAGG_CTX_INIT_AND_TRANS)
-        is_enc = (st == ENCODER_INIT) if self.until <= ENCODER_INIT else None
+        is_enc = (st == ENCODER_INIT) if self.no_schedule_until_state <= ENCODER_INIT else None
         is_ctx_like = is_ctx if is_enc is None else (is_ctx | is_enc)
         is_gen = ~is_ctx_like
         draft = c["num_draft_tokens"].take(s)
@@ -240,7 +240,7 @@ class PyMicroBatchScheduler:
         c = self._c
         remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
         want = remaining if d is None else remaining + d  # d None: no draft tokens anywhere
-        if want.size < FEW:  # the usual handful: Python ints are cheaper than numpy calls
+        if want.size < common.FEW:  # the usual handful: Python ints are cheaper than numpy calls
             w = want.tolist()
             too_long, total = self.max_ctx is not None and max(w) > self.max_ctx, sum(w)
         else:

@@ -1,7 +1,7 @@
 """tllm_sched/py_scheduler.py: the batched Python backend behind `Scheduler(backend="python")`.
 
 Builds the column views once, wraps the C++ objects in crossing counters when asked, and wires
-the capacity and micro-batch stages. "python-naive" lives in tllm_sched/naive_scheduler.py.
+the capacity and micro-batch stages. "python-naive" lives in tllm_sched/naive/.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 
 from tllm_sched.backend import SchedulerOutput
 from tllm_sched.capacity_scheduler import PyCapacityScheduler
-from tllm_sched.crossings import Counter, CountingProxy
+from tllm_sched.crossings import Counter, counting
 from tllm_sched.micro_batch_scheduler import PyMicroBatchScheduler
 from tllm_sched.policies import chunking
 
@@ -22,7 +22,7 @@ class PythonBackend:
 
     def __init__(self, config, table, kv, cross_kv, peft, counter: Optional[Counter] = None):
         self.cols = table.columns()  # zero-copy views, built once
-        wrap = (lambda o: None if o is None else CountingProxy(o, counter)) if counter else (lambda o: o)
+        wrap = counting(counter)
         self._table = wrap(table)
         self._kv, self._cross, self._peft = wrap(kv), wrap(cross_kv), wrap(peft)
         self.config = config

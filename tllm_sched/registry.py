@@ -20,9 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
+from tllm_sched.naive import guaranteed_no_evict as naive_guaranteed_no_evict
+from tllm_sched.naive import max_requests as naive_max_requests
+from tllm_sched.naive import max_utilization as naive_max_utilization
 from tllm_sched.policies import chunking, guaranteed_no_evict, max_requests, max_utilization
 
-__all__ = ["CapacityPolicy", "CAPACITY_POLICIES", "NO_KV_CACHE", "BENCH_POLICIES", "CHUNKING_POLICIES"]
+__all__ = ["CapacityPolicy", "CAPACITY_POLICIES", "NO_KV_CACHE", "BENCH_POLICIES", "CHUNKING_POLICIES",
+           "resolve_capacity_policy"]
 
 
 @dataclass(frozen=True)
@@ -33,24 +37,37 @@ class CapacityPolicy:
     name: str  # the C++ enum member and the scenario / config spelling
     short: str  # abbreviation in the bench's tables and its --policies option
     python: Callable  # batched backend: schedule(ctx: CapacityContext) -> (scheduled, paused) positions
+    naive: Callable  # python-naive backend: schedule(ctx: naive CapacityContext, requests) -> (scheduled, paused)
     decode_crossings: int  # Python -> C++ calls of the batched backend in a steady decode step (exact)
     aliases: Tuple[str, ...] = ()  # more spellings the bench's --policies accepts
 
 
 CAPACITY_POLICIES: Dict[str, CapacityPolicy] = {p.name: p for p in (
     # slots, start_scheduling, get_needed_blocks_one_step_sum
-    CapacityPolicy("MAX_UTILIZATION", "MU", max_utilization.schedule, 3,
+    CapacityPolicy("MAX_UTILIZATION", "MU", max_utilization.schedule, naive_max_utilization.schedule, 3,
                    aliases=("MAX_UTIL",)),
     # slots (only running generations: no cache question)
-    CapacityPolicy("GUARANTEED_NO_EVICT", "GNE", guaranteed_no_evict.schedule, 1),
-    CapacityPolicy("STATIC_BATCH", "SB", guaranteed_no_evict.schedule_static_batch, 1),
+    CapacityPolicy("GUARANTEED_NO_EVICT", "GNE", guaranteed_no_evict.schedule, naive_guaranteed_no_evict.schedule, 1),
+    CapacityPolicy("STATIC_BATCH", "SB", guaranteed_no_evict.schedule_static_batch,
+                   naive_guaranteed_no_evict.schedule_static_batch, 1),
 )}
 
 # Without a KV cache manager every policy admits by count (TensorRT-LLM's MaxRequestsScheduler).
-NO_KV_CACHE = CapacityPolicy("MAX_REQUESTS", "MR", max_requests.schedule, 1)
+NO_KV_CACHE = CapacityPolicy("MAX_REQUESTS", "MR", max_requests.schedule, naive_max_requests.schedule, 1)
 
 # What `tllm-sched bench` and the CI gates measure by default, in this order: the serving policies.
 BENCH_POLICIES: Tuple[str, ...] = ("GUARANTEED_NO_EVICT", "MAX_UTILIZATION")
 
 CHUNKING_POLICIES: Tuple[str, ...] = tuple(chunking.POLICIES)
+
+
+def resolve_capacity_policy(name: str, has_kv_cache_manager: bool) -> CapacityPolicy:
+    """The entry a capacity scheduler runs (TensorRT-LLM's choice at construction): without a KV
+    cache manager the max-requests path, whatever `name`. Raises ValueError for an unknown name."""
+    if not has_kv_cache_manager:
+        return NO_KV_CACHE
+    try:
+        return CAPACITY_POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown capacity scheduler policy {name!r}") from None
 

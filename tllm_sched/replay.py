@@ -1,6 +1,6 @@
 """tllm_sched/replay.py: run a tllm_sched.scenario/1 file and write its decision log.
 
-Implements the loop of spec/scenario-format.md: arrivals and events, the four harnesses
+Implements the replay loop (design.md, "The replay loop"): arrivals and events, the four harnesses
 (full, capacity, micro, chunking), the executor step (C++ `SimExecutor`) and the log lines.
 The scheduler backend is the only thing that differs between `--backend cpp` and `python`.
 """

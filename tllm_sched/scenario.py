@@ -1,17 +1,16 @@
 """tllm_sched/scenario.py: load and validate tllm_sched.scenario/1 files
 
-A scenario (spec/scenario-format.md) is one JSON object that fully determines a
+A scenario (design.md, "Replay scenarios") is one JSON object that fully determines a
 replay run. `parse_scenario` turns a decoded JSON value into frozen dataclasses;
-`load_scenario` reads and decodes a file first. Everything the spec lists under
-"Invalid scenarios and failed runs" as rejected before the run starts raises
-`ScenarioError`, whose message is one line naming the key path and, where a
-request is involved, its id, e.g.
+`load_scenario` reads and decodes a file first. Everything design.md lists as rejected
+before the run starts raises `ScenarioError`, whose message is one line naming the key
+path and, where a request is involved, its id, e.g.
 
     requests[2] (id 7): max_new_tokens must be a positive int, got 0
     kv_cache.tokens_per_block: must be an int, got 20.5
 
 Types are strict: a boolean is not an int, 20.5 and 20.0 are not ints, and null
-is accepted only where the spec says "or null". The policy names come from
+is accepted only where the format allows it. The policy names come from
 tllm_sched.registry.
 """
 
@@ -494,7 +493,7 @@ def _parse_events(obj: Dict[str, Any], requests: Sequence[RequestSpec]) -> Tuple
 def parse_scenario(obj: object) -> Scenario:
     """Validate a decoded JSON value as a tllm_sched.scenario/1 scenario.
 
-    Raises ScenarioError (one line, naming the key path) for anything the spec rejects.
+    Raises ScenarioError (one line, naming the key path) for anything the format rejects.
     """
     if not isinstance(obj, dict):
         raise ScenarioError(f"scenario: must be a JSON object, got {_show(obj)}")

@@ -1,6 +1,6 @@
 """tllm_sched/scheduler.py: one scheduling step (capacity, then micro-batch) on a chosen backend.
 
-C++ twin: ext/scheduler.h (`StepScheduler`). Mirrors TensorRT-LLM's `SimpleScheduler` /
+C++ twin: ext/scheduler.h (`Scheduler`). Mirrors TensorRT-LLM's `SimpleScheduler` /
 `SimpleUnifiedScheduler`: the capacity scheduler picks the requests that get KV blocks and LoRA
 pages, the micro-batch scheduler picks this step's batch among them.
 
@@ -22,7 +22,7 @@ from tllm_sched import _core
 from tllm_sched.backend import SchedulerBackend, SchedulerOutput
 from tllm_sched.config import SchedulerConfig
 from tllm_sched.crossings import Counter, CountingProxy
-from tllm_sched.naive_scheduler import NaiveBackend
+from tllm_sched.naive.scheduler import NaiveBackend
 from tllm_sched.py_scheduler import PythonBackend
 
 __all__ = ["BACKENDS", "Scheduler", "SchedulerOutput", "make_backend"]
@@ -54,7 +54,7 @@ class _CppBackend:
         policy = chunking_policy(config)
         chunk_cfg = None if policy is None else (policy, config.chunking.unit_size)
         self._micro = _core.MicroBatchScheduler(chunk_cfg, config.max_context_length)
-        self._step = _core.StepScheduler(
+        self._step = _core.Scheduler(
             self._capacity, self._micro, table, kv, cross_kv, peft, config.max_batch_size, config.max_num_tokens
         )
         self._max_batch_size = config.max_batch_size
@@ -112,6 +112,19 @@ def _checked_array(arr, name: str, dtype, expected: str) -> np.ndarray:
     return arr
 
 
+_NOT_SEEN = object()  # no RequestList checked yet (None must be checked like any other value)
+
+
+def _check_type(name: str, value, cls, expected: str) -> None:
+    """A TypeError naming the argument, instead of a failure deep inside a backend."""
+    if not isinstance(value, cls):
+        hint = ""
+        if isinstance(value, str) and value in BACKENDS:
+            hint = f"; the backend is a keyword argument: Scheduler(config, table, kv, backend={value!r})"
+        shown = f" {value!r}" if isinstance(value, str) else ""
+        raise TypeError(f"Scheduler: {name}: expected {expected}, got {type(value).__name__}{shown}{hint}")
+
+
 def _slot_array(slots, name: str) -> np.ndarray:
     return _checked_array(slots, name, np.int32, "a RequestList or an int32 array of slots")
 
@@ -146,8 +159,13 @@ class Scheduler:
         count_crossings: bool = False,
     ):
         _check_backend(backend)
-        if config.max_batch_size is None or config.max_batch_size <= 0:
-            raise ValueError("max_batch_size must be positive")
+        _check_type("config", config, SchedulerConfig, "a SchedulerConfig")
+        _check_type("table", table, _core.RequestTable, "a RequestTable")
+        for name, manager, cls in (("kv_cache_manager", kv_cache_manager, _core.KVCacheManager),
+                                   ("cross_kv_cache_manager", cross_kv_cache_manager, _core.KVCacheManager),
+                                   ("peft_cache_manager", peft_cache_manager, _core.PeftCacheManager)):
+            if manager is not None:
+                _check_type(name, manager, cls, f"a {cls.__name__} or None")
         self.config = config
         self.backend = backend
         self.table = table
@@ -157,7 +175,7 @@ class Scheduler:
         self.last_step_crossings: Optional[int] = None  # set by schedule() when counting
         managers = (kv_cache_manager, cross_kv_cache_manager, peft_cache_manager)
         self._checked = backend != "cpp"  # the cpp bindings validate slots and ids for themselves
-        self._list: Optional[_core.RequestList] = None  # the last RequestList found to be of `table`
+        self._list: Optional[_core.RequestList] = _NOT_SEEN  # the last RequestList found to be of `table`
         if self._checked:
             self._ids = table.columns()["request_id"]  # zero-copy, read-only; -1 in a dead slot
         self._impl = make_backend(backend, config, table, *managers, counter=self._counter)
@@ -166,7 +184,7 @@ class Scheduler:
     def _check_list(self, active) -> None:
         """`active` is a RequestList of this table. Remembered, so each list costs one check."""
         if not isinstance(active, _core.RequestList):
-            raise TypeError(f"active_requests: expected a RequestList, got {type(active).__name__}")
+            raise TypeError(f"active_requests: expected the RequestList of active requests, got {type(active).__name__}")
         if active.table is not self.table:
             raise ValueError("the RequestList belongs to another RequestTable")
         self._list = active

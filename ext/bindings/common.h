@@ -30,6 +30,12 @@ struct PyRequest {
         t();
         return slot;
     }
+    /// The slot, checking that the request is live and belongs to `owner` (`arg`: the argument's
+    /// name in the error).
+    int32_t slot_in(const RequestTable& owner, const char* arg = "request") const {
+        if (table.get() != &owner) throw InputError(std::string(arg) + " belongs to another RequestTable");
+        return s();
+    }
 };
 
 inline PyRequest make_request(const std::shared_ptr<RequestTable>& t, int32_t s) {
@@ -41,5 +47,7 @@ void bind_policy_enums(nb::module_& m);   // schedulers.cpp
 void bind_request_table(nb::module_& m);  // request_table.cpp: RequestTable, LlmRequest, RequestList
 void bind_kv_cache(nb::module_& m);       // kv_cache.cpp: KVCacheManager, PeftCacheManager
 void bind_schedulers(nb::module_& m);     // schedulers.cpp
+void bind_attention_dp(nb::module_& m);   // attention_dp.cpp: the routers' loops
+void bind_executor(nb::module_& m);       // executor.cpp: Executor, SimExecutor
 
 }  // namespace tllm::bindings

@@ -21,17 +21,30 @@ using namespace nb::literals;
 
 namespace {
 
-int32_t check_window(const KVCacheManager& kv, std::optional<int32_t> window) {
-    if (window && *window != kv.config().max_seq_len)
-        throw InputError("window_size " + std::to_string(*window) + " is not this cache's single window " +
-                         std::to_string(kv.config().max_seq_len));
-    return kv.config().max_seq_len;
+/// {window: free blocks} (TensorRT-LLM's per-window form; one window here).
+nb::dict free_blocks_per_window(const KVCacheManager& k) {
+    nb::dict d;
+    d[nb::int_(k.config().max_seq_len)] = k.num_free_blocks();
+    return d;
 }
 
-int32_t request_slot_for(const KVCacheManager& kv, const PyRequest& r) {
-    if (r.table.get() != &kv.table()) throw InputError("llm_request belongs to another RequestTable");
-    return r.s();
+/// A query of one block of the pool, by a checked block id (IndexError when out of range).
+template <class R>
+auto block_query(R (BlockPool::*query)(int32_t) const) {
+    return [query](const KVCacheManager& k, int32_t b) {
+        k.pool().check_block_id(b);
+        return (k.pool().*query)(b);
+    };
 }
+
+/// The slot of a request that has a sequence in `k`.
+int32_t slot_with_sequence(const KVCacheManager& k, int64_t request_id) {
+    int32_t s = k.table().slot_of(request_id);
+    if (!k.has_sequence(s)) throw InputError("request " + std::to_string(request_id) + " has no sequence in this KV cache");
+    return s;
+}
+
+int32_t request_slot_for(const KVCacheManager& kv, const PyRequest& r) { return r.slot_in(kv.table(), "llm_request"); }
 
 }  // namespace
 
@@ -46,15 +59,6 @@ void bind_kv_cache(nb::module_& m) {
                 int32_t max_seq_len, bool enable_block_reuse, bool enable_partial_reuse, bool copy_on_partial_reuse,
                 int32_t num_secondary_blocks, bool cross_kv, std::optional<std::vector<int32_t>> max_attention_window_vec,
                 int32_t sink_token_length) {
-                 if (max_attention_window_vec) {
-                     if (max_attention_window_vec->empty())
-                         throw InputError("max_attention_window_vec must hold the one window (max_seq_len), got none");
-                     for (int32_t w : *max_attention_window_vec)
-                         if (w != max_seq_len)
-                             throw InputError("only one attention window, equal to max_seq_len, is supported; got window " +
-                                              std::to_string(w));
-                 }
-                 if (sink_token_length != 0) throw InputError("sink tokens are not supported (sink_token_length must be 0)");
                  KvCacheConfig c;
                  c.tokens_per_block = tokens_per_block;
                  c.num_blocks = num_blocks;
@@ -64,6 +68,8 @@ void bind_kv_cache(nb::module_& m) {
                  c.copy_on_partial_reuse = copy_on_partial_reuse;
                  c.num_secondary_blocks = num_secondary_blocks;
                  c.cross_kv = cross_kv;
+                 c.max_attention_window_vec = std::move(max_attention_window_vec);
+                 c.sink_token_length = sink_token_length;
                  new (self) KVCacheManager(std::move(table), c);
              },
              "table"_a, "tokens_per_block"_a, "num_blocks"_a, "max_seq_len"_a, nb::kw_only(), "enable_block_reuse"_a = false,
@@ -84,11 +90,7 @@ void bind_kv_cache(nb::module_& m) {
         .def_prop_ro("num_used_blocks", &KVCacheManager::num_used_blocks)
         .def_prop_ro("num_cached_blocks", &KVCacheManager::num_cached_blocks)
         .def_prop_ro("num_key_walks", &KVCacheManager::num_key_walks, "Skip-key questions answered so far (find_new_context_block and its batch and claim forms; a remembered walk counts too).")
-        .def("get_num_free_blocks_per_window_size", [](const KVCacheManager& k) {
-                nb::dict d;
-                d[nb::int_(k.config().max_seq_len)] = k.num_free_blocks();
-                return d;
-            })
+        .def("get_num_free_blocks_per_window_size", free_blocks_per_window)
         .def("get_kv_cache_stats", [](const KVCacheManager& k) {
                 const KvCacheStats& s = k.stats();
                 nb::dict d;
@@ -100,16 +102,13 @@ void bind_kv_cache(nb::module_& m) {
                 d["alloc_new_blocks"] = s.alloc_new_blocks;
                 d["reused_blocks"] = s.reused_blocks;
                 d["missed_blocks"] = s.missed_blocks;
-                int64_t looked = s.reused_blocks + s.missed_blocks;
-                d["cache_hit_rate"] = looked ? static_cast<double>(s.reused_blocks) / static_cast<double>(looked) : 0.0;
+                d["cache_hit_rate"] = s.cache_hit_rate();
                 // Work statistics of prefix reuse: chained block hashes computed and block keys
                 // compared to confirm a hash match (each once per request and block, while
                 // nothing the answer depends on changes).
                 d["blocks_hashed"] = k.num_blocks_hashed();
                 d["blocks_compared"] = k.num_blocks_compared();
-                nb::dict per;
-                per[nb::int_(k.config().max_seq_len)] = k.num_free_blocks();
-                d["num_free_blocks_per_window_size"] = per;
+                d["num_free_blocks_per_window_size"] = free_blocks_per_window(k);
                 return d;
             })
         .def("add_sequence", [](KVCacheManager& k, int64_t request_id, int32_t input_length, int32_t beam_width,
@@ -131,19 +130,15 @@ void bind_kv_cache(nb::module_& m) {
                 return s >= 0 && k.has_sequence(s);
             }, "request_id"_a)
         .def("get_cache_block_ids", [](const KVCacheManager& k, int64_t request_id) {
-                int32_t s = k.table().slot_of(request_id);
-                if (!k.has_sequence(s)) throw InputError("request " + std::to_string(request_id) + " has no sequence in this KV cache");
-                return to_numpy(k.block_ids(s));
+                return to_numpy(k.block_ids(slot_with_sequence(k, request_id)));
             }, "request_id"_a)
         .def("get_sequence_num_tokens", [](const KVCacheManager& k, int64_t request_id) {
-                int32_t s = k.table().slot_of(request_id);
-                if (!k.has_sequence(s)) throw InputError("request " + std::to_string(request_id) + " has no sequence in this KV cache");
-                return k.sequence_num_tokens(s);
+                return k.sequence_num_tokens(slot_with_sequence(k, request_id));
             }, "request_id"_a)
         .def("start_scheduling", [](KVCacheManager& k) { k.start_scheduling(); return k.scheduling_free_blocks(); },
              "Snapshots free blocks for a scheduling pass; returns the snapshot's free count.")
         .def("scheduling_has_free_blocks", [](const KVCacheManager& k, int64_t n, std::optional<int32_t> w) {
-                check_window(k, w);
+                k.check_window(w);
                 return k.scheduling_has_free_blocks(n);
             }, "num_required"_a, "window_size"_a = nb::none())
         .def_prop_ro("scheduling_free_blocks", &KVCacheManager::scheduling_free_blocks)
@@ -151,11 +146,11 @@ void bind_kv_cache(nb::module_& m) {
                 return k.scheduling_remove_sequence(k.table().slot_of(request_id));
             }, "request_id"_a, "Frees the sequence in the snapshot only; returns the snapshot's free count.")
         .def("get_remaining_blocks_to_completion", [](const KVCacheManager& k, const PyRequest& r, std::optional<int32_t> w) {
-                check_window(k, w);
+                k.check_window(w);
                 return k.get_remaining_blocks_to_completion(request_slot_for(k, r));
             }, "llm_request"_a, "window_size"_a = nb::none())
         .def("get_needed_blocks_one_step", [](const KVCacheManager& k, const PyRequest& r, bool two, std::optional<int32_t> w) {
-                check_window(k, w);
+                k.check_window(w);
                 return k.get_needed_blocks_one_step(request_slot_for(k, r), two);
             }, "llm_request"_a, "two_steps_look_ahead"_a = false, "window_size"_a = nb::none())
         .def("find_new_context_block", [](const KVCacheManager& k, const PyRequest& r) -> nb::object {
@@ -182,8 +177,7 @@ void bind_kv_cache(nb::module_& m) {
         .def("find_new_context_block_batch", [](KVCacheManager& k, const AnyArray& slots, bool continue_pass) {
                 auto [p, n] = checked_slots(k.table(), slots);
                 std::vector<int64_t> out(static_cast<size_t>(n), -1);
-                for (int32_t i = 0; i < n; ++i)
-                    out[static_cast<size_t>(i)] = k.find_new_context_block_id(p[i], i == 0 && !continue_pass);
+                k.find_new_context_block_ids(p, n, continue_pass, out.data());
                 return to_numpy(std::move(out));
             }, "slots"_a.noconvert(), "continue_pass"_a = false,
             "Key ids: equal ids iff equal first-new-block keys, within one call or across calls made with "
@@ -198,28 +192,35 @@ void bind_kv_cache(nb::module_& m) {
             "Step B of reuse skipping, in order, on the keys of a pass (as find_new_context_block_batch): "
             "0 no key (every full block cached), 1 the key is claimed now, 2 another request of the pass "
             "claimed it (skip).")
+        .def("probe_prefix_match_lengths", [](const KVCacheManager& k, const AnyArray& tokens, const AnyArray& offsets,
+                                               nb::handle lora_task_ids) {
+                auto [tp, tn] = checked<int32_t>(tokens, "tokens");
+                auto [op, on] = checked<int64_t>(offsets, "offsets");
+                if (on == 0) throw InputError("offsets: expected n + 1 entries, got none");
+                for (int32_t i = 0; i < on; ++i)
+                    if (op[i] < (i ? op[i - 1] : 0) || op[i] > tn)
+                        throw InputError("offsets: must rise from >= 0 to at most len(tokens); entry " + std::to_string(i) + " does not");
+                const int64_t* lp = nullptr;
+                if (!lora_task_ids.is_none()) {
+                    if (!nb::isinstance<AnyArray>(lora_task_ids)) throw TypeInputError("lora_task_ids: expected an int64 numpy array or None");
+                    auto [l, ln] = checked<int64_t>(nb::cast<AnyArray>(lora_task_ids, false), "lora_task_ids");
+                    if (ln != on - 1) throw InputError("lora_task_ids: expected one entry per prompt");
+                    lp = l;
+                }
+                std::vector<int32_t> out(static_cast<size_t>(on - 1));
+                k.probe_prefix_match_lengths(tp, op, on - 1, lp, out.data());
+                return to_numpy(std::move(out));
+            }, "tokens"_a.noconvert(), "offsets"_a.noconvert(), "lora_task_ids"_a = nb::none(),
+            "Attention-DP routing: cached leading tokens (whole blocks, last token excluded) of each prompt "
+            "tokens[offsets[i]:offsets[i+1]]; a dry run that changes nothing.")
         .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const AnyArray& slots) {
-                return per_slot(k.table(), slots, [&](int32_t s) {
-                    return k.has_sequence(s) ? static_cast<int32_t>(k.block_ids(s).size()) : 0;
-                });
+                return per_slot(k.table(), slots, [&](int32_t s) { return k.sequence_num_blocks(s); });
             }, "slots"_a.noconvert())
         // introspection (tests, invariants)
-        .def("ref_count", [](const KVCacheManager& k, int32_t b) {
-                if (b < 0 || b >= k.max_num_blocks()) throw nb::index_error("block id out of range");
-                return k.pool().ref_count(b);
-            }, "block_id"_a)
-        .def("is_cached", [](const KVCacheManager& k, int32_t b) {
-                if (b < 0 || b >= k.max_num_blocks()) throw nb::index_error("block id out of range");
-                return k.pool().in_tree(b);
-            }, "block_id"_a)
-        .def("tree_parent", [](const KVCacheManager& k, int32_t b) {
-                if (b < 0 || b >= k.max_num_blocks()) throw nb::index_error("block id out of range");
-                return k.pool().tree_parent(b);
-            }, "block_id"_a, "Parent block in the reuse tree: -1 for the root, -2 when not cached.")
-        .def("is_primary", [](const KVCacheManager& k, int32_t b) {
-                if (b < 0 || b >= k.max_num_blocks()) throw nb::index_error("block id out of range");
-                return k.pool().is_primary(b);
-            }, "block_id"_a)
+        .def("ref_count", block_query(&BlockPool::ref_count), "block_id"_a)
+        .def("is_cached", block_query(&BlockPool::in_tree), "block_id"_a)
+        .def("tree_parent", block_query(&BlockPool::tree_parent), "block_id"_a, "Parent block in the reuse tree: -1 for the root, -2 when not cached.")
+        .def("is_primary", block_query(&BlockPool::is_primary), "block_id"_a)
         .def("free_queue", [](const KVCacheManager& k, int32_t level) { return to_numpy(k.pool().free_queue(level)); }, "level"_a = 0,
              "Free blocks in eviction order (front first) of one level (0 primary, 1 secondary).")
         .def("check_invariants", &KVCacheManager::check_invariants, "Raises RuntimeError naming the first broken invariant.");

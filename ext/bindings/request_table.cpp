@@ -24,46 +24,53 @@ using namespace nb::literals;
 namespace {
 
 std::vector<int32_t> tokens_from(nb::handle obj, const char* name) {
-    if (nb::isinstance<AnyArray>(obj)) {
-        AnyArray a = nb::cast<AnyArray>(obj, /*convert=*/false);
-        auto [p, n] = checked<int32_t>(a, name);
-        return std::vector<int32_t>(p, p + n);
-    }
-    if (!nb::isinstance<nb::sequence>(obj) || nb::isinstance<nb::str>(obj))
-        throw TypeInputError(std::string(name) + ": expected a sequence of ints or an int32 numpy array");
-    std::vector<int32_t> out;
-    for (nb::handle h : nb::iter(obj)) {
-        if (!PyLong_Check(h.ptr()) || PyBool_Check(h.ptr()))
-            throw TypeInputError(std::string(name) + ": every token must be an int");
-        long long v = PyLong_AsLongLong(h.ptr());
-        if (PyErr_Occurred() || v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max()) {
-            PyErr_Clear();
-            throw InputError(std::string(name) + ": token id out of the int32 range");
-        }
-        out.push_back(static_cast<int32_t>(v));
-    }
-    return out;
+    Int32Values v = int32_values(obj, name);
+    return std::vector<int32_t>(v.data, v.data + v.size);
 }
 
-nb::dict columns_dict(RequestTable& t, nb::handle owner) {
+/// A zero-copy view of the request's tokens (the whole reserved buffer if `whole_buffer`) that
+/// keeps the token storage alive, so it outlives the request's removal from its table.
+template <class Array>
+Array token_view(const PyRequest& r, bool whole_buffer) {
+    std::shared_ptr<TokenStore> store = r.t().tokens(r.slot);
+    int32_t* p = store->tokens.get();
+    size_t n = static_cast<size_t>(whole_buffer ? store->capacity : store->size);
+    nb::capsule owner(new std::shared_ptr<TokenStore>(std::move(store)),
+                      [](void* q) noexcept { delete static_cast<std::shared_ptr<TokenStore>*>(q); });
+    return Array(p, {n}, owner);
+}
+
+/// Only beam 0 is stored: other beams are refused, not answered with beam 0's tokens.
+void check_beam(int32_t beam) {
+    if (beam != 0) throw InputError("only beam 0 is stored");
+}
+
+/// The columns Python sees, by name, in one place: f(name, column, gathered), where `gathered`
+/// says whether RequestTable.gather copies it too (the scheduler scalars).
+template <class F>
+void for_each_column(const RequestTable& t, F&& f) {
+    f("request_id", t.request_id, true);
+    f("state", t.state, true);
+    f("prompt_len", t.prompt_len, true);
+    f("orig_prompt_len", t.orig_prompt_len, false);
+    f("max_new_tokens", t.max_new_tokens, true);
+    f("num_tokens", t.num_tokens, true);
+    f("context_current_position", t.context_current_position, true);
+    f("context_chunk_size", t.context_chunk_size, true);
+    f("prepopulated_prompt_len", t.prepopulated_prompt_len, false);
+    f("num_draft_tokens", t.num_draft_tokens, true);
+    f("lora_task_id", t.lora_task_id, true);
+    f("beam_width", t.beam_width, true);
+    f("beam_width_by_iter", t.beam_width_by_iter, false);
+    f("priority", t.priority, true);
+    f("encoder_output_len", t.encoder_output_len, false);
+    f("decoding_iter", t.decoding_iter, false);
+}
+
+nb::dict columns_dict(const RequestTable& t, nb::handle owner) {
     size_t n = static_cast<size_t>(t.capacity());
     nb::dict d;
-    d["request_id"] = view(t.request_id, n, owner);
-    d["state"] = view(t.state, n, owner);
-    d["prompt_len"] = view(t.prompt_len, n, owner);
-    d["orig_prompt_len"] = view(t.orig_prompt_len, n, owner);
-    d["max_new_tokens"] = view(t.max_new_tokens, n, owner);
-    d["num_tokens"] = view(t.num_tokens, n, owner);
-    d["context_current_position"] = view(t.context_position, n, owner);
-    d["context_chunk_size"] = view(t.context_chunk_size, n, owner);
-    d["prepopulated_prompt_len"] = view(t.prepopulated_prompt_len, n, owner);
-    d["num_draft_tokens"] = view(t.num_draft_tokens, n, owner);
-    d["lora_task_id"] = view(t.lora_task_id, n, owner);
-    d["beam_width"] = view(t.beam_width, n, owner);
-    d["beam_width_by_iter"] = view(t.beam_width_by_iter, n, owner);
-    d["priority"] = view(t.priority, n, owner);
-    d["encoder_output_len"] = view(t.encoder_output_len, n, owner);
-    d["decoding_iter"] = view(t.decoding_iter, n, owner);
+    for_each_column(t, [&](const char* name, const auto* col, bool) { d[name] = view(col, n, owner); });
     return d;
 }
 
@@ -116,22 +123,14 @@ void bind_request_table(nb::module_& m) {
         .def(
             "remove_request",
             [](RequestTable& t, const PyRequest& r) {
-                if (r.table.get() != &t) throw InputError("request belongs to another RequestTable");
-                t.remove_request(r.s());
+                t.remove_request(r.slot_in(t));
             },
             "request"_a, "Frees the request's slot; its LlmRequest handles become invalid, its token views stay valid.")
-        .def("remove_requests", [](RequestTable& t, const AnyArray& slots) {
+        .def("remove_slots", [](RequestTable& t, const AnyArray& slots) {
                 auto [p, n] = checked_slots(t, slots);
-                for (int32_t i = 0; i < n; ++i)  // check all, then remove: all or nothing
-                    if (t.kv_refs[p[i]] != 0 || t.list_refs[p[i]] != 0)
-                        throw InputError("request " + std::to_string(t.request_id[p[i]]) +
-                                         " is still held by a KV cache or a RequestList");
-                std::vector<int32_t> sorted(p, p + n);
-                std::sort(sorted.begin(), sorted.end());
-                auto dup = std::adjacent_find(sorted.begin(), sorted.end());
-                if (dup != sorted.end()) throw InputError("slot " + std::to_string(*dup) + " is listed twice");
-                for (int32_t i = 0; i < n; ++i) t.remove_request(p[i]);
-            }, "slots"_a.noconvert(), "Frees many slots at once (e.g. the finished requests of a step).")
+                t.remove_slots(p, n);
+            }, "slots"_a.noconvert(),
+            "Frees many slots, all or nothing (e.g. the finished requests of a step).")
         .def("get", [](nb::handle self, int64_t id) {
                 auto t = nb::cast<std::shared_ptr<RequestTable>>(self);
                 return make_request(t, t->slot_of(id));
@@ -148,7 +147,7 @@ void bind_request_table(nb::module_& m) {
                 for (int32_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = t.slot_of(p[i]);
                 return to_numpy(std::move(out));
             }, "request_ids"_a.noconvert(), "Slots of many request ids (ValueError on an unknown id).")
-        .def("columns", [](nb::handle self) { return columns_dict(nb::cast<RequestTable&>(self), self); },
+        .def("columns", [](nb::handle self) { return columns_dict(nb::cast<const RequestTable&>(self), self); },
              "Zero-copy read-only views of every column (capacity entries, indexed by slot). Build once.")
         .def("tallies", [](nb::handle self) {
                 const RequestTable& t = nb::cast<const RequestTable&>(self);
@@ -158,17 +157,9 @@ void bind_request_table(nb::module_& m) {
         .def("gather", [](const RequestTable& t, const AnyArray& slots) {
                 auto [p, n] = checked_slots(t, slots);
                 nb::dict d;
-                d["request_id"] = gather_col(t.request_id, p, n);
-                d["state"] = gather_col(t.state, p, n);
-                d["prompt_len"] = gather_col(t.prompt_len, p, n);
-                d["context_current_position"] = gather_col(t.context_position, p, n);
-                d["context_chunk_size"] = gather_col(t.context_chunk_size, p, n);
-                d["max_new_tokens"] = gather_col(t.max_new_tokens, p, n);
-                d["num_tokens"] = gather_col(t.num_tokens, p, n);
-                d["num_draft_tokens"] = gather_col(t.num_draft_tokens, p, n);
-                d["lora_task_id"] = gather_col(t.lora_task_id, p, n);
-                d["beam_width"] = gather_col(t.beam_width, p, n);
-                d["priority"] = gather_col(t.priority, p, n);
+                for_each_column(t, [&](const char* name, const auto* col, bool gathered) {
+                    if (gathered) d[name] = gather_col(col, p, n);
+                });
                 return d;
             }, "slots"_a.noconvert(), "The scheduler scalars of many requests in one call (compact copies, list order).")
         .def("request_ids", [](const RequestTable& t, const AnyArray& slots) {
@@ -186,19 +177,7 @@ void bind_request_table(nb::module_& m) {
                     if (dn != n) throw InputError("draft_discards must have one entry per slot");
                     d = dp;
                 }
-                for (int32_t i = 0; i < n; ++i) {  // validate all, then write: all or nothing
-                    int32_t st = t.state[p[i]];
-                    if (v[i] < 0) throw InputError("chunk sizes must be >= 0");
-                    if (!state::is_context_init(st) && st != state::DISAGG_GENERATION_INIT && st != state::DISAGG_GENERATION_TRANS_COMPLETE)
-                        throw InputError("request " + std::to_string(t.request_id[p[i]]) + " is not in a context state");
-                    if (d && (d[i] < 0 || d[i] > t.num_draft_tokens[p[i]]))
-                        throw InputError("request " + std::to_string(t.request_id[p[i]]) + ": cannot discard " +
-                                         std::to_string(d[i]) + " of " + std::to_string(t.num_draft_tokens[p[i]]) + " draft tokens");
-                }
-                for (int32_t i = 0; i < n; ++i) {
-                    t.set_context_chunk_size(p[i], v[i]);
-                    if (d && d[i] > 0) t.discard_draft_tokens(p[i], d[i]);
-                }
+                t.set_context_chunk_sizes(p, v, d, n);
             }, "slots"_a.noconvert(), "sizes"_a.noconvert(), "draft_discards"_a.noconvert() = nb::none(),
             "Clamping chunk-size setter for many requests; `draft_discards` (>= 0 each, optional) drops "
             "trailing draft tokens in the same call, all or nothing.")
@@ -206,11 +185,7 @@ void bind_request_table(nb::module_& m) {
                 auto [p, n] = checked_slots(t, slots);
                 auto [v, m] = checked<int32_t>(counts, "counts");
                 if (m != n) throw InputError("counts must have one entry per slot");
-                for (int32_t i = 0; i < n; ++i)
-                    if (v[i] <= 0 || v[i] > t.num_draft_tokens[p[i]])
-                        throw InputError("request " + std::to_string(t.request_id[p[i]]) + ": cannot discard " +
-                                         std::to_string(v[i]) + " of " + std::to_string(t.num_draft_tokens[p[i]]) + " draft tokens");
-                for (int32_t i = 0; i < n; ++i) t.discard_draft_tokens(p[i], v[i]);
+                t.discard_draft_tokens(p, v, n);
             }, "slots"_a.noconvert(), "counts"_a.noconvert(), "Drops trailing draft tokens of many requests.");
 
     // ------------------------------------------------------------------ LlmRequest
@@ -233,7 +208,7 @@ void bind_request_table(nb::module_& m) {
         .def_prop_ro("context_remaining_length", [](const PyRequest& r) { return r.t().context_remaining_length(r.slot); })
         .def_prop_rw("context_chunk_size", [](const PyRequest& r) { return r.t().context_chunk_size[r.slot]; },
                      [](const PyRequest& r, int32_t n) { r.t().set_context_chunk_size(r.slot, n); })
-        .def_prop_rw("context_current_position", [](const PyRequest& r) { return r.t().context_position[r.slot]; },
+        .def_prop_rw("context_current_position", [](const PyRequest& r) { return r.t().context_current_position[r.slot]; },
                      [](const PyRequest& r, int32_t p) { r.t().set_context_current_position(r.slot, p); })
         .def("move_to_next_context_chunk", [](const PyRequest& r) { r.t().move_to_next_context_chunk(r.slot); })
         .def_prop_ro("prepopulated_prompt_len", [](const PyRequest& r) { return r.t().prepopulated_prompt_len[r.slot]; })
@@ -241,7 +216,7 @@ void bind_request_table(nb::module_& m) {
         .def_prop_ro("orig_prompt_len", [](const PyRequest& r) { return r.t().orig_prompt_len[r.slot]; })
         .def_prop_ro("max_new_tokens", [](const PyRequest& r) { return r.t().max_new_tokens[r.slot]; })
         .def("get_num_tokens", [](const PyRequest& r, int32_t beam) {
-                if (beam != 0) throw InputError("only beam 0 is stored");
+                check_beam(beam);
                 return r.t().num_tokens[r.slot];
             }, "beam"_a = 0)
         .def_prop_ro("max_num_generated_tokens", [](const PyRequest& r) { return r.t().max_num_generated_tokens(r.slot); })
@@ -261,37 +236,22 @@ void bind_request_table(nb::module_& m) {
         .def("advance_decoding_iteration", [](const PyRequest& r) { r.t().advance_decoding_iteration(r.slot); })
         .def("add_new_token", [](const PyRequest& r, int32_t token) { r.t().add_new_token(r.slot, token); }, "token"_a)
         .def("pause", [](const PyRequest& r, int32_t max_input_len) { r.t().pause(r.slot, max_input_len); }, "max_input_len"_a)
-        .def_prop_ro("tokens", [](const PyRequest& r) {
-                auto store = r.t().tokens(r.slot);
-                const int32_t* p = store->tokens.get();
-                size_t n = static_cast<size_t>(store->size);
-                nb::capsule owner(new std::shared_ptr<TokenStore>(std::move(store)),
-                                  [](void* q) noexcept { delete static_cast<std::shared_ptr<TokenStore>*>(q); });
-                return view(p, n, owner);
-            }, nb::rv_policy::automatic, "Zero-copy read-only view of the tokens (beam 0); keeps the storage alive.")
-        .def_prop_ro("token_buffer", [](const PyRequest& r) {
-                auto store = r.t().tokens(r.slot);
-                const int32_t* p = store->tokens.get();
-                size_t n = static_cast<size_t>(store->capacity);
-                nb::capsule owner(new std::shared_ptr<TokenStore>(std::move(store)),
-                                  [](void* q) noexcept { delete static_cast<std::shared_ptr<TokenStore>*>(q); });
-                return view(p, n, owner);
-            }, nb::rv_policy::automatic, "Zero-copy read-only view of the whole reserved storage (prompt + max new + drafts).")
-        .def("tokens_torch", [](const PyRequest& r) {
-                auto store = r.t().tokens(r.slot);
-                int32_t* p = store->tokens.get();
-                size_t n = static_cast<size_t>(store->size);
-                nb::capsule owner(new std::shared_ptr<TokenStore>(std::move(store)),
-                                  [](void* q) noexcept { delete static_cast<std::shared_ptr<TokenStore>*>(q); });
-                return nb::ndarray<nb::pytorch, int32_t, nb::ndim<1>>(p, {n}, owner);
-            }, "Zero-copy torch tensor of the tokens via DLPack (imports torch). Treat it as read-only.")
+        .def_prop_ro("tokens", [](const PyRequest& r) { return token_view<RoView<int32_t>>(r, false); },
+                     nb::rv_policy::automatic, "Zero-copy read-only view of the tokens (beam 0); keeps the storage alive.")
+        .def_prop_ro("token_buffer", [](const PyRequest& r) { return token_view<RoView<int32_t>>(r, true); },
+                     nb::rv_policy::automatic,
+                     "Zero-copy read-only view of the whole reserved storage (prompt + max new + drafts).")
+        // Annotated Any: a stub that named torch.Tensor would make type checkers import torch.
+        .def("tokens_torch", [](const PyRequest& r) { return token_view<nb::ndarray<nb::pytorch, int32_t, nb::ndim<1>>>(r, false); },
+             nb::sig("def tokens_torch(self) -> typing.Any"),
+             "Zero-copy torch.Tensor (int32, 1-D) of the tokens via DLPack (imports torch). Treat it as read-only.")
         .def("get_tokens", [](const PyRequest& r, int32_t beam) {
-                if (beam != 0) throw InputError("only beam 0 is stored");
+                check_beam(beam);
                 const TokenStore& ts = *r.t().tokens(r.slot);
                 return std::vector<int32_t>(ts.tokens.get(), ts.tokens.get() + ts.size);
             }, "beam"_a = 0, "A copy of the tokens as a list (TensorRT-LLM's O(n) get_tokens).")
         .def("get_unique_tokens", [](const PyRequest& r, int32_t beam) {
-                if (beam != 0) throw InputError("only beam 0 is stored");
+                check_beam(beam);
                 RequestTable& t = r.t();
                 const TokenStore& ts = *t.tokens(r.slot);
                 std::vector<std::pair<int32_t, uint64_t>> out;
@@ -312,16 +272,13 @@ void bind_request_table(nb::module_& m) {
         .def("__init__", [](RequestList* self, std::shared_ptr<RequestTable> t) { new (self) RequestList(std::move(t)); }, "table"_a)
         .def("__len__", &RequestList::size)
         .def("append", [](RequestList& l, const PyRequest& r) {
-                if (r.table != l.table()) throw InputError("request belongs to another RequestTable");
-                l.append(r.s());
+                l.append(r.slot_in(*l.table()));
             }, "request"_a)
         .def("insert_by_priority", [](RequestList& l, const PyRequest& r) {
-                if (r.table != l.table()) throw InputError("request belongs to another RequestTable");
-                l.insert_by_priority(r.s());
+                l.insert_by_priority(r.slot_in(*l.table()));
             }, "request"_a, "Inserts after every request of priority >= its own.")
         .def("remove", [](RequestList& l, const PyRequest& r) {
-                if (r.table != l.table()) throw InputError("request belongs to another RequestTable");
-                l.remove(r.s());
+                l.remove(r.slot_in(*l.table()));
             }, "request"_a)
         .def("remove_slots", [](RequestList& l, const AnyArray& slots) {
                 auto [p, n] = checked_slots(*l.table(), slots);

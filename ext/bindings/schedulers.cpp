@@ -1,5 +1,5 @@
-// ext/bindings/schedulers.cpp: the capacity, micro-batch and step schedulers, the chunk-size
-// function and the simulated executor.
+// ext/bindings/schedulers.cpp: the capacity, micro-batch and step schedulers and the chunk-size
+// function.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -16,9 +16,9 @@
 #include "bindings/common.h"
 #include "capacity_scheduler.h"
 #include "micro_batch_scheduler.h"
+#include "policies/registry.h"
 #include "request_list.h"
 #include "scheduler.h"
-#include "sim_executor.h"
 
 namespace tllm::bindings {
 
@@ -29,15 +29,13 @@ namespace {
 std::pair<const int32_t*, int32_t> list_or_slots(const RequestTable& t, nb::handle active) {
     if (nb::isinstance<RequestList>(active)) {
         RequestList& l = nb::cast<RequestList&>(active);
-        if (l.table().get() != &t) throw InputError("the RequestList belongs to another RequestTable");
+        l.check_table(t);
         return {l.data(), l.size()};
     }
     if (nb::isinstance<AnyArray>(active)) {
         auto [p, n] = checked_slots(t, nb::cast<AnyArray>(active, false), "active_requests");
-        std::vector<int32_t> sorted(p, p + n);
-        std::sort(sorted.begin(), sorted.end());
-        auto dup = std::adjacent_find(sorted.begin(), sorted.end());
-        if (dup != sorted.end()) throw InputError("active_requests: slot " + std::to_string(*dup) + " is listed twice");
+        int32_t dup = first_repeated_slot(p, n);
+        if (dup >= 0) throw InputError("active_requests: slot " + std::to_string(dup) + " is listed twice");
         return {p, n};
     }
     throw TypeInputError("active_requests: expected a RequestList or an int32 array of slots");
@@ -52,14 +50,13 @@ std::pair<const int64_t*, int32_t> inflight_ids(nb::handle obj) {
 }  // namespace
 
 void bind_policy_enums(nb::module_& m) {
-    nb::enum_<CapacitySchedulerPolicy>(m, "CapacitySchedulerPolicy", nb::is_arithmetic())
-        .value("MAX_UTILIZATION", CapacitySchedulerPolicy::kMAX_UTILIZATION)
-        .value("GUARANTEED_NO_EVICT", CapacitySchedulerPolicy::kGUARANTEED_NO_EVICT)
-        .value("STATIC_BATCH", CapacitySchedulerPolicy::kSTATIC_BATCH);
+    nb::enum_<CapacitySchedulerPolicy> capacity(m, "CapacitySchedulerPolicy", nb::is_arithmetic());
+    for (int32_t i = 0; i < kNumCapacityPolicies; ++i)
+        capacity.value(kCapacityPolicies[i].name, static_cast<CapacitySchedulerPolicy>(i));
 
-    nb::enum_<ContextChunkingPolicy>(m, "ContextChunkingPolicy", nb::is_arithmetic())
-        .value("FIRST_COME_FIRST_SERVED", ContextChunkingPolicy::kFIRST_COME_FIRST_SERVED)
-        .value("EQUAL_PROGRESS", ContextChunkingPolicy::kEQUAL_PROGRESS);
+    nb::enum_<ContextChunkingPolicy> chunking(m, "ContextChunkingPolicy", nb::is_arithmetic());
+    for (int32_t i = 0; i < kNumChunkingPolicies; ++i)
+        chunking.value(kChunkingPolicies[i].name, static_cast<ContextChunkingPolicy>(i));
 }
 
 void bind_schedulers(nb::module_& m) {
@@ -81,10 +78,11 @@ void bind_schedulers(nb::module_& m) {
 
     nb::class_<MicroBatchScheduler>(m, "MicroBatchScheduler", "Reference C++ micro-batch scheduler.")
         .def("__init__", [](MicroBatchScheduler* self, std::optional<std::pair<ContextChunkingPolicy, int32_t>> chunking,
-                            std::optional<int32_t> max_context_length, int32_t until, int32_t after) {
+                            std::optional<int32_t> max_context_length, int32_t no_schedule_until_state,
+                            int32_t no_schedule_after_state) {
                 std::optional<ContextChunkingConfig> cfg;
                 if (chunking) cfg = ContextChunkingConfig{chunking->first, chunking->second};
-                new (self) MicroBatchScheduler(cfg, max_context_length, until, after);
+                new (self) MicroBatchScheduler(cfg, max_context_length, no_schedule_until_state, no_schedule_after_state);
             }, "ctx_chunk_config"_a = nb::none(), "max_context_length"_a = nb::none(),
             "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
             "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_TO_COMPLETE),
@@ -93,8 +91,6 @@ void bind_schedulers(nb::module_& m) {
                             int32_t max_batch_size, std::optional<int32_t> max_num_tokens) {
                 auto [p, n] = list_or_slots(t, active);
                 auto [ip, in] = inflight_ids(inflight);
-                if (max_batch_size <= 0) throw InputError("max_batch_size must be positive");
-                if (max_num_tokens && *max_num_tokens <= 0) throw InputError("max_num_tokens must be positive or None");
                 MicroBatchOutput out;
                 m.schedule(t, p, n, ip, in, max_batch_size, max_num_tokens, out);
                 return nb::make_tuple(to_numpy(std::move(out.context)), to_numpy(std::move(out.generation)));
@@ -104,57 +100,27 @@ void bind_schedulers(nb::module_& m) {
     m.def("set_ctx_requests_chunk_size", [](RequestTable& t, const AnyArray& slots, ContextChunkingPolicy policy,
                                             std::optional<int32_t> capacity, int32_t unit, std::optional<int32_t> max_ctx) {
             auto [p, n] = checked_slots(t, slots);
-            if (unit <= 0) throw InputError("chunk_unit_size must be positive");
-            if (capacity && *capacity < 0) throw InputError("capacity must be >= 0 or None");
-            if (max_ctx && *max_ctx <= 0) throw InputError("max_context_length must be positive or None");
-            std::vector<ChunkItem> items;
-            for (int32_t i = 0; i < n; ++i) {
-                if (!state::is_context_init(t.state[p[i]]))
-                    throw InputError("request " + std::to_string(t.request_id[p[i]]) + " is not in a context state");
-                items.push_back(ChunkItem{p[i], t.context_remaining_length(p[i]), t.num_draft_tokens[p[i]]});
-            }
-            set_ctx_requests_chunk_size(items, policy, capacity, unit, max_ctx);
-            for (const ChunkItem& it : items) {
-                t.set_context_chunk_size(it.slot, it.chunk);
-                if (it.discard > 0) t.discard_draft_tokens(it.slot, it.discard);
-            }
+            set_ctx_requests_chunk_size(t, p, n, policy, capacity, unit, max_ctx);
         }, "table"_a, "slots"_a.noconvert(), "policy"_a, "capacity"_a.none(), "chunk_unit_size"_a, "max_context_length"_a = nb::none(),
         "Sets chunk sizes directly (TensorRT-LLM's setCtxRequestsChunkSize), discarding draft tokens that do not fit.");
 
-    nb::class_<StepScheduler>(m, "StepScheduler", "Capacity then micro-batch scheduling in one call (reference C++).")
-        .def("__init__", [](StepScheduler* self, const CapacityScheduler& cap, const MicroBatchScheduler& micro,
+    nb::class_<Scheduler>(m, "Scheduler", "Capacity then micro-batch scheduling in one call (reference C++).")
+        .def("__init__", [](Scheduler* self, const CapacityScheduler& cap, const MicroBatchScheduler& micro,
                             std::shared_ptr<RequestTable> table, std::shared_ptr<KVCacheManager> kv,
                             std::shared_ptr<KVCacheManager> cross, std::shared_ptr<PeftCacheManager> peft,
                             int32_t max_batch_size, std::optional<int32_t> max_num_tokens) {
-                new (self) StepScheduler(cap, micro, std::move(table), std::move(kv), std::move(cross), std::move(peft),
-                                         max_batch_size, max_num_tokens);
+                new (self) Scheduler(cap, micro, std::move(table), std::move(kv), std::move(cross), std::move(peft),
+                                     max_batch_size, max_num_tokens);
             }, "capacity_scheduler"_a, "micro_batch_scheduler"_a, "table"_a, "kv_cache_manager"_a.none(),
             "cross_kv_cache_manager"_a.none(), "peft_cache_manager"_a.none(), "max_batch_size"_a, "max_num_tokens"_a.none())
-        .def("schedule", [](StepScheduler& s, const RequestList& active, nb::handle inflight) {
-                if (active.table() != s.table()) throw InputError("the RequestList belongs to another RequestTable");
+        .def("schedule", [](Scheduler& s, const RequestList& active, nb::handle inflight) {
                 auto [ip, in] = inflight_ids(inflight);
-                const StepOutput& out = s.schedule(active.data(), active.size(), ip, in);
+                const SchedulerOutput& out = s.schedule(active, ip, in);
                 return nb::make_tuple(to_numpy(out.capacity.fitting), to_numpy(out.capacity.fitting_disagg_gen_init),
                                       to_numpy(out.capacity.paused), to_numpy(out.micro.context),
                                       to_numpy(out.micro.generation));
             }, "active_requests"_a, "inflight_request_ids"_a = nb::none(),
             "Returns slot arrays (fitting, fitting_disagg_gen_init, paused, context, generation).");
-
-    nb::class_<SimExecutor>(m, "SimExecutor", "GPU-less executor step: pause, allocate, advance chunks, append, complete.")
-        .def(nb::init<std::shared_ptr<RequestTable>, std::shared_ptr<KVCacheManager>, std::shared_ptr<KVCacheManager>, int32_t>(),
-             "table"_a, "kv_cache_manager"_a.none(), "cross_kv_cache_manager"_a.none(), "max_input_len"_a)
-        .def("apply", [](SimExecutor& e, const AnyArray& paused, const AnyArray& disagg, const AnyArray& execute,
-                         int32_t token) {
-                const RequestTable& t = e.table();
-                auto [pp, pn] = checked_slots(t, paused, "paused");
-                auto [dp, dn] = checked_slots(t, disagg, "disagg_gen_init");
-                auto [ep, en] = checked_slots(t, execute, "execute");
-                std::vector<int32_t> finished;
-                e.apply(pp, pn, dp, dn, ep, en, token, finished);
-                return to_numpy(std::move(finished));
-            }, "paused"_a.noconvert(), "disagg_gen_init"_a.noconvert(), "execute"_a.noconvert(),
-            "generated_token"_a = 1, "Applies one step; returns the slots completed, in completion order.")
-        .def_prop_ro("tokens_appended", &SimExecutor::tokens_appended);
 }
 
 }  // namespace tllm::bindings

@@ -2,10 +2,9 @@
 #include "policies/chunking.h"
 
 #include <algorithm>
+#include <string>
 
 namespace tllm {
-
-namespace {
 
 void chunk_equal_progress(std::vector<ChunkItem>& items, std::optional<int32_t> cap, int32_t unit,
                           std::optional<int32_t> max_ctx) {
@@ -38,6 +37,8 @@ void chunk_first_come_first_served(std::vector<ChunkItem>& items, std::optional<
     }
 }
 
+namespace {
+
 /// Draft tokens may only fill the last chunk's partial unit: they never open a new one.
 void fit_draft_tokens(std::vector<ChunkItem>& items, std::optional<int32_t> cap, int32_t unit,
                       std::optional<int32_t> max_ctx) {
@@ -64,11 +65,35 @@ void set_ctx_requests_chunk_size(std::vector<ChunkItem>& items, ContextChunkingP
         it.chunk = 0;
         it.discard = 0;
     }
-    if (policy == ContextChunkingPolicy::kEQUAL_PROGRESS)
-        chunk_equal_progress(items, capacity, unit, max_ctx);
-    else
-        chunk_first_come_first_served(items, capacity, unit, max_ctx);
+    const int32_t index = static_cast<int32_t>(policy);
+    if (index < 0 || index >= kNumChunkingPolicies) fail_input("unknown context chunking policy " + std::to_string(index));
+    kChunkingPolicies[index].chunk(items, capacity, unit, max_ctx);
     fit_draft_tokens(items, capacity, unit, max_ctx);
+}
+
+void commit_chunk_sizes(RequestTable& t, const std::vector<ChunkItem>& items) {
+    for (const ChunkItem& it : items) {
+        t.context_chunk_size[it.slot] = std::min(it.chunk, t.context_remaining_length(it.slot));
+        if (it.discard > 0) t.discard_draft_tokens(it.slot, it.discard);
+    }
+}
+
+void set_ctx_requests_chunk_size(RequestTable& t, const int32_t* slots, int32_t n, ContextChunkingPolicy policy,
+                                 std::optional<int32_t> capacity, int32_t unit, std::optional<int32_t> max_ctx) {
+    for (int32_t i = 0; i < n; ++i) t.check_slot(slots[i]);
+    if (unit <= 0) fail_input("chunk_unit_size must be positive");
+    if (capacity && *capacity < 0) fail_input("capacity must be >= 0 or None");
+    if (max_ctx && *max_ctx <= 0) fail_input("max_context_length must be positive or None");
+    std::vector<ChunkItem> items;
+    items.reserve(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i) {
+        int32_t s = slots[i];
+        if (!state::is_context_init(t.state[s]))
+            fail_input("request " + std::to_string(t.request_id[s]) + " is not in a context state");
+        items.push_back(ChunkItem{s, t.context_remaining_length(s), t.num_draft_tokens[s]});
+    }
+    set_ctx_requests_chunk_size(items, policy, capacity, unit, max_ctx);
+    commit_chunk_sizes(t, items);
 }
 
 }  // namespace tllm

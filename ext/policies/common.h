@@ -14,7 +14,8 @@
 
 namespace tllm {
 
-enum class CapacitySchedulerPolicy : int32_t { kMAX_UTILIZATION = 0, kGUARANTEED_NO_EVICT = 1, kSTATIC_BATCH = 2 };
+/// A capacity policy: its index in kCapacityPolicies (policies/registry.h).
+enum class CapacitySchedulerPolicy : int32_t {};
 
 /// Inputs of one capacity-scheduling call. Pointers are borrowed for the call.
 struct CapacityContext {
@@ -26,8 +27,8 @@ struct CapacityContext {
     PeftCacheManager* peft;        ///< LoRA pages or null
     int32_t max_num_requests;      ///< admission count limit
     bool two_steps_look_ahead;     ///< MAX_UTILIZATION: reserve two steps of blocks
-    int32_t no_schedule_until;     ///< gating window start (inclusive)
-    int32_t no_schedule_after;     ///< gating window end (exclusive)
+    int32_t no_schedule_until_state;  ///< gating window start (inclusive)
+    int32_t no_schedule_after_state;  ///< gating window end (exclusive)
 };
 
 /// Scheduled and paused slots, in admission / pausing order.
@@ -45,7 +46,7 @@ struct CapacityOutput {
 };
 
 inline bool can_be_scheduled(const CapacityContext& c, int32_t st) {
-    return st >= c.no_schedule_until && st < c.no_schedule_after;
+    return st >= c.no_schedule_until_state && st < c.no_schedule_after_state;
 }
 /// Disagg-generation-init requests bypass the window "so that their KV cache gets allocated".
 inline bool can_be_scheduled_with_disagg_exception(const CapacityContext& c, int32_t st) {
@@ -53,10 +54,5 @@ inline bool can_be_scheduled_with_disagg_exception(const CapacityContext& c, int
 }
 
 using CapacityPolicyFn = void (*)(const CapacityContext&, CapacityOutput&);
-
-void schedule_max_requests(const CapacityContext& c, CapacityOutput& out);
-void schedule_guaranteed_no_evict(const CapacityContext& c, CapacityOutput& out);
-void schedule_static_batch(const CapacityContext& c, CapacityOutput& out);
-void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out);
 
 }  // namespace tllm

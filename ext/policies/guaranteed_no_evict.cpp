@@ -1,11 +1,11 @@
 // ext/policies/guaranteed_no_evict.cpp: GUARANTEED_NO_EVICT and STATIC_BATCH.
 //
 // Python twin: tllm_sched/policies/guaranteed_no_evict.py. Mirrors GuaranteedNoEvictScheduler
-// (scheduler.md §2.4): running generations are admitted unconditionally and pre-claim their
+// (and its STATIC_BATCH variant): running generations are admitted unconditionally and pre-claim their
 // remaining blocks; new contexts are admitted while their remaining blocks to completion fit.
 #include <unordered_set>
 
-#include "policies/common.h"
+#include "policies/registry.h"
 #include "policies/reuse_skipping.h"
 
 namespace tllm {

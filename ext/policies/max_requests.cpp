@@ -1,7 +1,7 @@
 // ext/policies/max_requests.cpp: the capacity path without a KV cache: admit by count only.
 //
-// Python twin: tllm_sched/policies/max_requests.py. Mirrors MaxRequestsScheduler (scheduler.md §2.2).
-#include "policies/common.h"
+// Python twin: tllm_sched/policies/max_requests.py. Mirrors MaxRequestsScheduler.
+#include "policies/registry.h"
 
 namespace tllm {
 

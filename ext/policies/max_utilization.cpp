@@ -1,10 +1,10 @@
 // ext/policies/max_utilization.cpp: MAX_UTILIZATION: admit one step of blocks, pause from the tail.
 //
 // Python twin: tllm_sched/policies/max_utilization.py. Mirrors MaxUtilizationScheduler and
-// trySchedulingRequestMaxUtilization (scheduler.md §2.5). The cross cache is ignored, as in C++.
+// trySchedulingRequestMaxUtilization. The cross cache is ignored, as TensorRT-LLM's C++ does.
 #include <unordered_set>
 
-#include "policies/common.h"
+#include "policies/registry.h"
 #include "policies/reuse_skipping.h"
 
 namespace tllm {

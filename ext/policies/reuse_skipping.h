@@ -1,8 +1,8 @@
 // ext/policies/reuse_skipping.h: delay new requests whose uncached prefix another request computes.
 //
 // Python twin: tllm_sched/policies/reuse_skipping.py. Mirrors CapacityScheduler's
-// prefillWithChunkedContextsAlreadyExecuting (step A) and beneficialToSkip (step B),
-// scheduler.md §2.3, self cache only (cross-cache reuse is not supported).
+// prefillWithChunkedContextsAlreadyExecuting (step A) and beneficialToSkip (step B), on the self
+// cache only (cross-cache reuse is not supported).
 #pragma once
 
 #include "policies/common.h"

@@ -1,8 +1,9 @@
 """tllm_sched/policies/chunking.py: context chunk sizes under a token capacity.
 
-C++ twin: ext/policies/chunking.cpp. Mirrors MicroBatchScheduler::setCtxRequestsChunkSize with
-EQUAL_PROGRESS, FIRST_COME_FIRST_SERVED and fitDraftTokens (scheduler.md §3.3). Works on plain
-lists (chunked contexts per step are few) and returns the decisions; the caller commits them.
+C++ twin: ext/policies/chunking.cpp; python-naive twin: tllm_sched/naive/chunking.py.
+Mirrors MicroBatchScheduler::setCtxRequestsChunkSize with EQUAL_PROGRESS,
+FIRST_COME_FIRST_SERVED and fitDraftTokens. Works on plain lists (chunked contexts per step are
+few) and returns the decisions; the caller commits them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """tllm_sched/policies/common.py: what every policy shares: state codes, gating, the step context.
 
-C++ twin: ext/policies/common.h. `StepContext` holds the columns of the active list, gathered once
+C++ twin: ext/policies/common.h. `CapacityContext` holds the columns of the active list, gathered once
 per step from zero-copy views (no crossing), and the managers the policies may query. `Split`
 separates the running generations from the other requests for the policies' split paths.
 """
@@ -128,7 +128,7 @@ def is_generation_in_progress(st: np.ndarray) -> np.ndarray:
     return (st == GEN_IN_PROGRESS) | (st == GEN_TO_COMPLETE) | (st == DISAGG_GEN_TRANS_COMPLETE)
 
 
-class StepContext:
+class CapacityContext:
     """One capacity-scheduling call: the active list's columns and the managers.
 
     Columns are gathered from the zero-copy views only when a policy asks for them (`take` is
@@ -136,23 +136,24 @@ class StepContext:
     """
 
     __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
-                 "two_steps_look_ahead", "until", "after", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
+                 "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
                  "split", "kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids")
 
     def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
-                 until, after, reuse, max_device_pages):
+                 no_schedule_until_state, no_schedule_after_state, reuse, max_device_pages):
         """Built once per scheduler; `reset` points it at one step's active list."""
         self.cols = cols  # zero-copy column views of the table
         self.kv, self.cross_kv, self.peft, self.table = kv, cross_kv, peft, table  # managers (maybe proxies)
         self.max_num_requests = max_num_requests  # admission count limit
         self.two_steps_look_ahead = two_steps_look_ahead  # MAX_UTILIZATION: reserve two steps
-        self.until, self.after = until, after  # gating window [until, after)
+        # gating window [no_schedule_until_state, no_schedule_after_state)
+        self.no_schedule_until_state, self.no_schedule_after_state = no_schedule_until_state, no_schedule_after_state
         self.reuse = reuse  # the self cache has block reuse on
         self.max_device_pages = max_device_pages  # PEFT capacity, None without PEFT
-        self._gen_window = until <= DISAGG_GEN_TRANS_COMPLETE and after > GEN_TO_COMPLETE
+        self._gen_window = no_schedule_until_state <= DISAGG_GEN_TRANS_COMPLETE and no_schedule_after_state > GEN_TO_COMPLETE
         # In the default window every schedulable state that is neither a generation nor
         # disagg-gen-init is a context state, so pass-2 lists need no state filter.
-        self.pending_are_admissible = until >= CONTEXT_INIT and after <= GEN_COMPLETE
+        self.pending_are_admissible = no_schedule_until_state >= CONTEXT_INIT and no_schedule_after_state <= GEN_COMPLETE
         self.kinds = KindTable(self._kind_of, 4)
         # Free-block counts of the self and cross caches: zero-copy views, read without a call.
         self._free = tuple(None if m is None else m.free_block_counts() for m in (kv, cross_kv))
@@ -163,13 +164,13 @@ class StepContext:
         return int(self._free[cross][0])
 
     def _kind_of(self, st: int) -> int:
-        if not (self.until <= st < self.after or st == DISAGG_GEN_INIT):
+        if not (self.no_schedule_until_state <= st < self.no_schedule_after_state or st == DISAGG_GEN_INIT):
             return IGNORED
         if is_context_init(st):
             return CONTEXT
         return GENERATION if is_generation_in_progress(st) else OTHER
 
-    def reset(self, slots: np.ndarray) -> "StepContext":
+    def reset(self, slots: np.ndarray) -> "CapacityContext":
         self.slots = slots  # int32 slots of the active list, in order
         st = self.state = self.cols["state"].take(slots)  # state per list entry
         sp = self.split = Split.of(slots, st)
@@ -200,11 +201,11 @@ class StepContext:
             self._ids = self.cols["request_id"].take(self.slots)
         return self._ids
 
-    def schedulable(self) -> np.ndarray:
-        return (self.state >= self.until) & (self.state < self.after)
+    def can_be_scheduled(self) -> np.ndarray:
+        return (self.state >= self.no_schedule_until_state) & (self.state < self.no_schedule_after_state)
 
-    def schedulable_with_disagg_exception(self) -> np.ndarray:
-        return self.schedulable() | (self.state == DISAGG_GEN_INIT)
+    def can_be_scheduled_with_disagg_exception(self) -> np.ndarray:
+        return self.can_be_scheduled() | (self.state == DISAGG_GEN_INIT)
 
     @property
     def plain_split(self) -> bool:

@@ -1,7 +1,7 @@
 """tllm_sched/policies/guaranteed_no_evict.py: GUARANTEED_NO_EVICT and STATIC_BATCH.
 
-C++ twin: ext/policies/guaranteed_no_evict.cpp. Mirrors GuaranteedNoEvictScheduler
-(scheduler.md §2.4). Pass 1 admits running generations unconditionally; pass 2 admits
+C++ twin: ext/policies/guaranteed_no_evict.cpp; python-naive twin: tllm_sched/naive/guaranteed_no_evict.py.
+Mirrors GuaranteedNoEvictScheduler. Pass 1 admits running generations unconditionally; pass 2 admits
 disagg-generation-init requests, then contexts, while their blocks to completion fit.
 Without PEFT pass 2 is a cumulative sum and a first-failure search; with PEFT, where a
 page-only failure skips one request, it is a short scalar loop. The serving steady state
@@ -19,7 +19,7 @@ from tllm_sched.policies.common import (
     DISAGG_GEN_INIT,
     EMPTY,
     Split,
-    StepContext,
+    CapacityContext,
     is_context_init,
     is_generation_in_progress,
     NO_POSITIONS,
@@ -35,10 +35,10 @@ INT32_MAX = 2**31 - 1
 _KEY_CALLS = 8 - 3
 
 
-def _classify(ctx: StepContext):
+def _classify(ctx: CapacityContext):
     """Pass 1 as masks over the list: (classified, admitted generations)."""
     st = ctx.state
-    gate = ctx.schedulable_with_disagg_exception()
+    gate = ctx.can_be_scheduled_with_disagg_exception()
     gen = gate & is_generation_in_progress(st)
     if np.count_nonzero(gen) >= ctx.max_num_requests:
         # The count limit stops pass 1 at the first candidate after the last admitted generation.
@@ -55,7 +55,7 @@ def _remaining(kv, slots: np.ndarray) -> np.ndarray:
     return kv.get_remaining_blocks_to_completion_batch(slots)  # int32; numpy sums it in int64
 
 
-def schedule(ctx: StepContext, static_batch: bool = False):
+def schedule(ctx: CapacityContext, static_batch: bool = False):
     if ctx.all_generation:
         # Only running generations: pass 1 admits them in order up to the count limit and pass 2
         # has nothing to consider, so no block or page count can change the outcome.
@@ -83,7 +83,7 @@ def schedule(ctx: StepContext, static_batch: bool = False):
         lora_g = ctx.lora.take(gens)
         avail_pages = ctx.max_device_pages - int(new_task_pages(lora_g, pages.take(gens), set()).sum())
         seen = task_ids(lora_g)
-    state = _Pass2(ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, gens.size)
+    state = NoEvictBlocks(ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, gens.size)
     admitted = [gens]
     is_disagg = pending & (ctx.state == DISAGG_GEN_INIT)
     if is_disagg.any():
@@ -99,7 +99,7 @@ def schedule(ctx: StepContext, static_batch: bool = False):
     return np.concatenate(admitted), EMPTY
 
 
-def _schedule_split(ctx: StepContext, static_batch: bool):
+def _schedule_split(ctx: CapacityContext, static_batch: bool):
     """Running generations plus a few waiting contexts (the serving steady state), without PEFT:
     pass 1 takes the generations as a block, pass 2 runs over the contexts only (with block
     reuse: `_schedule_split_reusing`). Returns the fitting list as a Split (generations first,
@@ -132,7 +132,7 @@ def _schedule_split(ctx: StepContext, static_batch: bool):
     return Split(fitting, np.arange(n_gen, n_gen + n), others[:n], gens=gens, contexts=contexts[:n])
 
 
-def _schedule_split_reusing(ctx: StepContext, gens: np.ndarray, n_gen: int):
+def _schedule_split_reusing(ctx: CapacityContext, gens: np.ndarray, n_gen: int):
     """`_schedule_split` with block reuse: a new context whose uncached prefix another context
     computes is passed over (reuse_skipping.py), so the admitted contexts need not be a prefix.
     The skipper sees only the others: every context in progress among them claims its key."""
@@ -148,7 +148,7 @@ def _schedule_split_reusing(ctx: StepContext, gens: np.ndarray, n_gen: int):
     rem = _remaining(ctx.kv, np.concatenate((gens, others)))  # one question for all
     need = rem[n_gen:]  # per other
     avail = ctx.free_blocks() - int(rem[:n_gen].sum())
-    state = _Pass2(ctx, need, None, None, avail, None, INT32_MAX, set(), n_gen, o_state)
+    state = NoEvictBlocks(ctx, need, None, None, avail, None, INT32_MAX, set(), n_gen, o_state)
     taken = state.run_skipping(waiting, skipper)
     if taken.size == 0:
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
@@ -157,16 +157,17 @@ def _schedule_split_reusing(ctx: StepContext, gens: np.ndarray, n_gen: int):
                  gens=gens, contexts=contexts)
 
 
-def _fitting_contexts(ctx: StepContext, gens: np.ndarray, contexts: np.ndarray) -> int:
+def _fitting_contexts(ctx: CapacityContext, gens: np.ndarray, contexts: np.ndarray) -> int:
     """How many of `contexts` fit in the self cache, in order, once the generations `gens` have
     reserved their blocks to completion (a sum asked for in one call, no array)."""
     avail = ctx.free_blocks() - ctx.kv.get_remaining_blocks_to_completion_sum(gens)
     return prefix_within(_remaining(ctx.kv, contexts), avail)
 
 
-class _Pass2:
-    """Running totals of pass 2 across its lists; arrays are indexed by position (in the list,
-    or in a split's others)."""
+class NoEvictBlocks:
+    """What pass 2 has left (blocks of both caches, LoRA pages, the count) as it admits across its
+    lists; arrays are indexed by position (in the list, or in a split's others). C++ twin:
+    `NoEvictBlocks` (one per cache there)."""
 
     def __init__(self, ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, count, state=None):
         self.ctx, self.rem, self.rem_cross, self.pages = ctx, rem, rem_cross, pages
@@ -254,5 +255,5 @@ class _Pass2:
         return np.array(out, dtype=np.int64)
 
 
-def schedule_static_batch(ctx: StepContext):
+def schedule_static_batch(ctx: CapacityContext):
     return schedule(ctx, static_batch=True)

@@ -1,17 +1,18 @@
 """tllm_sched/policies/max_requests.py: the capacity path without a KV cache: admit by count.
 
-C++ twin: ext/policies/max_requests.cpp. Mirrors MaxRequestsScheduler (scheduler.md §2.2).
+C++ twin: ext/policies/max_requests.cpp; python-naive twin: tllm_sched/naive/max_requests.py.
+Mirrors MaxRequestsScheduler.
 """
 
 from __future__ import annotations
 
 
-from tllm_sched.policies.common import ENCODER_INIT, EMPTY, StepContext, is_context_init, is_generation_in_progress
+from tllm_sched.policies.common import ENCODER_INIT, EMPTY, CapacityContext, is_context_init, is_generation_in_progress
 
 
-def schedule(ctx: StepContext):
+def schedule(ctx: CapacityContext):
     if ctx.all_generation:
         return slice(0, min(ctx.slots.size, ctx.max_num_requests)), EMPTY
     st = ctx.state
-    ok = ctx.schedulable() & ((st == ENCODER_INIT) | is_context_init(st) | is_generation_in_progress(st))
+    ok = ctx.can_be_scheduled() & ((st == ENCODER_INIT) | is_context_init(st) | is_generation_in_progress(st))
     return ok.nonzero()[0][: ctx.max_num_requests], EMPTY

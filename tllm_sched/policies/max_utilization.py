@@ -1,8 +1,8 @@
 """tllm_sched/policies/max_utilization.py: MAX_UTILIZATION: admit one step of blocks, pause from the tail.
 
-C++ twin: ext/policies/max_utilization.cpp. Mirrors MaxUtilizationScheduler and
-trySchedulingRequestMaxUtilization (scheduler.md §2.5). The common case, where everything up to
-some request fits, is a cumulative sum and a first-failure search; from the first failure on,
+C++ twin: ext/policies/max_utilization.cpp; python-naive twin: tllm_sched/naive/max_utilization.py.
+Mirrors MaxUtilizationScheduler and trySchedulingRequestMaxUtilization. The common case, where
+everything up to some request fits, is a cumulative sum and a first-failure search; from the first failure on,
 a scalar loop pauses started requests from the tail (one crossing per pause) exactly as C++ does.
 When only generations and contexts are listed (no skipping, no pages), one summed question tells
 whether the whole list fits, the usual answer.
@@ -16,7 +16,7 @@ from tllm_sched.policies.common import (
     EMPTY,
     IGNORED,
     OTHER,
-    StepContext,
+    CapacityContext,
     is_context_init,
     is_generation_in_progress,
     new_task_pages,
@@ -30,7 +30,7 @@ from tllm_sched.policies.reuse_skipping import NO_SKIP, make_skipper
 _KEY_CALLS = 8 - 4
 
 
-def _prefix(ctx: StepContext, try_pos: np.ndarray, need: np.ndarray, pages: np.ndarray, free: int):
+def _prefix(ctx: CapacityContext, try_pos: np.ndarray, need: np.ndarray, pages: np.ndarray, free: int):
     """How many of `try_pos` fit in order, with the running block and page totals. Blocks needed
     are >= 0, so the totals only grow: the prefix ends at the first total over the free count,
     the count limit or (with PEFT) the page limit."""
@@ -43,7 +43,7 @@ def _prefix(ctx: StepContext, try_pos: np.ndarray, need: np.ndarray, pages: np.n
     return f, total, add_pages
 
 
-def schedule(ctx: StepContext):
+def schedule(ctx: CapacityContext):
     free = ctx.kv.start_scheduling()
     n = ctx.slots.size
     whole_list = ctx.all_generation or (
@@ -60,7 +60,7 @@ def schedule(ctx: StepContext):
         skipper = NO_SKIP
     else:
         skipper = make_skipper(ctx, _KEY_CALLS - (ctx.peft is not None))
-        gated = ctx.schedulable_with_disagg_exception().nonzero()[0]
+        gated = ctx.can_be_scheduled_with_disagg_exception().nonzero()[0]
         if gated.size == 0:
             return gated, gated
         # One read-only question for every gated request; skipped ones' answers go unused.
@@ -104,7 +104,7 @@ class _Totals:
         self.scheduled, self.blocks, self.pages, self.seen, self.free = scheduled, blocks, pages, seen, free
 
 
-def _try(ctx: StepContext, t: _Totals, i: int, need: np.ndarray, pages: np.ndarray) -> bool:
+def _try(ctx: CapacityContext, t: _Totals, i: int, need: np.ndarray, pages: np.ndarray) -> bool:
     if len(t.scheduled) >= ctx.max_num_requests:
         return False
     task = int(ctx.lora[i])
@@ -122,8 +122,8 @@ def _try(ctx: StepContext, t: _Totals, i: int, need: np.ndarray, pages: np.ndarr
 
 def _pause_and_retry(ctx, skipper, t: _Totals, i: int, need, pages) -> list:
     st = ctx.state
-    gate = ctx.schedulable_with_disagg_exception()
-    started = ctx.schedulable() & ((is_context_init(st) & ~ctx.first_chunk) | is_generation_in_progress(st))
+    gate = ctx.can_be_scheduled_with_disagg_exception()
+    started = ctx.can_be_scheduled() & ((is_context_init(st) & ~ctx.first_chunk) | is_generation_in_progress(st))
     paused, end = [], ctx.slots.size
     while i < end:
         if not gate[i] or skipper.beneficial_to_skip(i):

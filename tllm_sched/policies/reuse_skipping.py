@@ -1,7 +1,8 @@
 """tllm_sched/policies/reuse_skipping.py: delay new requests whose uncached prefix another computes.
 
-C++ twin: ext/policies/reuse_skipping.cpp. Mirrors CapacityScheduler's step A (keys of chunked
-contexts in progress) and beneficialToSkip (step B), scheduler.md §2.3.
+C++ twin: ext/policies/reuse_skipping.cpp; python-naive twin: tllm_sched/naive/reuse_skipping.py.
+Mirrors CapacityScheduler's step A (keys of chunked contexts in progress) and beneficialToSkip
+(step B).
 
 Keys are asked for lazily, like C++ does: admission usually stops after a few waiting requests,
 and a long queue (real conversation traces) would otherwise pay for requests the policy never
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tllm_sched.policies.common import StepContext, is_context_init
+from tllm_sched.policies.common import CapacityContext, is_context_init
 
 WINDOW_SLACK = 2  # beyond the point where admission must stop if nothing were skipped
 GROWTH = 4  # each further window is at least this many times the previous one
@@ -138,7 +139,7 @@ class _NoSkip:
 NO_SKIP = _NoSkip()
 
 
-def make_skipper(ctx: StepContext, calls: int, enabled: bool = True):
+def make_skipper(ctx: CapacityContext, calls: int, enabled: bool = True):
     """The skipper of the whole active list (NO_SKIP without block reuse)."""
     if not (enabled and ctx.reuse and ctx.kv is not None):
         return NO_SKIP
