@@ -34,6 +34,7 @@ RequestTable::RequestTable(int32_t capacity) : capacity_(capacity) {
     priority = column(c_priority_);
     live_.assign(static_cast<size_t>(capacity), 0);
     generation_.assign(static_cast<size_t>(capacity), 0);
+    tokens_version_.assign(static_cast<size_t>(capacity), 0);
     token_store_.resize(static_cast<size_t>(capacity));
     beam_schedule_.resize(static_cast<size_t>(capacity));
     free_slots_.reserve(static_cast<size_t>(capacity));
@@ -83,6 +84,8 @@ int32_t RequestTable::add_request(int64_t id, const int32_t* prompt, int32_t ple
     slot_of_id_.emplace(id, s);
     live_[idx(s)] = 1;
     ++generation_[idx(s)];
+    ++tokens_version_[idx(s)];
+    ++tokens_epoch_;
     ++size_;
     token_store_[idx(s)] = std::move(store);
     beam_schedule_[idx(s)] = o.beam_width_schedule;
@@ -144,6 +147,7 @@ void RequestTable::remove_request(int32_t s) {
     beam_schedule_[idx(s)].clear();
     live_[idx(s)] = 0;
     ++generation_[idx(s)];
+    ++tokens_epoch_;
     --size_;
     request_id[s] = -1;
     state[s] = 0;
@@ -291,6 +295,8 @@ void RequestTable::pause(int32_t s, int32_t max_input_len) {
         prompt_len[s] = new_prompt;
     }
     t.size = prompt_len[s];  // truncation never reallocates
+    ++tokens_version_[idx(s)];
+    ++tokens_epoch_;
     num_tokens[s] = t.size;
     state[s] = encoder_output_len[s] > 0 ? state::ENCODER_INIT : state::CONTEXT_INIT;
     context_current_position[s] = 0;

@@ -98,6 +98,10 @@ public:
     }
     [[noreturn]] void fail_dead_slot(int32_t slot) const;
     uint32_t generation(int32_t slot) const { return generation_[idx(slot)]; }
+    /// Changes whenever the slot's tokens change other than by appending (a new request, a pause).
+    uint32_t tokens_version(int32_t slot) const { return tokens_version_[idx(slot)]; }
+    /// Changes whenever any slot's tokens_version does, or a request is removed.
+    uint64_t tokens_epoch() const { return tokens_epoch_; }
 
     // --- TensorRT-LLM's LlmRequest methods, by slot ---
     int32_t context_remaining_length(int32_t s) const { return prompt_len[s] - context_current_position[s]; }
@@ -191,6 +195,8 @@ private:
     std::vector<float> c_priority_;
     std::vector<uint8_t> live_;                         ///< 1 if the slot holds a request
     std::vector<uint32_t> generation_;                  ///< bumped on every add/remove of the slot
+    std::vector<uint32_t> tokens_version_;              ///< bumped when tokens change but by appending
+    uint64_t tokens_epoch_ = 0;                         ///< bumped with any tokens_version_ and on removal
     std::vector<std::shared_ptr<TokenStore>> token_store_;  ///< per slot; shared with views
     std::vector<std::vector<int32_t>> beam_schedule_;  ///< per slot; usually empty (cold)
     std::vector<int32_t> free_slots_;                  ///< stack of free slots

@@ -40,7 +40,7 @@ def cached_tree():
 
 def test_probe_counts_whole_cached_blocks_of_the_prompt_without_its_last_token():
     t, kv = cached_tree()
-    before = kv_snapshot(kv)
+    before, stats = kv_snapshot(kv), kv.get_kv_cache_stats()
     walks = kv.num_key_walks
     assert probe(kv, [
         toks(20) + toks(5, 100),        # 24 usable tokens: [0..9], [10..19] cached, [100..103] not a full block -> 20
@@ -53,7 +53,8 @@ def test_probe_counts_whole_cached_blocks_of_the_prompt_without_its_last_token()
         [7],
     ]) == [20, 10, 10, 20, 20, 0, 0, 0]
     assert probe(kv, [toks(21), toks(21)], lora=np.array([3, -1], dtype=np.int64)) == [0, 20]  # A had no LoRA
-    assert kv_snapshot(kv) == before and kv.num_key_walks == walks  # a dry run: nothing changed
+    assert kv_snapshot(kv) == before and kv.num_key_walks == walks  # a dry run: nothing changed,
+    assert kv.get_kv_cache_stats() == stats  # not even the work statistics (blocks hashed, compared)
     kv.check_invariants()
 
 

@@ -49,6 +49,9 @@ int32_t request_slot_for(const KVCacheManager& kv, const PyRequest& r) { return 
 }  // namespace
 
 void bind_kv_cache(nb::module_& m) {
+    m.def("_set_block_hash_mask", &KVCacheManager::set_block_hash_mask, "mask"_a,
+          "Tests only: masks every chained block hash so that hashes collide (decisions must not change). "
+          "Only while no KVCacheManager exists; all ones restores the default.");
     // ------------------------------------------------------------------ KVCacheManager
     nb::class_<KVCacheManager>(m, "KVCacheManager", "Paged KV-cache block manager with prefix reuse (one attention window).")
         .def("__init__",
@@ -87,7 +90,7 @@ void bind_kv_cache(nb::module_& m) {
             }, "Zero-copy read-only view of [num_free_blocks, num_free_secondary_blocks], always current. Build once.")
         .def_prop_ro("num_used_blocks", &KVCacheManager::num_used_blocks)
         .def_prop_ro("num_cached_blocks", &KVCacheManager::num_cached_blocks)
-        .def_prop_ro("num_key_walks", &KVCacheManager::num_key_walks, "Reuse-tree walks made for skip keys so far.")
+        .def_prop_ro("num_key_walks", &KVCacheManager::num_key_walks, "Skip-key questions answered so far (find_new_context_block and its batch and claim forms; a remembered walk counts too).")
         .def("get_num_free_blocks_per_window_size", free_blocks_per_window)
         .def("get_kv_cache_stats", [](const KVCacheManager& k) {
                 const KvCacheStats& s = k.stats();
@@ -101,6 +104,11 @@ void bind_kv_cache(nb::module_& m) {
                 d["reused_blocks"] = s.reused_blocks;
                 d["missed_blocks"] = s.missed_blocks;
                 d["cache_hit_rate"] = s.cache_hit_rate();
+                // Work statistics of prefix reuse: chained block hashes computed and block keys
+                // compared to confirm a hash match (each once per request and block, while
+                // nothing the answer depends on changes).
+                d["blocks_hashed"] = k.num_blocks_hashed();
+                d["blocks_compared"] = k.num_blocks_compared();
                 d["num_free_blocks_per_window_size"] = free_blocks_per_window(k);
                 return d;
             })
@@ -175,6 +183,16 @@ void bind_kv_cache(nb::module_& m) {
             }, "slots"_a.noconvert(), "continue_pass"_a = false,
             "Key ids: equal ids iff equal first-new-block keys, within one call or across calls made with "
             "continue_pass=True after it; -1 for none.")
+        .def("claim_new_context_blocks", [](KVCacheManager& k, const AnyArray& slots, bool continue_pass) {
+                auto [p, n] = checked_slots(k.table(), slots);
+                std::vector<int8_t> out(static_cast<size_t>(n), 0);
+                for (int32_t i = 0; i < n; ++i)
+                    out[static_cast<size_t>(i)] = k.claim_new_context_block(p[i], i == 0 && !continue_pass);
+                return to_numpy(std::move(out));
+            }, "slots"_a.noconvert(), "continue_pass"_a = false,
+            "Step B of reuse skipping, in order, on the keys of a pass (as find_new_context_block_batch): "
+            "0 no key (every full block cached), 1 the key is claimed now, 2 another request of the pass "
+            "claimed it (skip).")
         .def("probe_prefix_match_lengths", [](const KVCacheManager& k, const AnyArray& tokens, const AnyArray& offsets,
                                                nb::handle lora_task_ids) {
                 auto [tp, tn] = checked<int32_t>(tokens, "tokens");
