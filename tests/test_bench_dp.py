@@ -61,7 +61,7 @@ def test_router_cost_against_a_decode_step(tmp_path, capsys):
     (["--dp-ranks", "0"], "must be positive"),
     (["--dp-ranks", "2", "--router", "fastest"], "unknown router 'fastest'"),
     (["--dp-ranks", "2", "--adp-balance", "maybe"], "unknown --adp-balance value 'maybe'"),
-    (["--dp-ranks", "2", "--compare", "x.json"], "--dp-ranks does not combine with --compare"),
+    (["--dp-ranks", "2", "--compare", "x.json"], "--compare is gone"),
     (["--dp-ranks", "2", "--trace", "/nonexistent.jsonl"], "/nonexistent.jsonl:1: cannot read the trace"),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
