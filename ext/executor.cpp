@@ -1,6 +1,8 @@
 // ext/executor.cpp: the executor's step: checks, then pause, allocate, commit, complete.
 #include "executor.h"
 
+#include "block_tables.h"
+
 #include <algorithm>
 #include <string>
 #include <unordered_map>
@@ -114,6 +116,7 @@ void Executor::check_block_budget(const char* call, const KVCacheManager& kv, bo
 }
 
 // ---------------------------------------------------------------- per-request operations
+// allocate and commit_row run once per request and step: inlined into the step loops.
 
 void Executor::add_sequences(int32_t s) {
     RequestTable& t = *table_;
@@ -129,7 +132,7 @@ void Executor::pause(int32_t s) {  // free without storing, then restart as a co
 
 void Executor::allocate_disagg(int32_t s) { add_sequences(s); }
 
-void Executor::allocate(int32_t s) {
+[[gnu::always_inline]] inline void Executor::allocate(int32_t s) {
     RequestTable& t = *table_;
     if (state::is_context_init(t.state[s])) {
         if (t.is_first_context_chunk(s) && !(kv_ && kv_->has_sequence(s))) add_sequences(s);
@@ -147,7 +150,7 @@ void Executor::commit_disagg(int32_t s, int32_t token, std::vector<int32_t>& fin
     complete_if_done(s, finished);
 }
 
-void Executor::commit_row(int32_t s, int32_t token, std::vector<int32_t>& finished) {
+[[gnu::always_inline]] inline void Executor::commit_row(int32_t s, int32_t token, std::vector<int32_t>& finished) {
     RequestTable& t = *table_;
     if (state::is_context_init(t.state[s])) {
         int32_t c = t.context_chunk_size[s];
@@ -232,7 +235,16 @@ void Executor::prepare(const int32_t* paused, int32_t np, const int32_t* disagg,
     for (int32_t s : disagg_) allocate_disagg(s);
     for (int32_t s : rows_) allocate(s);
     snapshots_.clear();
-    for (int32_t s : rows_) snapshots_.push_back(snapshot(s));
+    num_step_tokens_ = 0;
+    max_blocks_per_row_ = 0;
+    for (int32_t s : rows_) {  // one pass for what commit checks and what the buffers need
+        snapshots_.push_back(snapshot(s));
+        int32_t first, count;
+        step_positions(t, s, &first, &count);
+        num_step_tokens_ += count;
+        if (kv_ && kv_->has_sequence(s))
+            max_blocks_per_row_ = std::max(max_blocks_per_row_, static_cast<int32_t>(kv_->block_ids(s).size()));
+    }
     for (int32_t s : disagg_) snapshots_.push_back(snapshot(s));
     prepared_ = true;
 }
