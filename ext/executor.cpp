@@ -211,25 +211,20 @@ void Executor::prepare(const int32_t* paused, int32_t np, const int32_t* disagg,
     const RequestTable& t = *table_;
     if (prepared_)
         throw InputError("Executor.prepare: the step prepared before was not committed; call commit(tokens) first");
-    auto no_drafts = [&](int32_t s) {  // the step API writes one token per generation
-        if (t.num_draft_tokens[s] > 0)
-            refuse("Executor.prepare", t, s, "has " + std::to_string(t.num_draft_tokens[s]) +
-                                                 " draft tokens: speculative decoding is not supported by the step API");
+    auto check_rows = [&](const int32_t* slots, int32_t n, bool (*in_state)(int32_t), const char* kind) {
+        for (int32_t i = 0; i < n; ++i) {
+            const int32_t s = slots[i];
+            t.check_slot(s);
+            if (t.num_draft_tokens[s] > 0)  // the step API writes one token per generation
+                refuse("Executor.prepare", t, s, "has " + std::to_string(t.num_draft_tokens[s]) +
+                                                     " draft tokens: speculative decoding is not supported by the step API");
+            if (!in_state(t.state[s]))
+                refuse("Executor.prepare", t, s, std::string("is listed as a ") + kind + " request but is in state " +
+                                                     std::to_string(t.state[s]));
+        }
     };
-    for (int32_t i = 0; i < nc; ++i) {
-        t.check_slot(context[i]);
-        no_drafts(context[i]);
-        if (!state::is_context_init(t.state[context[i]]))
-            refuse("Executor.prepare", t, context[i], "is listed as a context request but is in state " +
-                                                          std::to_string(t.state[context[i]]));
-    }
-    for (int32_t i = 0; i < ng; ++i) {
-        t.check_slot(generation[i]);
-        no_drafts(generation[i]);
-        if (!state::is_generation_in_progress(t.state[generation[i]]))
-            refuse("Executor.prepare", t, generation[i], "is listed as a generation request but is in state " +
-                                                             std::to_string(t.state[generation[i]]));
-    }
+    check_rows(context, nc, state::is_context_init, "context");
+    check_rows(generation, ng, state::is_generation_in_progress, "generation");
     scratch_.assign(context, context + nc);
     scratch_.insert(scratch_.end(), generation, generation + ng);
     validate("Executor.prepare", paused, np, disagg, nd, scratch_.data(), nc + ng);  // no change yet
