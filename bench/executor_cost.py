@@ -13,7 +13,8 @@ scheduling and the release of finished requests are not. Workloads, N active req
   - decode: N generating requests that never finish during the run;
   - mixed: a quarter start as 128-1,024-token prompts, prefilled in 64-token chunks under a
     max(8,192, 2N)-token budget; each finished request is replaced by a new one, so N stays put.
-Run against a build without the step API (before it existed), it measures SimExecutor.apply alone.
+Run against a build without the step API (before it existed), or with --apply-only, it measures
+SimExecutor.apply alone (one engine, so the comparison of builds sees the same cache footprint).
 """
 
 from __future__ import annotations
@@ -114,9 +115,9 @@ def stats(ns: np.ndarray) -> dict:
     return dict(median_us=float(np.median(us)), mean_us=float(us.mean()), p99_us=float(np.percentile(us, 99)))
 
 
-def measure(workload: str, n: int, steps: int, warmup: int, seed: int) -> dict:
+def measure(workload: str, n: int, steps: int, warmup: int, seed: int, step_api: bool) -> dict:
     engines = [Engine(workload, n, seed, step_api=False)]
-    if HAS_STEP_API:
+    if step_api:
         engines.append(Engine(workload, n, seed, step_api=True))
     gc.collect()
     rec = [[] for _ in engines]
@@ -128,7 +129,7 @@ def measure(workload: str, n: int, steps: int, warmup: int, seed: int) -> dict:
                 rec[engines.index(e)].append(r)
     sim = np.array(rec[0], dtype=np.int64)
     row = dict(workload=workload, n_active=n, steps=steps, sim_apply=stats(sim[:, 0]))
-    if HAS_STEP_API:
+    if step_api:
         api = np.array(rec[1], dtype=np.int64)
         row.update(step_api=stats(api[:, 0]), step_api_without_fills=stats(api[:, 0] - api[:, 1]),
                    fills=stats(api[:, 1]), ratio_median=float(np.median(api[:, 0]) / np.median(sim[:, 0])),
@@ -144,7 +145,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="OUT")
+    p.add_argument("--apply-only", action="store_true",
+                   help="measure SimExecutor.apply alone, one engine at a time (as on a build without the step API)")
     a = p.parse_args(argv)
+    step_api = HAS_STEP_API and not a.apply_only
     try:
         actives = [int(x) for x in a.active.split(",")]
     except ValueError:
@@ -159,17 +163,17 @@ def main(argv=None) -> int:
           f"{'step API / apply':>17}  (median / p99)")
     for w in workloads:
         for n in actives:
-            r = measure(w, n, a.steps, a.warmup, a.seed)
+            r = measure(w, n, a.steps, a.warmup, a.seed, step_api)
             rows.append(r)
             s = r["sim_apply"]
             line = f"{w:>8} {n:>6} {s['median_us']:>11.1f} / {s['p99_us']:>8.1f}"
-            if HAS_STEP_API:
+            if step_api:
                 api, f = r["step_api"], r["fills"]
                 line += (f" {api['median_us']:>8.1f} / {api['p99_us']:>7.1f} {f['median_us']:>15.1f} "
                          f"{r['ratio_median']:>16.2f}x" + ("" if r["decisions_match"] else "  DECISIONS DIFFER"))
             print(line, flush=True)
     if a.json:
-        payload = dict(format="tllm_sched.executor_cost/1", step_api=HAS_STEP_API, machine=platform.machine(),
+        payload = dict(format="tllm_sched.executor_cost/1", step_api=step_api, machine=platform.machine(),
                        python=sys.version.split()[0], cpus=os.cpu_count(), results=rows)
         tmp = a.json + ".tmp"
         with open(tmp, "w") as f:

@@ -6,23 +6,6 @@
 
 namespace tllm {
 
-int64_t count_step_tokens(const RequestTable& t, const int32_t* rows, int32_t n) {
-    int64_t total = 0;
-    for (int32_t i = 0; i < n; ++i) {
-        int32_t first, count;
-        step_positions(t, rows[i], &first, &count);
-        total += count;
-    }
-    return total;
-}
-
-int32_t max_blocks_per_row(const KVCacheManager& kv, const int32_t* rows, int32_t n) {
-    size_t most = 0;
-    for (int32_t i = 0; i < n; ++i)
-        if (kv.has_sequence(rows[i])) most = std::max(most, kv.block_ids(rows[i]).size());
-    return static_cast<int32_t>(most);
-}
-
 void fill_block_tables(const KVCacheManager& kv, const int32_t* rows, int32_t n, int32_t* out, int64_t row_stride,
                        int32_t width) {
     for (int32_t i = 0; i < n; ++i) {

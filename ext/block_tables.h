@@ -7,7 +7,7 @@
 // num_tokens - 1 (the last sampled token, fed back). The layouts:
 //   block table   [rows, width] int32: row r lists the blocks of row r's sequence in order (block i
 //                 holds positions [i * tpb, (i + 1) * tpb)), then 0 up to the step's widest row
-//                 (max_blocks_per_row); columns past it are left as they are (a kernel reads a row
+//                 (Executor::max_blocks_per_row); columns past it are left as they are (a kernel reads a row
 //                 only up to its sequence length). This is vLLM's block_table, and what
 //                 TensorRT-LLM's copy_batch_block_offsets writes per pool and sequence for K and for
 //                 V (there scaled to page offsets, absent blocks 0).
@@ -35,17 +35,13 @@ inline void step_positions(const RequestTable& t, int32_t s, int32_t* first, int
     }
 }
 
-/// Tokens the rows write this step (the length of the slot mapping and token inputs).
-int64_t count_step_tokens(const RequestTable& t, const int32_t* rows, int32_t n);
-/// The most blocks any row's sequence holds (the narrowest block table that fits).
-int32_t max_blocks_per_row(const KVCacheManager& kv, const int32_t* rows, int32_t n);
 /// Rows of `width` = max_blocks_per_row entries, `row_stride` apart (the caller checked the room).
 void fill_block_tables(const KVCacheManager& kv, const int32_t* rows, int32_t n, int32_t* out, int64_t row_stride,
                        int32_t width);
-/// count_step_tokens entries; the caller checked the room and that slot ids fit T.
+/// One entry per token the rows write; the caller checked the room and that slot ids fit T.
 template <class T>
 void fill_slot_mapping(const KVCacheManager& kv, const int32_t* rows, int32_t n, T* out);
-/// count_step_tokens entries each; either pointer may be null.
+/// One entry per token the rows write, each; either pointer may be null.
 void fill_token_inputs(const RequestTable& t, const int32_t* rows, int32_t n, int32_t* input_ids, int32_t* positions);
 /// n entries each; either pointer may be null.
 void fill_lengths(const RequestTable& t, const int32_t* rows, int32_t n, int32_t* query_lens, int32_t* seq_lens);

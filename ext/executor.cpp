@@ -1,6 +1,8 @@
 // ext/executor.cpp: the executor's step: checks, then pause, allocate, commit, complete.
 #include "executor.h"
 
+#include "block_tables.h"
+
 #include <algorithm>
 #include <string>
 #include <unordered_map>
@@ -114,6 +116,7 @@ void Executor::check_block_budget(const char* call, const KVCacheManager& kv, bo
 }
 
 // ---------------------------------------------------------------- per-request operations
+// allocate and commit_row run once per request and step: inlined into the step loops.
 
 void Executor::add_sequences(int32_t s) {
     RequestTable& t = *table_;
@@ -129,7 +132,7 @@ void Executor::pause(int32_t s) {  // free without storing, then restart as a co
 
 void Executor::allocate_disagg(int32_t s) { add_sequences(s); }
 
-void Executor::allocate(int32_t s) {
+[[gnu::always_inline]] inline void Executor::allocate(int32_t s) {
     RequestTable& t = *table_;
     if (state::is_context_init(t.state[s])) {
         if (t.is_first_context_chunk(s) && !(kv_ && kv_->has_sequence(s))) add_sequences(s);
@@ -147,7 +150,7 @@ void Executor::commit_disagg(int32_t s, int32_t token, std::vector<int32_t>& fin
     complete_if_done(s, finished);
 }
 
-void Executor::commit_row(int32_t s, int32_t token, std::vector<int32_t>& finished) {
+[[gnu::always_inline]] inline void Executor::commit_row(int32_t s, int32_t token, std::vector<int32_t>& finished) {
     RequestTable& t = *table_;
     if (state::is_context_init(t.state[s])) {
         int32_t c = t.context_chunk_size[s];
@@ -208,18 +211,20 @@ void Executor::prepare(const int32_t* paused, int32_t np, const int32_t* disagg,
     const RequestTable& t = *table_;
     if (prepared_)
         throw InputError("Executor.prepare: the step prepared before was not committed; call commit(tokens) first");
-    for (int32_t i = 0; i < nc; ++i) {
-        t.check_slot(context[i]);
-        if (!state::is_context_init(t.state[context[i]]))
-            refuse("Executor.prepare", t, context[i], "is listed as a context request but is in state " +
-                                                          std::to_string(t.state[context[i]]));
-    }
-    for (int32_t i = 0; i < ng; ++i) {
-        t.check_slot(generation[i]);
-        if (!state::is_generation_in_progress(t.state[generation[i]]))
-            refuse("Executor.prepare", t, generation[i], "is listed as a generation request but is in state " +
-                                                             std::to_string(t.state[generation[i]]));
-    }
+    auto check_rows = [&](const int32_t* slots, int32_t n, bool (*in_state)(int32_t), const char* kind) {
+        for (int32_t i = 0; i < n; ++i) {
+            const int32_t s = slots[i];
+            t.check_slot(s);
+            if (t.num_draft_tokens[s] > 0)  // the step API writes one token per generation
+                refuse("Executor.prepare", t, s, "has " + std::to_string(t.num_draft_tokens[s]) +
+                                                     " draft tokens: speculative decoding is not supported by the step API");
+            if (!in_state(t.state[s]))
+                refuse("Executor.prepare", t, s, std::string("is listed as a ") + kind + " request but is in state " +
+                                                     std::to_string(t.state[s]));
+        }
+    };
+    check_rows(context, nc, state::is_context_init, "context");
+    check_rows(generation, ng, state::is_generation_in_progress, "generation");
     scratch_.assign(context, context + nc);
     scratch_.insert(scratch_.end(), generation, generation + ng);
     validate("Executor.prepare", paused, np, disagg, nd, scratch_.data(), nc + ng);  // no change yet
@@ -232,7 +237,16 @@ void Executor::prepare(const int32_t* paused, int32_t np, const int32_t* disagg,
     for (int32_t s : disagg_) allocate_disagg(s);
     for (int32_t s : rows_) allocate(s);
     snapshots_.clear();
-    for (int32_t s : rows_) snapshots_.push_back(snapshot(s));
+    num_step_tokens_ = 0;
+    max_blocks_per_row_ = 0;
+    for (int32_t s : rows_) {  // one pass for what commit checks and what the buffers need
+        snapshots_.push_back(snapshot(s));
+        int32_t first, count;
+        step_positions(t, s, &first, &count);
+        num_step_tokens_ += count;
+        if (kv_ && kv_->has_sequence(s))
+            max_blocks_per_row_ = std::max(max_blocks_per_row_, static_cast<int32_t>(kv_->block_ids(s).size()));
+    }
     for (int32_t s : disagg_) snapshots_.push_back(snapshot(s));
     prepared_ = true;
 }

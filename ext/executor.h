@@ -43,6 +43,10 @@ public:
     int32_t num_disagg() const { return static_cast<int32_t>(disagg_.size()); }
     /// Partially reused blocks the prepared step copies: apply them to the KV data before the model.
     const std::vector<BlockCopy>& block_copies() const { return copies_; }
+    /// Tokens the prepared step writes (block_tables.h, step_positions).
+    int64_t num_step_tokens() const { return num_step_tokens_; }
+    /// The most KV blocks a row of the prepared step holds.
+    int32_t max_blocks_per_row() const { return max_blocks_per_row_; }
 
     // --- the replay loop's order (SimExecutor) ---
     /// One step in scenario-format.md's order with `token` as every sampled token: pauses, then
@@ -90,6 +94,8 @@ private:
     int32_t num_context_rows_ = 0;
     std::vector<RowSnapshot> snapshots_;  ///< rows, then disagg
     std::vector<BlockCopy> copies_;
+    int64_t num_step_tokens_ = 0;
+    int32_t max_blocks_per_row_ = 0;
     std::vector<int32_t> order_, scratch_;  ///< scratch
 };
 

@@ -192,8 +192,10 @@ def prepared_world():
     (lambda w, a, b: SchedulerOutput(E32, E32, E32, [b.slot], E32), TypeError, "context: expected a 1-D int32 numpy"),
     (lambda w, a, b: SchedulerOutput(E32, E32, E32, np.array([b.slot]), E32), TypeError, "int32"),
     (lambda w, a, b: (a, b), TypeError, "expected the Scheduler's output"),
+    (lambda w, a, b: (a.set_num_draft_tokens(2), step(generation=[a]))[1], ValueError,
+     "request 1 has 2 draft tokens: speculative decoding is not supported by the step API"),
 ], ids=["context_generating", "generation_waiting", "paused_and_run", "twice", "dead_slot", "no_blocks", "list",
-        "int64", "not_an_output"])
+        "int64", "not_an_output", "drafts"])
 def test_prepare_refuses_bad_steps_and_changes_nothing(make, exc, words):
     w, a, b = prepared_world()
     scheduled = make(w, a, b)
@@ -202,6 +204,7 @@ def test_prepare_refuses_bad_steps_and_changes_nothing(make, exc, words):
         w.ex.prepare(scheduled)
     assert w.snap() == before and not w.ex.has_prepared_step
     w.kv.check_invariants()
+    a.set_num_draft_tokens(0)
     w.ex.prepare(step(context=[b], generation=[a]))   # nothing lost: the valid step still runs
     w.ex.commit([1, 2])
     assert a.get_tokens()[-2:] == [100, 2] and b.state == S.GENERATION_IN_PROGRESS
@@ -234,6 +237,24 @@ def test_commit_refuses_a_table_changed_after_prepare():
     with pytest.raises(ValueError, match="request 2 changed between prepare and commit"):
         w.ex.commit([1, 2])
     assert w.snap() == before
+
+
+def test_disagg_generation_init_gets_blocks_and_its_transferred_first_token():
+    # Its prompt ran on a context server: prepare gives it the prompt's blocks (before the rows'), it
+    # is no row of the model's batch, and its first token comes after the rows' tokens in commit.
+    w = Loop()
+    a = w.add(1, P)
+    d = w.t.add_request(2, list(range(30, 36)), 3, state=S.DISAGG_GENERATION_INIT)
+    w.ex.prepare(step(context=[a], disagg=[d]))
+    assert w.kv.get_cache_block_ids(2).tolist() == [0, 1] and w.kv.get_cache_block_ids(1).tolist() == [2, 3, 4]
+    assert w.ex.num_rows == 1
+    assert w.layout()["rows"] == [1]
+    with pytest.raises(ValueError, match=r"expected 2 tokens .*then one per disagg-generation-init request: 1"):
+        w.ex.commit([100])
+    w.ex.commit([100, 77])
+    assert d.state == S.GENERATION_IN_PROGRESS and d.get_tokens() == list(range(30, 36)) + [77]
+    w.ex.prepare(step(generation=[a, d]))             # d now generates like any other request
+    assert w.layout()["slots"] == [4 * 4 + 2, 1 * 4 + 2] and w.layout()["ids"] == [100, 77]
 
 
 def test_one_step_at_a_time():

@@ -9,6 +9,7 @@ skipped on purpose, to show that the check catches a wrong KV block.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -61,12 +62,31 @@ def test_batch_size_measurements_go_to_json(tmp_path):
         assert 0 < r["scheduler_share_median"] < 1 and r["scheduler_us"]["median"] > 0 and r["step_ms"]["p99"] > 0
 
 
+def load_example():
+    spec = importlib.util.spec_from_file_location("paged_torch_loop", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("args, words", [
     (["--backend", "cuda"], "unknown backend cuda"),
     (["--batch-sizes", "8,x"], "comma-separated integers"),
     (["--batch-sizes", "0"], "must be positive"),
     (["--heads", "3"], "multiple of --heads"),
+    (["--steps", "-1"], "--steps must be >= 0"),
 ])
-def test_bad_options_exit_2_with_one_line(args, words):
-    proc = run(*args)
-    assert proc.returncode == 2 and words in proc.stderr.strip().splitlines()[-1]
+def test_bad_options_exit_2_with_one_line(args, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        load_example().parse_args(args)
+    assert e.value.code == 2 and words in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_cuda_without_a_gpu_exits_2():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as e:
+        load_example().parse_args(["--device", "cuda"])
+    assert e.value.code == 2

@@ -147,7 +147,8 @@ inline Int32Values int32_values(nb::handle obj, const char* name) {
         throw InputError(std::string(name) + ": value " + value + " at index " + std::to_string(i) +
                          " is outside the int32 range [-2147483648, 2147483647]");
     };
-    if (!nb::isinstance<AnyArray>(obj)) {
+    AnyArray a;
+    if (!nb::try_cast<AnyArray>(obj, a, /*convert=*/false)) {  // one DLPack import, not two
         if (!nb::isinstance<nb::sequence>(obj) || nb::isinstance<nb::str>(obj) || nb::hasattr(obj, "__dlpack__"))
             throw TypeInputError(std::string(name) + ": expected a list of ints or a 1-D integer array in host memory, got " +
                                  describe(obj));
@@ -167,7 +168,6 @@ inline Int32Values int32_values(nb::handle obj, const char* name) {
         v.size = static_cast<int64_t>(v.converted.size());
         return v;
     }
-    AnyArray a = nb::cast<AnyArray>(obj, false);
     const nb::dlpack::dtype d = a.dtype();
     const auto code = static_cast<nb::dlpack::dtype_code>(d.code);
     if ((code != nb::dlpack::dtype_code::Int && code != nb::dlpack::dtype_code::UInt) || d.lanes != 1 ||

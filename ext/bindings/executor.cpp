@@ -32,8 +32,6 @@ const std::vector<int32_t>& prepared_rows(const Executor& e, const char* call) {
 
 int32_t num_rows(const Executor& e) { return static_cast<int32_t>(e.rows().size()); }
 
-/// Tokens the prepared step writes.
-int64_t step_tokens(const Executor& e) { return count_step_tokens(e.table(), e.rows().data(), num_rows(e)); }
 
 void check_length(const char* name, int64_t have, int64_t need, const char* what) {
     if (have < need)
@@ -115,11 +113,11 @@ void bind_executor(nb::module_& m) {
             })
         .def_prop_ro("num_tokens", [](const Executor& e) {
                 prepared_rows(e, "Executor.num_tokens");
-                return step_tokens(e);
+                return e.num_step_tokens();
             }, "Tokens the prepared step writes: the length of its slot mapping and token inputs.")
         .def_prop_ro("max_blocks_per_row", [](const Executor& e) {
-                const auto& rows = prepared_rows(e, "Executor.max_blocks_per_row");
-                return max_blocks_per_row(*e.kv(), rows.data(), num_rows(e));
+                prepared_rows(e, "Executor.max_blocks_per_row");
+                return e.max_blocks_per_row();
             }, "The most blocks a row of the prepared step holds.")
         .def_prop_ro("rows", [](const Executor& e) { return to_numpy(prepared_rows(e, "Executor.rows")); },
                      nb::rv_policy::automatic, "Slots of the prepared step's rows: context requests, then generation requests (a copy).")
@@ -138,7 +136,7 @@ void bind_executor(nb::module_& m) {
         .def("block_tables", [](const Executor& e, nb::handle out) {
                 const auto& rows = prepared_rows(e, "Executor.block_tables");
                 OutBuffer b = out_buffer(out, "block_tables", 2, false);
-                const int32_t n = num_rows(e), most = max_blocks_per_row(*e.kv(), rows.data(), n);
+                const int32_t n = num_rows(e), most = e.max_blocks_per_row();
                 check_length("block_tables", b.rows, n, "rows");
                 if (b.cols < most)
                     throw InputError("block_tables: a row of this step holds " + std::to_string(most) +
@@ -154,7 +152,7 @@ void bind_executor(nb::module_& m) {
         .def("slot_mapping", [](const Executor& e, nb::handle out) {
                 const auto& rows = prepared_rows(e, "Executor.slot_mapping");
                 OutBuffer b = out_buffer(out, "slot_mapping", 1, true);
-                const int64_t n = step_tokens(e);
+                const int64_t n = e.num_step_tokens();
                 check_length("slot_mapping", b.rows, n, "tokens");
                 const KVCacheManager& kv = *e.kv();
                 if (!b.is_int64 && int64_t{kv.max_num_blocks()} * kv.tokens_per_block() > std::numeric_limits<int32_t>::max())
@@ -170,7 +168,7 @@ void bind_executor(nb::module_& m) {
             "slot_mapping). Returns num_tokens.")
         .def("token_inputs", [](const Executor& e, nb::handle input_ids, nb::handle positions) {
                 const auto& rows = prepared_rows(e, "Executor.token_inputs");
-                const int64_t n = step_tokens(e);
+                const int64_t n = e.num_step_tokens();
                 OutBuffer keep[2];
                 auto [ids, pos] = optional_pair(input_ids, "input_ids", positions, "positions", n, "tokens", keep);
                 fill_token_inputs(e.table(), rows.data(), num_rows(e), ids, pos);
