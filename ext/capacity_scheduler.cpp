@@ -14,16 +14,20 @@ CapacityScheduler::CapacityScheduler(int32_t max_num_requests, CapacityScheduler
     if (max_num_requests <= 0) throw InputError("max_num_requests must be positive, got " + std::to_string(max_num_requests));
     if (!has_kv) {
         fn_ = schedule_max_requests;
+        fused_fn_ = schedule_fused_max_requests;
         return;
     }
     const int32_t index = static_cast<int32_t>(policy);
     if (index < 0 || index >= kNumCapacityPolicies)
         throw InputError("unknown capacity scheduler policy " + std::to_string(index));
     fn_ = kCapacityPolicies[index].schedule;
+    fused_fn_ = kCapacityPolicies[index].fused;
 }
 
-void CapacityScheduler::schedule(RequestTable& t, const int32_t* slots, int32_t n, KVCacheManager* kv,
-                                 PeftCacheManager* peft, KVCacheManager* cross_kv, CapacityOutput& out) const {
+template <class Run>
+void CapacityScheduler::run(RequestTable& t, const int32_t* slots, int32_t n, KVCacheManager* kv,
+                            PeftCacheManager* peft, KVCacheManager* cross_kv, CapacityOutput& out,
+                            Run&& policy) const {
     if (has_kv_ && !kv) throw InputError("this CapacityScheduler was built with a KV cache: pass kv_cache_manager");
     if (!has_kv_ && kv) throw InputError("this CapacityScheduler was built without a KV cache: pass no kv_cache_manager");
     if (kv && &kv->table() != &t) throw InputError("kv_cache_manager belongs to another RequestTable");
@@ -33,11 +37,23 @@ void CapacityScheduler::schedule(RequestTable& t, const int32_t* slots, int32_t 
     out.fitting.reserve(static_cast<size_t>(n));
     CapacityContext c{&t, slots, n, kv, cross_kv, peft, max_num_requests_, two_steps_look_ahead_,
                       no_schedule_until_state_, no_schedule_after_state_};
-    fn_(c, out);
+    policy(c, out);
     for (int32_t s : out.scheduled) {
         if (state::is_disagg_generation_init(t.state[s])) out.fitting_disagg_gen_init.push_back(s);
         else out.fitting.push_back(s);
     }
+}
+
+void CapacityScheduler::schedule(RequestTable& t, const int32_t* slots, int32_t n, KVCacheManager* kv,
+                                 PeftCacheManager* peft, KVCacheManager* cross_kv, CapacityOutput& out) const {
+    run(t, slots, n, kv, peft, cross_kv, out, [this](const CapacityContext& c, CapacityOutput& o) { fn_(c, o); });
+}
+
+void CapacityScheduler::schedule_fused(RequestTable& t, const int32_t* slots, int32_t n, KVCacheManager* kv,
+                                       PeftCacheManager* peft, KVCacheManager* cross_kv, TokenBudget& budget,
+                                       CapacityOutput& out) const {
+    run(t, slots, n, kv, peft, cross_kv, out,
+        [this, &budget](const CapacityContext& c, CapacityOutput& o) { fused_fn_(c, budget, o); });
 }
 
 }  // namespace tllm

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "policies/common.h"
+#include "policies/fused.h"
 
 namespace tllm {
 
@@ -17,6 +18,10 @@ public:
     /// Fills `out` for the active list `slots`. `kv` must be given iff built with a KV cache.
     void schedule(RequestTable& t, const int32_t* slots, int32_t num_slots, KVCacheManager* kv,
                   PeftCacheManager* peft, KVCacheManager* cross_kv, CapacityOutput& out) const;
+    /// The fused pass's capacity loop: `schedule` with `budget` asked inside the loop.
+    void schedule_fused(RequestTable& t, const int32_t* slots, int32_t num_slots, KVCacheManager* kv,
+                        PeftCacheManager* peft, KVCacheManager* cross_kv, TokenBudget& budget,
+                        CapacityOutput& out) const;
 
     int32_t max_num_requests() const { return max_num_requests_; }
     CapacitySchedulerPolicy policy() const { return policy_; }
@@ -28,7 +33,11 @@ private:
     bool has_kv_;
     bool two_steps_look_ahead_;
     int32_t no_schedule_until_state_, no_schedule_after_state_;
-    CapacityPolicyFn fn_;  ///< chosen once
+    CapacityPolicyFn fn_;     ///< chosen once
+    FusedPolicyFn fused_fn_;  ///< chosen once: the same policy's fused loop
+    template <class Run>
+    void run(RequestTable& t, const int32_t* slots, int32_t n, KVCacheManager* kv, PeftCacheManager* peft,
+             KVCacheManager* cross_kv, CapacityOutput& out, Run&& policy) const;
 };
 
 }  // namespace tllm

@@ -7,13 +7,11 @@
 
 namespace tllm {
 
-namespace {
-[[gnu::noinline, noreturn]] void fail_context_too_long(int64_t id, int64_t n, int32_t max_ctx) {
+void fail_context_too_long(int64_t id, int64_t n, int32_t max_ctx) {
     throw SchedulingError("request " + std::to_string(id) + ": context of " + std::to_string(n) +
                           " tokens exceeds max_context_length " + std::to_string(max_ctx) +
                           " and chunking is disabled");
 }
-}  // namespace
 
 MicroBatchScheduler::MicroBatchScheduler(std::optional<ContextChunkingConfig> chunking,
                                          std::optional<int32_t> max_context_length, int32_t no_schedule_until_state,

@@ -47,6 +47,9 @@ private:
     std::vector<int32_t> scratch_;   ///< scratch: sort buffer
 };
 
+/// Throws the SchedulingError of a context longer than max_context_length without chunking.
+[[gnu::noinline, noreturn]] void fail_context_too_long(int64_t request_id, int64_t tokens, int32_t max_context_length);
+
 /// Stable partition (non-last chunks first, if `chunks_present`) then stable sort by LoRA task id.
 void sort_requests(const RequestTable& t, std::vector<int32_t>& context, std::vector<int32_t>& generation,
                    bool chunks_present);

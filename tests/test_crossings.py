@@ -27,7 +27,7 @@ from tllm_sched.registry import CAPACITY_POLICIES, NO_KV_CACHE
 from tllm_sched.scheduler import Scheduler
 
 
-def _decoding(n, policy, backend, *, reuse=False, peft=False, chunking=None, contexts=0, budget=None,
+def _decoding(n, policy, backend, *, reuse=False, peft=False, chunking=None, contexts=0, budget=None, fused=False,
               prompt=lambda j: np.full(64, 7, dtype=np.int32)):
     """n running generations (their context step done), then `contexts` new requests (prompt(j))."""
     t = ts.RequestTable(n + contexts + 4)
@@ -38,7 +38,7 @@ def _decoding(n, policy, backend, *, reuse=False, peft=False, chunking=None, con
         lst.append(t.add_request(i, np.arange(i * 40, i * 40 + 40, dtype=np.int32), 100,  # unique prompts
                                  lora_task_id=(i % 3) if peft else None))
     cfg = SchedulerConfig(policy=policy, max_num_requests=n + contexts, max_batch_size=n + contexts,
-                          max_num_tokens=budget, chunking=chunking)
+                          max_num_tokens=budget, chunking=chunking, fused=fused)
     # Everyone's context step, unbudgeted, then the scheduler under test on the same state.
     warm = Scheduler(SchedulerConfig(policy=policy, max_num_requests=n), t, kv, None, pm, backend="cpp")
     o = warm.schedule(lst)
@@ -161,6 +161,78 @@ def test_naive_baseline_crosses_per_request(n, policy):
     s, lst = _decoding(n, policy, "python-naive")
     s.schedule(lst)
     assert s.last_step_crossings == 3 + 15 * n
+
+
+# ------------------------------------------------------------------ the fused mode (policies/fused.py)
+
+@pytest.mark.parametrize("n", [16, 4096])
+@pytest.mark.parametrize("policy", CAPACITY_POLICIES)
+def test_fused_steady_decode(n, policy):
+    """The registry's decode_crossings hold in the fused mode too: GNE/STATIC pass 1 takes the
+    generations with one sum of token counts (no cache question: pass 2 is empty); MU asks
+    start_scheduling and get_needed_blocks_one_step_sum, as in the two-stage mode."""
+    s, lst = _decoding(n, policy, "python", fused=True)
+    for _ in range(3):
+        assert s.schedule(lst).generation.size == n
+        assert s.last_step_crossings == CAPACITY_POLICIES[policy].decode_crossings
+
+
+# case of MIXED: fused crossings, each with its calls written out.
+FUSED_MIXED = {
+    # slots, remaining_batch (the whole list: PEFT), determine_num_pages_batch, find_new_context_block_batch
+    # (the first window), set_context_chunk_sizes.
+    "gne-everything": 5,
+    # slots, start_scheduling, needed_batch, determine_num_pages_batch, find_new_context_block_batch
+    # (every candidate from the first skip check on), set_context_chunk_sizes.
+    "mu-everything": 6,
+    # slots, remaining_sum (the admitted generations), remaining_batch (the contexts), set_context_chunk_sizes.
+    "gne-split": 4,
+    # slots, start_scheduling, get_needed_blocks_one_step_sum, set_context_chunk_sizes.
+    "mu-split": 4,
+    # gne-split + find_new_context_block_batch (the first window).
+    "gne-split-reuse": 5,
+}
+
+
+@pytest.mark.parametrize("n", [16, 4096])
+@pytest.mark.parametrize("case", FUSED_MIXED)
+def test_fused_mixed_prefill(n, case):
+    policy, reuse, peft, contexts, budget, _, scheduled = MIXED[case]
+    s, lst = _decoding(n, policy, "python", reuse=reuse, peft=peft, chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", 16),
+                       contexts=contexts, budget=n + budget, fused=True)
+    out = s.schedule(lst)
+    assert (out.generation.size, out.context.size) == (n, scheduled)
+    assert s.last_step_crossings == FUSED_MIXED[case] <= 8
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_waiting_queue_costs_one_call_when_not_empty(fused):
+    # n running generations, max_num_active_requests n + 1, one request waiting: the step moves it
+    # (one WaitingQueue.fetch) and schedules it. The next step, with the queue empty, reads the
+    # queue's length from its zero-copy view: no call.
+    n = 16
+    t = ts.RequestTable(n + 1)
+    kv = ts.KVCacheManager(t, 16, 64, 1024)
+    lst = ts.RequestList(t)
+    for i in range(n):
+        lst.append(t.add_request(i, np.ones(8, dtype=np.int32), 4))
+    cfg = SchedulerConfig("GUARANTEED_NO_EVICT", n + 1, fused=fused, waiting_queue_policy="FCFS")
+    s = Scheduler(cfg, t, kv, backend="python", count_crossings=True)
+    o = s.schedule(lst)
+    ts.SimExecutor(t, kv, None, 4096).apply(o.paused, o.fitting_disagg_gen_init, o.context)  # all generating now
+    s.waiting_queue.add_requests(t.add_request(99, np.ones(8, dtype=np.int32), 4))
+    out = s.schedule(lst)
+    assert out.context.size == 1 and len(lst) == n + 1
+    # slots, fetch, remaining_sum, remaining_batch (one context, no chunking: nothing to commit)
+    assert s.last_step_crossings == 4
+    s.schedule(lst)
+    assert s.last_step_crossings == 4 - 1
+
+
+def test_the_fused_cpp_backend_is_one_call():
+    s, lst = _decoding(64, "MAX_UTILIZATION", "cpp", fused=True)
+    s.schedule(lst)
+    assert s.last_step_crossings == 1
 
 
 @pytest.mark.parametrize("policy", ["GUARANTEED_NO_EVICT", "MAX_UTILIZATION"])

@@ -4,8 +4,9 @@ Hypothesis generates valid tllm_sched.scenario/1 scenarios covering every policy
 policies, token budgets, block reuse with shared prefixes (partial reuse, copy or take over, a
 host pool), LoRA/PEFT, draft tokens and draft events, staggered arrivals and priorities, pauses
 (MAX_UTILIZATION under pressure), disagg-generation-init requests, cross caches, beam widths
-(without a KV cache) and two micro slots. Each one is replayed on the three backends; the logs,
-or the run failure and the log up to it, must be equal. TLLM_DIFF_EXAMPLES sets the count
+(without a KV cache) and two micro slots; then the same in the fused mode and with waiting queues.
+Each one is replayed on the three backends; the logs, or the run failure and the log up to it,
+must be equal. TLLM_DIFF_EXAMPLES sets the count
 (default 1000, the CI figure).
 """
 
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES
+from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES, WAITING_QUEUE_POLICIES
 from tllm_sched.replay import RunFailure, replay
 from tllm_sched.scenario import ScenarioError, parse_scenario
 from tllm_sched.scheduler import BACKENDS
@@ -178,6 +179,40 @@ def test_python_scheduler_stays_within_the_crossing_budget(raw):
         replay_mod.Scheduler = saved
     over = [(c, p) for c, p in steps if c > 8 + p]
     assert not over, f"steps over budget (crossings, pauses): {over[:5]}"
+
+
+@st.composite
+def fused_or_queued(draw):
+    """`scenarios()` in the fused mode (three times in four) and/or with a waiting queue (every
+    other one): the same three-backend comparison covers both features."""
+    raw = draw(scenarios())
+    sched = raw["scheduler"]
+    if draw(st.integers(0, 3)):
+        sched["fused"] = True
+        raw["harness"] = "full"
+    if draw(st.booleans()):
+        sched["waiting_queue_policy"] = draw(st.sampled_from(WAITING_QUEUE_POLICIES))
+        sched["max_num_active_requests"] = draw(st.one_of(st.none(), st.integers(1, 6)))
+    return raw
+
+
+@settings(max_examples=EXAMPLES, suppress_health_check=list(HealthCheck))
+@given(fused_or_queued())
+def test_backends_agree_fused_and_queued(raw):
+    test_backends_agree.hypothesis.inner_test(raw)
+
+
+@settings(max_examples=max(100, EXAMPLES // 3), suppress_health_check=list(HealthCheck))
+@given(fused_or_queued())
+def test_backends_agree_fused_and_queued_on_the_large_batch_paths(raw):
+    with lowered_thresholds():
+        test_backends_agree.hypothesis.inner_test(raw)
+
+
+@settings(max_examples=max(100, EXAMPLES // 3), suppress_health_check=list(HealthCheck))
+@given(fused_or_queued())
+def test_fused_python_scheduler_stays_within_the_crossing_budget(raw):
+    test_python_scheduler_stays_within_the_crossing_budget.hypothesis.inner_test(raw)
 
 
 @settings(max_examples=max(50, EXAMPLES // 10), deadline=None, suppress_health_check=list(HealthCheck))

@@ -1,7 +1,9 @@
-"""tests/test_scenarios.py: every shared scenario replays to its expected decision log, byte for byte.
+"""tests/test_scenarios.py: every replay scenario replays to its expected decision log, byte for byte.
 
 The shared folder (`../shared/scenarios` beside the repository) holds `NAME.json` scenarios and
 `NAME.expected.jsonl` logs (design.md, "The decision log"; pinned choice 9: every backend gives the same bytes).
+tests/scenarios/ holds ours in the same format: the fused mode and the waiting queue, with logs
+derived by hand from the rules.
 Each scenario runs in-process once per backend of `BACKENDS`; one more test runs the command line
 as a subprocess, as a user would.
 """
@@ -21,7 +23,9 @@ from tllm_sched.scheduler import BACKENDS
 from utils import SHARED
 
 SCENARIO_DIR = SHARED / "scenarios"
+OUR_SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 SCENARIO_FILES = sorted(SCENARIO_DIR.glob("*.json")) if SCENARIO_DIR.is_dir() else []
+SCENARIO_FILES += sorted(OUR_SCENARIO_DIR.glob("*.json"))
 _MISSING = pytest.param(None, marks=pytest.mark.skip(reason=f"shared scenarios folder not found: {SCENARIO_DIR}"))
 
 

@@ -29,6 +29,8 @@ from tllm_sched._core import (  # noqa: E402
     Scheduler,
     SchedulingError,
     SimExecutor,
+    WaitingQueue,
+    WaitingQueuePolicy,
     set_ctx_requests_chunk_size,
 )
 
@@ -49,5 +51,7 @@ __all__ = [
     "Scheduler",
     "SchedulingError",
     "SimExecutor",
+    "WaitingQueue",
+    "WaitingQueuePolicy",
     "set_ctx_requests_chunk_size",
 ]

@@ -36,18 +36,30 @@ class SchedulerOutput:
     paused: np.ndarray  # MAX_UTILIZATION victims, in pausing order
     context: np.ndarray  # micro-batch context requests, output order
     generation: np.ndarray  # micro-batch generation requests, output order
+    # TensorRT-LLM's num_fitting_requests: two-stage, len(fitting) (None becomes that); fused, the
+    # requests that passed both the capacity and the token-budget checks.
+    num_fitting: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.num_fitting is None:
+            self.num_fitting = int(self.fitting.size)
 
     @classmethod
     def make_empty(cls) -> "SchedulerOutput":
-        return cls(_EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY)
+        return cls(_EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, 0)
 
 
 class SchedulerBackend(Protocol):
-    """The four calls `Scheduler` makes of a backend, with inputs already validated: `slots` is a
-    1-D C-contiguous int32 array of distinct live slots, `inflight_ids` None or an int64 array."""
+    """The calls `Scheduler` makes of a backend, with inputs already validated: `slots` is a
+    1-D C-contiguous int32 array of distinct live slots, `inflight_ids` None or an int64 array.
+    A backend is built with the scheduler's waiting queue (or None)."""
 
     def schedule(self, active, inflight_ids: Optional[np.ndarray]) -> SchedulerOutput:
-        """One full step over the RequestList `active`: capacity, then micro-batch."""
+        """One full step over the RequestList `active`: first the waiting requests there is room
+        for join it, then capacity and micro-batch (two-stage) or the fused pass."""
+
+    def fetch_new_requests(self, active) -> int:
+        """Moves the waiting requests there is room for to the end of `active`; how many."""
 
     def schedule_capacity(self, slots: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fitting, fitting_disagg_gen_init, paused) slot arrays."""

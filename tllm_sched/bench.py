@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    f"crossings (default {DEFAULTS['warmup']})")
     g.add_argument("--seed", type=_int_in(0, MAX_SEED), help="workload seed (default 0)")
     g.add_argument("--quick", action="store_true", help="a run under 20 seconds: 64 and 512 active, 100 steps")
+    g.add_argument("--fused", action="store_true", help="the fused single pass (SchedulerConfig(fused=True)), "
+                   "TensorRT-LLM's 2026 UnifiedScheduler, instead of capacity then micro-batch")
     g.add_argument("--out", help="output folder (default bench-results/, for a trace bench-results/trace-FORMAT/)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     g.add_argument("--no-plot", action="store_true", help="do not draw report.png (skips importing matplotlib)")
@@ -124,7 +126,7 @@ def _ready(args, cases, check, default_out: str) -> None:
 
 def run_synthetic(args) -> dict:
     backends = _backends(args)
-    cases = [wl.SyntheticCase(w, p, n, args.steps, args.warmup, args.seed)
+    cases = [wl.SyntheticCase(w, p, n, args.steps, args.warmup, args.seed, args.fused)
              for w in args.workloads for p in args.policies for n in args.active]
     _ready(args, cases, wl.check_synthetic_case, "bench-results")
     per_case = lambda c: (wl.warmup_steps(c) * len(backends)  # noqa: E731
@@ -145,7 +147,7 @@ def run_synthetic(args) -> dict:
         notes.append("crossings n/a: no step of that case was counted")
     return _doc("synthetic", results, notes, dict(
         workloads=args.workloads, policies=args.policies, backends=backends, active=args.active, steps=args.steps,
-        warmup=args.warmup, seed=args.seed, quick=args.quick, tokens_per_block=wl.TOKENS_PER_BLOCK,
+        warmup=args.warmup, seed=args.seed, quick=args.quick, fused=args.fused, tokens_per_block=wl.TOKENS_PER_BLOCK,
         chunk_unit=wl.CHUNK_UNIT, max_num_tokens="max(8192, 2N)", max_num_requests="N"),
         wall_s=time.perf_counter() - t0)
 
@@ -187,7 +189,8 @@ def run_trace(args) -> dict:
     results, series, wall, opt = [], {}, 0.0, None
     for policy in policies:
         opt = wl.TraceOptions(policy, args.tokens_per_block, args.num_blocks, args.max_num_requests,
-                              args.max_num_tokens, reuse, args.step_base_ms, args.step_token_ms, args.max_steps)
+                              args.max_num_tokens, reuse, args.step_base_ms, args.step_token_ms, args.max_steps,
+                              fused=args.fused)
         update, close = _progress(args, None, "step")
         try:
             run = wl.run_trace(trace, backends, opt, update)

@@ -249,6 +249,7 @@ class SyntheticCase:
     steps: int  # measured steps (fewer for some: see measured_steps)
     warmup: int  # unmeasured steps first
     seed: int
+    fused: bool = False  # SchedulerConfig.fused: the single pass instead of two stages
 
 
 def naive_steps(steps: int, n_active: int) -> int:
@@ -274,9 +275,9 @@ def warmup_steps(case: SyntheticCase) -> int:
     return case.warmup
 
 
-def _scheduler_config(policy: str, n: int) -> SchedulerConfig:
+def _scheduler_config(policy: str, n: int, fused: bool = False) -> SchedulerConfig:
     return SchedulerConfig(policy=policy, max_num_requests=n, max_batch_size=n, max_num_tokens=max(8192, 2 * n),
-                           chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", CHUNK_UNIT))
+                           chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", CHUNK_UNIT), fused=fused)
 
 
 class _Source:
@@ -385,7 +386,7 @@ def _build_synthetic(case: SyntheticCase, backend: str, pool: np.ndarray) -> tup
     max_seq, num_blocks = _synthetic_cache(case, src)
     kv_cfg = KvCacheConfig(tokens_per_block=tpb, num_blocks=num_blocks, max_seq_len=max_seq,
                            enable_block_reuse=case.workload == "reuse")
-    st = SimState(backend, _scheduler_config(case.policy, n), kv_cfg, capacity=n)
+    st = SimState(backend, _scheduler_config(case.policy, n, case.fused), kv_cfg, capacity=n)
     # mixed: the contexts first; reuse: in arrival order, the running requests (the oldest) first.
     running = np.arange(n_ctx, n) if case.workload != "reuse" else np.arange(n - n_ctx)
     is_running = np.zeros(n, dtype=bool)
@@ -621,6 +622,7 @@ class TraceOptions:
     step_token_ms: float = 0.02
     max_steps: int = 1_000_000  # a run stops here (reported as truncated); a safety net
     stall_steps: int = 1000  # this many empty steps in a row with work pending: the run fails
+    fused: bool = False  # SchedulerConfig.fused
 
 
 class _TraceState:
@@ -710,7 +712,7 @@ def trace_engine(trace, opt: TraceOptions) -> tuple:
     kv_cfg = KvCacheConfig(tokens_per_block=tpb, num_blocks=opt.num_blocks, max_seq_len=max_seq,
                            enable_block_reuse=reuse)
     cfg = SchedulerConfig(policy=opt.policy, max_num_requests=opt.max_num_requests, max_num_tokens=opt.max_num_tokens,
-                          chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", tpb))
+                          chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", tpb), fused=opt.fused)
     return cfg, kv_cfg
 
 

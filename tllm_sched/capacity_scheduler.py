@@ -33,7 +33,8 @@ class PyCapacityScheduler:
                  reuse: bool = False, max_device_pages: Optional[int] = None):
         if max_num_requests <= 0:
             raise ValueError(f"max_num_requests must be positive, got {max_num_requests}")
-        self._policy = make_capacity_policy(policy, kv_cache_manager is not None)
+        entry = resolve_capacity_policy(policy, kv_cache_manager is not None)
+        self._policy, self._fused = entry.python, entry.fused  # picked once
         self._ctx = CapacityContext(
             cols, kv=kv_cache_manager, cross_kv=cross_kv_cache_manager, peft=peft_cache_manager, table=table,
             max_num_requests=max_num_requests, two_steps_look_ahead=two_steps_look_ahead,
@@ -49,7 +50,18 @@ class PyCapacityScheduler:
         """`schedule` plus the Split of the fitting list when it comes for free (else None),
         for the micro-batch stage."""
         ctx = self._ctx.reset(slots)
-        scheduled, paused = self._policy(ctx)
+        return self._to_slots(ctx, slots, *self._policy(ctx))
+
+    def schedule_fused(self, slots: np.ndarray, make_budget):
+        """The fused pass's capacity loop: (fitting, fitting_disagg_gen_init, paused, budget) where
+        `budget = make_budget(ctx)` is the TokenBudget the loop asked (policies/fused.py)."""
+        ctx = self._ctx.reset(slots)
+        budget = make_budget(ctx)
+        return (*self._to_slots(ctx, slots, *self._fused(ctx, budget))[:3], budget)
+
+    @staticmethod
+    def _to_slots(ctx, slots, scheduled, paused):
+        """A policy's positions as (fitting, disagg, paused) slot arrays and the fitting Split (or None)."""
         if isinstance(scheduled, Split):
             return scheduled.slots, EMPTY, EMPTY, scheduled
         if isinstance(scheduled, slice):  # a prefix of the list: views, no copies

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES
+from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES, WAITING_QUEUE_POLICIES
 
 __all__ = ["KvCacheConfig", "PeftConfig", "ChunkingConfig", "SchedulerConfig", "INT32_MAX"]
 
@@ -100,6 +100,9 @@ class SchedulerConfig:
     max_context_length: Optional[int] = None  # longest context chunk; None means unlimited
     chunking: Optional[ChunkingConfig] = None  # None: contexts are never chunked
     two_steps_look_ahead: bool = False  # reserve for two decoding steps when chunking
+    fused: bool = False  # one pass, the token budget inside the capacity loop (design.md, "The fused mode")
+    waiting_queue_policy: Optional[str] = None  # a name of waiting_queue.POLICIES; None: no waiting queue
+    max_num_active_requests: Optional[int] = None  # with a waiting queue; None becomes max_num_requests
 
     def __post_init__(self) -> None:
         _check_name(self, "policy", self.policy, tuple(CAPACITY_POLICIES), "capacity scheduler policy")
@@ -113,3 +116,10 @@ class SchedulerConfig:
             raise TypeError(f"SchedulerConfig.chunking must be a ChunkingConfig or None, got "
                             f"{type(self.chunking).__name__}")
         _check_bool(self, "two_steps_look_ahead", self.two_steps_look_ahead)
+        _check_bool(self, "fused", self.fused)
+        if self.waiting_queue_policy is not None:
+            _check_name(self, "waiting_queue_policy", self.waiting_queue_policy, WAITING_QUEUE_POLICIES,
+                        "waiting queue policy")
+        if self.max_num_active_requests is None:
+            object.__setattr__(self, "max_num_active_requests", self.max_num_requests)
+        _check_int(self, "max_num_active_requests", self.max_num_active_requests)

@@ -52,6 +52,10 @@ class CountingProxy:
         self._counter.n += 1
         return len(self._obj)
 
+    def __contains__(self, item: Any) -> bool:
+        self._counter.n += 1
+        return unwrap(item) in self._obj
+
 
 def counting(counter: "Counter | None") -> Callable[[Any], Any]:
     """A function wrapping C++ objects in proxies that count into `counter` (None stays None);

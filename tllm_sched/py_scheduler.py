@@ -15,14 +15,19 @@ from tllm_sched.capacity_scheduler import PyCapacityScheduler
 from tllm_sched.crossings import Counter, counted, counting
 from tllm_sched.micro_batch_scheduler import PyMicroBatchScheduler
 from tllm_sched.policies import chunking
+from tllm_sched.policies.fused import TokenBudget
+from tllm_sched.waiting_queue import fetch_batched
 
 
 class PythonBackend:
     """The batched Python scheduler: a few Python -> C++ calls per step, whatever the load."""
 
-    def __init__(self, config, table, kv, cross_kv, peft, counter: Optional[Counter] = None):
+    def __init__(self, config, table, kv, cross_kv, peft, counter: Optional[Counter] = None, waiting=None):
         self.cols = table.columns()  # zero-copy views, built once
+        self._tallies = table.tallies()
         wrap = counting(counter)
+        self._waiting = wrap(waiting)
+        self._waiting_size = None if waiting is None else waiting.size_view  # zero-copy: an empty queue costs no call
         self._table = wrap(table)
         self._kv, self._cross, self._peft = wrap(kv), wrap(cross_kv), wrap(peft)
         self.config = config
@@ -39,12 +44,23 @@ class PythonBackend:
         self._list_slots = counted(list_slots, counter)
 
     def schedule(self, active, inflight_ids):
+        self.fetch_new_requests(active)
         # The one read of the list, copied: outputs may be slices of it and must not change
         # when the list does.
         slots = self._list_slots(active).copy()
+        if self.config.fused:
+            fit, disagg, paused, budget = self.capacity.schedule_fused(
+                slots, lambda ctx: TokenBudget(ctx, self.micro, self._tallies, self.config, inflight_ids))
+            ctx, gen, num_fitting = budget.finalize()
+            return SchedulerOutput(fit, disagg, paused, ctx, gen, num_fitting)
         fit, disagg, paused, split = self.capacity.schedule_split(slots)
         ctx, gen = self.micro.schedule(fit, inflight_ids, self.config.max_batch_size, self.config.max_num_tokens, split)
         return SchedulerOutput(fit, disagg, paused, ctx, gen)
+
+    def fetch_new_requests(self, active) -> int:
+        if self._waiting is None:
+            return 0
+        return fetch_batched(self._waiting, self._waiting_size, active, self.config.max_num_active_requests)
 
     def schedule_capacity(self, slots):
         return self.capacity.schedule(slots.copy())  # outputs may be slices: never of the caller's array

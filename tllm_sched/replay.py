@@ -155,13 +155,19 @@ def _replay_chunking(run: _Run) -> None:
 
 
 def _arrivals(run: _Run, it: int) -> None:
+    waiting = run.scheduler.waiting_queue
     for r in run.sc.requests:
         if r.arrive_at == it:
-            run.active.insert_by_priority(run.table.get(r.id))
+            if waiting is None:
+                run.active.insert_by_priority(run.table.get(r.id))
+            else:
+                waiting.add_requests(run.table.get(r.id))
     for ev in run.sc.events:
         if ev.at == it:
             for rid in ev.ids:
                 run.table.get(rid).set_num_draft_tokens(ev.count)
+    if waiting is not None:
+        run.scheduler.fetch_new_requests(run.active)
 
 
 def _state_log(cols: dict) -> dict:
@@ -177,17 +183,18 @@ def _state_log(cols: dict) -> dict:
 
 
 def _schedule(run: _Run, active_slots: np.ndarray, inflight: np.ndarray):
-    """Step 3: (fitting, disagg, paused, context, generation, to_execute) per harness."""
+    """Step 3: (fitting, disagg, paused, num_fitting, context, generation, to_execute) per harness."""
     harness = run.sc.harness
     try:
         if harness == "micro":
             ctx, gen = run.scheduler.schedule_micro(active_slots, inflight)
-            return _EMPTY_I32, _EMPTY_I32, _EMPTY_I32, ctx, gen, np.concatenate([ctx, gen])
+            return _EMPTY_I32, _EMPTY_I32, _EMPTY_I32, 0, ctx, gen, np.concatenate([ctx, gen])
         if harness == "capacity":
             fit, disagg, paused = run.scheduler.schedule_capacity(active_slots)
-            return fit, disagg, paused, _EMPTY_I32, _EMPTY_I32, fit
+            return fit, disagg, paused, fit.size, _EMPTY_I32, _EMPTY_I32, fit
         o = run.scheduler.schedule(run.active, inflight)
-        return o.fitting, o.fitting_disagg_gen_init, o.paused, o.context, o.generation, np.concatenate([o.context, o.generation])
+        return (o.fitting, o.fitting_disagg_gen_init, o.paused, o.num_fitting, o.context, o.generation,
+                np.concatenate([o.context, o.generation]))
     except _core.SchedulingError as e:
         raise RunFailure(str(e)) from None
 
@@ -203,8 +210,9 @@ def _replay_loop(run: _Run) -> None:
     micro_slots: Dict[int, np.ndarray] = {}
     ctx_state = int(_core.LlmRequestState.CONTEXT_INIT)
     enc_state = int(_core.LlmRequestState.ENCODER_INIT)
+    waiting = run.scheduler.waiting_queue
     it = 0
-    while len(run.active) > 0 or it <= last_arrival:
+    while len(run.active) > 0 or it <= last_arrival or (waiting is not None and len(waiting) > 0):
         if it >= sc.max_iterations:
             raise RunFailure(f"requests remain after max_iterations ({sc.max_iterations})")
         _arrivals(run, it)
@@ -216,25 +224,30 @@ def _replay_loop(run: _Run) -> None:
         inflight = np.unique(np.concatenate(others)) if others else _EMPTY_I64
         free_blocks = run.kv.num_free_blocks if run.kv is not None else None
 
-        fit, disagg, paused, ctx, gen, execute = _schedule(run, active_slots, inflight)
+        fit, disagg, paused, num_fitting, ctx, gen, execute = _schedule(run, active_slots, inflight)
         cols = table.gather(active_slots)
         if sc.harness == "capacity":
             chunk_slots = fit[np.isin(table.gather(fit)["state"], (ctx_state, 11))] if fit.size else fit
         else:
             chunk_slots = ctx
         chunk_sizes = table.gather(chunk_slots) if chunk_slots.size else None
-        line = {
-            "it": it,
-            "active": cols["request_id"].tolist(),
+        line = {"it": it, "active": cols["request_id"].tolist()}
+        if waiting is not None:
+            line["waiting"] = table.request_ids(waiting.slots).tolist()
+        line.update({
             "fitting": table.request_ids(fit).tolist(),
             "disagg_gen_init": table.request_ids(disagg).tolist(),
             "paused": table.request_ids(paused).tolist(),
+        })
+        if sc.scheduler.fused:
+            line["num_fitting"] = num_fitting
+        line.update({
             "context": table.request_ids(ctx).tolist(),
             "generation": table.request_ids(gen).tolist(),
             "chunk_sizes": {} if chunk_sizes is None else {
                 str(i): c for i, c in zip(chunk_sizes["request_id"].tolist(), chunk_sizes["context_chunk_size"].tolist())
             },
-        }
+        })
         state = _state_log(cols)
         try:
             finished = executor.apply(paused, disagg, np.ascontiguousarray(execute, dtype=np.int32))

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 from tllm_sched import _core
 from tllm_sched.config import ChunkingConfig, KvCacheConfig, PeftConfig, SchedulerConfig
 from tllm_sched.files import SCENARIO_MAX_BYTES, FileProblem, open_input
-from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES
+from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES, WAITING_QUEUE_POLICIES
 
 __all__ = [
     "FORMAT",
@@ -130,7 +130,8 @@ _PEFT_KEYS = ("pages_per_task", "max_device_pages")
 _CHUNKING_KEYS = ("policy", "unit_size")
 _SCHEDULER_KEYS = (
     "policy", "max_num_requests", "max_batch_size", "max_num_tokens",
-    "max_context_length", "chunking", "two_steps_look_ahead",
+    "max_context_length", "chunking", "two_steps_look_ahead", "fused",
+    "waiting_queue_policy", "max_num_active_requests",
 )
 _REQUEST_KEYS = (
     "id", "prompt", "prompt_len", "max_new_tokens", "arrive_at", "priority",
@@ -335,6 +336,13 @@ def _parse_scheduler(obj: Dict[str, Any], at: _At) -> SchedulerConfig:
     _check_keys(obj, _SCHEDULER_KEYS, at)
     policy = _choice(obj, "policy", at, POLICIES)
     max_num_requests = _int(obj, "max_num_requests", at)
+    waiting = None
+    if obj.get("waiting_queue_policy") is not None:
+        waiting = _choice(obj, "waiting_queue_policy", at, WAITING_QUEUE_POLICIES)
+    max_active = _int(obj, "max_num_active_requests", at, default=None, nullable=True)
+    if max_active is not None and waiting is None:
+        raise at.error("max_num_active_requests", "needs waiting_queue_policy (without a waiting queue every "
+                       "arrival joins the active list)")
     return SchedulerConfig(
         policy=policy,
         max_num_requests=max_num_requests,
@@ -343,6 +351,9 @@ def _parse_scheduler(obj: Dict[str, Any], at: _At) -> SchedulerConfig:
         max_context_length=_int(obj, "max_context_length", at, default=None, nullable=True),
         chunking=_section(obj, "chunking", at, _parse_chunking),
         two_steps_look_ahead=_bool(obj, "two_steps_look_ahead", at, False),
+        fused=_bool(obj, "fused", at, False),
+        waiting_queue_policy=waiting,
+        max_num_active_requests=max_active,
     )
 
 
@@ -351,6 +362,12 @@ def _check_scheduler_rules(sched: SchedulerConfig, harness: str,
     """The rules tying the scheduler to the harness and to the self cache."""
     if harness == "chunking" and sched.chunking is None:
         raise _At("scheduler").error("chunking", 'is required when harness is "chunking"')
+    if sched.fused and harness != "full":
+        raise _At("scheduler").error("fused", f'needs harness "full" (one pass has no stage to run alone), '
+                                     f'got harness {json.dumps(harness)}')
+    if sched.waiting_queue_policy is not None and harness == "chunking":
+        raise _At("scheduler").error("waiting_queue_policy", 'must be null with harness "chunking" '
+                                     '(it schedules no active list)')
     if kv is not None and kv.enable_block_reuse and sched.chunking is not None:
         unit = sched.chunking.unit_size
         if unit % kv.tokens_per_block:

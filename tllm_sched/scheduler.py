@@ -2,7 +2,10 @@
 
 C++ twin: ext/scheduler.h (`Scheduler`). Mirrors TensorRT-LLM's `SimpleScheduler` /
 `SimpleUnifiedScheduler`: the capacity scheduler picks the requests that get KV blocks and LoRA
-pages, the micro-batch scheduler picks this step's batch among them.
+pages, the micro-batch scheduler picks this step's batch among them. With `config.fused` the two
+run as TensorRT-LLM's 2026 `UnifiedScheduler` does, in one pass (design.md, "The fused mode").
+With `config.waiting_queue_policy` the scheduler owns a waiting queue (`waiting_queue`), and each
+step first moves the waiting requests there is room for to the end of the active list.
 
 Backends, chosen once at construction:
   - "cpp": the reference C++ schedulers (one crossing per step);
@@ -24,6 +27,7 @@ from tllm_sched.config import SchedulerConfig
 from tllm_sched.crossings import Counter, CountingProxy
 from tllm_sched.naive.scheduler import NaiveBackend
 from tllm_sched.py_scheduler import PythonBackend
+from tllm_sched.waiting_queue import make_waiting_queue
 
 __all__ = ["BACKENDS", "Scheduler", "SchedulerOutput", "make_backend"]
 
@@ -45,7 +49,7 @@ def capacity_policy(config: SchedulerConfig) -> _core.CapacitySchedulerPolicy:
 class _CppBackend:
     """The reference C++ schedulers behind one-call-per-stage bindings."""
 
-    def __init__(self, config, table, kv, cross_kv, peft, counter=None):
+    def __init__(self, config, table, kv, cross_kv, peft, counter=None, waiting=None):
         self.config = config
         self._table, self._kv, self._cross, self._peft = table, kv, cross_kv, peft
         self._capacity = _core.CapacityScheduler(
@@ -55,7 +59,8 @@ class _CppBackend:
         chunk_cfg = None if policy is None else (policy, config.chunking.unit_size)
         self._micro = _core.MicroBatchScheduler(chunk_cfg, config.max_context_length)
         self._step = _core.Scheduler(
-            self._capacity, self._micro, table, kv, cross_kv, peft, config.max_batch_size, config.max_num_tokens
+            self._capacity, self._micro, table, kv, cross_kv, peft, config.max_batch_size, config.max_num_tokens,
+            fused=config.fused, waiting_queue=waiting, max_num_active_requests=config.max_num_active_requests,
         )
         self._max_batch_size = config.max_batch_size
         self._max_num_tokens = config.max_num_tokens
@@ -65,7 +70,10 @@ class _CppBackend:
             self._micro = CountingProxy(self._micro, counter)
 
     def schedule(self, active, inflight_ids):
-        return SchedulerOutput(*self._step.schedule(active, inflight_ids))
+        return SchedulerOutput(*self._step.schedule(active, inflight_ids, self.config.fused))
+
+    def fetch_new_requests(self, active):
+        return self._step.fetch_new_requests(active)
 
     def schedule_capacity(self, slots):
         return self._capacity.schedule(self._table, slots, self._kv, self._peft, self._cross)
@@ -85,11 +93,11 @@ BACKENDS = tuple(_BACKEND_CLASSES)
 
 
 def make_backend(backend: str, config: SchedulerConfig, table, kv, cross_kv, peft,
-                 counter: Optional[Counter] = None) -> SchedulerBackend:
-    """The backend `backend` (a name of BACKENDS) over these managers; `counter` counts its
-    Python -> C++ calls."""
+                 counter: Optional[Counter] = None, waiting: Optional[_core.WaitingQueue] = None) -> SchedulerBackend:
+    """The backend `backend` (a name of BACKENDS) over these managers and waiting queue (None:
+    none); `counter` counts its Python -> C++ calls."""
     _check_backend(backend)
-    return _BACKEND_CLASSES[backend](config, table, kv, cross_kv, peft, counter)
+    return _BACKEND_CLASSES[backend](config, table, kv, cross_kv, peft, counter, waiting)
 
 
 def _check_backend(backend: str) -> None:
@@ -186,6 +194,9 @@ class Scheduler:
         _check_backend(backend)
         _check_type(config, "config", SchedulerConfig)  # validated where it was built
         _check_managers(table, kv_cache_manager, cross_kv_cache_manager, peft_cache_manager)
+        self.waiting_queue: Optional[_core.WaitingQueue] = None  # requests waiting to become active
+        if config.waiting_queue_policy is not None:
+            self.waiting_queue = make_waiting_queue(config.waiting_queue_policy, table)
         self.config = config
         self.backend = backend
         self.table = table
@@ -198,7 +209,7 @@ class Scheduler:
         self._list: Optional[_core.RequestList] = _NOT_SEEN  # the last RequestList found to be of `table`
         if self._checked:
             self._ids = table.columns()["request_id"]  # zero-copy, read-only; -1 in a dead slot
-        self._impl = make_backend(backend, config, table, *managers, counter=self._counter)
+        self._impl = make_backend(backend, config, table, *managers, counter=self._counter, waiting=self.waiting_queue)
 
     # ------------------------------------------------------------------ input checks
     def _check_list(self, active) -> None:
@@ -239,8 +250,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the API
     def schedule(self, active: _core.RequestList, inflight_ids: Optional[np.ndarray] = None) -> SchedulerOutput:
-        """One full step: capacity over `active`, then micro-batch over the fitting requests.
-        With `count_crossings`, `last_step_crossings` then holds the Python -> C++ calls it made."""
+        """One full step: with a waiting queue, first the waiting requests there is room for join
+        the end of `active` (fetch_new_requests); then capacity over `active` and micro-batch over
+        the fitting requests, or (config.fused) the fused pass. With `count_crossings`,
+        `last_step_crossings` then holds the Python -> C++ calls it made."""
         if active is not self._list:  # a list once found to be of the table stays so: no crossing
             self._check_list(active)
         if inflight_ids is not None:
@@ -252,8 +265,17 @@ class Scheduler:
         self.last_step_crossings = self._counter.n
         return out
 
+    def fetch_new_requests(self, active: _core.RequestList) -> int:
+        """Moves the waiting requests there is room for (config.max_num_active_requests minus
+        len(active)) to the end of `active`, in the queue's order; how many. `schedule` does this
+        first; calling it before lets a caller see the list the step will schedule."""
+        if active is not self._list:
+            self._check_list(active)
+        return self._impl.fetch_new_requests(active)
+
     def schedule_capacity(self, slots: np.ndarray):
-        """Capacity stage alone: (fitting, fitting_disagg_gen_init, paused) slot arrays."""
+        """Capacity stage alone: (fitting, fitting_disagg_gen_init, paused) slot arrays (the
+        two-stage mode's first stage, whatever config.fused)."""
         return self._impl.schedule_capacity(self._active_slots(slots))
 
     def schedule_micro(self, slots: np.ndarray, inflight_ids: Optional[np.ndarray] = None):

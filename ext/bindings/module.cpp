@@ -33,6 +33,7 @@ NB_MODULE(_core, m) {
     bindings::bind_policy_enums(m);
     bindings::bind_request_table(m);
     bindings::bind_kv_cache(m);
+    bindings::bind_waiting_queue(m);
     bindings::bind_schedulers(m);
     bindings::bind_attention_dp(m);
     bindings::bind_executor(m);

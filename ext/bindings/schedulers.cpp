@@ -105,23 +105,34 @@ void bind_schedulers(nb::module_& m) {
         }, "table"_a, "slots"_a.noconvert(), "policy"_a, "capacity"_a.none(), "chunk_unit_size"_a, "max_context_length"_a = nb::none(),
         "Sets chunk sizes directly (TensorRT-LLM's setCtxRequestsChunkSize), discarding draft tokens that do not fit.");
 
-    nb::class_<Scheduler>(m, "Scheduler", "Capacity then micro-batch scheduling in one call (reference C++).")
+    nb::class_<Scheduler>(m, "Scheduler", "One scheduling step in one call (reference C++): capacity then "
+                          "micro-batch, or the fused single pass; first the waiting requests it has room for.")
         .def("__init__", [](Scheduler* self, const CapacityScheduler& cap, const MicroBatchScheduler& micro,
                             std::shared_ptr<RequestTable> table, std::shared_ptr<KVCacheManager> kv,
                             std::shared_ptr<KVCacheManager> cross, std::shared_ptr<PeftCacheManager> peft,
-                            int32_t max_batch_size, std::optional<int32_t> max_num_tokens) {
+                            int32_t max_batch_size, std::optional<int32_t> max_num_tokens, bool fused,
+                            std::shared_ptr<WaitingQueue> waiting, int32_t max_num_active_requests) {
                 new (self) Scheduler(cap, micro, std::move(table), std::move(kv), std::move(cross), std::move(peft),
-                                     max_batch_size, max_num_tokens);
+                                     max_batch_size, max_num_tokens,
+                                     StepOptions{fused, std::move(waiting), max_num_active_requests});
             }, "capacity_scheduler"_a, "micro_batch_scheduler"_a, "table"_a, "kv_cache_manager"_a.none(),
-            "cross_kv_cache_manager"_a.none(), "peft_cache_manager"_a.none(), "max_batch_size"_a, "max_num_tokens"_a.none())
-        .def("schedule", [](Scheduler& s, const RequestList& active, nb::handle inflight) {
+            "cross_kv_cache_manager"_a.none(), "peft_cache_manager"_a.none(), "max_batch_size"_a, "max_num_tokens"_a.none(),
+            "fused"_a = false, "waiting_queue"_a.none() = nb::none(), "max_num_active_requests"_a = 0)
+        .def("schedule", [](Scheduler& s, RequestList& active, nb::handle inflight, bool with_num_fitting) {
                 auto [ip, in] = inflight_ids(inflight);
                 const SchedulerOutput& out = s.schedule(active, ip, in);
-                return nb::make_tuple(to_numpy(out.capacity.fitting), to_numpy(out.capacity.fitting_disagg_gen_init),
-                                      to_numpy(out.capacity.paused), to_numpy(out.micro.context),
-                                      to_numpy(out.micro.generation));
-            }, "active_requests"_a, "inflight_request_ids"_a = nb::none(),
-            "Returns slot arrays (fitting, fitting_disagg_gen_init, paused, context, generation).");
+                nb::tuple arrays = nb::make_tuple(to_numpy(out.capacity.fitting),
+                                                  to_numpy(out.capacity.fitting_disagg_gen_init),
+                                                  to_numpy(out.capacity.paused), to_numpy(out.micro.context),
+                                                  to_numpy(out.micro.generation));
+                return with_num_fitting ? nb::make_tuple(arrays[0], arrays[1], arrays[2], arrays[3], arrays[4],
+                                                         out.num_fitting)
+                                        : arrays;
+            }, "active_requests"_a, "inflight_request_ids"_a = nb::none(), "with_num_fitting"_a = false,
+            "Returns slot arrays (fitting, fitting_disagg_gen_init, paused, context, generation), and "
+            "num_fitting sixth when asked.")
+        .def("fetch_new_requests", &Scheduler::fetch_new_requests, "active_requests"_a,
+             "Moves the waiting requests there is room for to the end of the list (none without a waiting queue).");
 }
 
 }  // namespace tllm::bindings

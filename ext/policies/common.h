@@ -53,6 +53,34 @@ inline bool can_be_scheduled_with_disagg_exception(const CapacityContext& c, int
     return state::is_disagg_generation_init(st) || can_be_scheduled(c, st);
 }
 
+/// MAX_UTILIZATION's pause candidates: requests that already hold KV blocks.
+inline bool is_started(const CapacityContext& c, const RequestTable& t, int32_t s) {
+    int32_t st = t.state[s];
+    return can_be_scheduled(c, st) &&
+           ((state::is_context_init(st) && !t.is_first_context_chunk(s)) || state::is_generation_in_progress(st));
+}
+
+/// MAX_UTILIZATION's answer to a request that does not fit: pause the last started request in
+/// [i, end) (it gives its blocks back to the scheduling snapshot) and shrink the range. False when
+/// there is none (the loop stops).
+inline bool pause_last_started(const CapacityContext& c, int32_t i, int32_t& end, CapacityOutput& out) {
+    int32_t j = end - 1;
+    while (j >= i && !is_started(c, *c.table, c.slots[j])) --j;
+    if (j < i) return false;
+    c.kv->scheduling_remove_sequence(c.slots[j]);
+    out.paused.push_back(c.slots[j]);
+    end = j;
+    return true;
+}
+
+/// GUARANTEED_NO_EVICT's free blocks left after the admissions so far (may go negative), one window.
+struct NoEvictBlocks {
+    KVCacheManager* kv;  ///< borrowed; null: no such cache (needs nothing)
+    int64_t available;   ///< free blocks minus the blocks to completion of every admission
+    explicit NoEvictBlocks(KVCacheManager* m) : kv(m), available(m ? m->num_free_blocks() : 0) {}
+    int32_t need(int32_t s) const { return kv ? kv->get_remaining_blocks_to_completion(s) : 0; }
+};
+
 using CapacityPolicyFn = void (*)(const CapacityContext&, CapacityOutput&);
 
 }  // namespace tllm

@@ -12,14 +12,6 @@ namespace tllm {
 
 namespace {
 
-/// Free blocks left after the admissions so far (may go negative), one window.
-struct NoEvictBlocks {
-    KVCacheManager* kv;
-    int64_t available;
-    explicit NoEvictBlocks(KVCacheManager* m) : kv(m), available(m ? m->num_free_blocks() : 0) {}
-    int32_t need(int32_t s) const { return kv ? kv->get_remaining_blocks_to_completion(s) : 0; }
-};
-
 void schedule_no_evict(const CapacityContext& c, bool static_batch, CapacityOutput& out) {
     RequestTable& t = *c.table;
     NoEvictBlocks self(c.kv), cross(c.cross_kv);

@@ -9,15 +9,6 @@
 
 namespace tllm {
 
-namespace {
-/// A request that already holds KV blocks: a candidate for pausing.
-bool is_started(const CapacityContext& c, const RequestTable& t, int32_t s) {
-    int32_t st = t.state[s];
-    return can_be_scheduled(c, st) &&
-           ((state::is_context_init(st) && !t.is_first_context_chunk(s)) || state::is_generation_in_progress(st));
-}
-}  // namespace
-
 void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out) {
     RequestTable& t = *c.table;
     KVCacheManager& kv = *c.kv;
@@ -49,12 +40,7 @@ void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out) {
             }
         }
         // Failure: pause the last started request in [i, end) and retry request i.
-        int32_t j = end - 1;
-        while (j >= i && !is_started(c, t, c.slots[j])) --j;
-        if (j < i) break;
-        kv.scheduling_remove_sequence(c.slots[j]);
-        out.paused.push_back(c.slots[j]);
-        end = j;
+        if (!pause_last_started(c, i, end, out)) break;
     }
 }
 

@@ -1,0 +1,250 @@
+// ext/policies/fused.cpp: TokenBudget (TensorRT-LLM's TokenBudgetTracker) and the fused loops.
+#include "policies/fused.h"
+
+#include "policies/registry.h"
+#include "policies/reuse_skipping.h"
+
+namespace tllm {
+
+TokenBudget::TokenBudget(RequestTable& t, const TokenBudgetLimits& limits, const int64_t* inflight,
+                         int32_t num_inflight, std::vector<ChunkItem>& items, MicroBatchOutput& out)
+    : table_(t), lim_(limits), items_(items), out_(out) {
+    if (lim_.max_batch_size <= 0) throw InputError("max_batch_size must be positive");
+    if (lim_.max_num_tokens && *lim_.max_num_tokens <= 0) throw InputError("max_num_tokens must be positive or None");
+    if (num_inflight > 0) inflight_.insert(inflight, inflight + num_inflight);
+    items_.clear();
+    out_.clear();
+}
+
+TokenBudget::Added TokenBudget::add_context(int32_t s) {
+    const RequestTable& t = table_;
+    const std::optional<int32_t> max_ctx = lim_.max_context_length;
+    if (!lim_.chunking) {
+        int64_t tokens = int64_t{t.num_tokens[s]} + t.num_draft_tokens[s];
+        if (max_ctx && tokens > *max_ctx) fail_context_too_long(t.request_id[s], tokens, *max_ctx);
+        if (lim_.max_num_tokens && batch_tokens_ + tokens > *lim_.max_num_tokens) return Added::kOverBudget;
+        out_.context.push_back(s);
+        batch_tokens_ += tokens;
+        return Added::kYes;
+    }
+    // Tentatively the whole remainder, so the last chunk: its draft tokens count. Never over budget:
+    // finalize() fits the chunks into what the budget leaves.
+    int32_t remaining = t.context_remaining_length(s);
+    int64_t tokens = int64_t{remaining} + t.num_draft_tokens[s];
+    if (max_ctx && tokens > *max_ctx) {
+        tokens = *max_ctx;
+        all_fit_ = false;
+    }
+    items_.push_back(ChunkItem{s, remaining, t.num_draft_tokens[s], remaining, 0});
+    chunked_tokens_ += tokens;
+    return Added::kYes;
+}
+
+TokenBudget::Added TokenBudget::add_generation(int32_t s) {
+    const RequestTable& t = table_;
+    int32_t bw = t.beam_width_by_iter[s];
+    int64_t tokens = int64_t{bw} + t.num_draft_tokens[s];
+    if (lim_.max_num_tokens && batch_tokens_ + tokens > *lim_.max_num_tokens) return Added::kOverBudget;
+    if (beam_ == 0) {
+        beam_ = bw;
+    } else if (beam_ != bw) {
+        return Added::kSkipped;  // a different beam width waits; the capacity loop still admits it
+    }
+    out_.generation.push_back(s);
+    batch_tokens_ += tokens;
+    return Added::kYes;
+}
+
+void TokenBudget::count() {
+    ++num_fitting_;
+    if (++req_size_ >= lim_.max_batch_size) batch_full_ = true;
+}
+
+bool TokenBudget::try_add(int32_t s) {
+    if (in_flight(s)) return true;
+    const int32_t st = table_.state[s];
+    if (state::is_disagg_generation_init(st)) return true;
+    if (st < state::CONTEXT_INIT || st >= state::GENERATION_TO_COMPLETE) return true;
+    // Exact-state test, as TensorRT-LLM's tracker: DISAGG_CONTEXT_INIT_AND_TRANS goes the generation way.
+    Added a = st == state::CONTEXT_INIT ? add_context(s) : add_generation(s);
+    if (a == Added::kOverBudget) return false;
+    if (a == Added::kYes) count();
+    return true;
+}
+
+int32_t TokenBudget::try_add_generation(int32_t s) {
+    if (in_flight(s)) return kContinue;
+    Added a = add_generation(s);
+    if (a == Added::kOverBudget) return kOverBudget;
+    if (a == Added::kSkipped) return kContinue;
+    count();
+    return batch_full_ ? kFull : kContinue;
+}
+
+bool TokenBudget::try_add_context(int32_t s) {
+    if (in_flight(s) || state::is_disagg_generation_init(table_.state[s])) return true;
+    if (add_context(s) == Added::kOverBudget) return false;
+    count();
+    return true;
+}
+
+int32_t TokenBudget::finalize() {
+    const std::optional<int32_t> budget = lim_.max_num_tokens;
+    if (budget && chunked_tokens_ > *budget - batch_tokens_) all_fit_ = false;
+    if (!all_fit_ && !items_.empty()) {
+        std::optional<int32_t> capacity;
+        if (budget) capacity = static_cast<int32_t>(*budget - batch_tokens_);
+        set_ctx_requests_chunk_size(items_, lim_.chunking->policy, capacity, lim_.chunking->unit_size,
+                                    lim_.max_context_length);
+    }
+    commit_chunk_sizes(table_, items_);  // the first write of the step
+    for (const ChunkItem& it : items_)
+        if (it.chunk > 0) out_.context.push_back(it.slot);
+    sort_requests(table_, out_.context, out_.generation, !all_fit_);
+    return num_fitting_;
+}
+
+// ------------------------------------------------------------------ the fused capacity loops
+
+void schedule_fused_max_requests(const CapacityContext& c, TokenBudget& budget, CapacityOutput& out) {
+    const RequestTable& t = *c.table;
+    for (int32_t i = 0; i < c.num_slots; ++i) {
+        int32_t s = c.slots[i], st = t.state[s];
+        if (!can_be_scheduled(c, st)) continue;
+        if (static_cast<int32_t>(out.scheduled.size()) >= c.max_num_requests) break;
+        if (!(state::is_encoder_init(st) || state::is_context_init(st) || state::is_generation_in_progress(st))) continue;
+        if (!budget.try_add(s)) break;
+        out.scheduled.push_back(s);
+        if (budget.batch_full()) break;
+    }
+}
+
+void schedule_fused_max_utilization(const CapacityContext& c, TokenBudget& budget, CapacityOutput& out) {
+    RequestTable& t = *c.table;
+    KVCacheManager& kv = *c.kv;
+    kv.start_scheduling();
+    ReuseSkipper skipper(t, c.kv, c.slots, c.num_slots);
+    int64_t scheduled_blocks = 0, peft_pages = 0;
+    std::unordered_set<int64_t> task_ids;
+
+    int32_t i = 0, end = c.num_slots;
+    while (i < end) {
+        int32_t s = c.slots[i], st = t.state[s];
+        if (!can_be_scheduled_with_disagg_exception(c, st) || skipper.beneficial_to_skip(s)) {
+            ++i;
+            continue;
+        }
+        if (static_cast<int32_t>(out.scheduled.size()) < c.max_num_requests) {
+            int64_t total = scheduled_blocks + kv.get_needed_blocks_one_step(s, c.two_steps_look_ahead);
+            int64_t task = t.lora_task_id[s];
+            bool new_task = task >= 0 && !task_ids.count(task);
+            int64_t pages = (new_task && c.peft) ? c.peft->determine_num_pages(t, s) : 0;
+            bool fits_peft = !c.peft || pages + peft_pages <= c.peft->max_device_pages();
+            if (kv.scheduling_has_free_blocks(total) && fits_peft) {
+                // Pausing frees blocks, not tokens: over the budget the loop stops, pausing nobody.
+                if (!budget.try_add(s)) break;
+                scheduled_blocks = total;
+                peft_pages += pages;
+                out.scheduled.push_back(s);
+                if (new_task) task_ids.insert(task);
+                if (budget.batch_full()) break;  // later requests are never evaluated
+                ++i;
+                continue;
+            }
+        }
+        if (!pause_last_started(c, i, end, out)) break;
+    }
+}
+
+namespace {
+
+void schedule_fused_no_evict(const CapacityContext& c, TokenBudget& budget, bool static_batch, CapacityOutput& out) {
+    RequestTable& t = *c.table;
+    const int64_t max_pages = c.peft ? c.peft->max_device_pages() : INT32_MAX;
+    int64_t claimed_pages = 0;
+    std::unordered_set<int64_t> task_ids;
+    std::vector<int32_t> pending_disagg, pending;
+    auto count = [&] { return static_cast<int32_t>(out.scheduled.size()); };
+    auto claim_task = [&](int32_t s, int64_t& pages_left) -> bool {  // false: not enough pages
+        int64_t task = t.lora_task_id[s];
+        bool new_task = task >= 0 && !task_ids.count(task);
+        int64_t pages = (new_task && c.peft) ? c.peft->determine_num_pages(t, s) : 0;
+        if (pages > pages_left) return false;
+        pages_left -= pages;
+        if (new_task) task_ids.insert(task);
+        return true;
+    };
+
+    // Pass 1: classify; running generations are admitted while the token budget lasts. The state is
+    // tested exactly (GENERATION_IN_PROGRESS), as TensorRT-LLM's fused loop does.
+    for (int32_t i = 0; i < c.num_slots; ++i) {
+        int32_t s = c.slots[i], st = t.state[s];
+        bool disagg = state::is_disagg_generation_init(st);
+        if (!disagg && !can_be_scheduled(c, st)) continue;
+        if (count() >= c.max_num_requests) break;
+        if (!disagg && st == state::GENERATION_IN_PROGRESS) {
+            int32_t rc = budget.try_add_generation(s);
+            if (rc == TokenBudget::kOverBudget) break;  // later requests are never classified
+            out.scheduled.push_back(s);
+            int64_t task = t.lora_task_id[s];
+            if (task >= 0 && task_ids.insert(task).second) claimed_pages += c.peft ? c.peft->determine_num_pages(t, s) : 0;
+            if (rc == TokenBudget::kFull) break;
+        } else if (disagg) {
+            pending_disagg.push_back(s);
+        } else {
+            pending.push_back(s);
+        }
+    }
+    if (budget.batch_full() || count() >= c.max_num_requests) return;
+    if (static_batch && !out.scheduled.empty()) return;
+
+    // Only the generations pass 1 admitted reserve their blocks to completion.
+    NoEvictBlocks self(c.kv), cross(c.cross_kv);
+    for (int32_t s : out.scheduled) {
+        self.available -= self.need(s);
+        cross.available -= cross.need(s);
+    }
+    int64_t pages_left = max_pages - claimed_pages;
+    auto blocks_fit = [&](int32_t s, int32_t& need_self, int32_t& need_cross) {
+        need_self = self.need(s);
+        need_cross = cross.need(s);
+        return need_self <= self.available && (!cross.kv || need_cross <= cross.available);
+    };
+    int32_t need_self = 0, need_cross = 0;
+
+    // Pass 2, disagg-generation-init first: blocks and pages only (the tracker passes them over).
+    for (int32_t s : pending_disagg) {
+        if (count() >= c.max_num_requests) break;
+        if (!blocks_fit(s, need_self, need_cross)) break;  // head-of-line blocking
+        if (!claim_task(s, pages_left)) continue;
+        budget.try_add_context(s);
+        out.scheduled.push_back(s);
+        self.available -= need_self;
+        cross.available -= need_cross;
+    }
+    // Then the contexts, with reuse skipping (not STATIC_BATCH) and the token budget.
+    ReuseSkipper skipper(t, static_batch ? nullptr : c.kv, c.slots, c.num_slots);
+    for (int32_t s : pending) {
+        if (!static_batch && skipper.beneficial_to_skip(s)) continue;
+        if (count() >= c.max_num_requests) break;
+        if (!state::is_context_init(t.state[s])) continue;
+        if (!blocks_fit(s, need_self, need_cross)) break;
+        if (!claim_task(s, pages_left)) continue;
+        if (!budget.try_add_context(s)) break;
+        out.scheduled.push_back(s);
+        self.available -= need_self;
+        cross.available -= need_cross;
+        if (budget.batch_full()) break;
+    }
+}
+
+}  // namespace
+
+void schedule_fused_guaranteed_no_evict(const CapacityContext& c, TokenBudget& budget, CapacityOutput& out) {
+    schedule_fused_no_evict(c, budget, false, out);
+}
+void schedule_fused_static_batch(const CapacityContext& c, TokenBudget& budget, CapacityOutput& out) {
+    schedule_fused_no_evict(c, budget, true, out);
+}
+
+}  // namespace tllm
