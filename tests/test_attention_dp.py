@@ -183,12 +183,16 @@ def test_replay_with_the_python_backends_decides_alike():
     assert a.ranks[0].log.run_contexts == b.ranks[0].log.run_contexts
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 @needs_mooncake
-def test_in_process_replay_does_not_import_torch():
-    root = Path(__file__).resolve().parents[1]
+def test_in_process_replay_does_not_import_torch(tmp_path):
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_attention_dp as t; "
             "t.replay('kv-aware', limit=10, steps=50); import tllm_sched.attention_dp; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    # Not the checkout as cwd: `-c` puts the cwd first on sys.path, and the checkout's tllm_sched/
+    # has no built extension.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p and Path(p).resolve() != ROOT))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
