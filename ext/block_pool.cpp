@@ -8,29 +8,6 @@
 
 namespace tllm {
 
-namespace {
-inline uint64_t mix64(uint64_t x) {
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-}  // namespace
-
-int32_t BlockKey::num_matching_tokens(const BlockKey& o) const {
-    if (lora_task_id != o.lora_task_id || uses_extra_ids != o.uses_extra_ids) return 0;
-    size_t n = std::min(tokens.size(), o.tokens.size());
-    size_t i = 0;
-    while (i < n && tokens[i] == o.tokens[i] && (!uses_extra_ids || extra_ids[i] == o.extra_ids[i])) ++i;
-    return static_cast<int32_t>(i);
-}
-
-size_t BlockKeyHash::operator()(const BlockKey& k) const {
-    uint64_t h = mix64(static_cast<uint64_t>(k.tokens.size()) ^ (static_cast<uint64_t>(k.lora_task_id) << 1));
-    for (int32_t t : k.tokens) h = mix64(h ^ static_cast<uint32_t>(t));
-    for (uint64_t e : k.extra_ids) h = mix64(h ^ e);
-    return static_cast<size_t>(h);
-}
-
 BlockPool::BlockPool(int32_t num_primary, int32_t num_secondary, int32_t tokens_per_block, bool enable_partial_reuse,
                      bool copy_on_partial_reuse)
     : num_primary_(num_primary), num_total_(num_primary + num_secondary), tokens_per_block_(tokens_per_block),
@@ -140,26 +117,46 @@ void BlockPool::onboard(int32_t b) {
 void BlockPool::detach_subtree(int32_t b) {
     Block& k = blocks_[static_cast<size_t>(b)];
     if (!k.in_tree) return;
-    children_of(k.parent).erase(k.key);
+    // Unlink b from its parent's children, then take every block of its subtree out of the tree.
+    if (k.prev_sibling >= 0) blocks_[static_cast<size_t>(k.prev_sibling)].next_sibling = k.next_sibling;
+    else first_child_of(k.parent) = k.next_sibling;
+    if (k.next_sibling >= 0) blocks_[static_cast<size_t>(k.next_sibling)].prev_sibling = k.prev_sibling;
+    k.next_sibling = k.prev_sibling = -1;
+    ++tree_version_;
     std::vector<int32_t> stack{b};
     while (!stack.empty()) {
         int32_t x = stack.back();
         stack.pop_back();
         Block& kx = blocks_[static_cast<size_t>(x)];
+        index_.erase(kx.hash, x);
         kx.in_tree = false;
         kx.parent = kRoot;
-        for (auto& kv : kx.children) stack.push_back(kv.second);
-        kx.children.clear();
+        for (int32_t c = kx.first_child; c >= 0;) {
+            Block& kc = blocks_[static_cast<size_t>(c)];
+            stack.push_back(c);
+            int32_t next = kc.next_sibling;
+            kc.next_sibling = kc.prev_sibling = -1;
+            c = next;
+        }
+        kx.first_child = -1;
     }
 }
 
-void BlockPool::insert_child(int32_t parent, int32_t b, BlockKey key) {
+void BlockPool::insert_child(int32_t parent, int32_t b, const KeyView& key, uint64_t hash) {
     Block& k = blocks_[static_cast<size_t>(b)];
-    k.key = std::move(key);
+    k.key = BlockKey(key);
+    k.hash = hash;
     k.parent = parent;
     k.in_tree = true;
     k.store_seq = ++store_counter_;
-    children_of(parent).emplace(k.key, b);
+    int32_t& first = first_child_of(parent);
+    k.prev_sibling = -1;
+    k.next_sibling = first;
+    if (first >= 0) blocks_[static_cast<size_t>(first)].prev_sibling = b;
+    first = b;
+    (parent == kRoot ? root_children_stamp_ : blocks_[static_cast<size_t>(parent)].children_stamp) = k.store_seq;
+    index_.insert(hash, b);
+    ++tree_version_;
 }
 
 int32_t BlockPool::tree_parent(int32_t b) const {
@@ -167,27 +164,26 @@ int32_t BlockPool::tree_parent(int32_t b) const {
     return k.in_tree ? k.parent : -2;
 }
 
-BlockPool::Match BlockPool::find_matching_block(int32_t parent, const BlockKey& key) const {
+BlockPool::Match BlockPool::find_matching_block(int32_t parent, const KeyView& key, uint64_t hash) const {
     Match m;
-    if (key.tokens.empty()) return m;
-    const Children& ch = children_of(parent);
-    auto it = ch.find(key);
-    if (it != ch.end()) {
-        m.block = it->second;
-        m.num_matched = static_cast<int32_t>(key.tokens.size());
-        m.partial = static_cast<int32_t>(blocks_[static_cast<size_t>(m.block)].key.tokens.size()) != tokens_per_block_;
+    if (key.size == 0) return m;
+    int32_t exact = find_child(parent, key, hash);
+    if (exact >= 0) {
+        m.block = exact;
+        m.num_matched = key.size;
+        m.partial = static_cast<int32_t>(blocks_[static_cast<size_t>(exact)].key.tokens.size()) != tokens_per_block_;
         return m;
     }
     if (!enable_partial_reuse_) return m;
     uint64_t best_seq = 0;
-    for (const auto& kv : ch) {
-        const Block& c = blocks_[static_cast<size_t>(kv.second)];
-        bool eligible = copy_on_partial_reuse_ || (c.ref_count == 0 && c.children.empty());
+    for (int32_t b = first_child_of(parent); b >= 0; b = blocks_[static_cast<size_t>(b)].next_sibling) {
+        const Block& c = blocks_[static_cast<size_t>(b)];
+        bool eligible = copy_on_partial_reuse_ || (c.ref_count == 0 && c.first_child < 0);
         if (!eligible) continue;
-        int32_t n = key.num_matching_tokens(c.key);
+        int32_t n = num_matching_tokens(key, c.key.view());
         // Longest match wins; among equals, the earliest stored.
         if (n > 0 && (n > m.num_matched || (n == m.num_matched && c.store_seq < best_seq))) {
-            m.block = kv.second;
+            m.block = b;
             m.num_matched = n;
             best_seq = c.store_seq;
         }
@@ -196,14 +192,14 @@ BlockPool::Match BlockPool::find_matching_block(int32_t parent, const BlockKey& 
     return m;
 }
 
-void BlockPool::store_blocks(const std::vector<BlockKey>& keys, const std::vector<int32_t>& ids) {
+void BlockPool::store_blocks(const KeyChain& keys, const std::vector<int32_t>& ids) {
     int32_t search = kRoot;
     bool need_match = true;
-    size_t n = std::min(keys.size(), ids.size());
+    size_t n = std::min(keys.keys.size(), ids.size());
     for (size_t i = 0; i < n; ++i) {
         int32_t b = ids[i];
         if (need_match) {
-            int32_t cached = find_child(search, keys[i]);
+            int32_t cached = find_child(search, keys.keys[i], keys.hashes[i]);
             if (cached >= 0) {  // identical content already cached (maybe another block)
                 search = cached;
                 continue;
@@ -211,12 +207,12 @@ void BlockPool::store_blocks(const std::vector<BlockKey>& keys, const std::vecto
             need_match = false;
         }
         detach_subtree(b);  // a block lives at one tree position at most
-        insert_child(search, b, keys[i]);
+        insert_child(search, b, keys.keys[i], keys.hashes[i]);
         search = b;
     }
 }
 
-int32_t BlockPool::count_blocks_needed(const std::vector<BlockKey>& keys) const {
+int32_t BlockPool::count_blocks_needed(const KeyChain& keys) const {
     // Free blocks the walk of allocate_with_reuse will take: every position costs one, except a
     // full match of a block another sequence holds. Without a host pool nothing is evicted
     // before the last match, so the count is exact. Onboarding a host block takes a primary
@@ -225,8 +221,8 @@ int32_t BlockPool::count_blocks_needed(const std::vector<BlockKey>& keys) const 
     int32_t needed = 0;
     int32_t search = kRoot;
     bool searching = true, onboarded = false;
-    for (const BlockKey& key : keys) {
-        Match m = searching ? find_matching_block(search, key) : Match{};
+    for (size_t i = 0; i < keys.keys.size(); ++i) {
+        Match m = searching ? find_matching_block(search, keys.keys[i], keys.hashes[i]) : Match{};
         if (m.block < 0 || m.partial) {
             searching = false;
             ++needed;
@@ -240,7 +236,8 @@ int32_t BlockPool::count_blocks_needed(const std::vector<BlockKey>& keys) const 
     return needed;
 }
 
-int32_t BlockPool::allocate_with_reuse(const std::vector<BlockKey>& keys, std::vector<int32_t>& ids) {
+int32_t BlockPool::allocate_with_reuse(const KeyChain& keys, std::vector<int32_t>& ids,
+                                       std::vector<BlockCopy>* copies) {
     auto take = [&](int32_t b) {
         hold(b);
         ids.push_back(b);
@@ -248,11 +245,12 @@ int32_t BlockPool::allocate_with_reuse(const std::vector<BlockKey>& keys, std::v
     int32_t matched_tokens = 0;
     int32_t search = kRoot;
     bool searching = true;
-    for (const BlockKey& key : keys) {
-        Match m = searching ? find_matching_block(search, key) : Match{};
+    for (size_t i = 0; i < keys.keys.size(); ++i) {
+        const KeyView& key = keys.keys[i];
+        Match m = searching ? find_matching_block(search, key, keys.hashes[i]) : Match{};
         if (m.block < 0) {
             int32_t b = get_free_block();
-            blocks_[static_cast<size_t>(b)].key = key;
+            blocks_[static_cast<size_t>(b)].key = BlockKey(key);
             take(b);
             searching = false;
             ++stats_.missed_blocks;
@@ -268,11 +266,12 @@ int32_t BlockPool::allocate_with_reuse(const std::vector<BlockKey>& keys, std::v
             search = m.block;
             continue;
         }
-        if (mb.ref_count > 0 || !mb.children.empty()) {
+        if (mb.ref_count > 0 || mb.first_child >= 0) {
             // Copy the matched tokens into a fresh block; the original stays shared.
             int32_t b = get_free_block();
-            blocks_[static_cast<size_t>(b)].key = key;
+            blocks_[static_cast<size_t>(b)].key = BlockKey(key);
             take(b);
+            if (copies) copies->push_back(BlockCopy{m.block, b, m.num_matched});
         } else {
             // Take over the unreferenced leaf.
             detach_subtree(m.block);
@@ -306,7 +305,7 @@ std::vector<int32_t> BlockPool::free_queue(int32_t level) const {
 }
 
 void BlockPool::check_invariants(const std::vector<int32_t>& holders) const {
-    int32_t in_queue[2] = {0, 0}, primary = 0;
+    int32_t in_queue[2] = {0, 0}, primary = 0, in_tree = 0;
     for (int32_t b = 0; b < num_total_; ++b) {
         const Block& k = blocks_[static_cast<size_t>(b)];
         const std::string id = "block " + std::to_string(b);
@@ -319,13 +318,27 @@ void BlockPool::check_invariants(const std::vector<int32_t>& holders) const {
         }
         primary += k.level == 0 ? 1 : 0;
         if (k.in_tree) {
-            if (find_child(k.parent, k.key) != b) fail_invariant(id + ": tree parent does not list it");
+            ++in_tree;
+            if (k.hash != chain_hash(hash_of(k.parent), k.key.view())) fail_invariant(id + ": hash is not its key's chained hash");
+            if (index_.find(k.hash, [&](int32_t x) { return x == b; }) != b) fail_invariant(id + ": missing from the hash index");
+            auto same_place = [&](int32_t x) {
+                const Block& kx = blocks_[static_cast<size_t>(x)];
+                return kx.parent == k.parent && same_key(kx.key.view(), k.key.view());
+            };
+            if (index_.find(k.hash, same_place) != b) fail_invariant(id + ": another cached sibling has its key");
             if (k.parent != kRoot && !blocks_[static_cast<size_t>(k.parent)].in_tree) fail_invariant(id + ": parent left the tree");
-        } else if (!k.children.empty()) {
+            int32_t sib = first_child_of(k.parent);
+            while (sib >= 0 && sib != b) sib = blocks_[static_cast<size_t>(sib)].next_sibling;
+            if (sib != b) fail_invariant(id + ": not in its parent's child list");
+            int32_t next = k.next_sibling;
+            if (next >= 0 && blocks_[static_cast<size_t>(next)].store_seq >= k.store_seq)
+                fail_invariant(id + ": its parent's children are not listed newest first");
+        } else if (k.first_child >= 0) {
             fail_invariant(id + ": detached block keeps children");
         }
     }
     if (primary != num_primary_) fail_invariant("number of primary blocks changed");
+    if (in_tree != index_.size()) fail_invariant("the hash index holds blocks that left the tree");
     for (int32_t lv = 0; lv < 2; ++lv) {
         if (in_queue[lv] != num_free_[lv]) fail_invariant("free count differs from queue contents");
         if (static_cast<int32_t>(free_queue(lv).size()) != num_free_[lv]) fail_invariant("free queue links broken");

@@ -2,6 +2,7 @@
 #include "kv_cache_manager.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 namespace tllm {
@@ -42,13 +43,26 @@ KVCacheManager::KVCacheManager(std::shared_ptr<RequestTable> table, const KvCach
     seq_tokens_.assign(cap, 0);
     seq_blocks_.resize(cap);
     seq_sched_removed_.assign(cap, 0);
+    request_keys_.resize(cap);
     epoch_ = 1;
+    ++live_managers_;
+    table_->add_cache_limit(CacheLimit{this, cfg_.max_seq_len, cfg_.num_blocks, cfg_.tokens_per_block, cfg_.cross_kv});
+}
+
+int64_t KVCacheManager::live_managers_ = 0;
+
+void KVCacheManager::set_block_hash_mask(uint64_t mask) {
+    if (live_managers_ != 0)
+        fail_input("set_block_hash_mask: " + std::to_string(live_managers_) + " KVCacheManager(s) alive; set it before creating any");
+    block_hash_mask() = mask;
 }
 
 KVCacheManager::~KVCacheManager() {
+    table_->remove_cache_limit(this);
     // Let the requests go: the table outlives us through table_.
     for (size_t s = 0; s < seq_live_.size(); ++s)
         if (seq_live_[s]) --table_->kv_refs[s];
+    --live_managers_;
 }
 
 void KVCacheManager::check_window(std::optional<int32_t> window) const {
@@ -71,7 +85,7 @@ void KVCacheManager::add_block_to_sequence(int32_t slot, int32_t b) {
     seq_blocks_[static_cast<size_t>(slot)].push_back(b);
 }
 
-void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t beam_width) {
+void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t beam_width, std::vector<BlockCopy>* copies) {
     table_->check_slot(slot);
     RequestTable& t = *table_;
     const std::string who = "add_sequence: request " + std::to_string(t.request_id[slot]);
@@ -83,14 +97,17 @@ void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t be
                    std::to_string(cfg_.max_seq_len));
     int32_t tpb = cfg_.tokens_per_block;
     int32_t num_ctx_blocks = static_cast<int32_t>(ceil_div(input_length, tpb));
-    std::vector<BlockKey> keys;
+    KeyChain keys;
     int32_t needed = num_ctx_blocks;
     if (cfg_.enable_block_reuse) {
         if (input_length > t.num_tokens[slot])
             fail_input(who + ": input length exceeds the request's " + std::to_string(t.num_tokens[slot]) + " tokens");
         // Only input_length - 1 tokens can be reused: the last one must be computed.
-        keys = build_keys(slot, input_length - 1, /*full_only=*/false);
-        while (static_cast<int32_t>(keys.size()) < num_ctx_blocks) keys.emplace_back();
+        keys = key_chain(slot, input_length - 1, /*full_only=*/false);
+        while (static_cast<int32_t>(keys.keys.size()) < num_ctx_blocks) {  // an empty key never matches
+            keys.keys.emplace_back();
+            keys.hashes.push_back(0);
+        }
         needed = pool_.count_blocks_needed(keys);
     }
     if (needed > pool_.num_free_blocks())
@@ -99,7 +116,7 @@ void KVCacheManager::add_sequence(int32_t slot, int32_t input_length, int32_t be
     seq_blocks_[static_cast<size_t>(slot)].clear();
     seq_blocks_[static_cast<size_t>(slot)].reserve(static_cast<size_t>(num_ctx_blocks) + 1);
     if (cfg_.enable_block_reuse) {
-        int32_t matched = pool_.allocate_with_reuse(keys, seq_blocks_[static_cast<size_t>(slot)]);
+        int32_t matched = pool_.allocate_with_reuse(keys, seq_blocks_[static_cast<size_t>(slot)], copies);
         t.set_prepopulated_prompt_len(slot, std::min(matched, t.prompt_len[slot] - 1), tpb);
     } else {
         for (int32_t i = 0; i < num_ctx_blocks; ++i) add_block_to_sequence(slot, pool_.get_free_block());
@@ -127,14 +144,14 @@ void KVCacheManager::add_token(int32_t slot) {
 void KVCacheManager::store_context_blocks(int32_t slot) {
     check_slot_has_sequence(slot, "store_context_blocks");
     if (!cfg_.enable_block_reuse) return;
-    pool_.store_blocks(build_keys(slot, table_->num_tokens[slot] - 1, /*full_only=*/true), seq_blocks_[static_cast<size_t>(slot)]);
+    pool_.store_blocks(key_chain(slot, table_->num_tokens[slot] - 1, /*full_only=*/true), seq_blocks_[static_cast<size_t>(slot)]);
 }
 
 void KVCacheManager::remove_sequence(int32_t slot, bool store_for_reuse) {
     check_slot_has_sequence(slot, "remove_sequence");
     std::vector<int32_t>& ids = seq_blocks_[static_cast<size_t>(slot)];
     if (store_for_reuse && cfg_.enable_block_reuse)
-        pool_.store_blocks(build_keys(slot, table_->num_tokens[slot] - 1, /*full_only=*/false), ids);
+        pool_.store_blocks(key_chain(slot, table_->num_tokens[slot] - 1, /*full_only=*/false), ids);
     // Reverse order: tail blocks, the least likely to be reused, enter the LRU queue first.
     for (auto it = ids.rbegin(); it != ids.rend(); ++it) pool_.release(*it);
     ids.clear();
@@ -143,69 +160,199 @@ void KVCacheManager::remove_sequence(int32_t slot, bool store_for_reuse) {
     --table_->kv_refs[slot];
 }
 
-std::vector<BlockKey> KVCacheManager::build_keys(int32_t slot, int32_t n, bool full_only) const {
-    const RequestTable& t = *table_;
-    const TokenStore& ts = *t.tokens(slot);
-    int32_t tpb = cfg_.tokens_per_block;
-    n = std::min(n, ts.size);
-    std::vector<BlockKey> keys;
-    keys.reserve(static_cast<size_t>(ceil_div(std::max(n, 0), tpb)));
-    bool extra = ts.extra_ids != nullptr;
-    for (int32_t start = 0; start < n; start += tpb) {
-        int32_t end = std::min(start + tpb, n);
-        if (full_only && end - start < tpb) break;
-        BlockKey k;
-        k.lora_task_id = t.lora_task_id[slot];
-        k.uses_extra_ids = extra;
-        k.tokens.assign(ts.tokens.get() + start, ts.tokens.get() + end);
-        if (extra) k.extra_ids.assign(ts.extra_ids.get() + start, ts.extra_ids.get() + end);
-        keys.push_back(std::move(k));
+// ---------------------------------------------------------------- block keys and skip keys
+
+KVCacheManager::RequestKeys& KVCacheManager::request_keys(int32_t slot) const {
+    RequestKeys& r = request_keys_[static_cast<size_t>(slot)];
+    const uint32_t g = table_->generation(slot), v = table_->tokens_version(slot);
+    if (r.generation != g || r.tokens_version != v) {
+        r.generation = g;
+        r.tokens_version = v;
+        r.hashes.clear();
+        r.walked = false;
+        r.node = BlockPool::kRoot;
+        r.depth = 0;
     }
-    return keys;
+    return r;
+}
+
+KeyView KVCacheManager::block_view(int32_t slot, int32_t block, int32_t size) const {
+    const TokenStore& ts = *table_->tokens(slot);
+    const size_t start = static_cast<size_t>(block) * static_cast<size_t>(cfg_.tokens_per_block);
+    return {ts.tokens.get() + start, ts.extra_ids ? ts.extra_ids.get() + start : nullptr, size, table_->lora_task_id[slot]};
+}
+
+const uint64_t* KVCacheManager::block_hashes(int32_t slot, RequestKeys& r, int32_t n) const {
+    size_t have = r.hashes.size();
+    if (have < static_cast<size_t>(n)) {
+        r.hashes.resize(static_cast<size_t>(n));
+        uint64_t h = have ? r.hashes[have - 1] : kRootHash;
+        for (size_t i = have; i < static_cast<size_t>(n); ++i) {
+            h = chain_hash(h, block_view(slot, static_cast<int32_t>(i), cfg_.tokens_per_block));
+            r.hashes[i] = h;
+        }
+        blocks_hashed_ += static_cast<int64_t>(static_cast<size_t>(n) - have);
+    }
+    return r.hashes.data();
+}
+
+KeyChain KVCacheManager::key_chain(int32_t slot, int32_t n, bool full_only) const {
+    const int32_t tpb = cfg_.tokens_per_block;
+    n = std::min(n, table_->tokens(slot)->size);
+    KeyChain c;
+    if (n <= 0) return c;
+    const int32_t full = n / tpb;
+    const uint64_t* h = block_hashes(slot, request_keys(slot), full);
+    c.keys.reserve(static_cast<size_t>(full) + 1);
+    c.hashes.assign(h, h + full);
+    for (int32_t i = 0; i < full; ++i) c.keys.push_back(block_view(slot, i, tpb));
+    if (!full_only && n % tpb) {
+        KeyView last = block_view(slot, full, n % tpb);
+        c.keys.push_back(last);
+        c.hashes.push_back(chain_hash(full ? c.hashes.back() : kRootHash, last));
+        ++blocks_hashed_;
+    }
+    return c;
+}
+
+const KVCacheManager::RequestKeys& KVCacheManager::walk(int32_t slot) const {
+    RequestKeys& r = request_keys(slot);
+    const int32_t tpb = cfg_.tokens_per_block;
+    const int32_t full = table_->tokens(slot)->size / tpb;
+    if (r.walked) {
+        if (pool_.placement(r.node) != r.placement) {
+            r.node = BlockPool::kRoot;  // a block of the path left the tree: walk again
+            r.depth = 0;
+        } else {
+            // The path stands. A walk that ended at a miss changes only if a child with the
+            // missed block's hash was inserted under its end since; one that matched every full
+            // block, only if the tokens grew by a full block.
+            const uint64_t stamp = pool_.children_stamp(r.node);
+            const bool same = r.depth < r.full_blocks
+                                  ? stamp == r.children ||
+                                        !pool_.child_added_since(r.node, r.children, r.hashes[static_cast<size_t>(r.depth)])
+                                  : full == r.full_blocks;
+            r.children = stamp;
+            if (same) return r;
+        }
+    }
+    int32_t node = r.node, depth = r.depth;
+    while (depth < full) {
+        const uint64_t* h = block_hashes(slot, r, depth + 1);  // one block at a time: most walks stop early
+        const int32_t child = pool_.find_child(node, block_view(slot, depth, tpb), h[depth]);
+        if (child < 0) break;
+        node = child;
+        ++depth;
+    }
+    r.walked = true;
+    r.node = node;
+    r.depth = depth;
+    r.full_blocks = full;
+    r.placement = pool_.placement(node);
+    r.children = pool_.children_stamp(node);
+    r.key_hash = 0;
+    if (depth < full) {
+        if (!table_->has_extra_ids(slot)) {
+            r.key_hash = r.hashes[static_cast<size_t>(depth)];  // tokens + LoRA only already
+        } else {  // a skip key leaves extra ids out: hash the prefix again without them
+            uint64_t h = kRootHash;
+            for (int32_t i = 0; i <= depth; ++i) {
+                KeyView k = block_view(slot, i, tpb);
+                k.extra_ids = nullptr;
+                h = chain_hash(h, k);
+            }
+            r.key_hash = h;
+            blocks_hashed_ += depth + 1;
+        }
+    }
+    return r;
 }
 
 std::optional<BlockKey> KVCacheManager::find_new_context_block(int32_t slot) const {
     table_->check_slot(slot);
     if (!cfg_.enable_block_reuse) return std::nullopt;
     ++key_walks_;
-    // Build one full-block key at a time and stop at the first miss: most queued prompts miss
-    // within a few blocks, so this costs the matched prefix, not the whole prompt.
+    const RequestKeys& r = walk(slot);
+    if (r.depth >= r.full_blocks) return std::nullopt;
+    BlockKey out;  // the tokens through the first uncached block, and the LoRA id
+    out.lora_task_id = table_->lora_task_id[slot];
+    const int32_t* tokens = table_->tokens(slot)->tokens.get();
+    out.tokens.assign(tokens, tokens + static_cast<size_t>(r.depth + 1) * static_cast<size_t>(cfg_.tokens_per_block));
+    return out;
+}
+
+bool KVCacheManager::same_pass_key(int32_t slot, const RequestKeys& r, const PassKey& p) const {
     const RequestTable& t = *table_;
-    const TokenStore& ts = *t.tokens(slot);
-    const int32_t tpb = cfg_.tokens_per_block;
-    const int32_t full_blocks = ts.size / tpb;
-    BlockKey key;
-    key.lora_task_id = t.lora_task_id[slot];
-    key.uses_extra_ids = ts.extra_ids != nullptr;
-    int32_t search = BlockPool::kRoot;
-    for (int32_t i = 0; i < full_blocks; ++i) {
-        const int32_t* b = ts.tokens.get() + static_cast<size_t>(i) * static_cast<size_t>(tpb);
-        key.tokens.assign(b, b + tpb);
-        if (key.uses_extra_ids) {
-            const uint64_t* e = ts.extra_ids.get() + static_cast<size_t>(i) * static_cast<size_t>(tpb);
-            key.extra_ids.assign(e, e + tpb);
-        }
-        const int32_t cached = pool_.find_child(search, key);
-        if (cached < 0) {
-            BlockKey out;  // the tokens through the first uncached block, and the LoRA id
-            out.lora_task_id = t.lora_task_id[slot];
-            out.tokens.assign(static_cast<const int32_t*>(ts.tokens.get()), b + tpb);
-            return out;
-        }
-        search = cached;
+    if (p.depth != r.depth || t.lora_task_id[slot] != t.lora_task_id[p.slot]) return false;
+    const TokenStore& a = *t.tokens(slot);
+    const TokenStore& b = *t.tokens(p.slot);
+    const size_t tpb = static_cast<size_t>(cfg_.tokens_per_block), end = (static_cast<size_t>(r.depth) + 1) * tpb;
+    size_t from = 0;
+    if (p.node == r.node) {
+        from = end - tpb;  // the same tree path: equal tokens and LoRA id before the new block
+    } else if (!a.extra_ids && !b.extra_ids) {
+        return false;  // without extra ids the path is a function of the tokens and LoRA id
     }
-    return std::nullopt;
+    ++pass_compared_;
+    return std::memcmp(a.tokens.get() + from, b.tokens.get() + from, (end - from) * sizeof(int32_t)) == 0;
 }
 
 int64_t KVCacheManager::find_new_context_block_id(int32_t slot, bool new_pass) {
-    if (new_pass) key_ids_.clear();
-    auto key = find_new_context_block(slot);
-    if (!key) return -1;
-    return key_ids_.emplace(std::move(*key), static_cast<int64_t>(key_ids_.size())).first->second;
+    table_->check_slot(slot);
+    if (new_pass) {
+        pass_index_.clear(static_cast<int32_t>(pass_keys_.size()));  // keeps room for as many as last time
+        pass_keys_.clear();
+        pass_tree_version_ = pool_.tree_version();
+        pass_tokens_epoch_ = table_->tokens_epoch();
+    } else if (pass_tree_version_ != pool_.tree_version() || pass_tokens_epoch_ != table_->tokens_epoch()) {
+        fail_input("find_new_context_block_batch: continue_pass=True after the KV cache's reuse tree or a request's "
+                   "tokens changed; start a new pass");
+    }
+    if (!cfg_.enable_block_reuse) return -1;
+    ++key_walks_;
+    const RequestKeys& r = walk(slot);
+    if (r.depth >= r.full_blocks) return -1;
+    int32_t id = pass_index_.find(r.key_hash, [&](int32_t k) { return same_pass_key(slot, r, pass_keys_[static_cast<size_t>(k)]); });
+    if (id >= 0) return id;
+    id = static_cast<int32_t>(pass_keys_.size());
+    pass_keys_.push_back({slot, r.node, r.depth, r.key_hash, false});
+    pass_index_.insert(r.key_hash, id);
+    return id;
+}
+
+KVCacheManager::Claim KVCacheManager::claim_new_context_block(int32_t slot, bool new_pass) {
+    const int64_t id = find_new_context_block_id(slot, new_pass);
+    if (id < 0) return kNoKey;
+    bool& claimed = pass_keys_[static_cast<size_t>(id)].claimed;
+    if (claimed) return kClaimedBefore;
+    claimed = true;
+    return kClaimed;
 }
 
 void KVCacheManager::find_new_context_block_ids(const int32_t* slots, int32_t n, bool continue_pass, int64_t* ids) {
     for (int32_t i = 0; i < n; ++i) ids[i] = find_new_context_block_id(slots[i], i == 0 && !continue_pass);
+}
+
+void KVCacheManager::probe_prefix_match_lengths(const int32_t* tokens, const int64_t* offsets, int32_t n,
+                                                const int64_t* lora_task_ids, int32_t* out) const {
+    const int32_t tpb = cfg_.tokens_per_block;
+    for (int32_t i = 0; i < n; ++i) {
+        out[i] = 0;
+        if (!cfg_.enable_block_reuse) continue;
+        const int64_t begin = offsets[i], usable = offsets[i + 1] - begin - 1;
+        const int64_t lora = lora_task_ids ? lora_task_ids[i] : -1;
+        // The prompt's own chained hashes, computed here: a dry run touches no memo or counter.
+        uint64_t hash = kRootHash;
+        int32_t node = BlockPool::kRoot, matched = 0;
+        for (int64_t start = 0; start + tpb <= usable; start += tpb) {
+            const KeyView key{tokens + begin + start, nullptr, tpb, lora};
+            hash = chain_hash(hash, key);
+            node = pool_.peek_child(node, key, hash);
+            if (node < 0) break;
+            matched += tpb;
+        }
+        out[i] = matched;
+    }
 }
 
 // ---------------------------------------------------------------- scheduling accounting

@@ -63,6 +63,7 @@ private:
     void insert_at(std::vector<int32_t>::iterator pos, int32_t slot) {
         table_->check_slot(slot);
         if (contains(slot)) throw InputError("request " + std::to_string(table_->request_id[slot]) + " is already in the list");
+        table_->check_fits_caches(slot);  // a request that could never run does not enter
         slots_.insert(pos, slot);  // never reallocates: capacity reserved for every slot
         member_[static_cast<size_t>(slot)] = 1;
         ++table_->list_refs[slot];

@@ -34,6 +34,7 @@ RequestTable::RequestTable(int32_t capacity) : capacity_(capacity) {
     priority = column(c_priority_);
     live_.assign(static_cast<size_t>(capacity), 0);
     generation_.assign(static_cast<size_t>(capacity), 0);
+    tokens_version_.assign(static_cast<size_t>(capacity), 0);
     token_store_.resize(static_cast<size_t>(capacity));
     beam_schedule_.resize(static_cast<size_t>(capacity));
     free_slots_.reserve(static_cast<size_t>(capacity));
@@ -83,6 +84,8 @@ int32_t RequestTable::add_request(int64_t id, const int32_t* prompt, int32_t ple
     slot_of_id_.emplace(id, s);
     live_[idx(s)] = 1;
     ++generation_[idx(s)];
+    ++tokens_version_[idx(s)];
+    ++tokens_epoch_;
     ++size_;
     token_store_[idx(s)] = std::move(store);
     beam_schedule_[idx(s)] = o.beam_width_schedule;
@@ -108,6 +111,30 @@ int32_t RequestTable::add_request(int64_t id, const int32_t* prompt, int32_t ple
     return s;
 }
 
+void RequestTable::check_fits(const CacheLimit& l, int64_t id, int64_t plen, int64_t max_new, int32_t enc) {
+    const std::string cache = l.cross ? "the cross KV cache's " : "the KV cache's ";
+    const int64_t tokens = l.cross ? std::max(enc, 1) : plen + max_new;
+    const std::string what = l.cross ? "encoder_output_len " + std::to_string(enc)
+                                     : "prompt length " + std::to_string(plen) + " + max_new_tokens " +
+                                           std::to_string(max_new) + " = " + std::to_string(tokens) + " tokens";
+    if (tokens > l.max_seq_len)
+        fail_input(id_str(id) + ": " + what + " exceeds " + cache + "max_seq_len " + std::to_string(l.max_seq_len) +
+                   ": it could never run (remove it from the table, or size the cache for it)");
+    const int64_t blocks = ceil_div(tokens, l.tokens_per_block);
+    if (blocks > l.num_blocks)
+        fail_input(id_str(id) + ": " + what + " need " + std::to_string(blocks) + " blocks of " +
+                   std::to_string(l.tokens_per_block) + " tokens, more than " + cache + "num_blocks " +
+                   std::to_string(l.num_blocks) + ": it could never run (remove it from the table, or size the cache for it)");
+}
+
+void RequestTable::add_cache_limit(const CacheLimit& l) { cache_limits_.push_back(l); }
+
+void RequestTable::remove_cache_limit(const void* cache) {
+    cache_limits_.erase(std::remove_if(cache_limits_.begin(), cache_limits_.end(),
+                                       [cache](const CacheLimit& l) { return l.cache == cache; }),
+                        cache_limits_.end());
+}
+
 void RequestTable::remove_request(int32_t s) {
     check_slot(s);
     if (kv_refs[s] != 0)
@@ -120,6 +147,7 @@ void RequestTable::remove_request(int32_t s) {
     beam_schedule_[idx(s)].clear();
     live_[idx(s)] = 0;
     ++generation_[idx(s)];
+    ++tokens_epoch_;
     --size_;
     request_id[s] = -1;
     state[s] = 0;
@@ -248,6 +276,11 @@ void RequestTable::discard_draft_tokens(const int32_t* slots, const int32_t* cou
 
 void RequestTable::set_num_draft_tokens(int32_t s, int32_t n) {
     if (n < 0) fail_input(id_str(request_id[s]) + ": draft token count must be >= 0");
+    // A count within the reserved storage keeps every per-request token sum far inside int32.
+    const int32_t reserved = token_store_[idx(s)]->capacity;
+    if (n > reserved)
+        fail_input(id_str(request_id[s]) + ": " + std::to_string(n) + " draft tokens exceed the request's reserved " +
+                   "token storage of " + std::to_string(reserved) + " tokens");
     tally(s, -1);
     num_draft_tokens[s] = n;
     tally(s, +1);
@@ -262,6 +295,8 @@ void RequestTable::pause(int32_t s, int32_t max_input_len) {
         prompt_len[s] = new_prompt;
     }
     t.size = prompt_len[s];  // truncation never reallocates
+    ++tokens_version_[idx(s)];
+    ++tokens_epoch_;
     num_tokens[s] = t.size;
     state[s] = encoder_output_len[s] > 0 ? state::ENCODER_INIT : state::CONTEXT_INIT;
     context_current_position[s] = 0;

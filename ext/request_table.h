@@ -47,6 +47,17 @@ constexpr int32_t kMaxTableCapacity = 1 << 22;   ///< request slots (~100 bytes 
 constexpr int64_t kMaxRequestTokens = 1 << 24;   ///< prompt + max new + draft tokens of one request
 constexpr int32_t kMaxBeamWidth = 1024;          ///< beam width (and each scheduled beam width)
 
+/// What a KV cache of the table can ever hold. KVCacheManager registers one, and a RequestList (the
+/// active list every scheduler step reads) refuses a request beyond it, so no backend can schedule
+/// it into a failure or leave it waiting forever.
+struct CacheLimit {
+    const void* cache = nullptr;   ///< the registering cache (identity only)
+    int32_t max_seq_len = 0;       ///< longest sequence
+    int32_t num_blocks = 0;        ///< primary blocks
+    int32_t tokens_per_block = 0;
+    bool cross = false;            ///< a cross cache: sized by encoder_output_len
+};
+
 /// The columns. Every pointer addresses `capacity` entries owned by RequestTable.
 /// Layout claim: one int32/int64/float array per field, indexed by slot (structure-of-arrays).
 class RequestTable {
@@ -61,6 +72,13 @@ public:
     /// Adds a request; returns its slot. Throws InputError (state unchanged) on bad input.
     int32_t add_request(int64_t request_id, const int32_t* prompt, int32_t prompt_len,
                         int32_t max_new_tokens, const RequestOptions& opts);
+    /// Registers a cache's limit (checked for the requests that enter a RequestList from now on).
+    void add_cache_limit(const CacheLimit& limit);
+    void remove_cache_limit(const void* cache);
+    /// Throws InputError naming the limit when the request could never run in a registered cache.
+    void check_fits_caches(int32_t s) const {
+        for (const CacheLimit& l : cache_limits_) check_fits(l, request_id[s], prompt_len[s], max_new_tokens[s], encoder_output_len[s]);
+    }
     /// Frees the slot. Throws if a KV cache still holds the request's sequence.
     void remove_request(int32_t slot);
     /// Frees many slots, all or nothing: every slot is checked (live, not held by a KV cache or a
@@ -80,6 +98,10 @@ public:
     }
     [[noreturn]] void fail_dead_slot(int32_t slot) const;
     uint32_t generation(int32_t slot) const { return generation_[idx(slot)]; }
+    /// Changes whenever the slot's tokens change other than by appending (a new request, a pause).
+    uint32_t tokens_version(int32_t slot) const { return tokens_version_[idx(slot)]; }
+    /// Changes whenever any slot's tokens_version does, or a request is removed.
+    uint64_t tokens_epoch() const { return tokens_epoch_; }
 
     // --- TensorRT-LLM's LlmRequest methods, by slot ---
     int32_t context_remaining_length(int32_t s) const { return prompt_len[s] - context_current_position[s]; }
@@ -106,6 +128,7 @@ public:
     void discard_draft_tokens(int32_t s, int32_t n);
     /// discard_draft_tokens for many slots, all checked before the first is changed.
     void discard_draft_tokens(const int32_t* slots, const int32_t* counts, int32_t n);
+    /// Sets the draft token count: 0 <= n <= the request's reserved token storage (TokenStore::capacity).
     void set_num_draft_tokens(int32_t s, int32_t n);
     /// Folds generated tokens into the prompt (beam 1) and restarts the request (a pause).
     void pause(int32_t s, int32_t max_input_len);
@@ -154,6 +177,8 @@ private:
     void check_context_state(int32_t s, const char* what) const;
     /// Throws unless min_n <= n <= the request's draft tokens (batch discards name both counts).
     void check_draft_discard(int32_t s, int32_t n, int32_t min_n) const;
+    /// Throws InputError naming the limit when a request of these sizes could never run in `l`.
+    static void check_fits(const CacheLimit& l, int64_t id, int64_t prompt_len, int64_t max_new, int32_t encoder_output_len);
     /// Adds `sign` (+1 or -1) to every tally slot `s` counts in, by its current column values.
     void tally(int32_t s, int64_t sign) {
         tallies_[kWithLora] += sign * (lora_task_id[s] >= 0);
@@ -170,10 +195,13 @@ private:
     std::vector<float> c_priority_;
     std::vector<uint8_t> live_;                         ///< 1 if the slot holds a request
     std::vector<uint32_t> generation_;                  ///< bumped on every add/remove of the slot
+    std::vector<uint32_t> tokens_version_;              ///< bumped when tokens change but by appending
+    uint64_t tokens_epoch_ = 0;                         ///< bumped with any tokens_version_ and on removal
     std::vector<std::shared_ptr<TokenStore>> token_store_;  ///< per slot; shared with views
     std::vector<std::vector<int32_t>> beam_schedule_;  ///< per slot; usually empty (cold)
     std::vector<int32_t> free_slots_;                  ///< stack of free slots
     std::unordered_map<int64_t, int32_t> slot_of_id_;  ///< live request id -> slot
+    std::vector<CacheLimit> cache_limits_;             ///< of the caches built on this table
 };
 
 }  // namespace tllm

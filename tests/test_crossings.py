@@ -27,8 +27,9 @@ from tllm_sched.registry import CAPACITY_POLICIES, NO_KV_CACHE
 from tllm_sched.scheduler import Scheduler
 
 
-def _decoding(n, policy, backend, *, reuse=False, peft=False, chunking=None, contexts=0, budget=None, fused=False):
-    """n running generations (their context step done), then `contexts` new requests."""
+def _decoding(n, policy, backend, *, reuse=False, peft=False, chunking=None, contexts=0, budget=None, fused=False,
+              prompt=lambda j: np.full(64, 7, dtype=np.int32)):
+    """n running generations (their context step done), then `contexts` new requests (prompt(j))."""
     t = ts.RequestTable(n + contexts + 4)
     kv = ts.KVCacheManager(t, 16, (n + contexts) * 12 + 16, 1024, enable_block_reuse=reuse)
     pm = ts.PeftCacheManager(1, 1000) if peft else None
@@ -44,7 +45,7 @@ def _decoding(n, policy, backend, *, reuse=False, peft=False, chunking=None, con
     ts.SimExecutor(t, kv, None, 4096).apply(o.paused, o.fitting_disagg_gen_init, np.concatenate([o.context, o.generation]))
     s = Scheduler(cfg, t, kv, None, pm, backend=backend, count_crossings=True)
     for j in range(contexts):
-        lst.append(t.add_request(n + j, np.full(64, 7, dtype=np.int32), 10))
+        lst.append(t.add_request(n + j, prompt(j), 10))
     return s, lst
 
 
@@ -233,3 +234,29 @@ def test_the_fused_cpp_backend_is_one_call():
     s, lst = _decoding(64, "MAX_UTILIZATION", "cpp", fused=True)
     s.schedule(lst)
     assert s.last_step_crossings == 1
+
+
+@pytest.mark.parametrize("policy", ["GUARANTEED_NO_EVICT", "MAX_UTILIZATION"])
+def test_key_windows_stay_within_the_budget(policy, monkeypatch):
+    """Skipping lets admission past window after window. With windows of two keys (the
+    thresholds lowered), the key questions a step can afford run out and the last one takes the
+    rest of the list: 8 crossings (GNE: slots, remaining_batch, 5 key windows,
+    set_context_chunk_sizes; MU: slots, start_scheduling, needed_batch, 4 key windows,
+    set_context_chunk_sizes), and the decisions of cpp."""
+    from tllm_sched.policies import reuse_skipping
+
+    monkeypatch.setattr(reuse_skipping, "WINDOW_CAP", 2)
+    n, contexts = 16, 40
+    chunking = ChunkingConfig("FIRST_COME_FIRST_SERVED", 16)
+    decided = {}
+    for backend in ("cpp", "python"):
+        # Pairs share a prompt: the second of each pair waits for the first.
+        s, lst = _decoding(n, policy, backend, reuse=True, chunking=chunking, contexts=contexts, budget=n + 10_000,
+                           prompt=lambda j: np.full(64, 1000 + j // 2, dtype=np.int32))
+        t = lst.table
+        out = s.schedule(lst)
+        decided[backend] = (t.request_ids(out.context).tolist(), t.request_ids(out.generation).tolist())
+        if backend == "python":
+            assert s.last_step_crossings == 8
+    assert decided["python"] == decided["cpp"]
+    assert decided["cpp"][0] == list(range(n, n + contexts, 2))

@@ -903,3 +903,200 @@ def test_find_new_context_block():
     d = add_req(t, 4, 36)                 # same first new block as b
     e = add_req(t, 5, toks(10) + toks(20, 600))
     assert kv.find_new_context_block_batch(slots(b, c, d, e)).tolist() == [0, -1, 0, 1]
+
+
+# ------------------------------------------- block hashes, resumed walks, compact skip keys (issue 11)
+
+
+def work(kv):
+    s = kv.get_kv_cache_stats()
+    return s["blocks_hashed"], s["blocks_compared"]
+
+
+def _cached_prefix(t, kv, n=25):
+    """Request 1 with prompt toks(n), its full blocks stored: [0..9], [10..19] cached (tpb 10)."""
+    a = add_req(t, 1, n)
+    kv.add_sequence(1, n, 1, a)
+    kv.store_context_blocks(a)
+    return a
+
+
+def test_a_second_question_over_unchanged_requests_hashes_and_compares_nothing():
+    t = new_table()
+    kv = new_kv(t, 10, 40, 100, enable_block_reuse=True)
+    _cached_prefix(t, kv)
+    w0 = work(kv)
+    waiting = [add_req(t, 2, 35), add_req(t, 3, 36), add_req(t, 4, toks(10) + toks(20, 600)), add_req(t, 5, 20)]
+    first = kv.find_new_context_block_batch(slots(*waiting)).tolist()
+    assert first == [0, 0, 1, -1]
+    w1 = work(kv)
+    # Hashed: 3 blocks each for 2 and 3 (two hits, the miss), 2 for 4, 2 for 5 (both hit).
+    assert w1[0] - w0[0] == 3 + 3 + 2 + 2
+    # Compared: 2 + 2 + 1 + 2 tree matches confirmed, and 3's key confirmed equal to 2's (one block).
+    assert w1[1] - w0[1] == 2 + 2 + 1 + 2 + 1
+    for _ in range(2):  # the next steps: nothing they depend on changed
+        assert kv.find_new_context_block_batch(slots(*waiting)).tolist() == first
+        assert work(kv)[0] == w1[0]
+    # Interning the same keys again in a new pass compares the shared key once more, nothing else.
+    assert work(kv)[1] - w1[1] == 2
+
+
+def test_scheduling_twice_hashes_nothing_the_second_time():
+    """The issue's counter test: a second step over unchanged waiting requests hashes no block
+    again (both batched backends: the question is the cache's)."""
+    from tllm_sched.config import SchedulerConfig
+    from tllm_sched.scheduler import Scheduler
+
+    for backend in ("cpp", "python"):
+        t = new_table()
+        kv = new_kv(t, 10, 40, 100, enable_block_reuse=True)
+        _cached_prefix(t, kv)
+        lst = ts.RequestList(t)
+        for rid in range(2, 8):  # waiting contexts sharing the cached prefix, pairwise equal beyond it
+            lst.append(add_req(t, rid, toks(20) + toks(10, 1000 + rid // 2)))
+        s = Scheduler(SchedulerConfig("GUARANTEED_NO_EVICT", 1), t, kv, backend=backend)
+        out = s.schedule(lst)
+        assert t.request_ids(out.context).tolist() == [2]
+        hashed = work(kv)[0]
+        out = s.schedule(lst)
+        assert t.request_ids(out.context).tolist() == [2]
+        assert work(kv)[0] == hashed
+
+
+def test_a_walk_resumes_when_blocks_are_stored_under_its_end():
+    t = new_table()
+    kv = new_kv(t, 10, 40, 100, enable_block_reuse=True)
+    _cached_prefix(t, kv)
+    b = add_req(t, 2, 45)
+    assert kv.find_new_context_block(b)[0].tolist() == toks(30)  # [20..29] is new
+    h, c = work(kv)
+    x = add_req(t, 3, 41)  # computes [20..29] and [30..39] and stores them under [10..19]
+    kv.add_sequence(3, 41, 1, x)
+    kv.store_context_blocks(x)
+    h2, c2 = work(kv)
+    assert kv.find_new_context_block(b) is None  # every full block of b is cached now
+    # Resumed from [10..19]: b's last 2 full blocks confirmed, of which only the last is hashed
+    # now ([20..29] was hashed by the first walk, where it missed); its first 2 are not touched.
+    assert work(kv)[0] - h2 == 1 and work(kv)[1] - c2 == 2
+
+
+def test_a_walk_starts_over_when_a_block_of_its_path_is_recycled():
+    # 4 blocks: request 1 (25 tokens, 3 blocks) caches [0..9], [10..19] and, on release, its
+    # partial [20..23]; the free queue is then 3, 2, 1, 0 (reverse release). Three fresh blocks
+    # for another prompt take 3, then recycle 2 and [10..19], the end of b's walk.
+    t = new_table()
+    kv = new_kv(t, 10, 4, 100, enable_block_reuse=True)
+    a = _cached_prefix(t, kv)
+    b = add_req(t, 2, 35)
+    assert kv.find_new_context_block(b)[0].tolist() == toks(30)
+    kv.remove_sequence(1, a)
+    y = add_req(t, 3, toks(21, 500))
+    kv.add_sequence(3, 21, 1, y)
+    assert kv.num_cached_blocks == 1  # [0..9] only
+    h, c = work(kv)
+    assert kv.find_new_context_block(b)[0].tolist() == toks(20)  # walked again from the root
+    assert work(kv) == (h, c + 1)  # [0..9] confirmed again; b's hashes are kept
+
+
+def test_a_walk_that_matched_everything_goes_on_when_tokens_are_appended():
+    t = new_table()
+    kv = new_kv(t, 10, 40, 100, enable_block_reuse=True)
+    _cached_prefix(t, kv, 31)  # [0..9], [10..19], [20..29] cached
+    b = add_req(t, 2, 20, max_new=20)
+    assert kv.find_new_context_block(b) is None
+    for tok in range(20, 29):
+        b.add_new_token(tok)
+    assert kv.find_new_context_block(b) is None  # a partial third block is not asked about
+    b.add_new_token(999)  # the third block completes, differing from the cached one
+    assert kv.find_new_context_block(b)[0].tolist() == toks(29) + [999]
+
+
+def test_a_pause_makes_the_walk_start_over():
+    t = new_table()
+    kv = new_kv(t, 10, 40, 100, enable_block_reuse=True)
+    _cached_prefix(t, kv, 31)
+    b = add_req(t, 2, toks(20) + [7] * 10, max_new=20)
+    assert kv.find_new_context_block(b)[0].tolist() == toks(20) + [7] * 10
+    b.pause(15)  # the prompt is cut to 15 tokens: one full block, cached
+    assert kv.find_new_context_block(b) is None
+
+
+def test_skip_keys_ignore_extra_ids_as_tensorrt_llm_does():
+    """A skip key is the tokens through the first new block and the LoRA id: two requests with
+    equal tokens share it whatever their extra ids, although the tree walks they take differ."""
+    t = new_table()
+    kv = new_kv(t, 10, 40, 100, enable_block_reuse=True)
+    _cached_prefix(t, kv)
+    plain = add_req(t, 2, 35)
+    extra = add_req(t, 3, 35, input_token_extra_ids=[5] * 35)  # its walk misses at the root
+    other_extra = add_req(t, 4, 35, input_token_extra_ids=[6] * 35)
+    assert kv.find_new_context_block(extra)[0].tolist() == toks(10)
+    assert kv.find_new_context_block_batch(slots(plain, extra, other_extra)).tolist() == [0, 1, 1]
+    lora = add_req(t, 5, 35, lora_task_id=3)
+    assert kv.find_new_context_block_batch(slots(plain, lora)).tolist() == [0, 1]
+
+
+def test_claims_answer_no_key_claimed_or_claimed_before():
+    t = new_table()
+    kv = new_kv(t, 10, 40, 100, enable_block_reuse=True)
+    _cached_prefix(t, kv)
+    b, c, d, e = add_req(t, 2, 35), add_req(t, 3, 20), add_req(t, 4, 36), add_req(t, 5, toks(10) + toks(20, 600))
+    assert kv.claim_new_context_blocks(slots(b, c)).tolist() == [1, 0]
+    assert kv.claim_new_context_blocks(slots(d, e), continue_pass=True).tolist() == [2, 1]
+    assert kv.claim_new_context_blocks(slots(d, b)).tolist() == [1, 2]  # a new pass
+
+
+def test_continuing_a_pass_after_the_tree_changed_is_refused():
+    t = new_table()
+    kv = new_kv(t, 10, 40, 100, enable_block_reuse=True)
+    _cached_prefix(t, kv)
+    b = add_req(t, 2, 35)
+    kv.find_new_context_block_batch(slots(b))
+    x = add_req(t, 3, 41)
+    kv.add_sequence(3, 41, 1, x)
+    kv.store_context_blocks(x)
+    with pytest.raises(ValueError, match="continue_pass=True after"):
+        kv.find_new_context_block_batch(slots(b), continue_pass=True)
+    assert kv.find_new_context_block_batch(slots(b)).tolist() == [-1]  # a new pass is fine
+    t.remove_request(t.add_request(9, [1, 2, 3], 1))  # a request's tokens went away
+    with pytest.raises(ValueError, match="continue_pass=True after"):
+        kv.claim_new_context_blocks(slots(b), continue_pass=True)
+
+
+def test_colliding_hashes_change_no_decision():
+    """With every chained hash masked to 2 bits, lookups find many candidates with the hash
+    asked for; confirming each against its key keeps every answer exact."""
+    import gc
+
+    def run():
+        t = new_table()
+        kv = new_kv(t, 4, 60, 100, enable_block_reuse=True)
+        reqs = []
+        for rid in range(12):  # families of shared prefixes, diverging at different blocks
+            p = toks(4 * (rid % 4)) + toks(30, 100 + rid // 3)
+            r = add_req(t, rid, p)
+            reqs.append(r)
+            if rid % 2 == 0:
+                kv.add_sequence(rid, len(p), 1, r)
+                kv.store_context_blocks(r)
+        ids = kv.find_new_context_block_batch(slots(*reqs)).tolist()
+        keys = [kv.find_new_context_block(r) for r in reqs]
+        kv.check_invariants()
+        return ids, [None if k is None else k[0].tolist() for k in keys], kv.num_cached_blocks
+
+    expected = run()
+    gc.collect()
+    ts._core._set_block_hash_mask(3)
+    try:
+        assert run() == expected
+    finally:
+        gc.collect()
+        ts._core._set_block_hash_mask(2**64 - 1)
+
+
+def test_the_hash_mask_is_refused_while_a_cache_lives():
+    t = new_table()
+    kv = new_kv(t)
+    with pytest.raises(ValueError, match="alive"):
+        ts._core._set_block_hash_mask(3)
+    del kv

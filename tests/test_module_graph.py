@@ -2,7 +2,8 @@
 
 Every import statement counts, at module level or inside a function (a lazy import hides a cycle
 from the interpreter, not from a reader). Importing `a.b.c` also runs the packages `a` and
-`a.b`, so those are edges too.
+`a.b`, so those are edges too, except from a module to its own enclosing packages: those are
+already initialising when it runs (a package `__init__` that re-exports its submodules is fine).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def _imports(name: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
                 base = ".".join(anchor + ([base] if base else []))
             targets.add(base)
             targets.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
-    return {m for t in targets for m in _with_packages(t) if m in modules and m != name}
+    enclosing = set(_with_packages(name))
+    return {m for t in targets for m in _with_packages(t) if m in modules and m not in enclosing}
 
 
 def _graph() -> Dict[str, Set[str]]:

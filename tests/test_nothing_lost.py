@@ -284,7 +284,8 @@ def test_add_request_failures_change_nothing():
         lambda: w.t.add_request(1, toks(3), 2),                                   # duplicate id
         lambda: w.t.add_request(2, toks(3), 2, input_token_extra_ids=[1, 2]),     # one extra id short
         lambda: w.t.add_request(2, toks(3), 2, beam_width_schedule=[2, 0]),
-        lambda: w.t.add_request(2, np.arange(3, dtype=np.int64), 2),              # wrong dtype
+        lambda: w.t.add_request(2, np.arange(3, dtype=np.float32), 2),            # not integers
+        lambda: w.t.add_request(2, np.array([1, 2**31], dtype=np.int64), 2),      # beyond int32
     ):
         w.assert_fails_cleanly(call, exc=(ValueError, TypeError))
     b = w.add(2, toks(3))

@@ -61,7 +61,7 @@ def test_kind_counts_agree_in_both_branches(monkeypatch, few):
     assert table.count(I32()) == [0, 0, 0, 0]
 
 
-@pytest.mark.parametrize("few", [16, 0])
+@pytest.mark.parametrize("head", [8, 0, 1, 2])  # the plain scan, the arrays, both
 @pytest.mark.parametrize("values,limit,expected", [
     ([3, 4, 5], 6, 1),     # 3 <= 6, 7 > 6
     ([3, 4, 5], 7, 2),     # 3, 7 fit; 12 > 7
@@ -72,6 +72,6 @@ def test_kind_counts_agree_in_both_branches(monkeypatch, few):
     ([4, -3, 2], 3, 0),    # the first total (4) is over: a later lower total does not count
     ([2, 3, -4, 1], 2, 1), # 2 fits, 5 is over: stop there
 ])
-def test_prefix_within(monkeypatch, few, values, limit, expected):
-    monkeypatch.setattr(common, "FEW", few)
+def test_prefix_within(monkeypatch, head, values, limit, expected):
+    monkeypatch.setattr(common, "HEAD", head)
     assert prefix_within(np.array(values, dtype=np.int32), limit) == expected

@@ -4,7 +4,7 @@ offers exactly the registry's members."""
 import pytest
 
 import tllm_sched as ts
-from tllm_sched import bench, bench_report, bench_workloads, scenario
+from tllm_sched import bench_args, bench_report, bench_workloads, scenario
 from tllm_sched.config import SchedulerConfig
 from tllm_sched.registry import BENCH_POLICIES, CAPACITY_POLICIES, CHUNKING_POLICIES
 from tllm_sched.scheduler import Scheduler
@@ -30,7 +30,7 @@ def test_consumers_read_the_registry():
     assert set(BENCH_POLICIES) <= set(CAPACITY_POLICIES)
     assert bench_workloads.POLICIES == BENCH_POLICIES
     assert bench_report.POLICY_SHORT == {"MAX_UTILIZATION": "MU", "GUARANTEED_NO_EVICT": "GNE", "STATIC_BATCH": "SB"}
-    assert bench.ALIASES == {"MU": "MAX_UTILIZATION", "MAX_UTIL": "MAX_UTILIZATION", "GNE": "GUARANTEED_NO_EVICT"}
+    assert bench_args.ALIASES == {"MU": "MAX_UTILIZATION", "MAX_UTIL": "MAX_UTILIZATION", "GNE": "GUARANTEED_NO_EVICT"}
 
 
 @pytest.mark.parametrize("policy", CAPACITY_POLICIES)

@@ -406,13 +406,18 @@ def _fill(t, n):
     (lambda t: add_req(t, 2, 5, priority=1.5), ValueError, "priority"),
     (lambda t: add_req(t, 2, 5, lora_task_id=-5), ValueError, "lora_task_id"),
     (lambda t: add_req(t, -3, 5), ValueError, "request_id"),
-    (lambda t: t.add_request(2, np.arange(5, dtype=np.int64), 3), TypeError, "int32"),
-    (lambda t: t.add_request(2, np.arange(10, dtype=np.int32)[::2], 3), TypeError, "contiguous"),
+    (lambda t: t.add_request(2, np.array([5, 2**31], dtype=np.int64), 3), ValueError, "2147483648 at index 1"),
+    (lambda t: t.add_request(2, np.array([5, -2**31 - 1], dtype=np.int64), 3), ValueError, "int32 range"),
+    (lambda t: t.add_request(2, np.array([2**32 - 1], dtype=np.uint32), 3), ValueError, "int32 range"),
+    (lambda t: t.add_request(2, np.arange(5, dtype=np.float64), 3), TypeError, "integer values.*float64"),
+    (lambda t: t.add_request(2, np.ones(5, dtype=bool), 3), TypeError, "integer values.*bool"),
+    (lambda t: t.add_request(2, np.ones((2, 3), dtype=np.int32), 3), TypeError, "1-D"),
     (lambda t: t.add_request(2, "abc", 3), TypeError, "input_tokens"),
     (lambda t: t.add_request(2, [1, 2.5], 3), TypeError, "int"),
     (lambda t: t.add_request(2, [1, 2**40], 3), ValueError, "int32"),
 ], ids=["duplicate", "empty", "max_new0", "beam0", "draft_neg", "priority1.5", "lora-5", "id_neg",
-        "int64_array", "noncontiguous", "str", "float_token", "token_range"])
+        "int64_too_big", "int64_too_small", "uint32_too_big", "float_array", "bool_array", "2d", "str",
+        "float_token", "token_range"])
 def test_add_request_bad_input(call, exc, words):
     t = new_table(4)
     add_req(t, 1, 5)
@@ -422,6 +427,17 @@ def test_add_request_bad_input(call, exc, words):
     # Nothing leaked: id 2 and a slot are still available.
     r = add_req(t, 2, 5)
     assert r.request_id == 2 and len(t) == 2
+
+
+@pytest.mark.parametrize("prompt", [
+    np.arange(5, dtype=np.int64), np.arange(5, dtype=np.uint8), np.arange(5, dtype=np.int16),
+    np.arange(10, dtype=np.int32)[::2] // 2, np.arange(10, dtype=np.int64)[::2] // 2, [0, 1, 2, 3, 4],
+], ids=["int64", "uint8", "int16", "int32_strided", "int64_strided", "list"])
+def test_add_request_takes_any_integer_prompt_whose_values_fit_int32(prompt):
+    # A checked conversion: every value is read and range-checked, so the stored prompt is exact.
+    t = new_table(4)
+    r = t.add_request(2, prompt, 3)
+    assert r.tokens.dtype == np.int32 and r.tokens.tolist() == [0, 1, 2, 3, 4]
 
 
 def test_add_request_table_full():

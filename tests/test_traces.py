@@ -317,3 +317,37 @@ def test_detect_format_errors_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(TraceError, match=r":1: wrong CSV header"):
         detect_format(path)
     assert detect_format(_write(tmp_path, "y.jsonl", "\n" + GOOD + "\n")) == "mooncake"
+
+
+# ------------------------------------------------------------------ replays
+
+
+def test_mooncake_replay_decides_alike_on_every_step(mooncake: Trace) -> None:
+    """The first 60 requests of the real trace, KV reuse on, on every backend: each step's
+    decisions (a checksum of its output slot arrays) are compared as the run goes (a difference
+    raises DecisionMismatch), and shared hash-id prefixes become reused blocks."""
+    from tllm_sched import bench_workloads as wl
+    from tllm_sched.scheduler import BACKENDS
+    from tllm_sched.traces import prompt_tokens as tokens_of
+
+    part = load_trace(mooncake.path, limit=60)
+    backends = wl.probe_backends(BACKENDS)[0]
+    run = wl.run_trace(part, backends, wl.TraceOptions())
+    assert [r["backend"] for r in run["results"]] == backends
+    steps = {r["steps"] for r in run["results"]}
+    assert len(steps) == 1  # the same decisions every step: the same number of steps
+    for r in run["results"]:
+        assert r["requests_done"] == 60 and not r["truncated"]
+        assert r["decisions_match"] is (True if len(backends) > 1 else None)
+        assert r["reuse_hit_rate"] > 0 and r["reused_blocks"] > 0
+    # The blocks a request could reuse (64-token blocks that hold some of its longest common
+    # prefix with an earlier prompt; reuse keeps at least one prompt token to compute) bound the
+    # hits from above.
+    seen: list[np.ndarray] = []
+    bound = 0
+    for i in range(len(part)):
+        p = tokens_of(part, i)
+        best = max((_common_prefix(p, q) for q in seen), default=0)
+        bound += -(-min(best, p.size - 1) // 64)
+        seen.append(p)
+    assert 0 < run["results"][0]["reused_blocks"] <= bound

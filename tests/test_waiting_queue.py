@@ -158,9 +158,8 @@ def test_without_a_policy_there_is_no_queue():
     t, _ = _table([0.5])
     s = Scheduler(SchedulerConfig("GUARANTEED_NO_EVICT", 4), t, ts.KVCacheManager(t, 4, 8, 16))
     assert s.waiting_queue is None and s.fetch_new_requests(ts.RequestList(t)) == 0
-    with pytest.raises(ValueError, match="max_num_active_requests must be positive"):
-        Scheduler(SchedulerConfig("GUARANTEED_NO_EVICT", 4, waiting_queue_policy="FCFS", max_num_active_requests=0),
-                  t, ts.KVCacheManager(t, 4, 8, 16))
+    with pytest.raises(ValueError, match=r"SchedulerConfig\.max_num_active_requests must be a positive int, got 0"):
+        SchedulerConfig("GUARANTEED_NO_EVICT", 4, waiting_queue_policy="FCFS", max_num_active_requests=0)
 
 
 # ------------------------------------------------------------------ the scenario format

@@ -12,7 +12,16 @@ from typing import Optional, Protocol, Tuple
 
 import numpy as np
 
-__all__ = ["SchedulerBackend", "SchedulerOutput"]
+from tllm_sched import _core
+
+__all__ = ["SchedulerBackend", "SchedulerOutput", "list_requests", "list_slots", "list_table"]
+
+# What a backend reads of a RequestList, through the C++ methods: a Python subclass may override
+# `slots`, `requests` or `table`, but every backend schedules what the C++ list holds, as the cpp
+# backend does.
+list_slots = _core.RequestList.slots.fget
+list_table = _core.RequestList.table.fget
+list_requests = _core.RequestList.requests
 
 _EMPTY = np.zeros(0, dtype=np.int32)
 _EMPTY.flags.writeable = False

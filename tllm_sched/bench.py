@@ -3,11 +3,14 @@
     tllm-sched bench [--quick] [--workloads decode,mixed] [--policies GNE,MU] [--backends cpp,python,...]
                      [--active 64,256,1024,4096] [--steps N] [--warmup N] [--seed N] [--out DIR]
     tllm-sched bench --trace FILE [--trace-limit N] [--max-steps N] [--policies P] [engine options]
-    tllm-sched bench --compare BASELINE.json [--max-ratio 1.25] [--current RESULTS.json | run options]
+    tllm-sched bench --prompt-length-sweep [1024,4096,16384,65536] [--policies P] [--steps N]
 
 The workloads and the simulated executor are in bench_workloads.py, the outputs in
-bench_report.py. Exit status: 0 success, 1 a --compare regression, 2 invalid input (one-line
-message, no traceback), 3 a run that started but could not go on.
+bench_report.py. Every step's decisions are compared across the backends (a checksum of the
+output slot arrays): a difference ends the run (exit 3, naming the step). To gate a change
+against a saved baseline, use `tllm-sched gate` (gate.py). Exit status: 0 success,
+2 invalid input (one-line message, no traceback), 3 a run that started
+but could not go on.
 """
 
 from __future__ import annotations
@@ -18,73 +21,30 @@ import sys
 import time
 from typing import List, Optional
 
+from tllm_sched import _core, cli
 from tllm_sched import bench_report as report
 from tllm_sched import bench_workloads as wl
+from tllm_sched.bench_args import MAX_SEED, PROG, UsageError, _count, _int_in, _list, _milliseconds, _positive, _progress, _steps
+from tllm_sched.files import FileProblem, check_output_dir
 from tllm_sched.registry import CAPACITY_POLICIES
+from tllm_sched.replay import RunFailure
 
-PROG = "tllm-sched bench"
 DEFAULTS = dict(workloads=list(wl.WORKLOADS), policies=list(wl.POLICIES), active=[64, 256, 1024, 4096], steps=1000,
                 warmup=20, seed=0)
 QUICK = dict(active=[64, 512], steps=100, warmup=5)
+SWEEP = dict(steps=100, warmup=2)  # --prompt-length-sweep defaults
 # A full Mooncake replay takes ~7 min with all three backends on 2 cores (the python backend's
 # reuse skipping dominates); by default a trace run covers its first half of the requests.
 TRACE_DEFAULT_LIMIT: dict = {}  # per-format default request limits (none: every trace replays whole)
 # --policies spellings besides the names: each benched policy's short name and aliases.
-ALIASES = {a: p.name for p in CAPACITY_POLICIES.values() if p.name in wl.POLICIES for a in (p.short, *p.aliases)}
-
-
-class UsageError(ValueError):
-    """Invalid input (exit status 2)."""
-
-
-def _list(kind: str, choices=None, convert=str):
-    def parse(text: str):
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"empty {kind} list")
-        out = []
-        for t in items:
-            if kind == "policy":
-                t = ALIASES.get(t.upper(), t.upper())
-            try:
-                v = convert(t)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"bad {kind} {t!r}") from None
-            if choices is not None and v not in choices:
-                raise argparse.ArgumentTypeError(f"unknown {kind} {t!r} (choose from {', '.join(map(str, choices))})")
-            if convert is int and v <= 0:
-                raise argparse.ArgumentTypeError(f"{kind} must be positive, got {v}")
-            out.append(v)
-        return list(dict.fromkeys(out))
-    return parse
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
-    return v
 
 
 def _parser() -> argparse.ArgumentParser:
     from tllm_sched.scheduler import BACKENDS
 
-    p = argparse.ArgumentParser(prog=PROG, description="Measure scheduler host overhead per step on a simulated "
-                                "executor: synthetic workloads (default), a real trace (--trace), or a check "
-                                "against a saved run (--compare).")
+    p = cli.ArgumentParser(prog=PROG, description="Measure scheduler host overhead per step on a simulated "
+                                "executor: synthetic workloads (default) or a real trace (--trace). To gate a change "
+                                "against a baseline: tllm-sched gate.")
     g = p.add_argument_group("what to run (--policies, --backends and --out also apply to --trace)")
     g.add_argument("--workloads", type=_list("workload", wl.WORKLOADS), help=f"{','.join(wl.WORKLOADS)} (default: all)")
     g.add_argument("--policies", type=_list("policy", wl.POLICIES),
@@ -92,12 +52,13 @@ def _parser() -> argparse.ArgumentParser:
                    + " (default: all; trace: GNE)")
     g.add_argument("--backends", type=_list("backend", BACKENDS), default=list(BACKENDS),
                    help=f"default: {','.join(BACKENDS)} (unavailable ones are skipped with a notice)")
-    g.add_argument("--active", type=_list("active count", convert=int), help="default: 64,256,1024,4096")
-    g.add_argument("--steps", type=_positive, help=f"measured steps per case (default {DEFAULTS['steps']}; "
+    g.add_argument("--active", type=_list("active count", convert=int, most=_core.MAX_TABLE_CAPACITY),
+                   help="default: 64,256,1024,4096")
+    g.add_argument("--steps", type=_steps, help=f"measured steps per case (default {DEFAULTS['steps']}; "
                    "python-naive gets fewer above 512 active)")
-    g.add_argument("--warmup", type=_positive, help=f"unmeasured steps first, the first two also counting "
+    g.add_argument("--warmup", type=_steps, help=f"unmeasured steps first, the first two also counting "
                    f"crossings (default {DEFAULTS['warmup']})")
-    g.add_argument("--seed", type=int, help="workload seed (default 0)")
+    g.add_argument("--seed", type=_int_in(0, MAX_SEED), help="workload seed (default 0)")
     g.add_argument("--quick", action="store_true", help="a run under 20 seconds: 64 and 512 active, 100 steps")
     g.add_argument("--fused", action="store_true", help="the fused single pass (SchedulerConfig(fused=True)), "
                    "TensorRT-LLM's 2026 UnifiedScheduler, instead of capacity then micro-batch")
@@ -107,43 +68,35 @@ def _parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("trace run")
     t.add_argument("--trace", metavar="FILE", help="replay a Mooncake JSONL or Azure CSV trace (format detected)")
     t.add_argument("--trace-limit", type=_count, metavar="N", help="only the first N requests; 0: all (default: all)")
-    t.add_argument("--max-steps", type=_positive, default=wl.TraceOptions.max_steps,
+    t.add_argument("--max-steps", type=_steps, default=wl.TraceOptions.max_steps,
                    help=f"stop a trace run after this many steps (default {wl.TraceOptions.max_steps:,})")
-    t.add_argument("--num-blocks", type=_positive, default=wl.TraceOptions.num_blocks, help="KV blocks (default 16384)")
-    t.add_argument("--tokens-per-block", type=_positive, default=wl.TraceOptions.tokens_per_block, help="default 64")
-    t.add_argument("--max-num-requests", type=_positive, default=wl.TraceOptions.max_num_requests,
+    t.add_argument("--num-blocks", type=_int_in(1, _core.MAX_NUM_BLOCKS), default=wl.TraceOptions.num_blocks, help="KV blocks (default 16384)")
+    t.add_argument("--tokens-per-block", type=_int_in(1, _core.MAX_REQUEST_TOKENS), default=wl.TraceOptions.tokens_per_block, help="default 64")
+    t.add_argument("--max-num-requests", type=_int_in(1, _core.MAX_TABLE_CAPACITY), default=wl.TraceOptions.max_num_requests,
                    help="also max_batch_size (default 256)")
     t.add_argument("--max-num-tokens", type=_positive, default=wl.TraceOptions.max_num_tokens, help="default 8192")
     t.add_argument("--reuse", choices=("auto", "on", "off"), default="auto", help="KV reuse (auto: on for Mooncake)")
-    t.add_argument("--step-base-ms", type=float, default=wl.TraceOptions.step_base_ms,
+    t.add_argument("--step-base-ms", type=_milliseconds, default=wl.TraceOptions.step_base_ms,
                    help="step-time model: fixed ms per step (default 15)")
-    t.add_argument("--step-token-ms", type=float, default=wl.TraceOptions.step_token_ms,
+    t.add_argument("--step-token-ms", type=_milliseconds, default=wl.TraceOptions.step_token_ms,
                    help="step-time model: ms per computed token (default 0.02)")
-    c = p.add_argument_group("compare")
-    c.add_argument("--compare", metavar="BASELINE.json", help="compare with a saved results.json; exit 1 on regression")
-    c.add_argument("--max-ratio", type=float, default=1.25, help="allowed growth of a backend's ratio to cpp (1.25)")
-    c.add_argument("--current", metavar="RESULTS.json", help="compare this saved run instead of running one")
+    w = p.add_argument_group("prompt-length sweep (--policies, --backends, --steps, --warmup, --seed, --out apply)")
+    w.add_argument("--prompt-length-sweep", nargs="?", const=list(wl.SWEEP_LENGTHS), metavar="LENGTHS",
+                   type=_list("prompt length", convert=int, most=_core.MAX_REQUEST_TOKENS),
+                   help="instead of the grid: cost per step against the length of a cached shared prefix "
+                   f"(default {','.join(map(str, wl.SWEEP_LENGTHS))} tokens; {SWEEP['steps']} steps; policy GNE)")
+    from tllm_sched import bench_dp
+
+    bench_dp.add_arguments(p)
+    p.add_argument("--compare", help=argparse.SUPPRESS)  # gone: answered with a pointer to `tllm-sched gate`
     return p
 
 
-def _progress(args, total: Optional[int], unit: str):
-    """(update callback, close callback): a tqdm bar on a terminal, silence otherwise."""
-    if args.no_progress or not sys.stderr.isatty():
-        return wl._noop, lambda: None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return wl._noop, lambda: None
-    bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
-    return bar.update, bar.close
-
-
-def _resolve(args, baseline: Optional[dict]) -> None:
-    """Fills unset synthetic options: command line, else the baseline's (compare), else --quick/defaults."""
-    inherited = (baseline or {}).get("config", {}) if (baseline or {}).get("kind") == "synthetic" else {}
+def _resolve(args) -> None:
+    """Fills unset synthetic options: --quick's, else the defaults."""
     for k, v in DEFAULTS.items():
         if getattr(args, k) is None:
-            setattr(args, k, inherited.get(k, QUICK.get(k, v) if args.quick else v))
+            setattr(args, k, QUICK.get(k, v) if args.quick else v)
 
 
 def _backends(args) -> List[str]:
@@ -155,12 +108,29 @@ def _backends(args) -> List[str]:
     return usable
 
 
+def _ready(args, cases, check, default_out: str) -> None:
+    """The checks before a run starts (UsageError, exit 2): every case within the C++ core's size
+    limits (`check(case)` raises ValueError), and the output folder (`--out`, else `default_out`)
+    writable, so a long run never loses its results to a bad path."""
+    for case in cases:
+        try:
+            check(case)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    args.out = args.out or default_out
+    try:
+        check_output_dir(args.out)
+    except FileProblem as e:
+        raise UsageError(f"--out {e}") from None
+
+
 def run_synthetic(args) -> dict:
     backends = _backends(args)
     cases = [wl.SyntheticCase(w, p, n, args.steps, args.warmup, args.seed, args.fused)
              for w in args.workloads for p in args.policies for n in args.active]
-    per_case = lambda c: c.warmup * len(backends) + sum(  # noqa: E731
-        wl.naive_steps(c.steps, c.n_active) if b == "python-naive" else c.steps for b in backends)
+    _ready(args, cases, wl.check_synthetic_case, "bench-results")
+    per_case = lambda c: (wl.warmup_steps(c) * len(backends)  # noqa: E731
+                          + sum(wl.measured_steps(c, b) for b in backends))
     update, close = _progress(args, sum(per_case(c) for c in cases), "step")
     t0 = time.perf_counter()
     results: List[dict] = []
@@ -172,10 +142,7 @@ def run_synthetic(args) -> dict:
     report.add_ratios(results)
     notes = [f"{len(cases)} cases x {len(backends)} backends, interleaved step by step; {args.warmup} warm-up steps "
              f"each; wall time {time.perf_counter() - t0:.1f} s"]
-    if "python-naive" in backends:
-        fewer = [f"N={n}: {k}" for n in args.active if (k := wl.naive_steps(args.steps, n)) < args.steps]
-        if fewer:
-            notes.append("python-naive measured on fewer steps at large N (" + ", ".join(fewer) + " steps)")
+    notes += _fewer_steps_notes(cases, backends)
     if any(r["crossings_per_step"] is None for r in results):
         notes.append("crossings n/a: no step of that case was counted")
     return _doc("synthetic", results, notes, dict(
@@ -183,6 +150,19 @@ def run_synthetic(args) -> dict:
         warmup=args.warmup, seed=args.seed, quick=args.quick, fused=args.fused, tokens_per_block=wl.TOKENS_PER_BLOCK,
         chunk_unit=wl.CHUNK_UNIT, max_num_tokens="max(8192, 2N)", max_num_requests="N"),
         wall_s=time.perf_counter() - t0)
+
+
+def _fewer_steps_notes(cases: List[wl.SyntheticCase], backends: List[str]) -> List[str]:
+    """One note per (workload, backend) measured on fewer steps than --steps somewhere, and one per
+    workload warmed up on fewer than --warmup."""
+    fewer: dict = {}
+    for c in cases:
+        for b in [*backends, "warm-up"]:
+            k = wl.warmup_steps(c) if b == "warm-up" else wl.measured_steps(c, b)
+            if k < (c.warmup if b == "warm-up" else c.steps):
+                fewer.setdefault((c.workload, b), {})[c.n_active] = k
+    return [f"{w}: {'fewer warm-up steps' if b == 'warm-up' else f'{b} measured on fewer steps'} at large N ("
+            + ", ".join(f"N={n}: {k}" for n, k in ks.items()) + ")" for (w, b), ks in fewer.items()]
 
 
 def run_trace(args) -> dict:
@@ -197,6 +177,8 @@ def run_trace(args) -> dict:
     except OSError as e:
         raise UsageError(f"{args.trace}: {e.strerror or e}") from None
     backends = _backends(args)
+    _ready(args, [trace], lambda t: wl.check_trace_fits(t, args.tokens_per_block, args.num_blocks),
+           os.path.join("bench-results", f"trace-{fmt}"))
     policies = args.policies or ["GUARANTEED_NO_EVICT"]
     partial = args.trace_limit is None and limit is not None and len(trace) == limit
     if partial:
@@ -236,21 +218,40 @@ def run_trace(args) -> dict:
     return doc
 
 
+def run_prompt_length_sweep(args) -> dict:
+    """The prompt-length sweep: one unchanged state per prefix length, scheduled again and again."""
+    backends = _backends(args)
+    policies = args.policies or ["GUARANTEED_NO_EVICT"]
+    steps, warmup = args.steps or SWEEP["steps"], args.warmup or SWEEP["warmup"]
+    seed = 0 if args.seed is None else args.seed
+    cases = [wl.SweepCase(n, p, steps, warmup, seed) for p in policies for n in args.prompt_length_sweep]
+    _ready(args, cases, wl.check_sweep_case, os.path.join("bench-results", report.SWEEP))
+    update, close = _progress(args, sum(len(backends) * (c.warmup + c.steps) for c in cases), "pass")
+    t0 = time.perf_counter()
+    results: List[dict] = []
+    try:
+        for case in cases:
+            results += wl.run_sweep_case(case, backends, update)
+    finally:
+        close()
+    report.add_ratios(results)
+    wl.add_growth(results)
+    c = cases[0]
+    notes = [f"each prefix length: {c.running} running generations and {c.waiting} waiting prompts of one family "
+             f"(the prefix, then {c.suffix} tokens of their own), the prefix cached; the same state scheduled "
+             f"{1 + warmup + steps} times without executing, backends interleaved; the first pass is reported "
+             f"apart (first_cpu_us); growth: CPU median over the shortest prefix's; wall time "
+             f"{time.perf_counter() - t0:.1f} s"]
+    return _doc(report.SWEEP, results, notes, dict(
+        prompt_lengths=args.prompt_length_sweep, policies=policies, backends=backends, steps=steps, warmup=warmup,
+        seed=seed, running=c.running, waiting=c.waiting, suffix=c.suffix, tokens_per_block=wl.TOKENS_PER_BLOCK),
+        wall_s=time.perf_counter() - t0)
+
+
 def _doc(kind: str, results: List[dict], notes: List[str], config: dict, **extra) -> dict:
     warn = report.summary_note(results)
     return dict(format=report.FORMAT, kind=kind, created=report.now_iso(), machine=report.machine_info(),
                 config=config, notes=notes + ([warn] if warn else []), results=results, **extra)
-
-
-def _compare(baseline: dict, current: dict, max_ratio: float) -> int:
-    lines, bad = report.compare(baseline, current, max_ratio)
-    print(f"\ncompare (ratio to cpp, baseline -> current; regression above {max_ratio:g}x):")
-    print("\n".join(lines))
-    if bad:
-        print(f"{PROG}: {len(bad)} regression(s) beyond {max_ratio:g}x", file=sys.stderr)
-        return 1
-    print(f"no regression beyond {max_ratio:g}x ({len(lines)} rows)")
-    return 0
 
 
 def _main(argv: Optional[List[str]]) -> int:
@@ -258,36 +259,40 @@ def _main(argv: Optional[List[str]]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
         return int(e.code or 0)
-    if args.max_ratio <= 1.0 and args.compare:
-        raise UsageError("--max-ratio must be greater than 1")
-    if args.current and not args.compare:
-        raise UsageError("--current needs --compare BASELINE.json")
-    baseline = report.load_results(args.compare) if args.compare else None
-    if args.current:
-        return _compare(baseline, report.load_results(args.current), args.max_ratio)
-    if args.trace:
+    if args.compare is not None:
+        raise UsageError("--compare is gone: gate changes with `tllm-sched gate record BASELINE.json` once, then "
+                         "`tllm-sched gate check BASELINE.json`")
+    if args.prompt_length_sweep and args.trace:
+        raise UsageError("--prompt-length-sweep runs alone (not with --trace)")
+    if args.dp_ranks:
+        from tllm_sched import bench_dp
+
+        return bench_dp.run(args)
+    if args.router or args.adp_balance:
+        raise UsageError("--router and --adp-balance need --dp-ranks N")
+    if args.prompt_length_sweep:
+        doc = run_prompt_length_sweep(args)
+    elif args.trace:
         doc = run_trace(args)
-        out = args.out or os.path.join("bench-results", f"trace-{doc['trace']['format']}")
     else:
-        _resolve(args, baseline)
+        _resolve(args)
         doc = run_synthetic(args)
-        out = args.out or "bench-results"
-    print(report.format_table(doc["results"]))
+    print(report.table_for(doc))
     for n in doc["notes"]:
         print(f"note: {n}")
-    paths = report.write_outputs(doc, out, plot=not args.no_plot)
+    try:  # all files or none (the folder was probed before the run)
+        paths = report.write_outputs(doc, args.out, plot=not args.no_plot)
+    except OSError as e:
+        raise RunFailure(f"cannot write the results to {args.out}: {e.strerror or e}") from None
     print("wrote " + ", ".join(paths))
-    return _compare(baseline, doc, args.max_ratio) if baseline is not None else 0
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `tllm-sched bench`; returns the exit status."""
-    from tllm_sched.replay import RunFailure
-    from tllm_sched import _core
-
     try:
         return _main(argv)
-    except (UsageError, report.CompareError) as e:
+    except UsageError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     except (RunFailure, _core.SchedulingError) as e:
@@ -295,4 +300,4 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 3
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return cli.INTERRUPTED

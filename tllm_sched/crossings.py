@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["Counter", "CountingProxy", "counting", "unwrap"]
+__all__ = ["Counter", "CountingProxy", "counted", "counting", "unwrap"]
 
 
 class Counter:
@@ -63,6 +63,19 @@ def counting(counter: "Counter | None") -> Callable[[Any], Any]:
     if counter is None:
         return lambda obj: obj
     return lambda obj: None if obj is None else CountingProxy(obj, counter)
+
+
+def counted(fn: Callable, counter: "Counter | None") -> Callable:
+    """`fn` (a C++ function), counting each call as one crossing into `counter`; `fn` itself when
+    `counter` is None."""
+    if counter is None:
+        return fn
+
+    def call(*args: Any) -> Any:
+        counter.n += 1
+        return fn(*map(unwrap, args))
+
+    return call
 
 
 def unwrap(obj: Any) -> Any:

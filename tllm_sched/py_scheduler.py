@@ -10,9 +10,9 @@ from typing import Optional
 
 import numpy as np
 
-from tllm_sched.backend import SchedulerOutput
+from tllm_sched.backend import SchedulerOutput, list_slots
 from tllm_sched.capacity_scheduler import PyCapacityScheduler
-from tllm_sched.crossings import Counter, counting
+from tllm_sched.crossings import Counter, counted, counting
 from tllm_sched.micro_batch_scheduler import PyMicroBatchScheduler
 from tllm_sched.policies import chunking
 from tllm_sched.policies.fused import TokenBudget
@@ -41,13 +41,13 @@ class PythonBackend:
             self.cols, table.tallies(), self._table, None if ch is None else ch.policy, None if ch is None else ch.unit_size,
             config.max_context_length,
         )
-        self._wrap = wrap
+        self._list_slots = counted(list_slots, counter)
 
     def schedule(self, active, inflight_ids):
         self.fetch_new_requests(active)
         # The one read of the list, copied: outputs may be slices of it and must not change
         # when the list does.
-        slots = self._wrap(active).slots.copy()
+        slots = self._list_slots(active).copy()
         if self.config.fused:
             fit, disagg, paused, budget = self.capacity.schedule_fused(
                 slots, lambda ctx: TokenBudget(ctx, self.micro, self._tallies, self.config, inflight_ids))
@@ -60,7 +60,7 @@ class PythonBackend:
     def fetch_new_requests(self, active) -> int:
         if self._waiting is None:
             return 0
-        return fetch_batched(self._waiting, self._waiting_size, self._wrap(active), self.config.max_num_active_requests)
+        return fetch_batched(self._waiting, self._waiting_size, active, self.config.max_num_active_requests)
 
     def schedule_capacity(self, slots):
         return self.capacity.schedule(slots.copy())  # outputs may be slices: never of the caller's array

@@ -22,7 +22,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+from tllm_sched import _core
 from tllm_sched.config import ChunkingConfig, KvCacheConfig, PeftConfig, SchedulerConfig
+from tllm_sched.files import SCENARIO_MAX_BYTES, FileProblem, open_input
 from tllm_sched.registry import CAPACITY_POLICIES, CHUNKING_POLICIES, WAITING_QUEUE_POLICIES
 
 __all__ = [
@@ -377,7 +379,7 @@ def _check_scheduler_rules(sched: SchedulerConfig, harness: str,
 # --------------------------------------------------------------------------- requests
 
 
-MAX_REQUEST_TOKENS = 1 << 24  # prompt + max new tokens of one request (RequestTable's limit)
+MAX_REQUEST_TOKENS = _core.MAX_REQUEST_TOKENS  # prompt + max new tokens of one request (RequestTable's limit)
 
 
 def _parse_prompt(obj: Dict[str, Any], at: _At) -> Tuple[int, ...]:
@@ -394,6 +396,9 @@ def _parse_prompt(obj: Dict[str, Any], at: _At) -> Tuple[int, ...]:
     tokens = _list(obj, "prompt", at)
     if not tokens:
         raise at.error("prompt", "must not be empty")
+    if len(tokens) > MAX_REQUEST_TOKENS:  # before looking at any token
+        raise at.error("prompt", f"is too long: {len(tokens)} tokens, more than the limit of "
+                       f"{MAX_REQUEST_TOKENS} tokens per request")
     return tuple(_check_int(token, at, f"prompt[{j}]", 0, MAX_INT32)
                  for j, token in enumerate(tokens))
 
@@ -477,7 +482,7 @@ def _parse_requests(obj: Dict[str, Any], kv: Optional[KvCacheConfig],
 # --------------------------------------------------------------------------- events
 
 
-def _parse_event(item: object, index: int, request_ids: Sequence[int]) -> Event:
+def _parse_event(item: object, index: int, requests: Dict[int, RequestSpec]) -> Event:
     label = f"events[{index}]"
     if not isinstance(item, dict):
         raise _At().error(label, f"must be an object, got {_show(item)}")
@@ -492,16 +497,23 @@ def _parse_event(item: object, index: int, request_ids: Sequence[int]) -> Event:
         raise body_at.error("ids", "must name at least one request, got []")
     for j, req_id in enumerate(ids):
         _check_int(req_id, body_at, f"ids[{j}]", 0, MAX_INT64)
-        if req_id not in request_ids:
+        if req_id not in requests:
             raise body_at.error(f"ids[{j}]", f"names no request: no request has id {req_id}")
     count = _int(body, "count", body_at, min_value=0)
+    for req_id in ids:  # LlmRequest.set_num_draft_tokens's limit, checked before the run
+        r = requests[req_id]
+        reserved = r.prompt_len + r.max_new_tokens + r.draft_tokens
+        if count > reserved:
+            raise body_at.error("count", f"is too large: {count} draft tokens exceed the reserved token storage "
+                                f"of request {req_id} (prompt length {r.prompt_len} + max_new_tokens "
+                                f"{r.max_new_tokens} + draft_tokens {r.draft_tokens} = {reserved})")
     return Event(at=when, ids=tuple(ids), count=count)
 
 
 def _parse_events(obj: Dict[str, Any], requests: Sequence[RequestSpec]) -> Tuple[Event, ...]:
-    request_ids = frozenset(req.id for req in requests)
+    by_id = {req.id: req for req in requests}
     items = _list(obj, "events", _At(), [])
-    return tuple(_parse_event(item, index, request_ids) for index, item in enumerate(items))
+    return tuple(_parse_event(item, index, by_id) for index, item in enumerate(items))
 
 
 # --------------------------------------------------------------------------- entry points
@@ -582,10 +594,14 @@ def load_scenario(path: "str | os.PathLike[str]") -> Scenario:
     """
     name = os.fsdecode(path)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        with open_input(path, SCENARIO_MAX_BYTES, "scenario file") as handle:
+            raw = handle.read(SCENARIO_MAX_BYTES + 1)
+    except FileProblem as exc:
+        raise ScenarioError(str(exc)) from None
     except OSError as exc:
         raise ScenarioError(f"{name}: cannot read scenario file: {exc.strerror or exc}") from None
+    if len(raw) > SCENARIO_MAX_BYTES:  # it grew after the size check
+        raise ScenarioError(f"{name}: the scenario file is over the limit of {SCENARIO_MAX_BYTES:,} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

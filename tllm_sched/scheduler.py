@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from tllm_sched import _core
-from tllm_sched.backend import SchedulerBackend, SchedulerOutput
+from tllm_sched.backend import SchedulerBackend, SchedulerOutput, list_slots, list_table
 from tllm_sched.config import SchedulerConfig
 from tllm_sched.crossings import Counter, CountingProxy
 from tllm_sched.naive.scheduler import NaiveBackend
@@ -105,11 +105,45 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
 
 
+def _check_type(value, name: str, cls, optional: bool = False) -> None:
+    """TypeError naming the expected type, for a wrong object given as config, table or manager."""
+    if (value is None and optional) or isinstance(value, cls):
+        return
+    expected = f"a {cls.__name__}" + (" or None" if optional else "")
+    hint = ""
+    if isinstance(value, str) and value in BACKENDS:
+        hint = f"; the backend is a keyword argument: Scheduler(config, table, kv, backend={value!r})"
+    shown = f" {value!r}" if isinstance(value, str) else ""
+    raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}{shown}{hint}")
+
+
+def _check_managers(table, kv, cross_kv, peft) -> None:
+    """Each manager of the right type and over `table` (what the C++ Scheduler refuses, with its
+    messages), so every backend refuses the same."""
+    _check_type(table, "table", _core.RequestTable)
+    for name, manager in (("kv_cache_manager", kv), ("cross_kv_cache_manager", cross_kv)):
+        _check_type(manager, name, _core.KVCacheManager, optional=True)
+        if manager is not None and manager.table is not table:
+            raise ValueError(f"{name} belongs to another RequestTable")
+    _check_type(peft, "peft_cache_manager", _core.PeftCacheManager, optional=True)
+
+
+def describe(obj) -> str:
+    """What was given instead of an array, worded as the bindings word it (ext/bindings/arrays.h)."""
+    if not isinstance(obj, np.ndarray):
+        t = type(obj)
+        return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    if obj.dtype.byteorder == ">":
+        return (f"a big-endian numpy array (dtype {obj.dtype.str}); convert it with "
+                ".astype(its dtype.newbyteorder('='))")
+    return f"a numpy array of dtype {obj.dtype}"
+
+
 def _checked_array(arr, name: str, dtype, expected: str) -> np.ndarray:
     """`arr` as the C++ bindings take arrays: 1-D, C-contiguous, of `dtype`, never converted.
-    Raises TypeError naming `name` (as the bindings do)."""
-    if not isinstance(arr, np.ndarray):
-        raise TypeError(f"{name}: expected {expected}")
+    Raises TypeError naming `name` and what was given (as the bindings do)."""
+    if not isinstance(arr, np.ndarray) or arr.dtype.byteorder == ">":
+        raise TypeError(f"{name}: expected {expected}, got {describe(arr)}")
     if arr.dtype != dtype:
         raise TypeError(f"{name}: expected a numpy array of dtype {np.dtype(dtype)} (no silent conversion), "
                         f"got {arr.dtype}")
@@ -118,6 +152,9 @@ def _checked_array(arr, name: str, dtype, expected: str) -> np.ndarray:
     if not arr.flags.c_contiguous:
         raise TypeError(f"{name}: array must be C-contiguous (no silent copies); use np.ascontiguousarray")
     return arr
+
+
+_NOT_SEEN = object()  # no RequestList checked yet (None must be checked like any other value)
 
 
 def _slot_array(slots, name: str) -> np.ndarray:
@@ -137,9 +174,10 @@ class Scheduler:
     Inputs are validated as the C++ bindings validate them, whatever the backend: slot arrays are
     1-D C-contiguous int32 numpy arrays of live requests of the table, inflight ids None or a 1-D
     C-contiguous int64 array, a RequestList must belong to the table (TypeError for a wrong type or
-    dtype, ValueError for a wrong value). The cpp backend's bindings check slots and ids for
-    themselves; for the Python backends the facade checks them with numpy (the live check reads
-    the zero-copy request_id column). `schedule` checks a RequestList, on every backend, only the
+    dtype, ValueError for a wrong value). The facade checks types on every backend (so a torch
+    tensor, which the bindings would take through DLPack, is refused alike); the cpp backend's
+    bindings check liveness for themselves, and for the Python backends the facade checks it with
+    numpy (the live check reads the zero-copy request_id column). `schedule` checks a RequestList, on every backend, only the
     first time it sees it (a list cannot change tables), so a steady step costs no extra crossing."""
 
     def __init__(
@@ -154,14 +192,10 @@ class Scheduler:
         count_crossings: bool = False,
     ):
         _check_backend(backend)
-        if config.max_batch_size is None or config.max_batch_size <= 0:
-            raise ValueError("max_batch_size must be positive")
-        if not isinstance(config.fused, bool):
-            raise TypeError(f"fused must be a bool, got {type(config.fused).__name__}")
+        _check_type(config, "config", SchedulerConfig)  # validated where it was built
+        _check_managers(table, kv_cache_manager, cross_kv_cache_manager, peft_cache_manager)
         self.waiting_queue: Optional[_core.WaitingQueue] = None  # requests waiting to become active
         if config.waiting_queue_policy is not None:
-            if config.max_num_active_requests is None or config.max_num_active_requests <= 0:
-                raise ValueError("max_num_active_requests must be positive")
             self.waiting_queue = make_waiting_queue(config.waiting_queue_policy, table)
         self.config = config
         self.backend = backend
@@ -172,7 +206,7 @@ class Scheduler:
         self.last_step_crossings: Optional[int] = None  # set by schedule() when counting
         managers = (kv_cache_manager, cross_kv_cache_manager, peft_cache_manager)
         self._checked = backend != "cpp"  # the cpp bindings validate slots and ids for themselves
-        self._list: Optional[_core.RequestList] = None  # the last RequestList found to be of `table`
+        self._list: Optional[_core.RequestList] = _NOT_SEEN  # the last RequestList found to be of `table`
         if self._checked:
             self._ids = table.columns()["request_id"]  # zero-copy, read-only; -1 in a dead slot
         self._impl = make_backend(backend, config, table, *managers, counter=self._counter, waiting=self.waiting_queue)
@@ -182,7 +216,7 @@ class Scheduler:
         """`active` is a RequestList of this table. Remembered, so each list costs one check."""
         if not isinstance(active, _core.RequestList):
             raise TypeError(f"active_requests: expected a RequestList, got {type(active).__name__}")
-        if active.table is not self.table:
+        if list_table(active) is not self.table:
             raise ValueError("the RequestList belongs to another RequestTable")
         self._list = active
 
@@ -203,8 +237,10 @@ class Scheduler:
         if isinstance(active, _core.RequestList):
             if active is not self._list:
                 self._check_list(active)
-            return active.slots
-        slots = _slot_array(active, "active_requests")
+            return list_slots(active) if self._checked else active
+        slots = _slot_array(active, "active_requests")  # the type on every backend: same message
+        if not self._checked:
+            return slots
         self._check_live(slots)
         if slots.size > 1:
             uniq, counts = np.unique(slots, return_counts=True)
@@ -220,7 +256,7 @@ class Scheduler:
         `last_step_crossings` then holds the Python -> C++ calls it made."""
         if active is not self._list:  # a list once found to be of the table stays so: no crossing
             self._check_list(active)
-        if self._checked and inflight_ids is not None:
+        if inflight_ids is not None:
             _inflight_ids(inflight_ids)
         if self._counter is None:
             return self._impl.schedule(active, inflight_ids)
@@ -240,23 +276,19 @@ class Scheduler:
     def schedule_capacity(self, slots: np.ndarray):
         """Capacity stage alone: (fitting, fitting_disagg_gen_init, paused) slot arrays (the
         two-stage mode's first stage, whatever config.fused)."""
-        if self._checked:
-            slots = self._active_slots(slots)
-        return self._impl.schedule_capacity(slots)
+        return self._impl.schedule_capacity(self._active_slots(slots))
 
     def schedule_micro(self, slots: np.ndarray, inflight_ids: Optional[np.ndarray] = None):
         """Micro-batch stage alone over `slots`: (context, generation) slot arrays."""
-        if self._checked:
-            slots = self._active_slots(slots)
-            _inflight_ids(inflight_ids)
-        return self._impl.schedule_micro(slots, inflight_ids)
+        slots = self._active_slots(slots)
+        return self._impl.schedule_micro(slots, _inflight_ids(inflight_ids))
 
     def set_ctx_requests_chunk_size(self, slots: np.ndarray) -> None:
         """Sets the chunk sizes of the context requests `slots` directly under the configured
         chunking policy, with max_num_tokens as the capacity (TensorRT-LLM's setCtxRequestsChunkSize)."""
         if self.config.chunking is None:
             raise ValueError("set_ctx_requests_chunk_size needs a chunking policy in the scheduler config")
-        slots = np.ascontiguousarray(slots, dtype=np.int32)
+        slots = _slot_array(slots, "slots")
         if self._checked:
             self._check_live(slots)
         self._impl.set_ctx_requests_chunk_size(slots)

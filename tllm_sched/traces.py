@@ -33,6 +33,12 @@ CSV header is line 1).  Blank lines are skipped but still counted.  A UTF-8
 byte order mark at the start of the file is ignored, and so are CR characters
 of CRLF line ends.
 
+Only a regular file of at most ``files.TRACE_MAX_BYTES`` is read (a FIFO or a
+device is refused before it is opened), each line within
+``files.TRACE_MAX_LINE_BYTES``; a trace holds at most ``MAX_REQUESTS``
+requests of at most ``MAX_REQUEST_TOKENS`` tokens each (a RequestTable's
+limits), so whatever is read can be replayed.
+
 ``prompt_tokens`` turns a request back into synthetic prompt token ids: for
 Mooncake, hash id ``h`` stands for the fixed run of token ids
 ``(h * 512 + j) mod (2**31 - 1)`` for ``j`` in ``0..511``, so equal hash ids
@@ -58,6 +64,9 @@ from typing import Any
 
 import numpy as np
 
+from tllm_sched import _core
+from tllm_sched.files import TRACE_MAX_BYTES, TRACE_MAX_LINE_BYTES, FileProblem, open_input
+
 try:  # orjson is several times faster; json is the fallback.
     import orjson as _orjson
 
@@ -79,6 +88,8 @@ __all__ = [
 MOONCAKE_BLOCK_TOKENS = 512  # tokens per Mooncake hash id (prompt block)
 AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"  # required CSV header
 TOKEN_MODULUS = 2**31 - 1  # synthetic token ids lie in [0, TOKEN_MODULUS)
+MAX_REQUESTS = _core.MAX_TABLE_CAPACITY  # requests of one trace: the most a RequestTable holds
+MAX_REQUEST_TOKENS = _core.MAX_REQUEST_TOKENS  # input + output tokens of one request: a RequestTable's limit
 
 _MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
 _INT32_MAX = 2**31 - 1
@@ -148,6 +159,37 @@ def _decode(raw: bytes, path: str, lineno: int) -> str:
         raise TraceError(path, lineno, f"not valid UTF-8 (byte {exc.start})") from None
 
 
+def _open(path: str) -> Any:
+    """The trace file opened for binary reading: a regular file within TRACE_MAX_BYTES."""
+    try:
+        return open_input(path, TRACE_MAX_BYTES, "trace")
+    except FileProblem as exc:
+        raise TraceError(path, 1, exc.what) from None
+
+
+def _lines(f: Any, path: str):
+    """(line number, raw line) of `f`, each line read within TRACE_MAX_LINE_BYTES."""
+    lineno = 0
+    while True:
+        raw = f.readline(TRACE_MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > TRACE_MAX_LINE_BYTES:
+            raise TraceError(path, lineno, f"line longer than the limit of {TRACE_MAX_LINE_BYTES:,} bytes")
+        yield lineno, raw
+
+
+def _check_request(n_requests: int, n_in: int, n_out: int, path: str, lineno: int) -> None:
+    """One more request fits a RequestTable: the request count and the request's tokens."""
+    if n_requests >= MAX_REQUESTS:
+        raise TraceError(path, lineno, f"more than {MAX_REQUESTS:,} requests, the most a RequestTable holds "
+                                       f"(read fewer: a limit, or bench --trace-limit)")
+    if n_in + n_out > MAX_REQUEST_TOKENS:
+        raise TraceError(path, lineno, f"input + output length {n_in + n_out:,} exceeds the limit of "
+                                       f"{MAX_REQUEST_TOKENS:,} tokens per request")
+
+
 def _check_limit(limit: int | None) -> int | None:
     if limit is None:
         return None
@@ -176,8 +218,8 @@ def detect_format(path: str | os.PathLike) -> str:
     raises ``TraceError``.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+    with _open(path) as f:
+        for lineno, raw in _lines(f, path):
             text = _decode(raw, path, lineno).strip()
             if not text:
                 continue
@@ -285,12 +327,13 @@ def _load_mooncake(path: str, limit: int | None) -> Trace:
     counts: list[int] = []
     flat: list[int] = []
     lineno = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+    with _open(path) as f:
+        for lineno, raw in _lines(f, path):
             text = _decode(raw, path, lineno)
             if not text.strip():
                 continue
             ts, a, b, ids = _mooncake_record(_parse_json(text, path, lineno), path, lineno)
+            _check_request(len(n_in), a, b, path, lineno)
             if stamps and ts < stamps[-1]:
                 raise TraceError(
                     path, lineno,
@@ -363,8 +406,8 @@ def _load_azure(path: str, limit: int | None) -> Trace:
     n_out: list[int] = []
     lineno = 0
     header_seen = False
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+    with _open(path) as f:
+        for lineno, raw in _lines(f, path):
             text = _decode(raw, path, lineno)
             if not text.strip():
                 continue
@@ -375,6 +418,7 @@ def _load_azure(path: str, limit: int | None) -> Trace:
                 header_seen = True
                 continue
             stamp, a, b = _azure_row(text, path, lineno)
+            _check_request(len(n_in), a, b, path, lineno)
             if stamps and stamp < stamps[-1]:
                 raise TraceError(
                     path, lineno,

@@ -48,5 +48,7 @@ void bind_request_table(nb::module_& m);  // request_table.cpp: RequestTable, Ll
 void bind_kv_cache(nb::module_& m);       // kv_cache.cpp: KVCacheManager, PeftCacheManager
 void bind_waiting_queue(nb::module_& m);  // waiting_queue.cpp
 void bind_schedulers(nb::module_& m);     // schedulers.cpp
+void bind_attention_dp(nb::module_& m);   // attention_dp.cpp: the routers' loops
+void bind_executor(nb::module_& m);       // executor.cpp: Executor, SimExecutor
 
 }  // namespace tllm::bindings

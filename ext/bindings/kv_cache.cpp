@@ -49,6 +49,9 @@ int32_t request_slot_for(const KVCacheManager& kv, const PyRequest& r) { return 
 }  // namespace
 
 void bind_kv_cache(nb::module_& m) {
+    m.def("_set_block_hash_mask", &KVCacheManager::set_block_hash_mask, "mask"_a,
+          "Tests only: masks every chained block hash so that hashes collide (decisions must not change). "
+          "Only while no KVCacheManager exists; all ones restores the default.");
     // ------------------------------------------------------------------ KVCacheManager
     nb::class_<KVCacheManager>(m, "KVCacheManager", "Paged KV-cache block manager with prefix reuse (one attention window).")
         .def("__init__",
@@ -72,6 +75,7 @@ void bind_kv_cache(nb::module_& m) {
              "table"_a, "tokens_per_block"_a, "num_blocks"_a, "max_seq_len"_a, nb::kw_only(), "enable_block_reuse"_a = false,
              "enable_partial_reuse"_a = true, "copy_on_partial_reuse"_a = true, "num_secondary_blocks"_a = 0,
              "cross_kv"_a = false, "max_attention_window_vec"_a = nb::none(), "sink_token_length"_a = 0)
+        .def_prop_ro("table", &KVCacheManager::table_ptr, "The RequestTable whose requests this cache holds.")
         .def_prop_ro("tokens_per_block", &KVCacheManager::tokens_per_block)
         .def_prop_ro("max_seq_len", [](const KVCacheManager& k) { return k.config().max_seq_len; })
         .def_prop_ro("max_attention_window_vec", [](const KVCacheManager& k) { return std::vector<int32_t>{k.config().max_seq_len}; })
@@ -86,7 +90,7 @@ void bind_kv_cache(nb::module_& m) {
             }, "Zero-copy read-only view of [num_free_blocks, num_free_secondary_blocks], always current. Build once.")
         .def_prop_ro("num_used_blocks", &KVCacheManager::num_used_blocks)
         .def_prop_ro("num_cached_blocks", &KVCacheManager::num_cached_blocks)
-        .def_prop_ro("num_key_walks", &KVCacheManager::num_key_walks, "Reuse-tree walks made for skip keys so far.")
+        .def_prop_ro("num_key_walks", &KVCacheManager::num_key_walks, "Skip-key questions answered so far (find_new_context_block and its batch and claim forms; a remembered walk counts too).")
         .def("get_num_free_blocks_per_window_size", free_blocks_per_window)
         .def("get_kv_cache_stats", [](const KVCacheManager& k) {
                 const KvCacheStats& s = k.stats();
@@ -100,6 +104,11 @@ void bind_kv_cache(nb::module_& m) {
                 d["reused_blocks"] = s.reused_blocks;
                 d["missed_blocks"] = s.missed_blocks;
                 d["cache_hit_rate"] = s.cache_hit_rate();
+                // Work statistics of prefix reuse: chained block hashes computed and block keys
+                // compared to confirm a hash match (each once per request and block, while
+                // nothing the answer depends on changes).
+                d["blocks_hashed"] = k.num_blocks_hashed();
+                d["blocks_compared"] = k.num_blocks_compared();
                 d["num_free_blocks_per_window_size"] = free_blocks_per_window(k);
                 return d;
             })
@@ -153,20 +162,20 @@ void bind_kv_cache(nb::module_& m) {
                 return nb::make_tuple(to_numpy(std::move(key->tokens)), lora);
             }, "llm_request"_a, "(tokens through the first uncached full block, lora_task_id), or None if all cached.")
         // array forms: one call for many requests
-        .def("get_remaining_blocks_to_completion_batch", [](const KVCacheManager& k, const AnyArray& slots) {
+        .def("get_remaining_blocks_to_completion_batch", [](const KVCacheManager& k, const ArrayArg& slots) {
                 return per_slot(k.table(), slots, [&](int32_t s) { return k.get_remaining_blocks_to_completion(s); });
             }, "slots"_a.noconvert())
-        .def("get_remaining_blocks_to_completion_sum", [](const KVCacheManager& k, const AnyArray& slots) {
+        .def("get_remaining_blocks_to_completion_sum", [](const KVCacheManager& k, const ArrayArg& slots) {
                 return sum_per_slot(k.table(), slots, [&](int32_t s) { return k.get_remaining_blocks_to_completion(s); });
             }, "slots"_a.noconvert(), "The sum of get_remaining_blocks_to_completion over many requests (no array).")
-        .def("get_needed_blocks_one_step_batch", [](const KVCacheManager& k, const AnyArray& slots, bool two) {
+        .def("get_needed_blocks_one_step_batch", [](const KVCacheManager& k, const ArrayArg& slots, bool two) {
                 return per_slot(k.table(), slots, [&](int32_t s) { return k.get_needed_blocks_one_step(s, two); });
             }, "slots"_a.noconvert(), "two_steps_look_ahead"_a = false)
-        .def("get_needed_blocks_one_step_sum", [](const KVCacheManager& k, const AnyArray& slots, bool two) {
+        .def("get_needed_blocks_one_step_sum", [](const KVCacheManager& k, const ArrayArg& slots, bool two) {
                 return sum_per_slot(k.table(), slots, [&](int32_t s) { return k.get_needed_blocks_one_step(s, two); });
             }, "slots"_a.noconvert(), "two_steps_look_ahead"_a = false,
             "The sum of get_needed_blocks_one_step over many requests (no array).")
-        .def("find_new_context_block_batch", [](KVCacheManager& k, const AnyArray& slots, bool continue_pass) {
+        .def("find_new_context_block_batch", [](KVCacheManager& k, const ArrayArg& slots, bool continue_pass) {
                 auto [p, n] = checked_slots(k.table(), slots);
                 std::vector<int64_t> out(static_cast<size_t>(n), -1);
                 k.find_new_context_block_ids(p, n, continue_pass, out.data());
@@ -174,7 +183,38 @@ void bind_kv_cache(nb::module_& m) {
             }, "slots"_a.noconvert(), "continue_pass"_a = false,
             "Key ids: equal ids iff equal first-new-block keys, within one call or across calls made with "
             "continue_pass=True after it; -1 for none.")
-        .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const AnyArray& slots) {
+        .def("claim_new_context_blocks", [](KVCacheManager& k, const AnyArray& slots, bool continue_pass) {
+                auto [p, n] = checked_slots(k.table(), slots);
+                std::vector<int8_t> out(static_cast<size_t>(n), 0);
+                for (int32_t i = 0; i < n; ++i)
+                    out[static_cast<size_t>(i)] = k.claim_new_context_block(p[i], i == 0 && !continue_pass);
+                return to_numpy(std::move(out));
+            }, "slots"_a.noconvert(), "continue_pass"_a = false,
+            "Step B of reuse skipping, in order, on the keys of a pass (as find_new_context_block_batch): "
+            "0 no key (every full block cached), 1 the key is claimed now, 2 another request of the pass "
+            "claimed it (skip).")
+        .def("probe_prefix_match_lengths", [](const KVCacheManager& k, const AnyArray& tokens, const AnyArray& offsets,
+                                               nb::handle lora_task_ids) {
+                auto [tp, tn] = checked<int32_t>(tokens, "tokens");
+                auto [op, on] = checked<int64_t>(offsets, "offsets");
+                if (on == 0) throw InputError("offsets: expected n + 1 entries, got none");
+                for (int32_t i = 0; i < on; ++i)
+                    if (op[i] < (i ? op[i - 1] : 0) || op[i] > tn)
+                        throw InputError("offsets: must rise from >= 0 to at most len(tokens); entry " + std::to_string(i) + " does not");
+                const int64_t* lp = nullptr;
+                if (!lora_task_ids.is_none()) {
+                    if (!nb::isinstance<AnyArray>(lora_task_ids)) throw TypeInputError("lora_task_ids: expected an int64 numpy array or None");
+                    auto [l, ln] = checked<int64_t>(nb::cast<AnyArray>(lora_task_ids, false), "lora_task_ids");
+                    if (ln != on - 1) throw InputError("lora_task_ids: expected one entry per prompt");
+                    lp = l;
+                }
+                std::vector<int32_t> out(static_cast<size_t>(on - 1));
+                k.probe_prefix_match_lengths(tp, op, on - 1, lp, out.data());
+                return to_numpy(std::move(out));
+            }, "tokens"_a.noconvert(), "offsets"_a.noconvert(), "lora_task_ids"_a = nb::none(),
+            "Attention-DP routing: cached leading tokens (whole blocks, last token excluded) of each prompt "
+            "tokens[offsets[i]:offsets[i+1]]; a dry run that changes nothing.")
+        .def("get_sequence_num_blocks_batch", [](const KVCacheManager& k, const ArrayArg& slots) {
                 return per_slot(k.table(), slots, [&](int32_t s) { return k.sequence_num_blocks(s); });
             }, "slots"_a.noconvert())
         // introspection (tests, invariants)
@@ -192,7 +232,7 @@ void bind_kv_cache(nb::module_& m) {
         .def_prop_ro("pages_per_task", &PeftCacheManager::pages_per_task)
         .def("set_task_pages", &PeftCacheManager::set_task_pages, "task_id"_a, "pages"_a)
         .def("determine_num_pages", [](const PeftCacheManager& p, const PyRequest& r) { return p.determine_num_pages(r.t(), r.slot); }, "llm_request"_a)
-        .def("determine_num_pages_batch", [](const PeftCacheManager& p, const RequestTable& t, const AnyArray& slots) {
+        .def("determine_num_pages_batch", [](const PeftCacheManager& p, const RequestTable& t, const ArrayArg& slots) {
                 return per_slot(t, slots, [&](int32_t s) { return p.determine_num_pages(t, s); });
             }, "table"_a, "slots"_a.noconvert());
 }

@@ -4,6 +4,7 @@
 // Names follow TensorRT-LLM's Python bindings (snake_case of the C++ names).
 #include <nanobind/nanobind.h>
 
+#include "block_pool.h"
 #include "bindings/common.h"
 #include "errors.h"
 
@@ -21,6 +22,12 @@ NB_MODULE(_core, m) {
         }
     });
     static nb::exception<SchedulingError> scheduling_error(m, "SchedulingError", PyExc_RuntimeError);
+    // The size limits (larger is a ValueError): command lines check their inputs against them
+    // before a run starts.
+    m.attr("MAX_TABLE_CAPACITY") = kMaxTableCapacity;
+    m.attr("MAX_REQUEST_TOKENS") = kMaxRequestTokens;
+    m.attr("MAX_BEAM_WIDTH") = kMaxBeamWidth;
+    m.attr("MAX_NUM_BLOCKS") = BlockPool::kMaxBlocks;
     // In this order: the stub lists the names as the module defines them.
     bindings::bind_request_state(m);
     bindings::bind_policy_enums(m);
@@ -28,4 +35,6 @@ NB_MODULE(_core, m) {
     bindings::bind_kv_cache(m);
     bindings::bind_waiting_queue(m);
     bindings::bind_schedulers(m);
+    bindings::bind_attention_dp(m);
+    bindings::bind_executor(m);
 }

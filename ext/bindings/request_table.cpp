@@ -23,26 +23,20 @@ using namespace nb::literals;
 
 namespace {
 
+/// ImportError naming torch and the numpy alternative, before a DLPack export that would fail with
+/// the import's traceback folded into its message.
+void require_torch(const char* what) {
+    try {
+        nb::module_::import_("torch");
+    } catch (nb::python_error&) {
+        throw nb::import_error((std::string(what) + " needs torch (pip install torch==2.13.0); tokens() is the same "
+                                "view as a numpy array").c_str());
+    }
+}
+
 std::vector<int32_t> tokens_from(nb::handle obj, const char* name) {
-    if (nb::isinstance<AnyArray>(obj)) {
-        AnyArray a = nb::cast<AnyArray>(obj, /*convert=*/false);
-        auto [p, n] = checked<int32_t>(a, name);
-        return std::vector<int32_t>(p, p + n);
-    }
-    if (!nb::isinstance<nb::sequence>(obj) || nb::isinstance<nb::str>(obj))
-        throw TypeInputError(std::string(name) + ": expected a sequence of ints or an int32 numpy array");
-    std::vector<int32_t> out;
-    for (nb::handle h : nb::iter(obj)) {
-        if (!PyLong_Check(h.ptr()) || PyBool_Check(h.ptr()))
-            throw TypeInputError(std::string(name) + ": every token must be an int");
-        long long v = PyLong_AsLongLong(h.ptr());
-        if (PyErr_Occurred() || v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max()) {
-            PyErr_Clear();
-            throw InputError(std::string(name) + ": token id out of the int32 range");
-        }
-        out.push_back(static_cast<int32_t>(v));
-    }
-    return out;
+    Int32Values v = int32_values(obj, name);
+    return std::vector<int32_t>(v.data, v.data + v.size);
 }
 
 /// A zero-copy view of the request's tokens (the whole reserved buffer if `whole_buffer`) that
@@ -143,7 +137,7 @@ void bind_request_table(nb::module_& m) {
                 t.remove_request(r.slot_in(t));
             },
             "request"_a, "Frees the request's slot; its LlmRequest handles become invalid, its token views stay valid.")
-        .def("remove_slots", [](RequestTable& t, const AnyArray& slots) {
+        .def("remove_slots", [](RequestTable& t, const ArrayArg& slots) {
                 auto [p, n] = checked_slots(t, slots);
                 t.remove_slots(p, n);
             }, "slots"_a.noconvert(),
@@ -158,7 +152,7 @@ void bind_request_table(nb::module_& m) {
                 return make_request(t, slot);
             }, "slot"_a)
         .def("slot_of", &RequestTable::slot_of, "request_id"_a)
-        .def("slots_of", [](const RequestTable& t, const AnyArray& ids) {
+        .def("slots_of", [](const RequestTable& t, const ArrayArg& ids) {
                 auto [p, n] = checked<int64_t>(ids, "request_ids");
                 std::vector<int32_t> out(static_cast<size_t>(n));
                 for (int32_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = t.slot_of(p[i]);
@@ -171,7 +165,7 @@ void bind_request_table(nb::module_& m) {
                 return view(t.tallies(), RequestTable::kNumTallies, self);
             }, "Zero-copy read-only view of table-wide counts over live requests: [requests with a LoRA "
                "task, with draft tokens, with a current beam width other than 1]. Build once.")
-        .def("gather", [](const RequestTable& t, const AnyArray& slots) {
+        .def("gather", [](const RequestTable& t, const ArrayArg& slots) {
                 auto [p, n] = checked_slots(t, slots);
                 nb::dict d;
                 for_each_column(t, [&](const char* name, const auto* col, bool gathered) {
@@ -179,12 +173,12 @@ void bind_request_table(nb::module_& m) {
                 });
                 return d;
             }, "slots"_a.noconvert(), "The scheduler scalars of many requests in one call (compact copies, list order).")
-        .def("request_ids", [](const RequestTable& t, const AnyArray& slots) {
+        .def("request_ids", [](const RequestTable& t, const ArrayArg& slots) {
                 auto [p, n] = checked_slots(t, slots);
                 return gather_col(t.request_id, p, n);
             }, "slots"_a.noconvert())
-        .def("set_context_chunk_sizes", [](RequestTable& t, const AnyArray& slots, const AnyArray& sizes,
-                                           std::optional<AnyArray> discards) {
+        .def("set_context_chunk_sizes", [](RequestTable& t, const ArrayArg& slots, const ArrayArg& sizes,
+                                           std::optional<ArrayArg> discards) {
                 auto [p, n] = checked_slots(t, slots);
                 auto [v, m] = checked<int32_t>(sizes, "sizes");
                 if (m != n) throw InputError("sizes must have one entry per slot");
@@ -198,7 +192,7 @@ void bind_request_table(nb::module_& m) {
             }, "slots"_a.noconvert(), "sizes"_a.noconvert(), "draft_discards"_a.noconvert() = nb::none(),
             "Clamping chunk-size setter for many requests; `draft_discards` (>= 0 each, optional) drops "
             "trailing draft tokens in the same call, all or nothing.")
-        .def("discard_draft_tokens", [](RequestTable& t, const AnyArray& slots, const AnyArray& counts) {
+        .def("discard_draft_tokens", [](RequestTable& t, const ArrayArg& slots, const ArrayArg& counts) {
                 auto [p, n] = checked_slots(t, slots);
                 auto [v, m] = checked<int32_t>(counts, "counts");
                 if (m != n) throw InputError("counts must have one entry per slot");
@@ -240,7 +234,8 @@ void bind_request_table(nb::module_& m) {
         .def_prop_ro("encoder_output_len", [](const PyRequest& r) { return r.t().encoder_output_len[r.slot]; })
         .def_prop_ro("num_draft_tokens", [](const PyRequest& r) { return r.t().num_draft_tokens[r.slot]; })
         .def_prop_ro("has_draft_tokens", [](const PyRequest& r) { return r.t().num_draft_tokens[r.slot] > 0; })
-        .def("set_num_draft_tokens", [](const PyRequest& r, int32_t n) { r.t().set_num_draft_tokens(r.slot, n); }, "count"_a)
+        .def("set_num_draft_tokens", [](const PyRequest& r, int32_t n) { r.t().set_num_draft_tokens(r.slot, n); }, "count"_a,
+             "Sets the draft token count of the next step: 0 <= count <= the reserved token storage (prompt + max new + initial drafts).")
         .def("discard_draft_tokens", [](const PyRequest& r, int32_t n) { r.t().discard_draft_tokens(r.slot, n); }, "num_tokens_to_discard"_a)
         .def_prop_ro("lora_task_id", [](const PyRequest& r) -> std::optional<int64_t> {
                 int64_t v = r.t().lora_task_id[r.slot];
@@ -259,7 +254,10 @@ void bind_request_table(nb::module_& m) {
                      nb::rv_policy::automatic,
                      "Zero-copy read-only view of the whole reserved storage (prompt + max new + drafts).")
         // Annotated Any: a stub that named torch.Tensor would make type checkers import torch.
-        .def("tokens_torch", [](const PyRequest& r) { return token_view<nb::ndarray<nb::pytorch, int32_t, nb::ndim<1>>>(r, false); },
+        .def("tokens_torch", [](const PyRequest& r) {
+                require_torch("tokens_torch");
+                return token_view<nb::ndarray<nb::pytorch, int32_t, nb::ndim<1>>>(r, false);
+            },
              nb::sig("def tokens_torch(self) -> typing.Any"),
              "Zero-copy torch.Tensor (int32, 1-D) of the tokens via DLPack (imports torch). Treat it as read-only.")
         .def("get_tokens", [](const PyRequest& r, int32_t beam) {
@@ -297,7 +295,7 @@ void bind_request_table(nb::module_& m) {
         .def("remove", [](RequestList& l, const PyRequest& r) {
                 l.remove(r.slot_in(*l.table()));
             }, "request"_a)
-        .def("remove_slots", [](RequestList& l, const AnyArray& slots) {
+        .def("remove_slots", [](RequestList& l, const ArrayArg& slots) {
                 auto [p, n] = checked_slots(*l.table(), slots);
                 l.remove_many(p, n);
             }, "slots"_a.noconvert(), "Removes the listed requests that are present, keeping the order of the rest.")

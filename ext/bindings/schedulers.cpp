@@ -1,5 +1,5 @@
-// ext/bindings/schedulers.cpp: the capacity, micro-batch and step schedulers, the chunk-size
-// function and the simulated executor.
+// ext/bindings/schedulers.cpp: the capacity, micro-batch and step schedulers and the chunk-size
+// function.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -19,7 +19,6 @@
 #include "policies/registry.h"
 #include "request_list.h"
 #include "scheduler.h"
-#include "sim_executor.h"
 
 namespace tllm::bindings {
 
@@ -34,17 +33,18 @@ std::pair<const int32_t*, int32_t> list_or_slots(const RequestTable& t, nb::hand
         return {l.data(), l.size()};
     }
     if (nb::isinstance<AnyArray>(active)) {
-        auto [p, n] = checked_slots(t, nb::cast<AnyArray>(active, false), "active_requests");
+        auto [p, n] = checked_slots(t, ArrayArg{active}, "active_requests");
         int32_t dup = first_repeated_slot(p, n);
         if (dup >= 0) throw InputError("active_requests: slot " + std::to_string(dup) + " is listed twice");
         return {p, n};
     }
-    throw TypeInputError("active_requests: expected a RequestList or an int32 array of slots");
+    throw TypeInputError("active_requests: expected a RequestList or an int32 array of slots, got " + describe(active));
 }
 
 std::pair<const int64_t*, int32_t> inflight_ids(nb::handle obj) {
     if (obj.is_none()) return {nullptr, 0};
-    if (!nb::isinstance<AnyArray>(obj)) throw TypeInputError("inflight_request_ids: expected an int64 numpy array or None");
+    if (!nb::isinstance<AnyArray>(obj))
+        throw TypeInputError("inflight_request_ids: expected an int64 numpy array or None, got " + describe(obj));
     return checked<int64_t>(nb::cast<AnyArray>(obj, false), "inflight_request_ids");
 }
 
@@ -98,7 +98,7 @@ void bind_schedulers(nb::module_& m) {
             }, "table"_a, "active_requests"_a, "inflight_request_ids"_a = nb::none(), "max_batch_size"_a,
             "max_num_tokens"_a = nb::none(), "Returns slot arrays (context, generation).");
 
-    m.def("set_ctx_requests_chunk_size", [](RequestTable& t, const AnyArray& slots, ContextChunkingPolicy policy,
+    m.def("set_ctx_requests_chunk_size", [](RequestTable& t, const ArrayArg& slots, ContextChunkingPolicy policy,
                                             std::optional<int32_t> capacity, int32_t unit, std::optional<int32_t> max_ctx) {
             auto [p, n] = checked_slots(t, slots);
             set_ctx_requests_chunk_size(t, p, n, policy, capacity, unit, max_ctx);
@@ -133,22 +133,6 @@ void bind_schedulers(nb::module_& m) {
             "num_fitting sixth when asked.")
         .def("fetch_new_requests", &Scheduler::fetch_new_requests, "active_requests"_a,
              "Moves the waiting requests there is room for to the end of the list (none without a waiting queue).");
-
-    nb::class_<SimExecutor>(m, "SimExecutor", "GPU-less executor step: pause, allocate, advance chunks, append, complete.")
-        .def(nb::init<std::shared_ptr<RequestTable>, std::shared_ptr<KVCacheManager>, std::shared_ptr<KVCacheManager>, int32_t>(),
-             "table"_a, "kv_cache_manager"_a.none(), "cross_kv_cache_manager"_a.none(), "max_input_len"_a)
-        .def("apply", [](SimExecutor& e, const AnyArray& paused, const AnyArray& disagg, const AnyArray& execute,
-                         int32_t token) {
-                const RequestTable& t = e.table();
-                auto [pp, pn] = checked_slots(t, paused, "paused");
-                auto [dp, dn] = checked_slots(t, disagg, "disagg_gen_init");
-                auto [ep, en] = checked_slots(t, execute, "execute");
-                std::vector<int32_t> finished;
-                e.apply(pp, pn, dp, dn, ep, en, token, finished);
-                return to_numpy(std::move(finished));
-            }, "paused"_a.noconvert(), "disagg_gen_init"_a.noconvert(), "execute"_a.noconvert(),
-            "generated_token"_a = 1, "Applies one step; returns the slots completed, in completion order.")
-        .def_prop_ro("tokens_appended", &SimExecutor::tokens_appended);
 }
 
 }  // namespace tllm::bindings

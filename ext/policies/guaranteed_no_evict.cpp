@@ -28,8 +28,6 @@ void schedule_no_evict(const CapacityContext& c, bool static_batch, CapacityOutp
         if (count() >= c.max_num_requests) break;  // stops classification entirely
         if (state::is_generation_in_progress(st)) {
             out.scheduled.push_back(s);
-            self.available -= self.need(s);
-            cross.available -= cross.need(s);
             int64_t task = t.lora_task_id[s];
             if (task >= 0 && task_ids.insert(task).second)
                 claimed_pages += c.peft ? c.peft->determine_num_pages(t, s) : 0;
@@ -40,6 +38,12 @@ void schedule_no_evict(const CapacityContext& c, bool static_batch, CapacityOutp
         }
     }
     if (static_batch && !out.scheduled.empty()) return;
+    // Nothing for pass 2: no block count can change the outcome, so none is computed.
+    if (pending.empty() && pending_disagg.empty()) return;
+    for (int32_t s : out.scheduled) {  // the running generations reserve their blocks to completion
+        self.available -= self.need(s);
+        cross.available -= cross.need(s);
+    }
 
     // Pass 2: disagg-generation-init first, then contexts; a block shortage stops the list.
     int64_t available_pages = max_pages - claimed_pages;

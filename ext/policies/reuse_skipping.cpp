@@ -3,24 +3,18 @@
 
 namespace tllm {
 
-ReuseSkipper::ReuseSkipper(const RequestTable& table, const KVCacheManager* kv, const int32_t* slots,
-                           int32_t num_slots)
+ReuseSkipper::ReuseSkipper(const RequestTable& table, KVCacheManager* kv, const int32_t* slots, int32_t num_slots)
     : table_(table), kv_(kv && kv->config().enable_block_reuse ? kv : nullptr) {
     if (!kv_) return;
     for (int32_t i = 0; i < num_slots; ++i) {  // no gating in step A
         int32_t s = slots[i];
-        if (state::is_context_init(table_.state[s]) && !table_.is_first_context_chunk(s)) {
-            if (auto key = kv_->find_new_context_block(s)) contributed_.insert(std::move(*key));
-        }
+        if (state::is_context_init(table_.state[s]) && !table_.is_first_context_chunk(s)) claimed_before(s);
     }
 }
 
 bool ReuseSkipper::claim_or_skip(int32_t s) {
     if (!state::is_context_init(table_.state[s]) || !table_.is_first_context_chunk(s)) return false;
-    auto key = kv_->find_new_context_block(s);
-    if (!key) return false;
-    // The first request with a key claims it, even if it then fails to fit.
-    return !contributed_.insert(std::move(*key)).second;
+    return claimed_before(s);  // the first request with a key claims it, even if it then fails to fit
 }
 
 }  // namespace tllm

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tllm_sched.backend import SchedulerOutput
-from tllm_sched.crossings import counting
+from tllm_sched.backend import SchedulerOutput, list_requests
+from tllm_sched.crossings import counted, counting
 from tllm_sched.naive import micro_batch_scheduler
 from tllm_sched.naive.chunking import set_ctx_requests_chunk_size
 from tllm_sched.naive.common import CapacityContext
@@ -27,6 +27,7 @@ class NaiveBackend:
     def __init__(self, config, table, kv, cross_kv, peft, counter=None, waiting=None):
         wrap = counting(counter)
         self._wrap = wrap
+        self._list_requests = counted(list_requests, counter)
         self.table = wrap(table)
         self.config = config
         self.capacity = CapacityContext(config, wrap(kv), wrap(cross_kv), wrap(peft))
@@ -48,7 +49,7 @@ class NaiveBackend:
     # ------------------------------------------------------------------ the backend protocol
     def schedule(self, active, inflight_ids):
         self.fetch_new_requests(active)
-        reqs = [self._wrap(r) for r in self._wrap(active).requests()]
+        reqs = [self._wrap(r) for r in self._list_requests(active)]
         if self.config.fused:
             tracker = TokenBudgetTracker(self.config, inflight_ids)
             fit, disagg, paused = self._capacity(reqs, tracker)

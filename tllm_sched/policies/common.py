@@ -77,6 +77,7 @@ class Split:
 # negative indices wrap in both `take` and Python lists.
 IGNORED, CONTEXT, GENERATION, OTHER = range(4)  # capacity kinds (GENERATION: 12..14)
 FEW = 16  # below this many states, counting in plain Python beats two array calls
+HEAD = 8  # prefix_within scans this many values in plain Python before the array operations
 
 
 class KindTable:
@@ -105,16 +106,18 @@ class KindTable:
 
 def prefix_within(values: np.ndarray, limit: int) -> int:
     """How many leading `values` fit in `limit` in order: up to the first running total over
-    `limit` (head-of-line, as the C++ loops stop). A plain loop when few."""
-    if values.size >= FEW:
-        fits = values.cumsum() <= limit
-        return int(fits.argmin()) if not fits.all() else values.size
+    `limit` (head-of-line, as the C++ loops stop). A plain loop over the first few (a full cache
+    often stops admission there), whole-array operations for the rest."""
     total = 0
-    for k, v in enumerate(values.tolist()):
+    head = values[:HEAD].tolist() if values.size > HEAD else values.tolist()
+    for k, v in enumerate(head):
         total += v
         if total > limit:
             return k
-    return values.size
+    if values.size <= HEAD:
+        return values.size
+    fits = values[HEAD:].cumsum() <= limit - total
+    return HEAD + (int(fits.argmin()) if not fits.all() else fits.size)
 
 
 def is_context_init(st: np.ndarray) -> np.ndarray:

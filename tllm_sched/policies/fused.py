@@ -38,7 +38,16 @@ from tllm_sched.policies.common import (
     is_generation_in_progress,
     prefix_within,
 )
-from tllm_sched.policies.reuse_skipping import ReuseSkipper, make_skipper, windows
+from tllm_sched.policies.reuse_skipping import ReuseSkipper, make_skipper
+
+# Calls a step may spend on skip keys within the crossing budget (8, + 1 per pause), besides
+# its other calls: GUARANTEED_NO_EVICT the slots, the remaining blocks (one more for a cross
+# cache), LoRA pages if any, the chunk sizes; its split path with reuse the slots, the remaining
+# blocks (generations and contexts in one question), the chunk sizes; MAX_UTILIZATION the slots,
+# start_scheduling, the blocks needed, LoRA pages if any, the chunk sizes.
+_NO_EVICT_KEY_CALLS = 8 - 3
+_NO_EVICT_SPLIT_KEY_CALLS = 8 - 3
+_MAX_UTILIZATION_KEY_CALLS = 8 - 4
 
 INT32_MAX = 2**31 - 1
 FULL, OVER_BUDGET, CONTINUE = -1, 0, 1  # try_add_generation's answers (TensorRT-LLM's rc)
@@ -422,7 +431,7 @@ def _max_utilization_loop(ctx: CapacityContext, tb: TokenBudget, free: int):
     st = ctx.state
     started = ctx.can_be_scheduled() & ((is_context_init(st) & ~ctx.first_chunk) | is_generation_in_progress(st))
     lora = ctx.lora.tolist() if ctx.peft is not None else None
-    skipper = make_skipper(ctx)
+    skipper = make_skipper(ctx, _MAX_UTILIZATION_KEY_CALLS - (ctx.peft is not None))
     gate_l, need_l, pages_l = gate.tolist(), need.tolist(), pages.tolist()
     max_pages = ctx.max_device_pages
     scheduled, paused, seen = [], [], set()
@@ -521,13 +530,13 @@ def _no_evict_split_reusing(ctx: CapacityContext, tb: TokenBudget, gens, others,
     among them claims its key; keys are asked for in windows, as far as admission gets."""
     c = ctx.cols
     first = c["context_current_position"].take(others) == c["prepopulated_prompt_len"].take(others)
-    skipper = ReuseSkipper(ctx.kv, others, is_context_init(o_state), first)
+    skipper = ReuseSkipper(ctx.kv, others, is_context_init(o_state), first, _NO_EVICT_SPLIT_KEY_CALLS)
     waiting = np.arange(others.size) if not ignored else (ctx.kinds.of(o_state) == CONTEXT).nonzero()[0]
     rem = ctx.kv.get_remaining_blocks_to_completion_batch(np.concatenate((gens, others)))  # one question for all
     avail = ctx.free_blocks() - int(rem[:gens.size].sum())
     need = rem[gens.size:].take(waiting)  # per waiting context
     taken = []
-    for part in windows(np.arange(waiting.size), min(prefix_within(need, avail), room) + 1):
+    for part in skipper.windows(np.arange(waiting.size), min(prefix_within(need, avail), room) + 1):
         part = part[~skipper.skip_flags(waiting.take(part))]
         k_cap = min(prefix_within(need.take(part), avail), room)
         k, stopped = tb.contexts_prefix(others.take(waiting.take(part)), k_cap, None)
@@ -560,12 +569,13 @@ def _no_evict_positions(ctx: CapacityContext, tb: TokenBudget, static_batch: boo
         return admitted
     state = _Pass2(ctx, tb, admitted)
     taken = [admitted, state.run(disagg, None)]
-    skipper = make_skipper(ctx, enabled=not static_batch)
+    skipper = make_skipper(ctx, _NO_EVICT_KEY_CALLS - (ctx.cross_kv is not None) - (ctx.peft is not None),
+                           enabled=not static_batch)
     if not skipper.enabled:
         taken.append(state.run(contexts, None))
     else:
         reach = min(prefix_within(state.need.take(contexts), state.avail), state.room) + 1
-        for part in windows(contexts, reach):
+        for part in skipper.windows(contexts, reach):
             taken.append(state.run(part, skipper.skip_flags(part)))
             if state.stopped:
                 break

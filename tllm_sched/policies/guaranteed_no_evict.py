@@ -27,9 +27,12 @@ from tllm_sched.policies.common import (
     prefix_within,
     task_ids,
 )
-from tllm_sched.policies.reuse_skipping import ReuseSkipper, make_skipper, windows
+from tllm_sched.policies.reuse_skipping import ReuseSkipper, make_skipper
 
 INT32_MAX = 2**31 - 1
+# Calls a step makes besides key questions (crossing budget 8): the slots, the remaining blocks
+# (one question, one more for a cross cache), LoRA pages if any, the chunk sizes.
+_KEY_CALLS = 8 - 3
 
 
 def _classify(ctx: CapacityContext):
@@ -87,7 +90,8 @@ def schedule(ctx: CapacityContext, static_batch: bool = False):
         admitted.append(state.run(is_disagg.nonzero()[0], None))
         pending = pending & ~is_disagg
     contexts = pending.nonzero()[0]
-    skipper = make_skipper(ctx, enabled=not static_batch)
+    skipper = make_skipper(ctx, _KEY_CALLS - (ctx.cross_kv is not None) - (ctx.peft is not None),
+                           enabled=not static_batch)
     if not skipper.enabled:
         admitted.append(state.run(contexts, None))
     else:
@@ -135,10 +139,11 @@ def _schedule_split_reusing(ctx: CapacityContext, gens: np.ndarray, n_gen: int):
     sp, c = ctx.split, ctx.cols
     others, o_state = sp.other_slots(), sp.other_state
     first = c["context_current_position"].take(others) == c["prepopulated_prompt_len"].take(others)
-    skipper = ReuseSkipper(ctx.kv, others, is_context_init(o_state), first)
     if ctx.kind_counts[IGNORED]:
+        skipper = ReuseSkipper(ctx.kv, others, is_context_init(o_state), first, _KEY_CALLS)
         waiting = (ctx.kinds.of(o_state) == CONTEXT).nonzero()[0]
-    else:
+    else:  # every other is a context in the gating window
+        skipper = ReuseSkipper(ctx.kv, others, None, first, _KEY_CALLS)
         waiting = np.arange(others.size)
     rem = _remaining(ctx.kv, np.concatenate((gens, others)))  # one question for all
     need = rem[n_gen:]  # per other
@@ -189,12 +194,24 @@ class NoEvictBlocks:
         return self._run_scalar(order)
 
     def run_skipping(self, order: np.ndarray, skipper) -> np.ndarray:
-        """`run` with reuse skipping. Keys are asked for a first window, reaching where admission
-        must stop if nothing were skipped, and for the rest only if admission gets past it."""
-        reach = min(prefix_within(self.rem.take(order), self.avail), self.ctx.max_num_requests - self.count) + 1
+        """`run` with reuse skipping. Keys are asked for window by window (reuse_skipping.py),
+        the first reaching where admission must stop if nothing were skipped, each next one only
+        if admission gets past the previous."""
+        ctx = self.ctx
+        need = self.rem.take(order)
+        k = max(0, min(prefix_within(need, self.avail), ctx.max_num_requests - self.count))  # if nothing is skipped
+        plain = self.rem_cross is None and ctx.peft is None and ctx.pending_are_admissible
         admitted = []
-        for part in windows(order, reach):
-            admitted.append(self.run(part, skipper.skip_flags(part)))
+        for part in skipper.windows(order, k + 1):
+            skip = skipper.skip_flags(part)
+            if plain and not admitted and (part.size > k or part.size == order.size) and not skip[:k + 1].any():
+                # Nothing skipped up to where admission stops (the usual case): the prefix stands.
+                if k:
+                    self.avail -= int(need[:k].sum())
+                self.count += k
+                self.stopped = k < order.size
+                return order[:k]
+            admitted.append(self.run(part, skip))
             if self.stopped:
                 break
         return admitted[0] if len(admitted) == 1 else np.concatenate(admitted)

@@ -22,7 +22,12 @@ from tllm_sched.policies.common import (
     new_task_pages,
     task_ids,
 )
-from tllm_sched.policies.reuse_skipping import NO_SKIP, make_skipper, windows
+from tllm_sched.policies.reuse_skipping import NO_SKIP, make_skipper
+
+
+# Calls a step makes besides key questions and pauses (crossing budget 8 + 1 per pause): the
+# slots, start_scheduling, the blocks needed, LoRA pages if any, the chunk sizes.
+_KEY_CALLS = 8 - 4
 
 
 def _prefix(ctx: CapacityContext, try_pos: np.ndarray, need: np.ndarray, pages: np.ndarray, free: int):
@@ -54,7 +59,7 @@ def schedule(ctx: CapacityContext):
         gated = try_pos = np.arange(n)
         skipper = NO_SKIP
     else:
-        skipper = make_skipper(ctx)
+        skipper = make_skipper(ctx, _KEY_CALLS - (ctx.peft is not None))
         gated = ctx.can_be_scheduled_with_disagg_exception().nonzero()[0]
         if gated.size == 0:
             return gated, gated
@@ -66,19 +71,20 @@ def schedule(ctx: CapacityContext):
     if ctx.peft is not None:
         pages[gated] = ctx.pages(gated)
     if skipper.enabled:
-        # Skip keys for a first window; the rest only if everything in the window fits.
+        # Skip keys window by window; the next window only if everything so far fits.
         reach = min(int((need.take(gated).cumsum() <= free).sum()), ctx.max_num_requests) + 1
-        parts = list(windows(gated, reach))
-        try_pos = parts[0][~skipper.skip_flags(parts[0])]
-        if len(parts) > 1 and _prefix(ctx, try_pos, need, pages, free)[0] == try_pos.size:
-            try_pos = np.concatenate([try_pos, parts[1][~skipper.skip_flags(parts[1])]])
+        kept = []
+        for part in skipper.windows(gated, reach):
+            kept.append(part[~skipper.skip_flags(part)])
+            try_pos = kept[0] if len(kept) == 1 else np.concatenate(kept)
+            if _prefix(ctx, try_pos, need, pages, free)[0] < try_pos.size:
+                break
     f, total, add_pages = _prefix(ctx, try_pos, need, pages, free)
-    if f >= try_pos.size:  # everything fits (the second window is asked for whenever the first fits)
+    if f >= try_pos.size:  # everything fits (the next window is asked for whenever the previous fits)
         return try_pos, try_pos[:0]
 
     # Scalar continuation from the first failure, in the state the prefix left behind.
     i = int(try_pos[f])
-    skipper.claim_all(gated[gated < i])
     prefix = try_pos[:f]
     state = _Totals(
         scheduled=prefix.tolist(),

@@ -4,11 +4,18 @@ C++ twin: ext/policies/reuse_skipping.cpp; python-naive twin: tllm_sched/naive/r
 Mirrors CapacityScheduler's step A (keys of chunked contexts in progress) and beneficialToSkip
 (step B).
 
-Keys are asked for lazily, like C++ does: a key walk costs the prompt's cached prefix, and a long
-queue of waiting prompts (real conversation traces) would otherwise pay it for requests the policy
-never reaches. Callers evaluate a first window of requests; only if admission gets past it do they
-ask for the rest. `find_new_context_block_batch(..., continue_pass=True)` keeps the integer key
-ids comparable across those calls.
+Keys are asked for lazily, like C++ does: admission usually stops after a few waiting requests,
+and a long queue (real conversation traces) would otherwise pay for requests the policy never
+reaches. Callers evaluate windows of requests in list order: the first reaches where admission
+must stop if nothing were skipped, each further one (asked for only when admission gets past the
+previous) is GROWTH times larger, so the keys asked for stay within a constant factor of those the
+C++ loop computes (every request before where admission would stop without skipping is asked
+about in C++ too). Each window is one call; a policy passes how many calls its step can
+spend on keys within the crossing budget, and only the last of them takes the rest of the list.
+
+The cache keeps the keys of one pass and which of them are claimed: each call claims the keys
+of its requests in order and answers per request (no key, claimed now, claimed before: skip), so
+a window's decisions are one call and one comparison, whatever its size.
 """
 
 from __future__ import annotations
@@ -17,101 +24,101 @@ import numpy as np
 
 from tllm_sched.policies.common import CapacityContext, is_context_init
 
-FIRST_WINDOW = 64  # the most requests whose keys the first query covers
 WINDOW_SLACK = 2  # beyond the point where admission must stop if nothing were skipped
-SET_MAX_CANDIDATES = 32  # below this many candidates a Python set beats np.unique / np.isin
+GROWTH = 4  # each further window is at least this many times the previous one
+MIN_WINDOW = 64  # the fewest candidates a scalar step B asks for at once
+WINDOW_CAP = None  # tests cap every window to force many questions
+_NOT_ASKED, _CLAIMED_BEFORE = -1, 2  # claim_new_context_blocks answers: 0 no key, 1 claimed now, 2 skip
 
 
 class ReuseSkipper:
-    """Integer keys of a list's contexts (asked for on demand) and the claimed set. Positions
-    index `slots`: the whole active list, or (split paths) just its non-generation entries."""
+    """The claims of a list's contexts (asked for on demand, in list order). Positions index
+    `slots`: the whole active list, or (split paths) just its non-generation entries."""
 
-    __slots__ = ("enabled", "kv", "slots", "key", "known", "candidate", "prefill", "claimed", "_pass_open",
-                 "_started")
+    __slots__ = ("enabled", "kv", "slots", "candidate", "_is_ctx", "_first", "_claim", "_asked", "_pass_open",
+                 "_calls", "_size", "_last")
 
-    def __init__(self, kv, slots: np.ndarray, is_ctx: np.ndarray, first: np.ndarray):
-        """`is_ctx`: in a context-init state; `first`: at its first context chunk (per entry)."""
+    def __init__(self, kv, slots: np.ndarray, is_ctx, first: np.ndarray, calls: int):
+        """`is_ctx`: in a context-init state (None: every entry is); `first`: at its first
+        context chunk (per entry); `calls`: the most key questions this step may ask (>= 1)."""
         self.enabled = True
         self.kv, self.slots = kv, slots
-        n = slots.size
-        self.key = np.full(n, -1, dtype=np.int64)  # first-new-block key id, -1 for none
-        self.known = np.zeros(n, dtype=bool)  # key asked for already
         self._pass_open = False
+        self._calls, self._size, self._last = calls, 0, -1  # questions left; last window; last scalar position
         # Step B applies to first-chunk contexts; step A claims the keys of those in progress.
-        # Step A's keys are asked for with the first step-B keys (one call for both), or never
-        # if no step-B key is needed: a key question has no side effect on the cache.
-        self.candidate = is_ctx & first
-        self._started = (is_ctx & ~first).nonzero()[0]
-        self.prefill, self.claimed = set(), set()  # step A's keys; the live set
+        # Step A's claims are made with the first step-B question (one call for both), or never
+        # if no step-B question is asked: no later question could see them.
+        self._is_ctx, self._first = is_ctx, first
+        self.candidate = first if is_ctx is None else is_ctx & first
+        # The cache's answer per position (int8, _NOT_ASKED), built only when a scalar step B
+        # needs it; until then the answers of each question are kept as they came.
+        self._claim, self._asked = None, []
 
-    def _fetch(self, pos: np.ndarray) -> None:
-        """Asks for the keys of the positions not known yet, and step A's if still pending (one
-        crossing, if any)."""
-        started = self._started
-        if started is not None:
-            pos = np.concatenate((started, pos)) if pos.size else started
-        need = pos[~self.known.take(pos)]
-        if need.size:
-            ids = self.kv.find_new_context_block_batch(self.slots.take(need), continue_pass=self._pass_open)
-            self._pass_open = True
-            self.key[need] = ids
-            self.known[need] = True
-        if started is not None:
-            self._started = None
-            keys = self.key.take(started)
-            self.prefill.update(keys[keys >= 0].tolist())
-            self.claimed.update(self.prefill)
+    def windows(self, order: np.ndarray, reach: int):
+        """Slices of `order` to evaluate in turn, each asked for only when admission got past the
+        previous one: the first covers `reach` requests (plus slack), each next one GROWTH times
+        the previous, the last call left takes the rest."""
+        start, size = 0, reach + WINDOW_SLACK
+        while True:  # at least one (maybe empty) window
+            if WINDOW_CAP is not None:
+                size = min(size, WINDOW_CAP)
+            end = order.size if self._calls <= 1 else min(start + size, order.size)
+            self._size = end - start
+            yield order[start:end]
+            if end >= order.size:
+                return
+            start, size = end, size * GROWTH
+
+    def _ask(self, pos: np.ndarray) -> np.ndarray:
+        """Claims the keys of candidate positions `pos` (in list order, after every position
+        asked so far), step A's first on the first question: one call. Returns the answers."""
+        slots = self.slots.take(pos)
+        if not self._pass_open and not self._first.all():  # some context may be in progress
+            started = ~self._first if self._is_ctx is None else self._is_ctx & ~self._first
+            slots = np.concatenate((self.slots[started], slots))
+        answers = self.kv.claim_new_context_blocks(slots, continue_pass=self._pass_open)
+        self._pass_open = True
+        self._calls -= 1
+        answers = answers[answers.size - pos.size:]
+        if self._claim is None:
+            self._asked.append((pos, answers))
+        else:
+            self._claim[pos] = answers
+        return answers
 
     def skip_flags(self, order: np.ndarray) -> np.ndarray:
         """Skip decisions for the list positions `order`, evaluated in that order after every
-        position evaluated so far; their keys are claimed (the live set grows)."""
+        position evaluated so far (their keys are claimed)."""
+        mask = self.candidate.take(order)
+        cand = order[mask]
         skip = np.zeros(order.size, dtype=bool)
-        ci = self.candidate.take(order).nonzero()[0]
-        if ci.size == 0:
-            return skip
-        cpos = order.take(ci)
-        self._fetch(cpos)
-        ck = self.key.take(cpos)
-        if ci.size < SET_MAX_CANDIDATES:
-            claimed = self.claimed
-            for j, k in enumerate(ck.tolist()):
-                if k >= 0:
-                    if k in claimed:
-                        skip[ci[j]] = True
-                    else:
-                        claimed.add(k)
-            return skip
-        has = ck >= 0
-        _, first = np.unique(ck, return_index=True)
-        dup = np.ones(ci.size, dtype=bool)
-        dup[first] = False  # the first request with a key claims it
-        if self.claimed:
-            dup |= np.isin(ck, np.fromiter(self.claimed, dtype=np.int64, count=len(self.claimed)))
-        skip[ci] = dup & has
-        self.claimed.update(ck[has].tolist())
+        if cand.size:
+            skip[mask] = self._ask(cand) == _CLAIMED_BEFORE
         return skip
 
-    def claim_all(self, order: np.ndarray) -> None:
-        """Sets the live set to what evaluating `order` (in order, keys known) would have claimed."""
-        self._fetch(order[:0])  # step A's keys, if not asked for yet
-        cand = order[self.candidate.take(order)]
-        keys = self.key.take(cand)
-        self.claimed = self.prefill | set(keys[keys >= 0].tolist())
-
     def beneficial_to_skip(self, pos: int) -> bool:
-        """Scalar step B for one list position (claims its key if new)."""
+        """Scalar step B for one list position, positions visited in order; asked again for the
+        same position (retried after a pause), its own claim counts, as in C++. An unknown
+        answer is asked for with those of the next candidates: GROWTH times the last window
+        (the rest of the list on the last call left)."""
         if not self.candidate[pos]:
             return False
-        if not self.known[pos]:
-            rest = np.arange(pos, self.key.size)
-            self._fetch(rest[self.candidate[pos:]])  # every candidate from here on, in one call
-        k = int(self.key[pos])
-        if k < 0:
-            return False
-        if k in self.claimed:
-            return True
-        self.claimed.add(k)
-        return False
+        claim = self._claim
+        if claim is None:
+            claim = self._claim = np.full(self.slots.size, _NOT_ASKED, dtype=np.int8)
+            for asked, answers in self._asked:
+                claim[asked] = answers
+        if claim[pos] == _NOT_ASKED:  # then no later candidate was asked either
+            rest = pos + self.candidate[pos:].nonzero()[0]
+            self._size = max(MIN_WINDOW, self._size * GROWTH)
+            if WINDOW_CAP is not None:
+                self._size = min(self._size, WINDOW_CAP)
+            self._ask(rest if self._calls <= 1 else rest[:self._size])
+        answer = int(claim[pos])
+        if pos == self._last:
+            return answer != 0
+        self._last = pos
+        return answer == _CLAIMED_BEFORE
 
 
 class _NoSkip:
@@ -127,26 +134,13 @@ class _NoSkip:
     def beneficial_to_skip(pos: int) -> bool:
         return False
 
-    @staticmethod
-    def claim_all(order: np.ndarray) -> None:
-        pass
 
 
 NO_SKIP = _NoSkip()
 
 
-def make_skipper(ctx: CapacityContext, enabled: bool = True):
+def make_skipper(ctx: CapacityContext, calls: int, enabled: bool = True):
     """The skipper of the whole active list (NO_SKIP without block reuse)."""
     if not (enabled and ctx.reuse and ctx.kv is not None):
         return NO_SKIP
-    return ReuseSkipper(ctx.kv, ctx.slots, is_context_init(ctx.state), ctx.first_chunk)
-
-
-def windows(order: np.ndarray, reach: int):
-    """The two slices callers evaluate: a first window covering the `reach` requests admission
-    gets to when nothing is skipped (plus a little slack), then the rest. Skipping only moves
-    the stop later, so the second slice is asked for only when admission gets past the first."""
-    first = min(FIRST_WINDOW, reach + WINDOW_SLACK)
-    yield order[:first]
-    if order.size > first:
-        yield order[first:]
+    return ReuseSkipper(ctx.kv, ctx.slots, is_context_init(ctx.state), ctx.first_chunk, calls)
