@@ -46,10 +46,15 @@ def _one_line(proc, code: int) -> str:
     return lines[0]
 
 
+# `-m` puts the cwd first on sys.path; from a checkout whose tllm_sched/ has no built extension that
+# would shadow the installed package (Python >= 3.11 honours PYTHONSAFEPATH).
+SAFE_ENV = dict(os.environ, PYTHONSAFEPATH="1")
+
+
 def _subprocess(args, **kw):
     kw.setdefault("stdout", subprocess.PIPE)
     return subprocess.run([sys.executable, "-m", "tllm_sched", *map(str, args)], stderr=subprocess.PIPE, text=True,
-                          timeout=120, **kw)
+                          timeout=120, env=SAFE_ENV, **kw)
 
 
 # ----------------------------------------------------------------------------- replay outputs
@@ -142,7 +147,7 @@ def test_replay_sigint_exits_130_with_one_line_and_keeps_the_old_log(tmp_path):
     long = dict(SCENARIO, kv_cache=None, requests=[{"id": 0, "prompt_len": 4, "max_new_tokens": 1_000_000}],
                 max_iterations=2_000_000)
     p = subprocess.Popen([sys.executable, "-m", "tllm_sched", "replay", str(_scenario(tmp_path, long)), "--out",
-                          str(log)], stderr=subprocess.PIPE, text=True)
+                          str(log)], stderr=subprocess.PIPE, text=True, env=SAFE_ENV)
     deadline = time.monotonic() + 60
     while not any(n.startswith(".log.jsonl.") for n in os.listdir(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.05)  # the run has begun once its scratch log exists

@@ -182,8 +182,9 @@ def instruction_tool(choice: str) -> Tuple[Optional[str], str]:
 
 
 def _child_env() -> dict:
+    # PYTHONSAFEPATH: `-m` must not put the cwd (say, a checkout without a built extension) first.
     path = [p for p in sys.path if p]
-    return dict(os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+    return dict(os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONSAFEPATH="1",
                 PYTHONPATH=os.pathsep.join(path))
 
 
