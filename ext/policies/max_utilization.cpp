@@ -12,9 +12,10 @@ namespace tllm {
 
 namespace {
 
-/// The loop, with TensorRT-LLM's TokenBudgetTracker inside it in the fused mode (budget not null):
-/// over the budget the loop stops, pausing nobody (pausing frees blocks, not tokens); a full batch
-/// stops it too.
+/// The loop, with TensorRT-LLM's TokenBudgetTracker inside it in the fused mode: over the budget
+/// the loop stops, pausing nobody (pausing frees blocks, not tokens); a full batch stops it too.
+/// A template, so the two-stage loop carries no test of the mode.
+template <bool kFused>
 void max_utilization(const CapacityContext& c, TokenBudget* budget, CapacityOutput& out) {
     RequestTable& t = *c.table;
     KVCacheManager& kv = *c.kv;
@@ -37,12 +38,16 @@ void max_utilization(const CapacityContext& c, TokenBudget* budget, CapacityOutp
             int64_t total = scheduled_blocks + kv.get_needed_blocks_one_step(s, c.two_steps_look_ahead);
             bool fits_peft = !c.peft || pages + peft_pages <= c.peft->max_device_pages();
             if (kv.scheduling_has_free_blocks(total) && fits_peft) {
-                if (budget && !budget->try_add(s)) break;
+                if constexpr (kFused) {
+                    if (!budget->try_add(s)) break;
+                }
                 scheduled_blocks = total;
                 peft_pages += pages;
                 out.scheduled.push_back(s);
                 if (new_task) task_ids.insert(task);
-                if (budget && budget->batch_full()) break;  // later requests are never evaluated
+                if constexpr (kFused) {
+                    if (budget->batch_full()) break;  // later requests are never evaluated
+                }
                 ++i;
                 continue;
             }
@@ -54,9 +59,11 @@ void max_utilization(const CapacityContext& c, TokenBudget* budget, CapacityOutp
 
 }  // namespace
 
-void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out) { max_utilization(c, nullptr, out); }
+void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out) {
+    max_utilization<false>(c, nullptr, out);
+}
 void schedule_fused_max_utilization(const CapacityContext& c, TokenBudget& budget, CapacityOutput& out) {
-    max_utilization(c, &budget, out);
+    max_utilization<true>(c, &budget, out);
 }
 
 }  // namespace tllm
