@@ -38,8 +38,8 @@ class Block:
 
 
 class KVModel:
-    def __init__(self, tpb, num_blocks, max_seq_len, reuse=True, partial=True, copy=True, secondary=0):
-        self.tpb, self.max_seq_len = tpb, max_seq_len
+    def __init__(self, tpb, num_blocks, reuse=True, partial=True, copy=True, secondary=0):
+        self.tpb = tpb
         self.reuse, self.partial, self.copy = reuse, partial, copy
         self.blocks = [Block(b, PRIMARY if b < num_blocks else SECONDARY) for b in range(num_blocks + secondary)]
         # Free lists, front = next to hand out; initially ascending ids per level.

@@ -75,8 +75,7 @@ class KVMachine(RuleBasedStateMachine):
         self.kv = ts.KVCacheManager(self.t, TPB, self.num_blocks, MAX_SEQ_LEN, enable_block_reuse=self.REUSE,
                                     enable_partial_reuse=partial, copy_on_partial_reuse=copy,
                                     num_secondary_blocks=self.secondary)
-        self.model = KVModel(TPB, self.num_blocks, MAX_SEQ_LEN, reuse=self.REUSE, partial=partial, copy=copy,
-                             secondary=self.secondary)
+        self.model = KVModel(TPB, self.num_blocks, reuse=self.REUSE, partial=partial, copy=copy, secondary=self.secondary)
         # Start from a warm cache (a tree with live and finished prompts) so that even short
         # examples walk it.
         for prompt, finished in data.draw(st.lists(st.tuples(PROMPT, st.booleans()), min_size=2, max_size=6), label="warm"):
