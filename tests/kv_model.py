@@ -38,8 +38,8 @@ class Block:
 
 
 class KVModel:
-    def __init__(self, tpb, num_blocks, max_seq_len, reuse=True, partial=True, copy=True, secondary=0):
-        self.tpb, self.max_seq_len = tpb, max_seq_len
+    def __init__(self, tpb, num_blocks, reuse=True, partial=True, copy=True, secondary=0):
+        self.tpb = tpb
         self.reuse, self.partial, self.copy = reuse, partial, copy
         self.blocks = [Block(b, PRIMARY if b < num_blocks else SECONDARY) for b in range(num_blocks + secondary)]
         # Free lists, front = next to hand out; initially ascending ids per level.
@@ -50,6 +50,7 @@ class KVModel:
         self.requests = {}           # rid -> dict(items=[(token, extra)], lora, prompt_len, prepopulated)
         self.seqs = {}               # rid -> dict(blocks=[ids in allocation order], tokens=n)
         self.last_walk = []          # per position of the last add_sequence: hit/copy/takeover/miss
+        self.onboards = 0            # secondary blocks brought back to primary so far
 
     # --------------------------------------------------------------- requests (the token source)
 
@@ -109,6 +110,7 @@ class KVModel:
     def onboard(self, b):
         if self.blocks[b].level == PRIMARY:
             return
+        self.onboards += 1
         helper = self.get_free_block()
         self.blocks[b].level, self.blocks[helper].level = PRIMARY, SECONDARY
         self.release(helper)
@@ -217,6 +219,15 @@ class KVModel:
             raise Rejected(needed, free)
         self.seqs[rid] = dict(blocks=[], tokens=n)
         self.last_walk = []
+        onboards = self.onboards
+        prepopulated = self.walk(rid, n)
+        # The pre-check is exact unless a block was onboarded (then an upper bound).
+        taken = free - len(self.queue[PRIMARY])
+        assert taken == needed or (taken < needed and self.onboards > onboards), (taken, needed)
+        return prepopulated
+
+    def walk(self, rid, n):
+        """The allocation of add_sequence (kvcache.md §1.6 loadOrAllocateBlocks); the prepopulated length."""
         if not self.reuse:
             for _ in range(ceil_div(n, self.tpb)):
                 self.hold(rid, self.get_free_block())
