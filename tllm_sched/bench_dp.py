@@ -215,13 +215,8 @@ def _pct(v) -> str:
 
 
 def _text_table(rows, left: int) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for k, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    """rows[0] is the header; the bench's own table layout."""
+    return report._text_table(tuple(rows[0]), [tuple(r) for r in rows[1:]], left)
 
 
 # -------------------------------------------------------------------------------------- router cost
