@@ -32,11 +32,11 @@ def run_cell(workload: str, policy: str, n: int, backends, steps: int, warmup: i
 
     def one(key, record):
         st, src = engines[key]
-        s_ns, _, _, fin, _ = st.step()
-        if fin.size and src is not None:
-            wl._refill(st, src, int(fin.size))
+        r = st.step()
+        if r.finished.size and src is not None:
+            wl._refill(st, src, int(r.finished.size))
         if record:
-            times[key].append(s_ns)
+            times[key].append(r.cpu_ns)
 
     gc.collect()
     keys = list(engines)

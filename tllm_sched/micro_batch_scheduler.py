@@ -240,14 +240,16 @@ class PyMicroBatchScheduler:
         c = self._c
         remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
         want = remaining if d is None else remaining + d  # d None: no draft tokens anywhere
-        if want.size < common.FEW:  # the usual handful: Python ints are cheaper than numpy calls
+        few = want.size < common.FEW
+        if few:  # the usual handful: Python ints are cheaper than numpy calls
             w = want.tolist()
             too_long, total = self.max_ctx is not None and max(w) > self.max_ctx, sum(w)
         else:
             too_long, total = self.max_ctx is not None and bool((want > self.max_ctx).any()), int(want.sum())
         if not too_long and (budget is None or total <= budget - used):  # every remainder fits
             self.commit(items, remaining, None)
-            return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
+            all_left = (0 not in w) if few and d is None else np.count_nonzero(remaining) == items.size
+            return (items if all_left else items[remaining > 0]), None
         if d is None:
             d = np.zeros(items.size, dtype=np.int32)
         cap = None if budget is None else budget - used

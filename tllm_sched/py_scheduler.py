@@ -41,6 +41,7 @@ class PythonBackend:
             self.cols, table.tallies(), self._table, None if ch is None else ch.policy, None if ch is None else ch.unit_size,
             config.max_context_length,
         )
+        self._budget = TokenBudget(self.micro, self._tallies, config)  # the fused pass's tracker, reset each step
         self._list_slots = counted(list_slots, counter)
 
     def schedule(self, active, inflight_ids):
@@ -50,7 +51,7 @@ class PythonBackend:
         slots = self._list_slots(active).copy()
         if self.config.fused:
             fit, disagg, paused, budget = self.capacity.schedule_fused(
-                slots, lambda ctx: TokenBudget(ctx, self.micro, self._tallies, self.config, inflight_ids))
+                slots, lambda ctx: self._budget.reset(ctx, inflight_ids))
             ctx, gen, num_fitting = budget.finalize()
             return SchedulerOutput(fit, disagg, paused, ctx, gen, num_fitting)
         fit, disagg, paused, split = self.capacity.schedule_split(slots)

@@ -104,20 +104,23 @@ class KindTable:
         return counts
 
 
-def prefix_within(values: np.ndarray, limit: int) -> int:
+def prefix_within(values: np.ndarray, limit: int, head: int = HEAD) -> int:
     """How many leading `values` fit in `limit` in order: up to the first running total over
-    `limit` (head-of-line, as the C++ loops stop). A plain loop over the first few (a full cache
+    `limit` (head-of-line, as the C++ loops stop). A plain loop over the first `head` (a full cache
     often stops admission there), whole-array operations for the rest."""
     total = 0
-    head = values[:HEAD].tolist() if values.size > HEAD else values.tolist()
-    for k, v in enumerate(head):
+    first = values[:head].tolist() if values.size > head else values.tolist()
+    for k, v in enumerate(first):
         total += v
         if total > limit:
             return k
-    if values.size <= HEAD:
+    if values.size <= head:
         return values.size
-    fits = values[HEAD:].cumsum() <= limit - total
-    return HEAD + (int(fits.argmin()) if not fits.all() else fits.size)
+    rest = values[head:]
+    if int(rest.sum()) <= limit - total:  # all fit (a cache with room): one sum, no running totals
+        return values.size
+    fits = rest.cumsum() <= limit - total
+    return head + (int(fits.argmin()) if not fits.all() else fits.size)
 
 
 def is_context_init(st: np.ndarray) -> np.ndarray:

@@ -49,6 +49,8 @@ _NO_EVICT_KEY_CALLS = 8 - 3
 _NO_EVICT_SPLIT_KEY_CALLS = 8 - 3
 _MAX_UTILIZATION_KEY_CALLS = 8 - 4
 
+_FIRST_FIT_HEAD = 32  # finalize's chunking scans this many remainders in plain Python first
+
 INT32_MAX = 2**31 - 1
 FULL, OVER_BUDGET, CONTINUE = -1, 0, 1  # try_add_generation's answers (TensorRT-LLM's rc)
 _WITH_LORA, _WITH_DRAFTS, _WIDE_BEAMS = range(3)  # RequestTable.tallies() entries
@@ -70,18 +72,23 @@ class TokenBudget:
     __slots__ = ("ctx", "micro", "tallies", "budget", "limit", "max_ctx", "chunking", "inflight", "used", "size",
                  "beam", "num_fitting", "full", "gens", "plain", "items")
 
-    def __init__(self, ctx: CapacityContext, micro, tallies, config, inflight_ids):
-        self.ctx, self.micro, self.tallies = ctx, micro, tallies
+    def __init__(self, micro, tallies, config):
+        """Built once per scheduler; `reset` starts a step."""
+        self.micro, self.tallies = micro, tallies
         self.budget = config.max_num_tokens  # None: unlimited
         self.limit = config.max_batch_size
         self.max_ctx = fused_max_context_length(config.max_context_length, config.max_num_tokens)
         self.chunking = config.chunking is not None
+
+    def reset(self, ctx: CapacityContext, inflight_ids) -> "TokenBudget":
+        self.ctx = ctx
         self.inflight = None  # bool per list position: in flight in another micro batch
         if inflight_ids is not None and len(inflight_ids):
             self.inflight = np.isin(ctx.ids, inflight_ids)
         self.used = self.size = self.beam = self.num_fitting = 0
         self.full = False
         self.gens, self.plain, self.items = [], [], []  # slot arrays (or ints) in admission order
+        return self
 
     # ------------------------------------------------------------------ one request (by list position)
     def _count(self, k: int = 1) -> None:
@@ -203,6 +210,25 @@ class TokenBudget:
             return k_over, OVER_BUDGET
         return n, CONTINUE
 
+    def take_all_generations(self, slots: np.ndarray) -> bool:
+        """Records the counted generations `slots` when the tracker takes every one without stopping
+        (FULL after the last one is a stop); False, nothing recorded, otherwise."""
+        n = slots.size
+        if not (self.tallies[_WIDE_BEAMS] or self.tallies[_WITH_DRAFTS]):  # one token each: no column read
+            if (self.budget is not None and self.used + n > self.budget) or self.size + n >= self.limit:
+                return False
+            if n:
+                self.beam = 1
+                self.gens.append(slots)
+                self.used += n
+                self._count(n)
+            return True
+        per = self.generation_tokens(slots)
+        if per is None or self.walk(n, per[1], None)[1] != CONTINUE:
+            return False
+        self.add_generations(slots, per[0], per[1])
+        return True
+
     def add_generations(self, slots: np.ndarray, beam: int, tokens) -> None:
         """Records the counted generations `slots` (a prefix `walk` allowed) of beam width `beam`."""
         if slots.size == 0:
@@ -248,6 +274,10 @@ class TokenBudget:
         the first `k_cap`: records the counted ones the loop admits; (how many it admits, whether
         it stopped before the end). A too-long context the loop reaches fails the step."""
         n = slots.size
+        if self.chunking and counted is None:  # chunked contexts take no tokens here: only the count stops them
+            k = min(n, k_cap, self.limit - self.size)
+            self.add_contexts(slots[:k] if k < n else slots, None)
+            return k, k < n or self.full
         tokens = self.context_tokens(slots, counted)
         k, why = self.walk(n, 0 if tokens is None else tokens, counted)
         bad = self.first_too_long(tokens)
@@ -284,15 +314,15 @@ class TokenBudget:
         out). Committed in one call; the contexts that got a chunk, in output order."""
         c, micro = self.ctx.cols, self.micro
         remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
-        total = remaining.cumsum()
         cap = self.budget - self.used
-        j = int(total.searchsorted(cap, side="right"))
+        # The budget left usually holds a few contexts of the many: found by a plain loop.
+        j = prefix_within(remaining, cap, _FIRST_FIT_HEAD)
         if j == items.size:  # every remainder fits whole: no partial chunk
             micro.commit(items, remaining, None)
             return micro._sort_lora(items if np.count_nonzero(remaining) == items.size else items[remaining > 0])
         chunks = np.zeros(items.size, dtype=np.int32)
         chunks[:j] = remaining[:j]
-        left = cap - (int(total[j - 1]) if j else 0)  # below remaining[j]
+        left = cap - (int(remaining[:j].sum()) if j else 0)  # below remaining[j]
         part = left // micro.unit * micro.unit
         chunks[j] = part
         tail = chunking._greedy_tail(remaining, None, j + 1, left - part, chunks) != left - part
@@ -494,18 +524,16 @@ def schedule_static_batch(ctx: CapacityContext, tb: TokenBudget):
 def _no_evict_split(ctx: CapacityContext, tb: TokenBudget, static_batch: bool):
     """The serving step: running generations (the exact state) and waiting contexts, no PEFT, no
     cross cache, nothing in flight. Pass 1 takes the generations as a block when the tracker takes
-    them all; pass 2 runs over the contexts only. Returns the fitting list as a Split, or None
-    (nothing recorded) when another state is among the others or pass 1 stops early."""
+    them all; pass 2 runs over the contexts only. Returns the fitting list as a Split or a prefix
+    slice, or None (nothing recorded) when another state is among the others or pass 1 stops early."""
     sp = ctx.split
     ignored, n_waiting, n_gen_other, n_other = ctx.kind_counts
     if n_gen_other or n_other:
         return None  # GENERATION_TO_COMPLETE & co. among the others, or disagg: the array path
     gens = sp.gens
     n_gen = gens.size
-    per = tb.generation_tokens(gens)
-    if per is None or n_gen >= ctx.max_num_requests or tb.walk(n_gen, per[1], None)[1] != CONTINUE:
+    if n_gen >= ctx.max_num_requests or not tb.take_all_generations(gens):
         return None
-    tb.add_generations(gens, per[0], per[1])
     if n_waiting == 0 or (static_batch and n_gen):
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
     others, o_state = sp.other_slots(), sp.other_state
@@ -517,6 +545,8 @@ def _no_evict_split(ctx: CapacityContext, tb: TokenBudget, static_batch: bool):
         waiting = others if not ignored else others[ctx.kinds.of(o_state) == CONTEXT]
         need = kv.get_remaining_blocks_to_completion_batch(waiting)
         k = tb.contexts_prefix(waiting, min(prefix_within(need, avail), room), None)[0]
+        if not ignored and sp.tail:  # the generations, then the first k contexts: a prefix of the list
+            return slice(0, n_gen + k)
         contexts = waiting[:k]
     else:
         contexts = _no_evict_split_reusing(ctx, tb, gens, others, o_state, room, ignored)
