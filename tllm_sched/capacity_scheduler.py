@@ -52,12 +52,14 @@ class PyCapacityScheduler:
         ctx = self._ctx.reset(slots)
         return self._to_slots(ctx, slots, *self._policy(ctx))
 
-    def schedule_fused(self, slots: np.ndarray, make_budget):
-        """The fused pass's capacity loop: (fitting, fitting_disagg_gen_init, paused, budget) where
-        `budget = make_budget(ctx)` is the TokenBudget the loop asked (policies/fused.py)."""
+    def schedule_fused(self, slots: np.ndarray, budget, inflight_ids):
+        """The fused pass's capacity loop: (fitting, fitting_disagg_gen_init, paused), asking the
+        TokenBudget `budget` (policies/fused.py), reset here for this step; its `finalize` ends the step."""
         ctx = self._ctx.reset(slots)
-        budget = make_budget(ctx)
-        return (*self._to_slots(ctx, slots, *self._fused(ctx, budget))[:3], budget)
+        scheduled, paused = self._fused(ctx, budget.reset(ctx, inflight_ids))
+        if isinstance(scheduled, slice):  # the serving step: a prefix of the list
+            return slots[scheduled], EMPTY, EMPTY
+        return self._to_slots(ctx, slots, scheduled, paused)[:3]
 
     @staticmethod
     def _to_slots(ctx, slots, scheduled, paused):

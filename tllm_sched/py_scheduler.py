@@ -50,9 +50,8 @@ class PythonBackend:
         # when the list does.
         slots = self._list_slots(active).copy()
         if self.config.fused:
-            fit, disagg, paused, budget = self.capacity.schedule_fused(
-                slots, lambda ctx: self._budget.reset(ctx, inflight_ids))
-            ctx, gen, num_fitting = budget.finalize()
+            fit, disagg, paused = self.capacity.schedule_fused(slots, self._budget, inflight_ids)
+            ctx, gen, num_fitting = self._budget.finalize()
             return SchedulerOutput(fit, disagg, paused, ctx, gen, num_fitting)
         fit, disagg, paused, split = self.capacity.schedule_split(slots)
         ctx, gen = self.micro.schedule(fit, inflight_ids, self.config.max_batch_size, self.config.max_num_tokens, split)

@@ -32,6 +32,7 @@ from tllm_sched.policies.common import (
     IGNORED,
     NO_POSITIONS,
     OTHER,
+    FEW,
     CapacityContext,
     Split,
     is_context_init,
@@ -298,22 +299,28 @@ class TokenBudget:
         if not self.chunking:
             return micro._sort_lora(_concat(self.plain)), generation, self.num_fitting
         items = _concat(self.items)
-        if (items.size >= chunking.VECTOR_MIN_ITEMS and micro.chunking_policy == chunking.FIRST_COME_FIRST_SERVED
-                and micro.max_ctx is None and self.budget is not None and not self.tallies[_WITH_DRAFTS]):
-            # Many waiting contexts (few take the plain loops of micro._chunk faster).
-            return self._first_come_first_served(items), generation, self.num_fitting
+        if micro.max_ctx is None and self.budget is not None and not self.tallies[_WITH_DRAFTS]:
+            c = self.ctx.cols
+            remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
+            if items.size < FEW:  # the usual handful of new contexts, all of which fit whole
+                w = remaining.tolist()
+                if sum(w) <= self.budget - self.used:
+                    micro._table.set_context_chunk_sizes(items, remaining, None)
+                    return micro._sort_lora(items if 0 not in w else items[remaining > 0]), generation, self.num_fitting
+            elif micro.chunking_policy == chunking.FIRST_COME_FIRST_SERVED:
+                # Many waiting contexts (few take the plain loops of micro._chunk faster).
+                return self._first_come_first_served(items, remaining), generation, self.num_fitting
         d = self.ctx.cols["num_draft_tokens"].take(items) if self.tallies[_WITH_DRAFTS] else None
         context, last = micro._chunk(items, d, self.used, self.budget)
         return micro._sort(context, last is not None, last), generation, self.num_fitting
 
-    def _first_come_first_served(self, items: np.ndarray) -> np.ndarray:
+    def _first_come_first_served(self, items: np.ndarray, remaining: np.ndarray) -> np.ndarray:
         """finalize's chunking in the serving step (FIRST_COME_FIRST_SERVED, no draft tokens, no
         configured max_context_length; the budget's is never tighter than the capacity): whole
         remainders while the budget lasts, the next one cut down to a unit, then the few whole
         remainders that fit what is left (chunking.py's policy, with what it cannot meet here left
         out). Committed in one call; the contexts that got a chunk, in output order."""
-        c, micro = self.ctx.cols, self.micro
-        remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
+        micro = self.micro
         cap = self.budget - self.used
         # The budget left usually holds a few contexts of the many: found by a plain loop.
         j = prefix_within(remaining, cap, _FIRST_FIT_HEAD)
@@ -432,8 +439,8 @@ def _takes_all(ctx: CapacityContext, tb: TokenBudget) -> bool:
     sp = ctx.split
     if tb.inflight is not None or ctx.slots.size > tb.limit:
         return False
-    others = sp.other_slots()
-    if others.size and not (sp.other_state == CONTEXT_INIT).all():
+    others, os = sp.other_slots(), sp.other_state
+    if os.size and not (os.tolist().count(CONTEXT_INIT) == os.size if os.size < FEW else (os == CONTEXT_INIT).all()):
         return False
     per = tb.generation_tokens(sp.gens)
     if per is None:
