@@ -14,8 +14,8 @@ import numpy as np
 
 from tllm_sched.naive.chunking import set_ctx_requests_chunk_size
 from tllm_sched.naive.common import INT32_MAX, CapacityContext
+from tllm_sched.naive.guaranteed_no_evict import admit_pending
 from tllm_sched.naive.micro_batch_scheduler import _check_context_length, _sort
-from tllm_sched.naive.reuse_skipping import ReuseSkipper
 from tllm_sched.policies.common import CONTEXT_INIT, GEN_IN_PROGRESS, GEN_TO_COMPLETE
 from tllm_sched.policies.fused import fused_max_context_length
 
@@ -159,36 +159,8 @@ def schedule_guaranteed_no_evict(ctx: CapacityContext, reqs: list, tracker: Toke
         if cross is not None:
             avail_cross -= cross.get_remaining_blocks_to_completion(r)
     avail_pages = (peft.max_device_pages if peft is not None else INT32_MAX) - claimed
-
-    skipper = ReuseSkipper(kv, reqs, enabled=not static_batch)
-    for lst in (pending_disagg, pending):
-        for r in lst:
-            disagg = r.is_disagg_generation_init_state
-            if not disagg and skipper.beneficial_to_skip(r):
-                continue
-            if len(scheduled) >= ctx.max_num_requests:
-                break
-            if not (disagg or r.is_context_init_state):
-                continue
-            need = kv.get_remaining_blocks_to_completion(r)
-            need_c = cross.get_remaining_blocks_to_completion(r) if cross is not None else 0
-            if need > avail or (cross is not None and need_c > avail_cross):
-                break  # head-of-line blocking
-            task = r.lora_task_id
-            new_task = task is not None and task not in task_ids
-            pages = peft.determine_num_pages(r) if (new_task and peft is not None) else 0
-            if pages > avail_pages:
-                continue
-            avail_pages -= pages
-            if new_task:
-                task_ids.add(task)
-            if not tracker.try_add_context(r):  # passes disagg requests over
-                break
-            scheduled.append(r)
-            avail, avail_cross = avail - need, avail_cross - need_c
-            if tracker.batch_full:
-                break
-    return scheduled, []
+    return admit_pending(ctx, reqs, (pending_disagg, pending), scheduled, (avail, avail_cross, avail_pages),
+                         task_ids, static_batch, tracker), []
 
 
 def schedule_static_batch(ctx: CapacityContext, reqs: list, tracker: TokenBudgetTracker):
