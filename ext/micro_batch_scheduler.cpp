@@ -35,13 +35,12 @@ void MicroBatchScheduler::schedule(RequestTable& t, const int32_t* slots, int32_
     if (budget && *budget <= 0) throw InputError("max_num_tokens must be positive or None");
     out.clear();
     out.generation.reserve(static_cast<size_t>(n));
-    items_.clear();
+    ChunkedContexts chunked(items_);
     std::unordered_set<int64_t> inflight_set;
     if (num_inflight > 0) inflight_set.insert(inflight, inflight + num_inflight);
     const std::optional<int32_t> max_ctx = max_context_length_;
-    int64_t batch_tokens = 0, chunked_tokens = 0;
+    int64_t batch_tokens = 0;
     int32_t batch_size = 0, beam = 0;
-    bool all_fit = true;
 
     for (int32_t i = 0; i < n; ++i) {
         int32_t s = slots[i], st = t.state[s];
@@ -61,15 +60,7 @@ void MicroBatchScheduler::schedule(RequestTable& t, const int32_t* slots, int32_
                 out.context.push_back(s);
                 batch_tokens += tokens;
             } else {
-                // The chunk becomes the whole remainder, so this is the last chunk: drafts count.
-                int32_t remaining = t.context_remaining_length(s);
-                int64_t tokens = int64_t{remaining} + t.num_draft_tokens[s];
-                if (max_ctx && tokens > *max_ctx) {
-                    tokens = *max_ctx;
-                    all_fit = false;
-                }
-                items_.push_back(ChunkItem{s, remaining, t.num_draft_tokens[s], remaining, 0});
-                chunked_tokens += tokens;  // not budgeted until after the loop
+                chunked.add(t, s, max_ctx);
             }
         } else {
             int32_t bw = t.beam_width_by_iter[s];
@@ -86,17 +77,33 @@ void MicroBatchScheduler::schedule(RequestTable& t, const int32_t* slots, int32_
         if (++batch_size >= max_batch_size) break;
     }
 
-    if (budget && chunked_tokens > *budget - batch_tokens) all_fit = false;
-    if (!all_fit) {
-        if (!chunking_) throw SchedulingError("contexts do not fit and chunking is disabled");
+    chunked.finish(t, chunking_, budget, batch_tokens, max_ctx, out);  // nothing above changed a request
+}
+
+void ChunkedContexts::add(const RequestTable& t, int32_t s, std::optional<int32_t> max_ctx) {
+    int32_t remaining = t.context_remaining_length(s);
+    int64_t tokens = int64_t{remaining} + t.num_draft_tokens[s];
+    if (max_ctx && tokens > *max_ctx) {
+        tokens = *max_ctx;
+        all_fit_ = false;
+    }
+    items_.push_back(ChunkItem{s, remaining, t.num_draft_tokens[s], remaining, 0});
+    tokens_ += tokens;
+}
+
+void ChunkedContexts::finish(RequestTable& t, const std::optional<ContextChunkingConfig>& chunking,
+                             std::optional<int32_t> budget, int64_t batch_tokens, std::optional<int32_t> max_ctx,
+                             MicroBatchOutput& out) {
+    if (budget && tokens_ > *budget - batch_tokens) all_fit_ = false;
+    if (!all_fit_) {  // only contexts added (so chunking is on) make this false
         std::optional<int32_t> capacity;
         if (budget) capacity = static_cast<int32_t>(*budget - batch_tokens);
-        set_ctx_requests_chunk_size(items_, chunking_->policy, capacity, chunking_->unit_size, max_ctx);
+        set_ctx_requests_chunk_size(items_, chunking->policy, capacity, chunking->unit_size, max_ctx);
     }
-    commit_chunk_sizes(t, items_);  // nothing above changed a request
+    commit_chunk_sizes(t, items_);
     for (const ChunkItem& it : items_)
         if (it.chunk > 0) out.context.push_back(it.slot);
-    sort_requests(t, out.context, out.generation, !all_fit);
+    sort_requests(t, out.context, out.generation, !all_fit_);
 }
 
 void sort_requests(const RequestTable& t, std::vector<int32_t>& context, std::vector<int32_t>& generation,

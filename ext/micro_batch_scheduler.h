@@ -47,6 +47,24 @@ private:
     std::vector<int32_t> scratch_;   ///< scratch: sort buffer
 };
 
+/// The contexts a micro-batch step chunks, in both modes (this loop and the fused TokenBudget):
+/// each is added with its whole remainder, so as its last chunk (its draft tokens count); `finish`
+/// fits them into what the budget leaves when they do not all fit whole, commits the chunk sizes
+/// (the step's first write), appends those that got a chunk to `out.context` and orders the output.
+class ChunkedContexts {
+public:
+    explicit ChunkedContexts(std::vector<ChunkItem>& items) : items_(items) { items_.clear(); }
+    void add(const RequestTable& t, int32_t s, std::optional<int32_t> max_context_length);
+    /// `batch_tokens`: the budget the other requests of the step took.
+    void finish(RequestTable& t, const std::optional<ContextChunkingConfig>& chunking, std::optional<int32_t> budget,
+                int64_t batch_tokens, std::optional<int32_t> max_context_length, MicroBatchOutput& out);
+
+private:
+    std::vector<ChunkItem>& items_;  ///< borrowed scratch
+    int64_t tokens_ = 0;             ///< tentative tokens (not budgeted until `finish`)
+    bool all_fit_ = true;            ///< no context is cut to max_context_length
+};
+
 /// Throws the SchedulingError of a context longer than max_context_length without chunking.
 [[gnu::noinline, noreturn]] void fail_context_too_long(int64_t request_id, int64_t tokens, int32_t max_context_length);
 

@@ -8,11 +8,10 @@ namespace tllm {
 
 TokenBudget::TokenBudget(RequestTable& t, const TokenBudgetLimits& limits, const int64_t* inflight,
                          int32_t num_inflight, std::vector<ChunkItem>& items, MicroBatchOutput& out)
-    : table_(t), lim_(limits), items_(items), out_(out) {
+    : table_(t), lim_(limits), chunked_(items), out_(out) {
     if (lim_.max_batch_size <= 0) throw InputError("max_batch_size must be positive");
     if (lim_.max_num_tokens && *lim_.max_num_tokens <= 0) throw InputError("max_num_tokens must be positive or None");
     if (num_inflight > 0) inflight_.insert(inflight, inflight + num_inflight);
-    items_.clear();
     out_.clear();
 }
 
@@ -27,16 +26,8 @@ TokenBudget::Added TokenBudget::add_context(int32_t s) {
         batch_tokens_ += tokens;
         return Added::kYes;
     }
-    // Tentatively the whole remainder, so the last chunk: its draft tokens count. Never over budget:
-    // finalize() fits the chunks into what the budget leaves.
-    int32_t remaining = t.context_remaining_length(s);
-    int64_t tokens = int64_t{remaining} + t.num_draft_tokens[s];
-    if (max_ctx && tokens > *max_ctx) {
-        tokens = *max_ctx;
-        all_fit_ = false;
-    }
-    items_.push_back(ChunkItem{s, remaining, t.num_draft_tokens[s], remaining, 0});
-    chunked_tokens_ += tokens;
+    // Never over budget: finalize() fits the chunks into what the budget leaves.
+    chunked_.add(t, s, max_ctx);
     return Added::kYes;
 }
 
@@ -89,18 +80,7 @@ bool TokenBudget::try_add_context(int32_t s) {
 }
 
 int32_t TokenBudget::finalize() {
-    const std::optional<int32_t> budget = lim_.max_num_tokens;
-    if (budget && chunked_tokens_ > *budget - batch_tokens_) all_fit_ = false;
-    if (!all_fit_ && !items_.empty()) {
-        std::optional<int32_t> capacity;
-        if (budget) capacity = static_cast<int32_t>(*budget - batch_tokens_);
-        set_ctx_requests_chunk_size(items_, lim_.chunking->policy, capacity, lim_.chunking->unit_size,
-                                    lim_.max_context_length);
-    }
-    commit_chunk_sizes(table_, items_);  // the first write of the step
-    for (const ChunkItem& it : items_)
-        if (it.chunk > 0) out_.context.push_back(it.slot);
-    sort_requests(table_, out_.context, out_.generation, !all_fit_);
+    chunked_.finish(table_, lim_.chunking, lim_.max_num_tokens, batch_tokens_, lim_.max_context_length, out_);
     return num_fitting_;
 }
 

@@ -70,14 +70,12 @@ private:
     RequestTable& table_;
     TokenBudgetLimits lim_;
     std::unordered_set<int64_t> inflight_;  ///< ids in flight in other micro batches
-    std::vector<ChunkItem>& items_;         ///< borrowed scratch: contexts to be chunked
+    ChunkedContexts chunked_;               ///< contexts to be chunked (in borrowed scratch)
     MicroBatchOutput& out_;                 ///< borrowed: plain contexts, then chunked ones; generations
     int64_t batch_tokens_ = 0;              ///< budget tokens of the counted requests
-    int64_t chunked_tokens_ = 0;            ///< tentative tokens of the contexts to be chunked
     int32_t req_size_ = 0;                  ///< requests counted toward max_batch_size
     int32_t beam_ = 0;                      ///< beam width of the first generation, 0 before it
     int32_t num_fitting_ = 0;               ///< TensorRT-LLM's _num_fitting
-    bool all_fit_ = true;                   ///< every context fits whole
     bool batch_full_ = false;
 };
 
