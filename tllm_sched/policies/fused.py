@@ -39,6 +39,7 @@ from tllm_sched.policies.common import (
     is_generation_in_progress,
     prefix_within,
 )
+from tllm_sched.policies.max_utilization import tried_in_order
 from tllm_sched.policies.reuse_skipping import ReuseSkipper, make_skipper
 
 # Calls a step may spend on skip keys within the crossing budget (8, + 1 per pause), besides
@@ -456,7 +457,10 @@ def _takes_all(ctx: CapacityContext, tb: TokenBudget) -> bool:
 
 
 def _max_utilization_loop(ctx: CapacityContext, tb: TokenBudget, free: int):
-    """The loop as C++ runs it, over arrays asked for in one call each (pauses: one call each)."""
+    """The loop as C++ runs it, over arrays asked for in one call each (pauses: one call each).
+    Without PEFT pages, the requests tried in order whose blocks fit (skip keys asked in windows,
+    policies/max_utilization.py) go to the tracker in one walk; the loop goes on one request at a
+    time only from the first whose blocks do not fit, where pausing starts."""
     n = ctx.slots.size
     gate = ctx.can_be_scheduled_with_disagg_exception()
     gated = gate.nonzero()[0]
@@ -469,11 +473,17 @@ def _max_utilization_loop(ctx: CapacityContext, tb: TokenBudget, free: int):
     started = ctx.can_be_scheduled() & ((is_context_init(st) & ~ctx.first_chunk) | is_generation_in_progress(st))
     lora = ctx.lora.tolist() if ctx.peft is not None else None
     skipper = make_skipper(ctx, _MAX_UTILIZATION_KEY_CALLS - (ctx.peft is not None))
+    scheduled, blocks, i = [], 0, 0
+    if ctx.peft is None:
+        try_pos, (f, total, _) = tried_in_order(ctx, skipper, gated, need, pages, free)
+        k = _walk_any(tb, try_pos[:f])
+        if k < f or tb.full or f == try_pos.size:  # the tracker or the list ends the loop first
+            return try_pos[:k], try_pos[:0]
+        scheduled, blocks, i = try_pos[:f].tolist(), int(total[f - 1]) if f else 0, int(try_pos[f])
     gate_l, need_l, pages_l = gate.tolist(), need.tolist(), pages.tolist()
     max_pages = ctx.max_device_pages
-    scheduled, paused, seen = [], [], set()
-    blocks = used_pages = 0
-    i, end = 0, n
+    paused, seen = [], set()
+    used_pages, end = 0, n
     while i < end:
         if not gate_l[i] or skipper.beneficial_to_skip(i):
             i += 1

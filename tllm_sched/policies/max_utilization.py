@@ -43,6 +43,22 @@ def _prefix(ctx: CapacityContext, try_pos: np.ndarray, need: np.ndarray, pages: 
     return f, total, add_pages
 
 
+def tried_in_order(ctx: CapacityContext, skipper, gated: np.ndarray, need: np.ndarray, pages: np.ndarray, free: int):
+    """(the `gated` positions the loop tries, those the skipper skips left out; `_prefix` of them).
+    Skip keys are asked window by window, the next window only if everything so far fits."""
+    if not skipper.enabled:
+        return gated, _prefix(ctx, gated, need, pages, free)
+    reach = min(int((need.take(gated).cumsum() <= free).sum()), ctx.max_num_requests) + 1
+    kept = []
+    for part in skipper.windows(gated, reach):
+        kept.append(part[~skipper.skip_flags(part)])
+        try_pos = kept[0] if len(kept) == 1 else np.concatenate(kept)
+        prefix = _prefix(ctx, try_pos, need, pages, free)
+        if prefix[0] < try_pos.size:
+            break
+    return try_pos, prefix
+
+
 def schedule(ctx: CapacityContext):
     free = ctx.kv.start_scheduling()
     n = ctx.slots.size
@@ -70,16 +86,7 @@ def schedule(ctx: CapacityContext):
     pages = np.zeros(n, dtype=np.int64)
     if ctx.peft is not None:
         pages[gated] = ctx.pages(gated)
-    if skipper.enabled:
-        # Skip keys window by window; the next window only if everything so far fits.
-        reach = min(int((need.take(gated).cumsum() <= free).sum()), ctx.max_num_requests) + 1
-        kept = []
-        for part in skipper.windows(gated, reach):
-            kept.append(part[~skipper.skip_flags(part)])
-            try_pos = kept[0] if len(kept) == 1 else np.concatenate(kept)
-            if _prefix(ctx, try_pos, need, pages, free)[0] < try_pos.size:
-                break
-    f, total, add_pages = _prefix(ctx, try_pos, need, pages, free)
+    try_pos, (f, total, add_pages) = tried_in_order(ctx, skipper, try_pos, need, pages, free)
     if f >= try_pos.size:  # everything fits (the next window is asked for whenever the previous fits)
         return try_pos, try_pos[:0]
 
