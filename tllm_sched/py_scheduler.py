@@ -45,7 +45,8 @@ class PythonBackend:
         self._list_slots = counted(list_slots, counter)
 
     def schedule(self, active, inflight_ids):
-        self.fetch_new_requests(active)
+        if self._waiting is not None:
+            self.fetch_new_requests(active)
         # The one read of the list, copied: outputs may be slices of it and must not change
         # when the list does.
         slots = self._list_slots(active).copy()

@@ -36,7 +36,7 @@ class Split:
     hands the split of its fitting list to the micro-batch stage, so it is computed once a step.
     """
 
-    __slots__ = ("slots", "other", "other_state", "contexts", "_state", "_gens")
+    __slots__ = ("slots", "other", "other_state", "contexts", "tail", "_state", "_gens")
 
     def __init__(self, slots: np.ndarray, other: np.ndarray, other_state: np.ndarray,
                  state: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None):
@@ -46,6 +46,8 @@ class Split:
         self.contexts = contexts  # slots of the others when all are known contexts, else None
         self._state = state  # state per entry (or None when `gens` is given)
         self._gens = gens
+        # The others are the end of the list (new requests are appended): slices, no copies.
+        self.tail = other.size == 0 or int(other[0]) == slots.size - other.size
 
     @classmethod
     def of(cls, slots: np.ndarray, state: np.ndarray) -> "Split":
@@ -53,11 +55,6 @@ class Split:
         if other.size == 0:
             return cls(slots, NO_POSITIONS, EMPTY, gens=slots)
         return cls(slots, other, state.take(other), state=state)
-
-    @property
-    def tail(self) -> bool:
-        """The others are the end of the list (new requests are appended): slices, no copies."""
-        return self.other.size == 0 or int(self.other[0]) == self.slots.size - self.other.size
 
     @property
     def gens(self) -> np.ndarray:

@@ -219,11 +219,12 @@ class TokenBudget:
         if not (self.tallies[_WIDE_BEAMS] or self.tallies[_WITH_DRAFTS]):  # one token each: no column read
             if (self.budget is not None and self.used + n > self.budget) or self.size + n >= self.limit:
                 return False
-            if n:
+            if n:  # recorded and counted (the batch is not full: checked above)
                 self.beam = 1
                 self.gens.append(slots)
                 self.used += n
-                self._count(n)
+                self.size += n
+                self.num_fitting += n
             return True
         per = self.generation_tokens(slots)
         if per is None or self.walk(n, per[1], None)[1] != CONTINUE:
@@ -278,7 +279,9 @@ class TokenBudget:
         n = slots.size
         if self.chunking and counted is None:  # chunked contexts take no tokens here: only the count stops them
             k = min(n, k_cap, self.limit - self.size)
-            self.add_contexts(slots[:k] if k < n else slots, None)
+            if k > 0:  # add_contexts, inline: the serving step's path
+                self.items.append(slots[:k] if k < n else slots)
+                self._count(k)
             return k, k < n or self.full
         tokens = self.context_tokens(slots, counted)
         k, why = self.walk(n, 0 if tokens is None else tokens, counted)
@@ -293,13 +296,15 @@ class TokenBudget:
     # ------------------------------------------------------------------ the end of the step
     def finalize(self):
         """(context slots, generation slots, num_fitting): chunk sizes committed, LoRA order."""
-        micro = self.micro
-        generation = micro._sort_lora(_concat(self.gens))
-        if not (self.plain or self.items):  # a decode step: nothing to chunk or commit
+        micro, gens, items = self.micro, self.gens, self.items
+        generation = gens[0] if len(gens) == 1 and not isinstance(gens[0], int) else _concat(gens)
+        if self.tallies[_WITH_LORA]:
+            generation = micro._sort_lora(generation)
+        if not (self.plain or items):  # a decode step: nothing to chunk or commit
             return EMPTY, generation, self.num_fitting
         if not self.chunking:
             return micro._sort_lora(_concat(self.plain)), generation, self.num_fitting
-        items = _concat(self.items)
+        items = items[0] if len(items) == 1 and not isinstance(items[0], int) else _concat(items)
         if micro.max_ctx is None and self.budget is not None and not self.tallies[_WITH_DRAFTS]:
             c = self.ctx.cols
             remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
@@ -443,7 +448,20 @@ def _takes_all(ctx: CapacityContext, tb: TokenBudget) -> bool:
     others, os = sp.other_slots(), sp.other_state
     if os.size and not (os.tolist().count(CONTEXT_INIT) == os.size if os.size < FEW else (os == CONTEXT_INIT).all()):
         return False
-    per = tb.generation_tokens(sp.gens)
+    gens = sp.gens
+    if tb.chunking and not (tb.tallies[_WIDE_BEAMS] or tb.tallies[_WITH_DRAFTS]):
+        # One token per generation; chunked contexts take theirs in finalize.
+        if tb.budget is not None and gens.size > tb.budget:
+            return False
+        if gens.size:
+            tb.beam = 1
+            tb.gens.append(gens)
+            tb.used += gens.size
+        if others.size:
+            tb.items.append(others)
+        tb._count(gens.size + others.size)
+        return True
+    per = tb.generation_tokens(gens)
     if per is None:
         return False
     gen_tokens = per[1] * sp.gens.size if isinstance(per[1], int) else int(per[1].sum())
