@@ -236,13 +236,16 @@ def test_the_fused_cpp_backend_is_one_call():
     assert s.last_step_crossings == 1
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("policy", ["GUARANTEED_NO_EVICT", "MAX_UTILIZATION"])
-def test_key_windows_stay_within_the_budget(policy, monkeypatch):
+def test_key_windows_stay_within_the_budget(policy, fused, monkeypatch):
     """Skipping lets admission past window after window. With windows of two keys (the
     thresholds lowered), the key questions a step can afford run out and the last one takes the
     rest of the list: 8 crossings (GNE: slots, remaining_batch, 5 key windows,
     set_context_chunk_sizes; MU: slots, start_scheduling, needed_batch, 4 key windows,
-    set_context_chunk_sizes), and the decisions of cpp."""
+    set_context_chunk_sizes), and the decisions of cpp. The same in the fused mode (GNE's split
+    path asks the remaining blocks of generations and contexts in one question; MU walks the
+    tracker over the windows' block-fitting prefix)."""
     from tllm_sched.policies import reuse_skipping
 
     monkeypatch.setattr(reuse_skipping, "WINDOW_CAP", 2)
@@ -252,7 +255,7 @@ def test_key_windows_stay_within_the_budget(policy, monkeypatch):
     for backend in ("cpp", "python"):
         # Pairs share a prompt: the second of each pair waits for the first.
         s, lst = _decoding(n, policy, backend, reuse=True, chunking=chunking, contexts=contexts, budget=n + 10_000,
-                           prompt=lambda j: np.full(64, 1000 + j // 2, dtype=np.int32))
+                           prompt=lambda j: np.full(64, 1000 + j // 2, dtype=np.int32), fused=fused)
         t = lst.table
         out = s.schedule(lst)
         decided[backend] = (t.request_ids(out.context).tolist(), t.request_ids(out.generation).tolist())

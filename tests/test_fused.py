@@ -186,6 +186,28 @@ def test_batch_full_stops_the_loop_before_a_pause(backend):
                      "num_fitting": 2}
 
 
+def test_mu_blocks_are_checked_before_the_budget(backend):
+    # MAX_UTILIZATION, token budget 100, no chunking, 14 blocks (the list does not fit whole, so the
+    # Python scheduler walks the tracker over the block-fitting prefix, then goes on request by
+    # request from the first block failure). Old = G(15) holds 2
+    # (12 free), needs 0; A = N(30), B = N(40), C = N(60) need 3, 4, 6. List [A, B, C, Old].
+    # Both modes: A (3 blocks), B (7); C: 13 > 12 blocks -> pause Old (14 free), C's blocks fit (13).
+    # Two-stage: fitting [A, B, C]; micro-batch A 30, B 70, C 130 > 100 -> [A, B].
+    # Fused: the tracker sees C only once its blocks fit: 70 + 60 > 100 -> stop. Old stays paused.
+    def build(b):
+        old = b.gen(9, [9] * 15)
+        reqs = [b.new(1, [1] * 30), b.new(2, [2] * 40), b.new(3, [3] * 60), old]
+        assert b.kv.num_free_blocks == 12
+        assert [b.kv.get_needed_blocks_one_step(r) for r in reqs] == [3, 4, 6, 0]
+        return reqs
+
+    two, fused = modes(backend, build, MU, bed={"blocks": 14}, max_num_tokens=100)
+    assert two == {"fitting": [1, 2, 3], "disagg": [], "paused": [9], "context": [1, 2], "generation": [],
+                   "num_fitting": 3}
+    assert fused == {"fitting": [1, 2], "disagg": [], "paused": [9], "context": [1, 2], "generation": [],
+                     "num_fitting": 2}
+
+
 def test_gne_batch_full_in_pass_one_skips_pass_two(backend):
     # max_batch_size 2, [G0, G1, D (disagg)]: the tracker is full after G1, so the fused pass returns
     # before pass 2: D is not admitted (two-stage admits it: disagg requests bypass the micro-batch).
