@@ -386,6 +386,15 @@ def _walk_any(tb: TokenBudget, cand: np.ndarray) -> int:
     st, slots = ctx.state.take(cand), ctx.slots.take(cand)
     is_ctx = st == CONTEXT_INIT  # exact, as TensorRT-LLM's tracker
     is_gen = (st > CONTEXT_INIT) & (st < GEN_TO_COMPLETE)
+    if tb.chunking and tb.inflight is None and not (tb.tallies[_WIDE_BEAMS] or tb.tallies[_WITH_DRAFTS]):
+        # One token per generation, none per context (chunked in finalize): all are taken when the
+        # generations fit the budget and the counted requests leave the batch short of full.
+        gens, contexts = slots[is_gen], slots[is_ctx]
+        if ((tb.budget is None or tb.used + gens.size <= tb.budget)
+                and tb.size + gens.size + contexts.size < tb.limit):
+            tb.add_generations(gens, 1, 1)
+            tb.add_contexts(contexts, None)
+            return cand.size
     per = tb.generation_tokens(slots[is_gen])
     if per is None:
         for k, p in enumerate(cand.tolist()):
@@ -487,9 +496,6 @@ def _max_utilization_loop(ctx: CapacityContext, tb: TokenBudget, free: int):
     pages = np.zeros(n, dtype=np.int64)
     if ctx.peft is not None:
         pages[gated] = ctx.pages(gated)
-    st = ctx.state
-    started = ctx.can_be_scheduled() & ((is_context_init(st) & ~ctx.first_chunk) | is_generation_in_progress(st))
-    lora = ctx.lora.tolist() if ctx.peft is not None else None
     skipper = make_skipper(ctx, _MAX_UTILIZATION_KEY_CALLS - (ctx.peft is not None))
     scheduled, blocks, i = [], 0, 0
     if ctx.peft is None:
@@ -498,6 +504,9 @@ def _max_utilization_loop(ctx: CapacityContext, tb: TokenBudget, free: int):
         if k < f or tb.full or f == try_pos.size:  # the tracker or the list ends the loop first
             return try_pos[:k], try_pos[:0]
         scheduled, blocks, i = try_pos[:f].tolist(), int(total[f - 1]) if f else 0, int(try_pos[f])
+    st = ctx.state
+    started = ctx.can_be_scheduled() & ((is_context_init(st) & ~ctx.first_chunk) | is_generation_in_progress(st))
+    lora = ctx.lora.tolist() if ctx.peft is not None else None
     gate_l, need_l, pages_l = gate.tolist(), need.tolist(), pages.tolist()
     max_pages = ctx.max_device_pages
     paused, seen = [], set()
