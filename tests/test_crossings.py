@@ -9,8 +9,9 @@ Each expected count is the list of calls the batched Python scheduler makes, wri
     fits; otherwise also `get_needed_blocks_one_step_batch`);
   - with waiting contexts, GUARANTEED_NO_EVICT adds `get_remaining_blocks_to_completion_batch`
     (without reuse or PEFT: `get_remaining_blocks_to_completion_sum` for the running
-    generations, the batch form for the contexts only; free blocks are read from a zero-copy
-    view), block reuse adds `find_new_context_block_batch` (step A's keys with the first
+    generations, the batch form for the contexts only; the fused split path asks one sum over
+    the whole list and the contexts' batch only when they do not all fit; free blocks are read
+    from a zero-copy view), block reuse adds `find_new_context_block_batch` (step A's keys with the first
     window's; a second window if admission gets past the first), PEFT adds
     `determine_num_pages_batch`, and chunked prefill commits chunk sizes and draft discards with
     one `set_context_chunk_sizes`;
@@ -185,8 +186,9 @@ FUSED_MIXED = {
     # slots, start_scheduling, needed_batch, determine_num_pages_batch, find_new_context_block_batch
     # (every candidate from the first skip check on), set_context_chunk_sizes.
     "mu-everything": 6,
-    # slots, remaining_sum (the admitted generations), remaining_batch (the contexts), set_context_chunk_sizes.
-    "gne-split": 4,
+    # slots, remaining_sum (the whole list: the generations' and contexts' blocks all fit),
+    # set_context_chunk_sizes.
+    "gne-split": 3,
     # slots, start_scheduling, get_needed_blocks_one_step_sum, set_context_chunk_sizes.
     "mu-split": 4,
     # slots, remaining_batch (generations and contexts in one call), find_new_context_block_batch
@@ -224,10 +226,11 @@ def test_a_waiting_queue_costs_one_call_when_not_empty(fused):
     s.waiting_queue.add_requests(t.add_request(99, np.ones(8, dtype=np.int32), 4))
     out = s.schedule(lst)
     assert out.context.size == 1 and len(lst) == n + 1
-    # slots, fetch, remaining_sum, remaining_batch (one context, no chunking: nothing to commit)
-    assert s.last_step_crossings == 4
+    # slots, fetch, remaining_sum, remaining_batch (one context, no chunking: nothing to commit);
+    # fused: one remaining_sum over the whole list says the context's blocks fit (no batch).
+    assert s.last_step_crossings == 4 - fused
     s.schedule(lst)
-    assert s.last_step_crossings == 4 - 1
+    assert s.last_step_crossings == 4 - fused - 1
 
 
 def test_the_fused_cpp_backend_is_one_call():

@@ -584,11 +584,21 @@ def _no_evict_split(ctx: CapacityContext, tb: TokenBudget, static_batch: bool):
     kv = ctx.kv
     room = ctx.max_num_requests - n_gen
     if not ctx.reuse or static_batch:
-        # Every waiting context in list order: one blocks prefix, then the tracker.
-        avail = ctx.free_blocks() - (kv.get_remaining_blocks_to_completion_sum(gens) if n_gen else 0)
-        waiting = others if not ignored else others[ctx.kinds.of(o_state) == CONTEXT]
-        need = kv.get_remaining_blocks_to_completion_batch(waiting)
-        k = tb.contexts_prefix(waiting, min(prefix_within(need, avail), room), None)[0]
+        # Every waiting context in list order: one blocks prefix, then the tracker. When the others
+        # are all waiting contexts, one sum over the list (generations and contexts) says whether
+        # they all fit, the usual case; otherwise their own answers find where admission stops.
+        if not ignored:
+            waiting, total = others, kv.get_remaining_blocks_to_completion_sum(ctx.slots)
+            if total <= ctx.free_blocks():
+                k_cap = min(others.size, room)
+            else:
+                need = kv.get_remaining_blocks_to_completion_batch(others)
+                k_cap = min(prefix_within(need, ctx.free_blocks() - total + int(need.sum())), room)
+        else:
+            avail = ctx.free_blocks() - (kv.get_remaining_blocks_to_completion_sum(gens) if n_gen else 0)
+            waiting = others[ctx.kinds.of(o_state) == CONTEXT]
+            k_cap = min(prefix_within(kv.get_remaining_blocks_to_completion_batch(waiting), avail), room)
+        k = tb.contexts_prefix(waiting, k_cap, None)[0]
         if not ignored and sp.tail:  # the generations, then the first k contexts: a prefix of the list
             return slice(0, n_gen + k)
         contexts = waiting[:k]
