@@ -2,9 +2,12 @@
 #include "adp_router.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
-#include <utility>
+#include <string>
 #include <vector>
+
+#include "errors.h"
 
 namespace tllm {
 
@@ -19,57 +22,127 @@ int64_t adp_tie_priority(int64_t request_id, int32_t rank) {
 }
 
 namespace {
-/// `candidates` in the order of (key1, key2), ties kept in candidate order (what a stable sort
-/// gives): the keys are copied next to each candidate so that the sort touches one array.
-std::vector<int32_t> sorted_by(const int32_t* candidates, int32_t k, const int64_t* key1, const int64_t* key2,
-                               bool key2_descending) {
+
+// ------------------------------------------------------------------ argument checks (before any write)
+
+void check_tokens(Span<const int64_t> tokens) {
+    for (int32_t i = 0; i < tokens.size; ++i)
+        if (tokens[i] <= 0) fail_input("tokens: every request needs at least one token");
+}
+
+void check_candidates(const Span<const int32_t>* candidates, int32_t n) {
+    if (!candidates) return;
+    std::vector<uint8_t> seen(static_cast<size_t>(n), 0);
+    for (int32_t j = 0; j < candidates->size; ++j) {
+        const int32_t i = (*candidates)[j];
+        if (i < 0 || i >= n) fail_input("candidates: index " + std::to_string(i) + " is not a request");
+        if (seen[static_cast<size_t>(i)]++) fail_input("candidates: request " + std::to_string(i) + " is listed twice");
+    }
+}
+
+void check_rank_arrays(Span<const int64_t> rank_tokens, Span<const int64_t> rank_requests) {
+    if (rank_tokens.size == 0 || rank_tokens.size != rank_requests.size)
+        fail_input("rank_tokens and rank_requests must have one entry per rank (at least one)");
+}
+
+void check_out(Span<int32_t> ranks, int32_t n) {
+    if (ranks.size != n) fail_input("ranks: expected one entry per request");
+}
+
+/// The KV loop's double sums are exact in any order when every token count is an integer and they
+/// all sum to less than 2**53.
+void check_token_counts(Span<const int64_t> tokens, Span<const int64_t> rank_tokens) {
+    constexpr int64_t kExact = int64_t{1} << 53;
+    int64_t total = 0;
+    for (int32_t i = 0; i < tokens.size; ++i) total = std::min(kExact, total + std::min(tokens[i], kExact));
+    for (int32_t r = 0; r < rank_tokens.size; ++r) {
+        if (rank_tokens[r] < 0) fail_input("rank_tokens: must be >= 0");
+        total = std::min(kExact, total + std::min(rank_tokens[r], kExact));
+    }
+    if (total >= kExact) fail_input("token counts too large: they must sum to less than 2**53");
+}
+
+// ------------------------------------------------------------------ the orderings
+
+int bit_width(uint64_t x) { return x ? 64 - __builtin_clzll(x) : 0; }
+
+/// The candidates (nullptr: 0..n-1) in the order of (group, tokens descending, position in the
+/// list), with group 0 for all when `group` is nullptr: what a stable sort by (group, -tokens)
+/// gives. Each candidate is packed into one 128-bit integer key (group above, tokens descending and
+/// the position below), so std::sort compares integers: half the time of a three-key struct
+/// (measured). Tokens and positions too wide to share 64 bits fall back to the struct.
+std::vector<int32_t> ordered(const int64_t* group, Span<const int64_t> tokens, const Span<const int32_t>* candidates) {
+    const int32_t k = candidates ? candidates->size : tokens.size;
+    auto at = [&](int32_t j) { return candidates ? (*candidates)[j] : j; };
+    std::vector<int32_t> order(static_cast<size_t>(k));
+    int64_t max_tokens = 0;
+    for (int32_t j = 0; j < k; ++j) max_tokens = std::max(max_tokens, tokens[at(j)]);
+    const int pos_bits = bit_width(static_cast<uint64_t>(k));
+    const int tok_bits = bit_width(static_cast<uint64_t>(max_tokens));
+    if (pos_bits + tok_bits <= 64) {
+        using u128 = unsigned __int128;
+        const uint64_t tok_max = tok_bits == 64 ? ~uint64_t{0} : (uint64_t{1} << tok_bits) - 1;
+        std::vector<u128> keys(static_cast<size_t>(k));
+        for (int32_t j = 0; j < k; ++j) {
+            const int32_t i = at(j);
+            const uint64_t hi = group ? static_cast<uint64_t>(group[i]) ^ (uint64_t{1} << 63) : 0;  // signed order
+            const uint64_t lo = ((tok_max - static_cast<uint64_t>(tokens[i])) << pos_bits) | static_cast<uint64_t>(j);
+            keys[static_cast<size_t>(j)] = (u128{hi} << 64) | lo;
+        }
+        std::sort(keys.begin(), keys.end());
+        const uint64_t pos_mask = (uint64_t{1} << pos_bits) - 1;
+        for (size_t j = 0; j < keys.size(); ++j) order[j] = at(static_cast<int32_t>(static_cast<uint64_t>(keys[j]) & pos_mask));
+        return order;
+    }
     struct Item {
-        int64_t k1, k2;
-        int32_t position, request;
+        int64_t group, neg_tokens;
+        int32_t position;
     };
     std::vector<Item> items(static_cast<size_t>(k));
-    for (int32_t j = 0; j < k; ++j) {
-        const int32_t i = candidates[j];
-        items[static_cast<size_t>(j)] = {key1 ? key1[i] : 0, key2_descending ? -key2[i] : key2[i], j, i};
-    }
+    for (int32_t j = 0; j < k; ++j) items[static_cast<size_t>(j)] = {group ? group[at(j)] : 0, -tokens[at(j)], j};
     std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
-        return a.k1 != b.k1 ? a.k1 < b.k1 : a.k2 != b.k2 ? a.k2 < b.k2 : a.position < b.position;
+        return a.group != b.group ? a.group < b.group : a.neg_tokens != b.neg_tokens ? a.neg_tokens < b.neg_tokens : a.position < b.position;
     });
-    std::vector<int32_t> order(static_cast<size_t>(k));
-    for (size_t j = 0; j < items.size(); ++j) order[j] = items[j].request;
+    for (size_t j = 0; j < items.size(); ++j) order[j] = at(items[j].position);
     return order;
 }
 
-/// The candidates by tokens, largest first (stable).
-std::vector<int32_t> largest_first(const int64_t* tokens, const int32_t* candidates, int32_t k) {
-    return sorted_by(candidates, k, nullptr, tokens, /*key2_descending=*/true);
-}
 }  // namespace
 
-int32_t adp_round_robin(const int64_t* tokens, const int32_t* candidates, int32_t k, const int64_t* rank_requests,
-                        int32_t num_ranks, int64_t max_active, int32_t start, int32_t* ranks) {
+int32_t adp_round_robin(Span<const int64_t> tokens, const Span<const int32_t>* candidates,
+                        Span<const int64_t> rank_requests, int64_t max_active, int32_t start, Span<int32_t> ranks) {
+    check_tokens(tokens);
+    check_candidates(candidates, tokens.size);
+    if (rank_requests.size == 0 || start < 0 || start >= rank_requests.size)
+        fail_input("round robin: start must be a rank of at least one");
+    check_out(ranks, tokens.size);
+    const int32_t num_ranks = rank_requests.size;
     std::vector<int64_t> room(static_cast<size_t>(num_ranks));
     int64_t total = 0;
-    for (size_t r = 0; r < room.size(); ++r) total += room[r] = std::max<int64_t>(max_active - rank_requests[r], 0);
+    for (int32_t r = 0; r < num_ranks; ++r) total += room[static_cast<size_t>(r)] = std::max<int64_t>(max_active - rank_requests[r], 0);
     int32_t turn = start;
-    for (int32_t i : largest_first(tokens, candidates, k)) {
+    auto next = [num_ranks](int32_t r) { return r + 1 == num_ranks ? 0 : r + 1; };  // no division
+    for (int32_t i : ordered(nullptr, tokens, candidates)) {
         if (total == 0) break;
-        while (room[static_cast<size_t>(turn)] == 0) turn = (turn + 1) % num_ranks;
+        while (room[static_cast<size_t>(turn)] == 0) turn = next(turn);
         ranks[i] = turn;
         --room[static_cast<size_t>(turn)], --total;
-        turn = (turn + 1) % num_ranks;
+        turn = next(turn);
     }
     return turn;
 }
 
-void adp_balance(const int64_t* tokens, const int32_t* candidates, int32_t k, const int64_t* rank_tokens,
-                 const int64_t* rank_requests, int32_t num_ranks, int64_t expected, int32_t* ranks) {
-    const std::vector<int32_t> order = largest_first(tokens, candidates, k);
-    const size_t R = static_cast<size_t>(num_ranks);
-    std::vector<int64_t> load(rank_tokens, rank_tokens + R), count(rank_requests, rank_requests + R);
+void adp_balance(Span<const int64_t> tokens, const Span<const int32_t>* candidates, Span<const int64_t> rank_tokens,
+                 Span<const int64_t> rank_requests, int64_t expected, Span<int32_t> ranks) {
+    check_tokens(tokens);
+    check_candidates(candidates, tokens.size);
+    check_rank_arrays(rank_tokens, rank_requests);
+    check_out(ranks, tokens.size);
+    const size_t R = static_cast<size_t>(rank_tokens.size);
+    std::vector<int64_t> load(rank_tokens.data, rank_tokens.data + R), count(rank_requests.data, rank_requests.data + R);
     // A linear scan for the minimum: TensorRT-LLM's heap of (tokens, requests, rank) pops the same
     // rank, and a handful of ranks fit in a cache line.
-    for (int32_t i : order) {
+    for (int32_t i : ordered(nullptr, tokens, candidates)) {
         int32_t best = -1;
         for (size_t r = 0; r < R; ++r) {
             if (count[r] >= expected) continue;
@@ -83,66 +156,89 @@ void adp_balance(const int64_t* tokens, const int32_t* candidates, int32_t k, co
     }
 }
 
-void adp_kv_route(const int64_t* tokens, const int64_t* request_ids, const int64_t* fingerprints,
-                  const int32_t* candidates, int32_t k, MatchView match, const int64_t* rank_tokens,
-                  const int64_t* rank_requests, int32_t num_ranks, int64_t expected, double weight, double threshold,
-                  int32_t* ranks) {
-    const std::vector<int32_t> order = sorted_by(candidates, k, fingerprints, tokens, /*key2_descending=*/true);
-    const size_t R = static_cast<size_t>(num_ranks);
-    std::vector<double> load(R);
-    std::vector<int64_t> count(rank_requests, rank_requests + R);
-    std::vector<int32_t> eligible;
-    std::vector<double> score(R);
-    for (size_t r = 0; r < R; ++r) {
-        load[r] = static_cast<double>(rank_tokens[r]);
-        if (count[r] < expected) eligible.push_back(static_cast<int32_t>(r));
+void adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids, Span<const int64_t> fingerprints,
+                  const Span<const int32_t>* candidates, MatchView match, Span<const int64_t> rank_tokens,
+                  Span<const int64_t> rank_requests, int64_t expected, double weight, double threshold,
+                  Span<int32_t> ranks) {
+    check_tokens(tokens);
+    if (request_ids.size != tokens.size || fingerprints.size != tokens.size)
+        fail_input("request_ids and fingerprints: expected one entry per request");
+    check_candidates(candidates, tokens.size);
+    check_rank_arrays(rank_tokens, rank_requests);
+    if (match.num_ranks != rank_tokens.size || match.num_requests != tokens.size)
+        fail_input("match: expected shape (ranks, requests) = (" + std::to_string(rank_tokens.size) + ", " +
+                   std::to_string(tokens.size) + ")");
+    check_token_counts(tokens, rank_tokens);
+    // the no-affinity shortcut below needs a score that never falls as the load grows
+    if (!std::isfinite(weight) || weight < 0) fail_input("weight: must be a finite number >= 0");
+    if (!std::isfinite(threshold) || threshold < 0) fail_input("threshold: must be a finite number >= 0");
+    check_out(ranks, tokens.size);
+
+    const std::vector<int32_t> order = ordered(fingerprints.data, tokens, candidates);
+    // Does request i match on any rank? (OR of the rank rows, contiguous in the gathered records: it
+    // vectorises.) Most requests match nowhere, and then need neither the per-rank match nor a division.
+    const int32_t n = tokens.size;
+    std::vector<int64_t> any_match(static_cast<size_t>(n), 0);
+    int64_t* __restrict any = any_match.data();
+    for (int64_t r = 0; r < match.num_ranks; ++r) {
+        const int64_t* __restrict row = match.data + r * match.rank_stride;
+        if (match.request_stride == 1)
+            for (int32_t i = 0; i < n; ++i) any[i] |= row[i];
+        else
+            for (int32_t i = 0; i < n; ++i) any[i] |= row[i * match.request_stride];
     }
-    // Token counts are integers below 2**53 (the binding checks), so every sum of them is exact in a
-    // double in any order: the eligible total is kept up to date instead of re-added per request.
+    // The eligible ranks, their load and request count side by side (the scans read them in a row).
+    std::vector<int32_t> eligible;
+    std::vector<double> load;
+    std::vector<int64_t> count;
+    eligible.reserve(static_cast<size_t>(rank_tokens.size)), load.reserve(eligible.capacity()), count.reserve(eligible.capacity());
+    for (int32_t r = 0; r < rank_tokens.size; ++r) {
+        if (rank_requests[r] >= expected) continue;
+        eligible.push_back(r);
+        load.push_back(static_cast<double>(rank_tokens[r]));
+        count.push_back(rank_requests[r]);
+    }
+    std::vector<double> score(eligible.size());
+    // Every sum of token counts is exact (checked above): the eligible total is kept up to date
+    // instead of re-added per request.
     double total = 0.0;
-    for (int32_t r : eligible) total += load[static_cast<size_t>(r)];
-    auto tie_first = [&](int32_t i, int32_t a, int32_t b) {  // a before b among exact ties
-        return adp_tie_priority(request_ids[i], a) < adp_tie_priority(request_ids[i], b);
+    for (double l : load) total += l;
+    auto tie_first = [&](int32_t i, size_t a, size_t b) {  // eligible[a] before eligible[b] among exact ties
+        return adp_tie_priority(request_ids[i], eligible[a]) < adp_tie_priority(request_ids[i], eligible[b]);
     };
     for (int32_t i : order) {
-        if (eligible.empty()) break;
+        const size_t e = eligible.size();
+        if (e == 0) break;
         const int64_t t = tokens[i];
         int64_t best_match = 0;
-        for (int32_t r : eligible) best_match = std::max(best_match, match(r, i));
-        const double denom = std::max(total, static_cast<double>(t));
-        const bool affinity = static_cast<double>(best_match) / static_cast<double>(std::max<int64_t>(t, 1)) > threshold;
-        const size_t e = eligible.size();
+        if (any[i] != 0)
+            for (size_t j = 0; j < e; ++j) best_match = std::max(best_match, match(eligible[j], i));
+        // (threshold >= 0: no match, no affinity)
+        const bool affinity = best_match > 0 && static_cast<double>(best_match) / static_cast<double>(t) > threshold;
         size_t bj = 0;
         if (!affinity) {
             // score = t + weight * (load / denom * t) never decreases as the load grows (weight >= 0,
             // rounding is monotone), and exact ties go to the lower load: the least loaded rank wins.
-            for (size_t j = 1; j < e; ++j) {
-                const double l = load[static_cast<size_t>(eligible[j])], bl = load[static_cast<size_t>(eligible[bj])];
-                if (l < bl || (l == bl && tie_first(i, eligible[j], eligible[bj]))) bj = j;
-            }
+            for (size_t j = 1; j < e; ++j)
+                if (load[j] < load[bj] || (load[j] == load[bj] && tie_first(i, j, bj))) bj = j;
         } else {
-            for (size_t j = 0; j < e; ++j) {  // scores first: the divisions pipeline
-                const int32_t r = eligible[j];
-                score[j] = static_cast<double>(t - match(r, i)) +
-                           weight * (load[static_cast<size_t>(r)] / denom * static_cast<double>(t));
-            }
-            for (size_t j = 1; j < e; ++j) {
-                const double l = load[static_cast<size_t>(eligible[j])], bl = load[static_cast<size_t>(eligible[bj])];
+            const double denom = std::max(total, static_cast<double>(t));
+            for (size_t j = 0; j < e; ++j)  // scores first: the divisions pipeline
+                score[j] = static_cast<double>(t - match(eligible[j], i)) + weight * (load[j] / denom * static_cast<double>(t));
+            for (size_t j = 1; j < e; ++j)
                 if (score[j] < score[bj] ||
-                    (score[j] == score[bj] && (l < bl || (l == bl && tie_first(i, eligible[j], eligible[bj])))))
+                    (score[j] == score[bj] && (load[j] < load[bj] || (load[j] == load[bj] && tie_first(i, j, bj)))))
                     bj = j;
-            }
         }
         const int32_t best = eligible[bj];
-        const size_t b = static_cast<size_t>(best);
         ranks[i] = best;
-        ++count[b];
         const double added = static_cast<double>(std::max<int64_t>(t - match(best, i), 0));
-        load[b] += added;
+        load[bj] += added;
         total += added;
-        if (count[b] >= expected) {
-            eligible.erase(eligible.begin() + static_cast<std::ptrdiff_t>(bj));
-            total -= load[b];
+        if (++count[bj] >= expected) {
+            total -= load[bj];
+            const auto at = static_cast<std::ptrdiff_t>(bj);
+            eligible.erase(eligible.begin() + at), load.erase(load.begin() + at), count.erase(count.begin() + at);
         }
     }
 }
