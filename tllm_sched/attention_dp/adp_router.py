@@ -127,14 +127,15 @@ class ADPRouter:
         describe). Raises ValueError for a target rank outside the world or a wrong queue length."""
         if max_num_active_requests <= 0:
             raise ValueError(f"max_num_active_requests must be positive, got {max_num_active_requests}")
-        if self.needs_prefix_matches and len(new) != states.queue_len:
+        if self.needs_prefix_matches and new.request_id.size != states.queue_len:
             raise ValueError(f"{len(new)} new requests but the gathered records describe a queue head of "
                              f"{states.queue_len}")
-        world = states.world_size
-        if new.target_rank is not None and new.target_rank.size:
-            bad = (new.target_rank < -1) | (new.target_rank >= world)
+        target = new.target_rank
+        if target is not None and target.size:
+            world = states.world_size
+            bad = (target < -1) | (target >= world)
             if bad.any():
-                raise ValueError(f"target rank {int(new.target_rank[bad.argmax()])} is not a rank of {world}")
+                raise ValueError(f"target rank {int(target[bad.argmax()])} is not a rank of {world}")
         return self._route(states, new, max_num_active_requests)
 
     def _route(self, states: RankStates, new: NewRequests, max_active: int) -> Routing:
@@ -146,6 +147,8 @@ class ADPRouter:
         that name a target rank go there while it has fewer than `max_active` requests. Returns
         (ranks: int32 with -1 where not placed, or None when nothing was; active counts after;
         the other requests' indices in order as int32, or None for all of them in queue order)."""
+        if new.target_rank is None and new.strict is None:  # the common case, first
+            return None, active, None
         order = None if new.strict is None or not new.strict.any() else np.argsort(~new.strict, kind="stable").astype(np.int32)
         if new.target_rank is None or not (new.target_rank >= 0).any():
             return None, active, order
@@ -173,12 +176,12 @@ class RoundRobinRouter(ADPRouter):
 
     def __init__(self, backend: str = "cpp"):
         self.backend = _backend(backend)
+        self._loop = _core.adp_round_robin if backend == "cpp" else _round_robin_python
         self._next = 0  # the rank the next request goes to; evolves identically on every rank
 
     def _route(self, states, new, max_active):
         ranks, active, rest = self._targets(new, states.active_requests, max_active)
-        args = (new.num_tokens, rest, active, max_active, self._next, ranks)
-        ranks, self._next = _core.adp_round_robin(*args) if self.backend == "cpp" else _round_robin_python(*args)
+        ranks, self._next = self._loop(new.num_tokens, rest, active, max_active, self._next, ranks)
         return Routing(ranks, max_active)
 
 
@@ -192,15 +195,14 @@ class LoadBalancedRouter(ADPRouter):
 
     def __init__(self, backend: str = "cpp"):
         self.backend = _backend(backend)
+        self._loop = _core.adp_balance if backend == "cpp" else _balance_python
 
     def _route(self, states, new, max_active):
         ranks, active, rest = self._targets(new, states.active_requests, max_active)
-        n_rest = len(new) if rest is None else rest.size
-        counts = active.tolist()  # a handful of ranks: plain Python beats two numpy reductions
-        expected = min(max(-(-(sum(counts) + n_rest) // states.world_size), max(counts)), max_active)
-        args = (new.num_tokens, rest, states.active_tokens, active, expected, ranks)
-        ranks = _core.adp_balance(*args) if self.backend == "cpp" else _balance_python(*args)
-        return Routing(ranks, expected)
+        n_rest = new.request_id.size if rest is None else rest.size
+        counts = active.tolist()  # a handful of ranks: plain Python beats numpy reductions
+        expected = min(max(-(-(sum(counts) + n_rest) // len(counts)), max(counts)), max_active)
+        return Routing(self._loop(new.num_tokens, rest, states.active_tokens, active, expected, ranks), expected)
 
 
 class KVCacheAwareRouter(ADPRouter):
@@ -223,6 +225,7 @@ class KVCacheAwareRouter(ADPRouter):
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
         self.backend = _backend(backend)
+        self._loop = _core.adp_kv_route if backend == "cpp" else _kv_route_python
         self.load_balance_weight = float(load_balance_weight)
         self.match_rate_threshold = float(match_rate_threshold)
         self.fair_share_multiplier = float(fair_share_multiplier)
@@ -234,14 +237,13 @@ class KVCacheAwareRouter(ADPRouter):
             hit = np.flatnonzero(ranks >= 0)
             load = load.copy()
             np.add.at(load, ranks[hit], np.maximum(new.num_tokens[hit] - match[ranks[hit], hit], 0))
-        n_rest = len(new) if rest is None else rest.size
-        counts = active.tolist()
-        fair = -(-(sum(counts) + n_rest) // states.world_size)
+        n_rest = new.request_id.size if rest is None else rest.size
+        counts = active.tolist()  # a handful of ranks: plain Python beats numpy reductions
+        fair = -(-(sum(counts) + n_rest) // len(counts))
         expected = min(max(math.ceil(self.fair_share_multiplier * fair), max(counts)), max_active)
-        fingerprint = new.fingerprint if new.fingerprint is not None else np.zeros(len(new), dtype=np.int64)
-        args = (new.num_tokens, new.request_id, fingerprint, rest, match, load, active, expected,
-                self.load_balance_weight, self.match_rate_threshold, ranks)
-        ranks = _core.adp_kv_route(*args) if self.backend == "cpp" else _kv_route_python(*args)
+        fingerprint = new.fingerprint if new.fingerprint is not None else np.zeros(new.request_id.size, dtype=np.int64)
+        ranks = self._loop(new.num_tokens, new.request_id, fingerprint, rest, match, load, active, expected,
+                           self.load_balance_weight, self.match_rate_threshold, ranks)
         return Routing(ranks, expected)
 
 
