@@ -45,6 +45,31 @@ void check_rank_arrays(Span<const int64_t> rank_tokens, Span<const int64_t> rank
         fail_input("rank_tokens and rank_requests must have one entry per rank (at least one)");
 }
 
+/// Request counts below 2**32 (their sums over ranks and candidates are then exact in int64, and
+/// in a double) and a positive cap.
+void check_counts(Span<const int64_t> rank_requests, int64_t max_active) {
+    for (int32_t r = 0; r < rank_requests.size; ++r)
+        if (rank_requests[r] < 0 || rank_requests[r] >= (int64_t{1} << 32))
+            fail_input("rank_requests: every count must be >= 0 and below 2**32");
+    if (max_active <= 0) fail_input("max_active must be positive");
+}
+
+void check_finite(double v, const char* name) {
+    if (!std::isfinite(v) || v < 0) fail_input(std::string(name) + ": must be a finite number >= 0");
+}
+
+/// The per-rank request count the router aims at (TensorRT-LLM's expected_num_active_requests):
+/// min(max(ceil(multiplier * ceil((active + k) / ranks)), busiest rank), max_active), with k
+/// requests to place. Exact for every multiplier: a share of 2**63 or more is above any cap.
+int64_t expected_count(Span<const int64_t> rank_requests, int32_t k, double multiplier, int64_t max_active) {
+    int64_t total = k, busiest = 0;
+    for (int32_t r = 0; r < rank_requests.size; ++r) total += rank_requests[r], busiest = std::max(busiest, rank_requests[r]);
+    const int64_t fair = (total + rank_requests.size - 1) / rank_requests.size;
+    const double share = std::ceil(multiplier * static_cast<double>(fair));
+    const int64_t want = share >= 0x1p63 ? max_active : static_cast<int64_t>(share);
+    return std::min(std::max(want, busiest), max_active);
+}
+
 void check_out(Span<int32_t> ranks, int32_t n) {
     if (ranks.size != n) fail_input("ranks: expected one entry per request");
 }
@@ -115,6 +140,7 @@ int32_t adp_round_robin(Span<const int64_t> tokens, const Span<const int32_t>* c
     check_candidates(candidates, tokens.size);
     if (rank_requests.size == 0 || start < 0 || start >= rank_requests.size)
         fail_input("round robin: start must be a rank of at least one");
+    check_counts(rank_requests, max_active);
     check_out(ranks, tokens.size);
     const int32_t num_ranks = rank_requests.size;
     std::vector<int64_t> room(static_cast<size_t>(num_ranks));
@@ -132,12 +158,14 @@ int32_t adp_round_robin(Span<const int64_t> tokens, const Span<const int32_t>* c
     return turn;
 }
 
-void adp_balance(Span<const int64_t> tokens, const Span<const int32_t>* candidates, Span<const int64_t> rank_tokens,
-                 Span<const int64_t> rank_requests, int64_t expected, Span<int32_t> ranks) {
+int64_t adp_balance(Span<const int64_t> tokens, const Span<const int32_t>* candidates, Span<const int64_t> rank_tokens,
+                    Span<const int64_t> rank_requests, int64_t max_active, Span<int32_t> ranks) {
     check_tokens(tokens);
     check_candidates(candidates, tokens.size);
     check_rank_arrays(rank_tokens, rank_requests);
+    check_counts(rank_requests, max_active);
     check_out(ranks, tokens.size);
+    const int64_t expected = expected_count(rank_requests, candidates ? candidates->size : tokens.size, 1.0, max_active);
     const size_t R = static_cast<size_t>(rank_tokens.size);
     std::vector<int64_t> load(rank_tokens.data, rank_tokens.data + R), count(rank_requests.data, rank_requests.data + R);
     // A linear scan for the minimum: TensorRT-LLM's heap of (tokens, requests, rank) pops the same
@@ -154,12 +182,13 @@ void adp_balance(Span<const int64_t> tokens, const Span<const int32_t>* candidat
         ++count[static_cast<size_t>(best)];
         ranks[i] = best;
     }
+    return expected;
 }
 
-void adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids, Span<const int64_t> fingerprints,
-                  const Span<const int32_t>* candidates, MatchView match, Span<const int64_t> rank_tokens,
-                  Span<const int64_t> rank_requests, int64_t expected, double weight, double threshold,
-                  Span<int32_t> ranks) {
+int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids, Span<const int64_t> fingerprints,
+                     const Span<const int32_t>* candidates, MatchView match, Span<const int64_t> rank_tokens,
+                     Span<const int64_t> rank_requests, int64_t max_active, double fair_share_multiplier, double weight,
+                     double threshold, Span<int32_t> ranks) {
     check_tokens(tokens);
     if (request_ids.size != tokens.size || fingerprints.size != tokens.size)
         fail_input("request_ids and fingerprints: expected one entry per request");
@@ -169,24 +198,15 @@ void adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids, S
         fail_input("match: expected shape (ranks, requests) = (" + std::to_string(rank_tokens.size) + ", " +
                    std::to_string(tokens.size) + ")");
     check_token_counts(tokens, rank_tokens);
-    // the no-affinity shortcut below needs a score that never falls as the load grows
-    if (!std::isfinite(weight) || weight < 0) fail_input("weight: must be a finite number >= 0");
-    if (!std::isfinite(threshold) || threshold < 0) fail_input("threshold: must be a finite number >= 0");
+    check_counts(rank_requests, max_active);
+    check_finite(fair_share_multiplier, "fair_share_multiplier");
+    check_finite(weight, "weight");  // the no-affinity shortcut below needs a score that never falls as the load grows
+    check_finite(threshold, "threshold");
     check_out(ranks, tokens.size);
+    const int64_t expected =
+        expected_count(rank_requests, candidates ? candidates->size : tokens.size, fair_share_multiplier, max_active);
 
     const std::vector<int32_t> order = ordered(fingerprints.data, tokens, candidates);
-    // Does request i match on any rank? (OR of the rank rows, contiguous in the gathered records: it
-    // vectorises.) Most requests match nowhere, and then need neither the per-rank match nor a division.
-    const int32_t n = tokens.size;
-    std::vector<int64_t> any_match(static_cast<size_t>(n), 0);
-    int64_t* __restrict any = any_match.data();
-    for (int64_t r = 0; r < match.num_ranks; ++r) {
-        const int64_t* __restrict row = match.data + r * match.rank_stride;
-        if (match.request_stride == 1)
-            for (int32_t i = 0; i < n; ++i) any[i] |= row[i];
-        else
-            for (int32_t i = 0; i < n; ++i) any[i] |= row[i * match.request_stride];
-    }
     // The eligible ranks, their load and request count side by side (the scans read them in a row).
     std::vector<int32_t> eligible;
     std::vector<double> load;
@@ -210,8 +230,13 @@ void adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids, S
         const size_t e = eligible.size();
         if (e == 0) break;
         const int64_t t = tokens[i];
+        // Most requests match on no rank at all: an OR over every rank's match (independent loads,
+        // no branch) spares them the per-eligible-rank maximum and the division.
+        const int64_t* column = match.data + i * match.request_stride;
+        int64_t any = 0;
+        for (int64_t r = 0; r < match.num_ranks; ++r) any |= column[r * match.rank_stride];
         int64_t best_match = 0;
-        if (any[i] != 0)
+        if (any != 0)
             for (size_t j = 0; j < e; ++j) best_match = std::max(best_match, match(eligible[j], i));
         // (threshold >= 0: no match, no affinity)
         const bool affinity = best_match > 0 && static_cast<double>(best_match) / static_cast<double>(t) > threshold;
@@ -241,6 +266,7 @@ void adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids, S
             eligible.erase(eligible.begin() + at), load.erase(load.begin() + at), count.erase(count.begin() + at);
         }
     }
+    return expected;
 }
 
 }  // namespace tllm

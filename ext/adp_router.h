@@ -34,9 +34,10 @@ struct MatchView {
 int64_t adp_tie_priority(int64_t request_id, int32_t rank);
 
 // Common arguments: `tokens` are the new requests' prompt lengths (each > 0); `candidates` the
-// distinct indices into them to route, in order (nullptr: every request, in order); `ranks` one
-// entry per request: the rank each placed candidate gets is written there, the other entries keep
-// their value (-1: still queued).
+// distinct indices into them to route, in order (nullptr: every request, in order); `rank_requests`
+// each rank's active requests (each in [0, 2**32)); `max_active` the per-rank cap (> 0); `ranks`
+// one entry per request: the rank each placed candidate gets is written there, the other entries
+// keep their value (-1: still queued).
 
 /// Round-robin: the candidates, largest first (stable), dealt to the ranks in turn from `start`,
 /// skipping ranks with `max_active` requests (counting the ones dealt; `rank_requests` has one
@@ -44,22 +45,27 @@ int64_t adp_tie_priority(int64_t request_id, int32_t rank);
 int32_t adp_round_robin(Span<const int64_t> tokens, const Span<const int32_t>* candidates,
                         Span<const int64_t> rank_requests, int64_t max_active, int32_t start, Span<int32_t> ranks);
 
-/// DefaultADPRouter's balance: the candidates, largest first (stable), each go to the rank with the
-/// smallest (tokens, requests, rank) among ranks with fewer than `expected` requests, starting from
-/// `rank_tokens` / `rank_requests` (one entry per rank each).
-void adp_balance(Span<const int64_t> tokens, const Span<const int32_t>* candidates, Span<const int64_t> rank_tokens,
-                 Span<const int64_t> rank_requests, int64_t expected, Span<int32_t> ranks);
+// The next two aim at an expected per-rank request count (TensorRT-LLM's
+// expected_num_active_requests), which they return: with k candidates over R ranks,
+// min(max(ceil(multiplier * ceil((sum of rank_requests + k) / R)), max of rank_requests), max_active).
 
-/// KVCacheAwareADPRouter's loop: the candidates, ordered by (fingerprint, tokens descending)
-/// (stable), each go to the eligible rank with the lowest (score, rank tokens, tie priority), where
-/// score = (tokens - gated match) + weight * (rank tokens / max(eligible total, tokens) * tokens)
+/// DefaultADPRouter's balance (multiplier 1): the candidates, largest first (stable), each go to
+/// the rank with the smallest (tokens, requests, rank) among ranks below the expected count,
+/// starting from `rank_tokens` / `rank_requests` (one entry per rank each).
+int64_t adp_balance(Span<const int64_t> tokens, const Span<const int32_t>* candidates, Span<const int64_t> rank_tokens,
+                    Span<const int64_t> rank_requests, int64_t max_active, Span<int32_t> ranks);
+
+/// KVCacheAwareADPRouter's loop (multiplier `fair_share_multiplier`): the candidates, ordered by
+/// (fingerprint, tokens descending) (stable), each go to the eligible rank with the lowest (score,
+/// rank tokens, tie priority), where
+///     score = (tokens - gated match) + weight * (rank tokens / max(eligible total, tokens) * tokens)
 /// and the match counts only when the best eligible match exceeds `threshold` of the tokens. A
-/// rank stops being eligible at `expected` requests; a placed request adds its uncached tokens.
+/// rank stops being eligible at the expected count; a placed request adds its uncached tokens.
 /// `rank_tokens` (>= 0) and the request tokens must sum to less than 2**53 (the loop's double sums
 /// are then exact in any order).
-void adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids, Span<const int64_t> fingerprints,
-                  const Span<const int32_t>* candidates, MatchView match, Span<const int64_t> rank_tokens,
-                  Span<const int64_t> rank_requests, int64_t expected, double weight, double threshold,
-                  Span<int32_t> ranks);
+int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids, Span<const int64_t> fingerprints,
+                     const Span<const int32_t>* candidates, MatchView match, Span<const int64_t> rank_tokens,
+                     Span<const int64_t> rank_requests, int64_t max_active, double fair_share_multiplier, double weight,
+                     double threshold, Span<int32_t> ranks);
 
 }  // namespace tllm

@@ -66,34 +66,37 @@ void bind_attention_dp(nb::module_& m) {
             return nb::make_tuple(to_numpy(std::move(out)), next);
         }, "tokens"_a.noconvert(), "candidates"_a.none(), "rank_requests"_a.noconvert(), "max_active"_a, "start"_a,
         "ranks"_a.none(), "Round-robin deal: (a copy of `ranks` with each placed candidate's rank, next start).");
+    // adp_balance and adp_kv_route aim at an expected per-rank count they work out and return.
     m.def("adp_balance", [](const AnyArray& tokens, nb::handle candidates, const AnyArray& rank_tokens,
-                            const AnyArray& rank_requests, int64_t expected, nb::handle ranks) {
+                            const AnyArray& rank_requests, int64_t max_active, nb::handle ranks) {
             Span<const int64_t> tok = span<int64_t>(tokens, "tokens");
             auto cand = optional_i32(candidates, "candidates");
             Span<const int64_t> rt = span<int64_t>(rank_tokens, "rank_tokens"), rq = span<int64_t>(rank_requests, "rank_requests");
             std::vector<int32_t> out = initial_ranks(ranks, tok.size);
-            adp_balance(tok, ptr(cand), rt, rq, expected, out_span(out));
-            return to_numpy(std::move(out));
+            int64_t expected = adp_balance(tok, ptr(cand), rt, rq, max_active, out_span(out));
+            return nb::make_tuple(to_numpy(std::move(out)), expected);
         }, "tokens"_a.noconvert(), "candidates"_a.none(), "rank_tokens"_a.noconvert(), "rank_requests"_a.noconvert(),
-        "expected"_a, "ranks"_a.none(),
-        "DefaultADPRouter's balance: a copy of `ranks` with each candidate's rank set (left as is: none was left).");
+        "max_active"_a, "ranks"_a.none(),
+        "DefaultADPRouter's balance: (a copy of `ranks` with each candidate's rank set (left as is: none was "
+        "left), the expected per-rank count).");
     m.def("adp_kv_route", [](const AnyArray& tokens, const AnyArray& request_ids, const AnyArray& fingerprints,
                              nb::handle candidates, const Matrix& match, const AnyArray& rank_tokens,
-                             const AnyArray& rank_requests, int64_t expected, double weight, double threshold,
-                             nb::handle ranks) {
+                             const AnyArray& rank_requests, int64_t max_active, double fair_share_multiplier,
+                             double weight, double threshold, nb::handle ranks) {
             Span<const int64_t> tok = span<int64_t>(tokens, "tokens"), ids = span<int64_t>(request_ids, "request_ids"),
                                 fp = span<int64_t>(fingerprints, "fingerprints");
             auto cand = optional_i32(candidates, "candidates");
             MatchView mv = match_view(match);
             Span<const int64_t> rt = span<int64_t>(rank_tokens, "rank_tokens"), rq = span<int64_t>(rank_requests, "rank_requests");
             std::vector<int32_t> out = initial_ranks(ranks, tok.size);
-            adp_kv_route(tok, ids, fp, ptr(cand), mv, rt, rq, expected, weight, threshold, out_span(out));
-            return to_numpy(std::move(out));
+            int64_t expected = adp_kv_route(tok, ids, fp, ptr(cand), mv, rt, rq, max_active, fair_share_multiplier, weight,
+                                            threshold, out_span(out));
+            return nb::make_tuple(to_numpy(std::move(out)), expected);
         }, "tokens"_a.noconvert(), "request_ids"_a.noconvert(), "fingerprints"_a.noconvert(), "candidates"_a.none(),
-        "match"_a.noconvert(), "rank_tokens"_a.noconvert(), "rank_requests"_a.noconvert(), "expected"_a, "weight"_a,
-        "threshold"_a, "ranks"_a.none(),
-        "KVCacheAwareADPRouter's loop; match is (ranks, requests) int64, any strides. A copy of `ranks` with "
-        "each candidate's rank set (left as is: no rank was eligible).");
+        "match"_a.noconvert(), "rank_tokens"_a.noconvert(), "rank_requests"_a.noconvert(), "max_active"_a,
+        "fair_share_multiplier"_a, "weight"_a, "threshold"_a, "ranks"_a.none(),
+        "KVCacheAwareADPRouter's loop; match is (ranks, requests) int64, any strides. (A copy of `ranks` with "
+        "each candidate's rank set (left as is: no rank was eligible), the expected per-rank count).");
 }
 
 }  // namespace tllm::bindings

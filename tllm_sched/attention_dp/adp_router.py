@@ -199,10 +199,7 @@ class LoadBalancedRouter(ADPRouter):
 
     def _route(self, states, new, max_active):
         ranks, active, rest = self._targets(new, states.active_requests, max_active)
-        n_rest = new.request_id.size if rest is None else rest.size
-        counts = active.tolist()  # a handful of ranks: plain Python beats numpy reductions
-        expected = min(max(-(-(sum(counts) + n_rest) // len(counts)), max(counts)), max_active)
-        return Routing(self._loop(new.num_tokens, rest, states.active_tokens, active, expected, ranks), expected)
+        return Routing(*self._loop(new.num_tokens, rest, states.active_tokens, active, max_active, ranks))
 
 
 class KVCacheAwareRouter(ADPRouter):
@@ -237,14 +234,10 @@ class KVCacheAwareRouter(ADPRouter):
             hit = np.flatnonzero(ranks >= 0)
             load = load.copy()
             np.add.at(load, ranks[hit], np.maximum(new.num_tokens[hit] - match[ranks[hit], hit], 0))
-        n_rest = new.request_id.size if rest is None else rest.size
-        counts = active.tolist()  # a handful of ranks: plain Python beats numpy reductions
-        fair = -(-(sum(counts) + n_rest) // len(counts))
-        expected = min(max(math.ceil(self.fair_share_multiplier * fair), max(counts)), max_active)
         fingerprint = new.fingerprint if new.fingerprint is not None else np.zeros(new.request_id.size, dtype=np.int64)
-        ranks = self._loop(new.num_tokens, new.request_id, fingerprint, rest, match, load, active, expected,
-                           self.load_balance_weight, self.match_rate_threshold, ranks)
-        return Routing(ranks, expected)
+        return Routing(*self._loop(new.num_tokens, new.request_id, fingerprint, rest, match, load, active, max_active,
+                                   self.fair_share_multiplier, self.load_balance_weight, self.match_rate_threshold,
+                                   ranks))
 
 
 def _backend(backend: str) -> str:
@@ -278,8 +271,22 @@ def _initial(ranks, n: int) -> np.ndarray:
     return np.full(n, -1, dtype=np.int32) if ranks is None else ranks.copy()
 
 
+def _check_counts(rank_requests) -> list:
+    counts = rank_requests.tolist()
+    if any(q < 0 or q >= 2**32 for q in counts):
+        raise ValueError("rank_requests: every count must be >= 0 and below 2**32")
+    return counts
+
+
+def _expected(counts: list, k: int, multiplier: float, max_active: int) -> int:
+    """TensorRT-LLM's expected_num_active_requests: k requests to place over the ranks' counts."""
+    fair = -(-(sum(counts) + k) // len(counts))
+    return min(max(math.ceil(multiplier * fair), max(counts)), max_active)
+
+
 def _round_robin_python(tokens, candidates, rank_requests, max_active, start, ranks) -> tuple:
     """adp_round_robin in Python: deal largest first, skipping full ranks."""
+    _check_counts(rank_requests)
     room = [max(max_active - q, 0) for q in rank_requests.tolist()]
     out, tok, turn, world = _initial(ranks, tokens.size), tokens.tolist(), start, len(room)
     for i in sorted(_candidates(candidates, tokens.size), key=lambda i: tok[i], reverse=True):
@@ -293,23 +300,25 @@ def _round_robin_python(tokens, candidates, rank_requests, max_active, start, ra
     return out, turn
 
 
-def _balance_python(tokens, candidates, rank_tokens, rank_requests, expected, ranks) -> np.ndarray:
+def _balance_python(tokens, candidates, rank_tokens, rank_requests, max_active, ranks) -> tuple:
     """adp_balance in Python: TensorRT-LLM's heap of (tokens, requests, rank)."""
+    cand = _candidates(candidates, tokens.size)
+    expected = _expected(_check_counts(rank_requests), len(cand), 1.0, max_active)
     heap = [(t, q, r) for r, (t, q) in enumerate(zip(rank_tokens.tolist(), rank_requests.tolist())) if q < expected]
     heapq.heapify(heap)
     out, tok = _initial(ranks, tokens.size), tokens.tolist()
-    for i in sorted(_candidates(candidates, tokens.size), key=lambda i: tok[i], reverse=True):
+    for i in sorted(cand, key=lambda i: tok[i], reverse=True):
         if not heap:
             break
         t, q, r = heapq.heappop(heap)
         out[i] = r
         if q + 1 < expected:
             heapq.heappush(heap, (t + tok[i], q + 1, r))
-    return out
+    return out, expected
 
 
-def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_tokens, rank_requests, expected,
-                     weight, threshold, ranks) -> np.ndarray:
+def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_tokens, rank_requests, max_active,
+                     fair_share_multiplier, weight, threshold, ranks) -> tuple:
     """adp_kv_route in Python: TensorRT-LLM's scoring loop, ties broken by `tie_priorities`."""
     if tokens.size and int(tokens.min()) <= 0:
         raise ValueError("tokens: every request needs at least one token")
@@ -317,6 +326,8 @@ def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_
         raise ValueError("rank_tokens: must be >= 0")
     if int(tokens.sum()) + int(rank_tokens.sum()) >= 2**53:  # (python ints: no overflow)
         raise ValueError("token counts too large: they must sum to less than 2**53")
+    cand = _candidates(candidates, tokens.size)
+    expected = _expected(_check_counts(rank_requests), len(cand), fair_share_multiplier, max_active)
     world = rank_tokens.size
     load = [float(t) for t in rank_tokens.tolist()]
     count = rank_requests.tolist()
@@ -324,7 +335,7 @@ def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_
     match, tie = match.T.tolist(), tie_priorities(request_ids, world).tolist()
     tok, fp = tokens.tolist(), fingerprints.tolist()
     out = _initial(ranks, tokens.size)
-    for i in sorted(_candidates(candidates, tokens.size), key=lambda i: (fp[i], -tok[i])):
+    for i in sorted(cand, key=lambda i: (fp[i], -tok[i])):
         if not eligible:
             break
         t, m, p = tok[i], match[i], tie[i]
@@ -337,4 +348,4 @@ def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_
         load[best] += max(t - m[best], 0)
         if count[best] >= expected:
             eligible.remove(best)
-    return out
+    return out, expected
