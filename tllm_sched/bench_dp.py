@@ -231,7 +231,8 @@ def cost_case(world: int, n: int, seed: int = 0) -> tuple:
 
     rng = np.random.default_rng(seed)
     ids = np.arange(10_000, 10_000 + n, dtype=np.int64)
-    new = NewRequests.make(ids, rng.integers(512, 16_385, n), fingerprint=rng.integers(0, 8, n))
+    groups = rng.integers(0, 2**63 - 1, 8, dtype=np.int64)  # fingerprints are 63-bit hashes of a prefix
+    new = NewRequests.make(ids, rng.integers(512, 16_385, n), fingerprint=groups[rng.integers(0, 8, n)])
     matches = np.zeros((world, n), dtype=np.int64)
     hit = np.flatnonzero(rng.random(n) < 1 / 3)
     for i in hit:
