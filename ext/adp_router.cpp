@@ -74,17 +74,18 @@ void check_out(Span<int32_t> ranks, int32_t n) {
     if (ranks.size != n) fail_input("ranks: expected one entry per request");
 }
 
-/// The KV loop's double sums are exact in any order when every token count is an integer and they
-/// all sum to less than 2**53.
-void check_token_counts(Span<const int64_t> tokens, Span<const int64_t> rank_tokens) {
-    constexpr int64_t kExact = int64_t{1} << 53;
-    int64_t total = 0;
-    for (int32_t i = 0; i < tokens.size; ++i) total = std::min(kExact, total + std::min(tokens[i], kExact));
+/// Every sum of the token counts fits: below 2**62 (load router: int64 loads) or 2**53 (KV router:
+/// its double sums are then exact in any order). `log2_limit` is 62 or 53.
+void check_token_counts(Span<const int64_t> tokens, Span<const int64_t> rank_tokens, int log2_limit) {
+    const int64_t limit = int64_t{1} << log2_limit;
+    int64_t total = 0;  // saturating at the limit: no overflow
+    for (int32_t i = 0; i < tokens.size; ++i) total = std::min(limit, total + std::min(tokens[i], limit));
     for (int32_t r = 0; r < rank_tokens.size; ++r) {
         if (rank_tokens[r] < 0) fail_input("rank_tokens: must be >= 0");
-        total = std::min(kExact, total + std::min(rank_tokens[r], kExact));
+        total = std::min(limit, total + std::min(rank_tokens[r], limit));
     }
-    if (total >= kExact) fail_input("token counts too large: they must sum to less than 2**53");
+    if (total >= limit)
+        fail_input("token counts too large: they must sum to less than 2**" + std::to_string(log2_limit));
 }
 
 // ------------------------------------------------------------------ the orderings
@@ -163,6 +164,7 @@ int64_t adp_balance(Span<const int64_t> tokens, const Span<const int32_t>* candi
     check_tokens(tokens);
     check_candidates(candidates, tokens.size);
     check_rank_arrays(rank_tokens, rank_requests);
+    check_token_counts(tokens, rank_tokens, 62);
     check_counts(rank_requests, max_active);
     check_out(ranks, tokens.size);
     const int64_t expected = expected_count(rank_requests, candidates ? candidates->size : tokens.size, 1.0, max_active);
@@ -197,7 +199,7 @@ int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids
     if (match.num_ranks != rank_tokens.size || match.num_requests != tokens.size)
         fail_input("match: expected shape (ranks, requests) = (" + std::to_string(rank_tokens.size) + ", " +
                    std::to_string(tokens.size) + ")");
-    check_token_counts(tokens, rank_tokens);
+    check_token_counts(tokens, rank_tokens, 53);
     check_counts(rank_requests, max_active);
     check_finite(fair_share_multiplier, "fair_share_multiplier");
     check_finite(weight, "weight");  // the no-affinity shortcut below needs a score that never falls as the load grows

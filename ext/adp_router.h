@@ -51,7 +51,8 @@ int32_t adp_round_robin(Span<const int64_t> tokens, const Span<const int32_t>* c
 
 /// DefaultADPRouter's balance (multiplier 1): the candidates, largest first (stable), each go to
 /// the rank with the smallest (tokens, requests, rank) among ranks below the expected count,
-/// starting from `rank_tokens` / `rank_requests` (one entry per rank each).
+/// starting from `rank_tokens` / `rank_requests` (one entry per rank each). `rank_tokens` (>= 0)
+/// and the request tokens must sum to less than 2**62 (the loads are int64).
 int64_t adp_balance(Span<const int64_t> tokens, const Span<const int32_t>* candidates, Span<const int64_t> rank_tokens,
                     Span<const int64_t> rank_requests, int64_t max_active, Span<int32_t> ranks);
 

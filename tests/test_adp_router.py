@@ -351,3 +351,28 @@ def test_every_rank_routes_alike_in_any_order_with_either_backend(world_case, na
             before = strict_first[:strict_first.index(i)]
             took = sum(1 for j in before if nr.target_rank[j] == t and ranks[j] == t)
             assert active[t] + took >= max_active
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_orderings_of_tokens_too_wide_to_pack(backend):
+    # the C++ sorts packed keys (tokens above the position) while they fit in 64 bits, and a
+    # struct of keys beyond: the same order either way (2**62 needs 63 bits, 3 positions 2 more)
+    s = states([0, 0], [0, 0], matches=[[0] * 3, [0] * 3], queue_len=3)
+    tok = [5, 2**62, 7]
+    # round-robin deals the largest first from rank 0: 2**62 -> 0, 7 -> 1, 5 -> 0
+    assert route("round-robin", backend, s, new(tok), 8) == ([0, 0, 1], 8)
+    # load (sums below 2**62; 2**61 needs 62 bits, 4 positions 3 more): 2**61 -> rank 0, 7 and 6 to
+    # the emptier rank 1, which then has the expected ceil(4 / 2) = 2, so 5 -> rank 0
+    s4 = states([0, 0], [0, 0], matches=[[0] * 4, [0] * 4], queue_len=4)
+    assert route("load", backend, s4, new([5, 2**61, 7, 6]), 8) == ([0, 0, 1, 1], 2)
+    with pytest.raises(ValueError, match="they must sum to less than 2\\*\\*62"):
+        make_router("load", backend).route(s, new([2**61, 2**61, 1]), 8)
+    # KV (sums below 2**53): 2,048 requests need 12 position bits, a 2**52 prompt 53 token bits
+    n = 2048
+    s = states([0, 0], [0, 0], matches=[[0] * n, [0] * n], queue_len=n)
+    big = new([2**52] + [1] * (n - 1), fingerprint=[0] * n)
+    ranks = make_router("kv-aware", backend).route(s, big, 4096).ranks
+    # the big one first (to the tie winner of the two empty ranks); every 1-token request then goes
+    # to the other rank, lighter by far (2,047 of the cap of min(2 * 1,024, 4,096) = 2,048)
+    first = int(ranks[0])
+    assert (ranks[1:] == 1 - first).all()

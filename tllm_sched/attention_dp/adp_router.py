@@ -278,6 +278,15 @@ def _check_counts(rank_requests) -> list:
     return counts
 
 
+def _check_token_counts(tokens, rank_tokens, log2_limit: int) -> None:
+    if tokens.size and int(tokens.min()) <= 0:
+        raise ValueError("tokens: every request needs at least one token")
+    if int(rank_tokens.min()) < 0:
+        raise ValueError("rank_tokens: must be >= 0")
+    if sum(tokens.tolist()) + sum(rank_tokens.tolist()) >= 2**log2_limit:  # python ints: no overflow
+        raise ValueError(f"token counts too large: they must sum to less than 2**{log2_limit}")
+
+
 def _expected(counts: list, k: int, multiplier: float, max_active: int) -> int:
     """TensorRT-LLM's expected_num_active_requests: k requests to place over the ranks' counts."""
     fair = -(-(sum(counts) + k) // len(counts))
@@ -302,6 +311,7 @@ def _round_robin_python(tokens, candidates, rank_requests, max_active, start, ra
 
 def _balance_python(tokens, candidates, rank_tokens, rank_requests, max_active, ranks) -> tuple:
     """adp_balance in Python: TensorRT-LLM's heap of (tokens, requests, rank)."""
+    _check_token_counts(tokens, rank_tokens, 62)
     cand = _candidates(candidates, tokens.size)
     expected = _expected(_check_counts(rank_requests), len(cand), 1.0, max_active)
     heap = [(t, q, r) for r, (t, q) in enumerate(zip(rank_tokens.tolist(), rank_requests.tolist())) if q < expected]
@@ -320,12 +330,7 @@ def _balance_python(tokens, candidates, rank_tokens, rank_requests, max_active, 
 def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_tokens, rank_requests, max_active,
                      fair_share_multiplier, weight, threshold, ranks) -> tuple:
     """adp_kv_route in Python: TensorRT-LLM's scoring loop, ties broken by `tie_priorities`."""
-    if tokens.size and int(tokens.min()) <= 0:
-        raise ValueError("tokens: every request needs at least one token")
-    if int(rank_tokens.min()) < 0:
-        raise ValueError("rank_tokens: must be >= 0")
-    if int(tokens.sum()) + int(rank_tokens.sum()) >= 2**53:  # (python ints: no overflow)
-        raise ValueError("token counts too large: they must sum to less than 2**53")
+    _check_token_counts(tokens, rank_tokens, 53)
     cand = _candidates(candidates, tokens.size)
     expected = _expected(_check_counts(rank_requests), len(cand), fair_share_multiplier, max_active)
     world = rank_tokens.size
