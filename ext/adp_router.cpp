@@ -209,21 +209,6 @@ int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids
         expected_count(rank_requests, candidates ? candidates->size : tokens.size, fair_share_multiplier, max_active);
 
     const std::vector<int32_t> order = ordered(fingerprints.data, tokens, candidates);
-    // Most requests match on no rank at all, and then need neither the per-rank maximum nor a
-    // division. One pass in request order over the rank rows (streams the prefetcher follows; the
-    // loop below visits requests in sorted order, and read the columns of a cold matrix one cache
-    // miss per rank each: measured) finds them, and leaves the matrix in cache for the others.
-    const int32_t n = tokens.size;
-    std::vector<uint8_t> matched(static_cast<size_t>(n));
-    {
-        const int64_t R = match.num_ranks, rs = match.rank_stride, qs = match.request_stride;
-        for (int32_t i = 0; i < n; ++i) {
-            const int64_t* column = match.data + i * qs;
-            int64_t any = 0;
-            for (int64_t r = 0; r < R; ++r) any |= column[r * rs];
-            matched[static_cast<size_t>(i)] = any != 0;
-        }
-    }
     // The eligible ranks, their load and request count side by side (the scans read them in a row).
     std::vector<int32_t> eligible;
     std::vector<double> load;
@@ -247,8 +232,13 @@ int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids
         const size_t e = eligible.size();
         if (e == 0) break;
         const int64_t t = tokens[i];
+        // Most requests match on no rank at all: an OR over every rank's match (independent loads,
+        // no branch) spares them the per-eligible-rank maximum and the division.
+        const int64_t* column = match.data + i * match.request_stride;
+        int64_t any = 0;
+        for (int64_t r = 0; r < match.num_ranks; ++r) any |= column[r * match.rank_stride];
         int64_t best_match = 0;
-        if (matched[static_cast<size_t>(i)])
+        if (any != 0)
             for (size_t j = 0; j < e; ++j) best_match = std::max(best_match, match(eligible[j], i));
         // (threshold >= 0: no match, no affinity)
         const bool affinity = best_match > 0 && static_cast<double>(best_match) / static_cast<double>(t) > threshold;
