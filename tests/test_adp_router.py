@@ -376,3 +376,11 @@ def test_orderings_of_tokens_too_wide_to_pack(backend):
     # to the other rank, lighter by far (2,047 of the cap of min(2 * 1,024, 4,096) = 2,048)
     first = int(ranks[0])
     assert (ranks[1:] == 1 - first).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_round_robin_with_the_largest_cap(backend):
+    # the ranks' room (cap - active) would overflow an int64 sum; the deal is as with any cap:
+    # largest first from rank 0, 9 -> 0, 7 -> 1, 5 -> 2, 3 -> 0
+    s = states([0, 1, 2], [0, 0, 0])
+    assert route("round-robin", backend, s, new([3, 9, 5, 7]), 2**63 - 1) == ([0, 0, 2, 1], 2**63 - 1)
