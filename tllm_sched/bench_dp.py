@@ -10,7 +10,8 @@ step (µs, and its share of each rank's scheduling work per step), collectives p
 the balance (mean over steps of mean over max of the ranks' tokens computed, TensorRT-LLM's ratio),
 each rank's reuse hit rate, and the totals. Without a trace: each router's cost with N ranks and
 --dp-new new requests, interleaved with one scheduling step of 1,024 decoding requests (cpp backend,
-a running engine), the cost it must stay under; thread CPU and wall time of each. Writes results.json, report.md and report.png (matplotlib) atomically.
+a running engine), the cost it must stay under; thread CPU and wall time of each. Writes
+results.json, report.md and report.png (matplotlib) atomically.
 """
 
 from __future__ import annotations

@@ -14,9 +14,11 @@ Routers (`make_router(name)`):
   - "kv-aware": KVCacheAwareADPRouter: each request goes to the rank that minimises its uncached
     tokens (prompt minus the prefix that rank's reuse tree holds) plus a load penalty.
 
-Target admission and the caps are array math here; the greedy loops, where each choice depends on
-the one before (and their orderings), run in one C++ call per step (backend "cpp", the default) or
-in plain Python (backend "python", the readable reference; the tests hold both to the same answers).
+Target admission is array math here; the ordering, the per-rank cap and the greedy loop, where each
+choice depends on the one before, run in one C++ call per step (backend "cpp", the default; numpy
+would cost more than the whole call, design.md) or in plain Python as TensorRT-LLM writes them
+(backend "python", the deliberately naive reference; the tests hold both to the same answers and
+the same refusals).
 """
 
 from __future__ import annotations
