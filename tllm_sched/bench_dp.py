@@ -299,10 +299,11 @@ def run_router_cost(args) -> dict:
             w, c = _timed(f)
             wall[k].append(w)
             cpu[k].append(c)
-    ref = float(np.median(cpu[_YARDSTICK])) / 1e3
+    us = lambda ns: np.array(ns, dtype=np.int64) / 1e3  # noqa: E731
+    ref = float(np.median(us(cpu[_YARDSTICK])))
     results = []
     for k in wall:
-        w, c = np.array(wall[k], dtype=np.int64) / 1e3, np.array(cpu[k], dtype=np.int64) / 1e3
+        w, c = us(wall[k]), us(cpu[k])
         results.append(dict(name=k, calls=int(w.size), median_us=float(np.median(w)), mean_us=float(w.mean()),
                             p99_us=float(np.percentile(w, 99)), cpu_median_us=float(np.median(c)),
                             cpu_mean_us=float(c.mean()), cpu_p99_us=float(np.percentile(c, 99)),
