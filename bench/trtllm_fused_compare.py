@@ -67,7 +67,13 @@ def _state_enum():
     return enum.IntEnum("LlmRequestState", {n: int(v) for n, v in _core.LlmRequestState.__members__.items()})
 
 
-LlmRequestState = None  # set by _adapters(); the enum their module reads `.value` of
+LlmRequestState = None  # the enum their module reads `.value` of: set by _adapters_ready()
+
+
+def _adapters_ready() -> None:
+    global LlmRequestState
+    if LlmRequestState is None:
+        LlmRequestState = _state_enum()
 
 
 class LlmRequest:
@@ -198,7 +204,6 @@ def _package(name: str, path: Sequence[str] = ()) -> types.ModuleType:
 def load_unified_scheduler(src: Path) -> types.ModuleType:
     """TensorRT-LLM's unified_scheduler module, executed from `src` (a checkout root) with the
     stand-ins above injected for its imports. sys.modules is left as it was found."""
-    global LlmRequestState
     sched_dir = Path(src) / SCHEDULER_DIR
     if not Path(src).is_dir():
         raise BadInput(f"--trtllm-src {src}: not a directory")
@@ -207,7 +212,7 @@ def load_unified_scheduler(src: Path) -> types.ModuleType:
             raise BadInput(f"--trtllm-src {src}: {SCHEDULER_DIR / f} not found (expected a TensorRT-LLM checkout root)")
     from tllm_sched.registry import CAPACITY_POLICIES
 
-    LlmRequestState = _state_enum()
+    _adapters_ready()
     str_enum = getattr(sys.modules.get("strenum"), "StrEnum", None)
     if str_enum is None:
         str_enum = _StrEnum
@@ -320,10 +325,11 @@ class World:
     """One replay of the scenario: our table, caches, executor and active list (replay.py's
     builder), scheduled by TensorRT-LLM's scheduler (`trtllm` given) or by our `backend`."""
 
-    def __init__(self, sc, backend: str, trtllm: Optional[types.ModuleType] = None):
+    def __init__(self, sc, backend: str, trtllm: Optional[types.ModuleType] = None, lowered=None):
         from tllm_sched import _core, replay
 
-        self.name = "TensorRT-LLM" if trtllm is not None else backend
+        self.name = "TensorRT-LLM" if trtllm is not None else backend + (" (large-list paths)" if lowered else "")
+        self.lowered = lowered  # a context manager factory: the batched backend's size thresholds lowered
         self.run = replay._build(sc, "cpp" if trtllm is not None else backend, io.StringIO())
         r = self.run
         self.executor = _core.SimExecutor(r.table, r.kv, r.cross, sc.max_input_len)
@@ -339,7 +345,11 @@ class World:
         active_slots = np.array(r.active.slots)
         if self.theirs is None:
             try:
-                o = r.scheduler.schedule(r.active, inflight)
+                if self.lowered is None:
+                    o = r.scheduler.schedule(r.active, inflight)
+                else:
+                    with self.lowered():
+                        o = r.scheduler.schedule(r.active, inflight)
             except _core.SchedulingError as e:
                 return Answer(refusal=f"SchedulingError: {e}")
             return _answer(table, active_slots, o.context, o.generation, o.paused, o.fitting_disagg_gen_init,
@@ -402,9 +412,12 @@ def compare_scenario(raw: dict, trtllm: types.ModuleType, backends: Sequence[str
     from tllm_sched import _core, replay
     from tllm_sched.scenario import ScenarioError, parse_scenario
 
+    changes = raw.get(STATE_CHANGES, [])
     try:
-        sc = parse_scenario(raw)
+        sc = parse_scenario({k: v for k, v in raw.items() if k != STATE_CHANGES})
         worlds = [World(sc, "cpp", trtllm)] + [World(sc, b) for b in backends]
+        if "python" in backends:
+            worlds.append(World(sc, "python", lowered=_lowered_thresholds()))
     except ScenarioError:
         tally.invalid += 1
         return
@@ -412,7 +425,7 @@ def compare_scenario(raw: dict, trtllm: types.ModuleType, backends: Sequence[str
     policy = sc.scheduler.policy if sc.kv_cache is not None else "MAX_REQUESTS"
     tally.policies[policy] += 1
     last_arrival = max((r.arrive_at for r in sc.requests), default=-1)
-    last_event = max([last_arrival, *(e.at for e in sc.events)])
+    last_event = max([last_arrival, *(e.at for e in sc.events), *(c[0] for c in changes)])
     previous = None
     ctx_state, enc_state = int(_core.LlmRequestState.CONTEXT_INIT), int(_core.LlmRequestState.ENCODER_INIT)
     it = 0
@@ -428,6 +441,7 @@ def compare_scenario(raw: dict, trtllm: types.ModuleType, backends: Sequence[str
             slots = np.array(w.run.active.slots)
             for s in slots[w.run.table.gather(slots)["state"] == enc_state].tolist():
                 w.run.table.request_at(s).set_state(ctx_state)
+            _change_states(w, [c for c in changes if c[0] == it])
         cur = it % sc.micro_slots
         others = [ids for k, ids in w0.micro_slots.items() if k != cur]
         inflight = np.unique(np.concatenate(others)) if others else np.zeros(0, dtype=np.int64)
@@ -455,7 +469,7 @@ def compare_scenario(raw: dict, trtllm: types.ModuleType, backends: Sequence[str
             tally.stalled += 1  # a fixed point (e.g. every chunk 0): each further step would repeat this one
             return
         previous = state
-        _features(tally, state, ref)
+        _features(tally, state, ref, inflight)
         refused = {}
         for w, a in zip(worlds, answers):
             try:
@@ -477,7 +491,30 @@ def compare_scenario(raw: dict, trtllm: types.ModuleType, backends: Sequence[str
         it += 1
 
 
-def _features(tally: Tally, state: dict, a: Answer) -> None:
+# States the scenario format cannot start a request in, reached by the harness moving an active
+# request (in every world alike, before the step): [step, request id, new state], applied only from
+# the state named here. The fused policies test states exactly (design.md, the fused mode, item 7).
+STATE_CHANGES = "harness_state_changes"
+CHANGEABLE = {
+    "GENERATION_TO_COMPLETE": "GENERATION_IN_PROGRESS",
+    "DISAGG_GENERATION_TRANS_COMPLETE": "GENERATION_IN_PROGRESS",
+    "DISAGG_CONTEXT_INIT_AND_TRANS": "CONTEXT_INIT",
+}
+
+
+def _change_states(w: World, changes) -> None:
+    from tllm_sched import _core
+
+    t = w.run.table
+    for _, rid, new in changes:
+        if rid not in t:
+            continue
+        req = t.get(rid)
+        if req.slot in w.run.active.slots and req.state == getattr(_core.LlmRequestState, CHANGEABLE[new]):
+            req.set_state(getattr(_core.LlmRequestState, new))
+
+
+def _features(tally: Tally, state: dict, a: Answer, inflight) -> None:
     """What the compared steps exercised (the summary's coverage line)."""
     f = tally.features
     rows = state.values()
@@ -490,6 +527,11 @@ def _features(tally: Tally, state: dict, a: Answer) -> None:
     f["paused"] += len(a.paused)
     f["disagg admitted"] += len(a.disagg_gen_init)
     f["generation"] += len(a.generation)
+    names = ("GENERATION_TO_COMPLETE", "DISAGG_GENERATION_TRANS_COMPLETE", "DISAGG_CONTEXT_INIT_AND_TRANS")
+    for r in rows:
+        if r["state"] in names:
+            f[r["state"]] += 1
+    f["in flight"] += len(inflight)
 
 
 # ---------------------------------------------------------------------------- scenarios and the command line
@@ -513,11 +555,26 @@ def resolve_policies(names: Sequence[str]) -> List[str]:
     return out
 
 
-def _strategies():
-    spec = importlib.util.spec_from_file_location("tllm_scenario_strategies", ROOT / "tests" / "scenario_strategies.py")
+def _tests_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"tllm_tests_{name}", ROOT / "tests" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+_LOWERED = []
+
+
+def _lowered_thresholds():
+    """tests/utils.py's lowered_thresholds: the batched Python backend takes its large-list paths
+    on these small scenarios too (as in the differential test)."""
+    if not _LOWERED:
+        _LOWERED.append(_tests_module("utils").lowered_thresholds)
+    return _LOWERED[0]
+
+
+def _strategies():
+    return _tests_module("scenario_strategies")
 
 
 def compare_scenarios_strategy(policies: Sequence[str]):
@@ -544,6 +601,10 @@ def compare_scenarios_strategy(policies: Sequence[str]):
         if draw(st.integers(0, 3)) == 0:
             sched["waiting_queue_policy"] = draw(st.sampled_from(WAITING_QUEUE_POLICIES))
             sched["max_num_active_requests"] = draw(st.one_of(st.none(), st.integers(1, 6)))
+        if draw(st.booleans()):
+            ids = [r["id"] for r in raw["requests"]]
+            raw[STATE_CHANGES] = draw(st.lists(st.tuples(st.integers(0, 24), st.sampled_from(ids),
+                                                         st.sampled_from(sorted(CHANGEABLE))).map(list), max_size=4))
         return raw
 
     return draw_one()
@@ -585,7 +646,7 @@ def run_comparison(trtllm_src: Path, n: int, seed: int, policies: Sequence[str],
     digest = ", ".join(f"{f} sha256:{hashlib.sha256((Path(trtllm_src) / SCHEDULER_DIR / f).read_bytes()).hexdigest()[:12]}"
                        for f in TRTLLM_FILES)
     print(f"OK: {tally.scenarios} scenarios, {tally.steps} steps: TensorRT-LLM's fused scheduler and ours "
-          f"({', '.join(BACKENDS)}) decide alike at every step", file=out)
+          f"({', '.join(BACKENDS)}; python also on its large-list paths) decide alike at every step", file=out)
     print(f"  ended by a refusal both sides made: {tally.refusals}; by our executor refusing the (equal) "
           f"decisions: {tally.executor_refusals}; stopped at a fixed point: {tally.stalled}; "
           f"invalid draws skipped: {tally.invalid}", file=out)
