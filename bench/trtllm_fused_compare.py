@@ -9,14 +9,17 @@ the sibling scheduler.py it imports) is loaded by file path, with stand-ins for 
 (`tensorrt_llm.logger`, `llm_args.CapacitySchedulerPolicy`, `llm_request.LlmRequest` /
 `LlmRequestState`, `strenum` when absent). The stand-ins are adapters over our objects: a request
 is one row of our RequestTable, the KV cache managers and the PEFT cache manager are ours, each
-answering exactly the calls the fused policies make.
+answering exactly the calls the fused policies make. Where the checkout has
+scheduler/waiting_queue.py and it loads, its queue runs beside ours in scenarios with a waiting
+queue: every step, the ids our queue moved into the active list must be the ones theirs pops, and
+the ids left waiting must be in the same order.
 
 Scenarios are drawn (hypothesis, seeded) with the differential test's generator
 (tests/scenario_strategies.py) in the fused mode and harness "full", a KV cache on or off as the
 policy needs (without one every policy is TensorRT-LLM's MaxRequestsPolicy; beams > 1 occur only
 there), chunking, drafts, LoRA/PEFT, block reuse, cross caches, disagg-generation-init requests,
-two micro slots, and sometimes our waiting queue (which only decides what joins the active list,
-alike for both sides). `max_context_length` is left unset: TensorRT-LLM's fused scheduler has no
+two micro slots, and sometimes a waiting queue (ours decides what joins the active list in every
+world; theirs is compared with it, above). `max_context_length` is left unset: TensorRT-LLM's fused scheduler has no
 such setting (its tracker uses the token budget).
 
 Each scenario runs in one world per scheduler, built alike (table, caches, executor): TensorRT-LLM's
@@ -101,6 +104,7 @@ class LlmRequest:
     has_draft_tokens = property(lambda self: self.view.has_draft_tokens)
     encoder_output_len = property(lambda self: self.view.encoder_output_len)
     lora_task_id = property(lambda self: self.view.lora_task_id)  # None without LoRA, as theirs
+    priority = property(lambda self: self.view.priority)
 
     @property
     def context_chunk_size(self) -> int:
@@ -189,6 +193,13 @@ class _StrEnum(str, enum.Enum):
         return self.value
 
 
+def _quiet_logger() -> logging.Logger:
+    """Their logger: errors only (their FCFS queue warns about every prioritised request)."""
+    logger = logging.getLogger("trtllm_fused_compare.stand_in")
+    logger.setLevel(logging.ERROR)
+    return logger
+
+
 def _module(name: str, **attrs) -> types.ModuleType:
     m = types.ModuleType(name)
     m.__dict__.update(attrs)
@@ -201,55 +212,97 @@ def _package(name: str, path: Sequence[str] = ()) -> types.ModuleType:
     return m
 
 
-def load_unified_scheduler(src: Path) -> types.ModuleType:
-    """TensorRT-LLM's unified_scheduler module, executed from `src` (a checkout root) with the
-    stand-ins above injected for its imports. sys.modules is left as it was found."""
+class RequestQueueItem:
+    """TensorRT-LLM's waiting-queue item: a request id and the request (an LlmRequest adapter)."""
+
+    __slots__ = ("id", "request")
+
+    def __init__(self, id: int, request: LlmRequest):
+        self.id, self.request = id, request
+
+
+# TensorRT-LLM's tensorrt_llm.executor.request.DEFAULT_REQUEST_PRIORITY; our default priority too.
+DEFAULT_REQUEST_PRIORITY = 0.5
+WAITING_QUEUE_FILE = "waiting_queue.py"  # compared when the checkout has it and it loads
+
+
+@dataclass
+class Theirs:
+    """What was loaded from the checkout."""
+
+    unified: types.ModuleType  # unified_scheduler.py
+    policies: type  # the CapacitySchedulerPolicy stand-in their module got
+    waiting_queue: Optional[types.ModuleType]  # waiting_queue.py, or None
+    waiting_queue_note: str  # why waiting_queue.py is not compared, or ""
+    queue_policies: Optional[type] = None  # the WaitingQueuePolicy stand-in
+
+
+def _exec(src: Path, f: str) -> types.ModuleType:
+    name = f"{_PKG}.scheduler.{f[:-3]}"
+    spec = importlib.util.spec_from_file_location(name, Path(src) / SCHEDULER_DIR / f)
+    m = importlib.util.module_from_spec(spec)
+    sys.modules[name] = m
+    try:
+        spec.loader.exec_module(m)
+    except (ImportError, SyntaxError) as e:
+        raise BadInput(f"--trtllm-src {src}: {SCHEDULER_DIR / f} does not load with the stand-ins: "
+                       f"{type(e).__name__}: {e}") from None
+    return m
+
+
+def load_trtllm(src: Path) -> Theirs:
+    """TensorRT-LLM's unified_scheduler module (and waiting_queue.py where present), executed from
+    `src` (a checkout root) with the stand-ins above injected for their imports. sys.modules is
+    left as it was found."""
     sched_dir = Path(src) / SCHEDULER_DIR
     if not Path(src).is_dir():
         raise BadInput(f"--trtllm-src {src}: not a directory")
     for f in TRTLLM_FILES:
         if not (sched_dir / f).is_file():
             raise BadInput(f"--trtllm-src {src}: {SCHEDULER_DIR / f} not found (expected a TensorRT-LLM checkout root)")
-    from tllm_sched.registry import CAPACITY_POLICIES
+    from tllm_sched.registry import CAPACITY_POLICIES, WAITING_QUEUE_POLICIES
 
     _adapters_ready()
-    str_enum = getattr(sys.modules.get("strenum"), "StrEnum", None)
-    if str_enum is None:
-        str_enum = _StrEnum
+    str_enum = getattr(sys.modules.get("strenum"), "StrEnum", None) or _StrEnum
     policy_enum = str_enum("CapacitySchedulerPolicy", {n: n for n in CAPACITY_POLICIES})
-    logger = logging.getLogger("trtllm_fused_compare.stand_in")
+    queue_enum = str_enum("WaitingQueuePolicy", {n: n for n in WAITING_QUEUE_POLICIES})
     stand_ins = {
         "strenum": _module("strenum", StrEnum=str_enum),
         "tensorrt_llm": _package("tensorrt_llm"),
-        "tensorrt_llm.logger": _module("tensorrt_llm.logger", logger=logger),
+        "tensorrt_llm.logger": _module("tensorrt_llm.logger", logger=_quiet_logger()),
         "tensorrt_llm.llmapi": _package("tensorrt_llm.llmapi"),
-        "tensorrt_llm.llmapi.llm_args": _module("tensorrt_llm.llmapi.llm_args", CapacitySchedulerPolicy=policy_enum),
+        "tensorrt_llm.llmapi.llm_args": _module("tensorrt_llm.llmapi.llm_args", CapacitySchedulerPolicy=policy_enum,
+                                                WaitingQueuePolicy=queue_enum),
+        "tensorrt_llm.executor": _package("tensorrt_llm.executor"),
+        "tensorrt_llm.executor.request": _module("tensorrt_llm.executor.request",
+                                                 DEFAULT_REQUEST_PRIORITY=DEFAULT_REQUEST_PRIORITY),
         "tensorrt_llm._torch": _package("tensorrt_llm._torch"),
         _PKG: _package(_PKG),
         f"{_PKG}.llm_request": _module(f"{_PKG}.llm_request", LlmRequest=LlmRequest, LlmRequestState=LlmRequestState),
+        f"{_PKG}.executor_request_queue": _module(f"{_PKG}.executor_request_queue", RequestQueueItem=RequestQueueItem),
         f"{_PKG}.scheduler": _package(f"{_PKG}.scheduler", [str(sched_dir)]),
     }
     if "strenum" in sys.modules:
         del stand_ins["strenum"]
-    saved = {name: sys.modules.get(name) for name in [*stand_ins, *(f"{_PKG}.scheduler.{f[:-3]}" for f in TRTLLM_FILES)]}
+    files = (*TRTLLM_FILES, WAITING_QUEUE_FILE)
+    saved = {name: sys.modules.get(name) for name in [*stand_ins, *(f"{_PKG}.scheduler.{f[:-3]}" for f in files)]}
     sys.modules.update(stand_ins)
     try:
-        loaded = None
-        for f in TRTLLM_FILES:
-            name = f"{_PKG}.scheduler.{f[:-3]}"
-            spec = importlib.util.spec_from_file_location(name, sched_dir / f)
-            loaded = importlib.util.module_from_spec(spec)
-            sys.modules[name] = loaded
-            try:
-                spec.loader.exec_module(loaded)
-            except (ImportError, SyntaxError) as e:
-                raise BadInput(f"--trtllm-src {src}: {SCHEDULER_DIR / f} does not load with the stand-ins: "
-                               f"{type(e).__name__}: {e}") from None
+        unified = [_exec(src, f) for f in TRTLLM_FILES][-1]
         for name in ("UnifiedScheduler", "TokenBudgetTracker"):
-            if not hasattr(loaded, name):
+            if not hasattr(unified, name):
                 raise BadInput(f"--trtllm-src {src}: {SCHEDULER_DIR / TRTLLM_FILES[-1]} has no {name}")
-        loaded.CapacitySchedulerPolicy = policy_enum
-        return loaded
+        queue, note = None, ""
+        if not (sched_dir / WAITING_QUEUE_FILE).is_file():
+            note = f"{SCHEDULER_DIR / WAITING_QUEUE_FILE} not found"
+        else:
+            try:
+                queue = _exec(src, WAITING_QUEUE_FILE)
+                if not hasattr(queue, "create_waiting_queue"):
+                    queue, note = None, f"{SCHEDULER_DIR / WAITING_QUEUE_FILE} has no create_waiting_queue"
+            except BadInput as e:  # the fused comparison goes on without it
+                note = str(e).split(": ", 1)[1]
+        return Theirs(unified, policy_enum, queue, note, queue_enum)
     finally:
         for name, m in saved.items():
             if m is None:
@@ -258,15 +311,15 @@ def load_unified_scheduler(src: Path) -> types.ModuleType:
                 sys.modules[name] = m
 
 
-def make_trtllm_scheduler(mod: types.ModuleType, config, kv, cross, peft):
+def make_trtllm_scheduler(theirs: Theirs, config, kv, cross, peft):
     """Their UnifiedScheduler configured as our SchedulerConfig `config`, over our caches."""
     chunk = None if config.chunking is None else (config.chunking.policy, config.chunking.unit_size)
-    return mod.UnifiedScheduler(
+    return theirs.unified.UnifiedScheduler(
         max_batch_size=config.max_batch_size,
         max_num_tokens=config.max_num_tokens,
         kv_cache_manager=None if kv is None else KVCacheManager(kv),
         peft_cache_manager=None if peft is None else PeftCacheManager(peft),
-        scheduler_policy=getattr(mod.CapacitySchedulerPolicy, config.policy),
+        scheduler_policy=getattr(theirs.policies, config.policy),
         ctx_chunk_config=chunk,
         cross_kv_cache_manager=None if cross is None else KVCacheManager(cross),
         two_step_lookahead=config.two_steps_look_ahead,
@@ -325,7 +378,7 @@ class World:
     """One replay of the scenario: our table, caches, executor and active list (replay.py's
     builder), scheduled by TensorRT-LLM's scheduler (`trtllm` given) or by our `backend`."""
 
-    def __init__(self, sc, backend: str, trtllm: Optional[types.ModuleType] = None, lowered=None):
+    def __init__(self, sc, backend: str, trtllm: Optional[Theirs] = None, lowered=None):
         from tllm_sched import _core, replay
 
         self.name = "TensorRT-LLM" if trtllm is not None else backend + (" (large-list paths)" if lowered else "")
@@ -337,6 +390,28 @@ class World:
         peft = None if sc.peft is None else _core.PeftCacheManager(sc.peft.pages_per_task, sc.peft.max_device_pages)
         self.theirs = None if trtllm is None else make_trtllm_scheduler(trtllm, sc.scheduler, r.kv, r.cross, peft)
         self.micro_slots: Dict[int, np.ndarray] = {}
+        # Their waiting queue beside ours (which decides what joins the active list in every world).
+        policy = sc.scheduler.waiting_queue_policy
+        self.their_queue = None
+        if trtllm is not None and policy is not None and trtllm.waiting_queue is not None:
+            self.their_queue = trtllm.waiting_queue.create_waiting_queue(getattr(trtllm.queue_policies, policy))
+
+    def arrivals(self, it: int) -> Optional[tuple]:
+        """replay's arrivals and fetch; with their queue beside ours, (their, our) ids fetched and
+        left waiting when they differ."""
+        from tllm_sched import replay
+
+        r, q = self.run, self.their_queue
+        before = len(r.active)
+        replay._arrivals(r, it)
+        if q is None:
+            return None
+        t = r.table
+        q.add_requests([RequestQueueItem(x.id, LlmRequest(t.get(x.id))) for x in r.sc.requests if x.arrive_at == it])
+        fetched = t.request_ids(np.array(r.active.slots[before:], dtype=np.int32)).tolist()
+        theirs = ([q.pop_request().id for _ in range(min(len(fetched), len(q)))], [item.id for item in q])
+        ours = (fetched, t.request_ids(r.scheduler.waiting_queue.slots).tolist())
+        return None if theirs == ours else (theirs, ours)
 
     def schedule(self, inflight: np.ndarray) -> Answer:
         from tllm_sched import _core
@@ -402,14 +477,15 @@ class Tally:
     invalid: int = 0  # drawn scenarios the validator refused (nothing to compare)
     refusals: int = 0  # scenarios ending in a refusal both sides made
     executor_refusals: int = 0  # scenarios whose decisions our executor refused, in every world alike
+    queue_steps: int = 0  # steps whose waiting queue was compared with theirs
     stalled: int = 0  # scenarios stopped at a fixed point (nothing scheduled, nothing changes)
     policies: Counter = field(default_factory=Counter)
     features: Counter = field(default_factory=Counter)
 
 
-def compare_scenario(raw: dict, trtllm: types.ModuleType, backends: Sequence[str], tally: Tally) -> None:
+def compare_scenario(raw: dict, trtllm: Theirs, backends: Sequence[str], tally: Tally) -> None:
     """Runs one scenario in every world; raises Mismatch at the first difference."""
-    from tllm_sched import _core, replay
+    from tllm_sched import _core
     from tllm_sched.scenario import ScenarioError, parse_scenario
 
     changes = raw.get(STATE_CHANGES, [])
@@ -437,7 +513,12 @@ def compare_scenario(raw: dict, trtllm: types.ModuleType, backends: Sequence[str
         if it >= sc.max_iterations:
             return  # the same in every world (the answers were equal so far)
         for w in worlds:
-            replay._arrivals(w.run, it)
+            queues = w.arrivals(it)
+            if w.their_queue is not None:
+                tally.queue_steps += 1
+            if queues is not None:
+                raise Mismatch(it, "the waiting queues differ (fetched ids, then the ids left waiting)", raw,
+                               w0.state(), [], None, {"TensorRT-LLM": json.dumps(queues[0]), "ours": json.dumps(queues[1])})
             slots = np.array(w.run.active.slots)
             for s in slots[w.run.table.gather(slots)["state"] == enc_state].tolist():
                 w.run.table.request_at(s).set_state(ctx_state)
@@ -623,7 +704,7 @@ def run_comparison(trtllm_src: Path, n: int, seed: int, policies: Sequence[str],
         raise BadInput("hypothesis is needed to draw the scenarios: pip install hypothesis") from None
     from tllm_sched.scheduler import BACKENDS
 
-    trtllm = load_unified_scheduler(trtllm_src)
+    trtllm = load_trtllm(trtllm_src)
     tally, found = Tally(), []
 
     @hseed(seed)
@@ -647,8 +728,9 @@ def run_comparison(trtllm_src: Path, n: int, seed: int, policies: Sequence[str],
         print(found[0].report(), file=out)
         print(f"after {tally.steps} equal steps over {tally.scenarios} scenarios", file=out)
         return 1
+    loaded = (*TRTLLM_FILES, *((WAITING_QUEUE_FILE,) if trtllm.waiting_queue is not None else ()))
     digest = ", ".join(f"{f} sha256:{hashlib.sha256((Path(trtllm_src) / SCHEDULER_DIR / f).read_bytes()).hexdigest()[:12]}"
-                       for f in TRTLLM_FILES)
+                       for f in loaded)
     print(f"OK: {tally.scenarios} scenarios, {tally.steps} steps: TensorRT-LLM's fused scheduler and ours "
           f"({', '.join(BACKENDS)}; python also on its large-list paths) decide alike at every step", file=out)
     print(f"  ended by a refusal both sides made: {tally.refusals}; by our executor refusing the (equal) "
@@ -656,6 +738,9 @@ def run_comparison(trtllm_src: Path, n: int, seed: int, policies: Sequence[str],
           f"invalid draws skipped: {tally.invalid}", file=out)
     print("  policies: " + ", ".join(f"{p} {c}" for p, c in sorted(tally.policies.items())), file=out)
     print("  exercised (request-steps): " + ", ".join(f"{k} {v}" for k, v in sorted(tally.features.items())), file=out)
+    print(f"  waiting queue (their {WAITING_QUEUE_FILE} beside ours): " + (
+        f"compared at {tally.queue_steps} steps" if trtllm.waiting_queue is not None
+        else f"not compared: {trtllm.waiting_queue_note}"), file=out)
     print(f"  their files: {digest}", file=out)
     return 0
 

@@ -4,7 +4,8 @@ What runs everywhere: the command line's refusals (exit 2, one line), the adapte
 writing our table and answering from our caches (values derived by hand), the loading of a
 checkout with the stand-ins injected (and sys.modules left as found), and the whole step loop
 against two fake checkouts whose `UnifiedScheduler` is our own fused scheduler: unchanged it agrees
-at every step (exit 0), with num_fitting off by one from its third step it is caught there (exit 1).
+at every step (exit 0), with num_fitting off by one from its third step it is caught there (exit 1);
+likewise a fake waiting_queue.py that serves by priority agrees and one that serves first-come is caught.
 The real comparison runs when TLLM_TRTLLM_SRC names a TensorRT-LLM checkout.
 """
 
@@ -112,6 +113,7 @@ def test_the_request_adapter_reads_and_writes_its_table_row():
     assert t.get(7).context_chunk_size == 4 and not r.is_last_context_chunk
     r.context_chunk_size = 10
     assert r.is_last_context_chunk
+    assert (r.priority, h.LlmRequest(t.get(8)).priority) == (0.5, 0.5)  # the default priority
     r.discard_draft_tokens(2)
     assert t.get(7).num_draft_tokens == 0 and not r.has_draft_tokens
     t.get(7).set_state(ts.LlmRequestState.GENERATION_TO_COMPLETE)
@@ -217,11 +219,75 @@ def _checkout(tmp_path, unified: str) -> Path:
 
 def test_loading_injects_the_stand_ins_and_leaves_sys_modules_as_found(tmp_path):
     before = set(sys.modules)
-    mod = h.load_unified_scheduler(_checkout(tmp_path, FAKE.format(skew=None)))
+    theirs = h.load_trtllm(_checkout(tmp_path, FAKE.format(skew=None)))
+    mod = theirs.unified
     assert set(sys.modules) == before
+    assert theirs.waiting_queue is None and theirs.waiting_queue_note.endswith("waiting_queue.py not found")
     assert mod.LlmRequest is h.LlmRequest  # their `from ..llm_request import LlmRequest` got the adapter
     assert mod.STATE_VALUES == (10, 13)  # our state numbers
     assert [p.value for p in mod.CapacitySchedulerPolicy] == ["MAX_UTILIZATION", "GUARANTEED_NO_EVICT", "STATIC_BATCH"]
+
+
+# A fake waiting_queue.py: FCFS always (`priority_aware` False: PRIORITY served first-come too).
+FAKE_QUEUE = textwrap.dedent('''
+    from tensorrt_llm.executor.request import DEFAULT_REQUEST_PRIORITY
+    from tensorrt_llm.llmapi.llm_args import WaitingQueuePolicy
+    from ..executor_request_queue import RequestQueueItem
+
+    PRIORITY_AWARE = {priority_aware}
+
+
+    class Queue(list):
+        def __init__(self, by_priority):
+            self.by_priority = by_priority
+
+        def add_requests(self, items):
+            for item in items:
+                self.append(item)
+                if self.by_priority:  # stable: first-come among equals
+                    self.sort(key=lambda i: -(i.request.priority if i.request else DEFAULT_REQUEST_PRIORITY))
+
+        def pop_request(self):
+            return self.pop(0)
+
+
+    def create_waiting_queue(policy=WaitingQueuePolicy.FCFS):
+        return Queue(PRIORITY_AWARE and policy == WaitingQueuePolicy.PRIORITY)
+''')
+
+# Three requests arrive at once, one may be active: PRIORITY serves 0.8 (id 1), then 0.5 (id 2),
+# then 0.3 (id 0); FCFS would serve id 0 first.
+QUEUED = {
+    "format": "tllm_sched.scenario/1", "harness": "full",
+    "kv_cache": {"tokens_per_block": 4, "num_blocks": 16, "max_seq_len": 16},
+    "scheduler": {"policy": "GUARANTEED_NO_EVICT", "max_num_requests": 2, "fused": True,
+                  "waiting_queue_policy": "PRIORITY", "max_num_active_requests": 1},
+    "requests": [{"id": 0, "prompt_len": 3, "max_new_tokens": 1, "priority": 0.3},
+                 {"id": 1, "prompt_len": 3, "max_new_tokens": 1, "priority": 0.8},
+                 {"id": 2, "prompt_len": 3, "max_new_tokens": 1, "priority": 0.5}],
+}
+
+
+def _with_queue(tmp_path, priority_aware: bool):
+    d = _checkout(tmp_path, FAKE.format(skew=None))
+    (d / h.SCHEDULER_DIR / "waiting_queue.py").write_text(FAKE_QUEUE.format(priority_aware=priority_aware))
+    return h.load_trtllm(d)
+
+
+def test_their_waiting_queue_is_compared_with_ours_step_by_step(tmp_path):
+    tally = h.Tally()
+    h.compare_scenario(QUEUED, _with_queue(tmp_path, True), ("cpp",), tally)
+    # One request at a time, each done in one step (1 new token): 3 steps, each with its queue compared.
+    assert (tally.scenarios, tally.steps, tally.queue_steps) == (1, 3, 3)
+
+
+def test_a_waiting_queue_that_serves_otherwise_is_caught(tmp_path):
+    with pytest.raises(h.Mismatch) as e:
+        h.compare_scenario(QUEUED, _with_queue(tmp_path, False), ("cpp",), h.Tally())
+    m = e.value
+    assert m.step == 0 and m.what.startswith("the waiting queues differ")
+    # (fetched, left waiting): theirs first-come [0] then [1, 2]; ours by priority [1] then [2, 0].
+    assert m.answers == {"TensorRT-LLM": "[[0], [1, 2]]", "ours": "[[1], [2, 0]]"}
 
 
 def test_a_scheduler_that_decides_as_ours_agrees_at_every_step(tmp_path):
