@@ -682,6 +682,12 @@ def compare_scenarios_strategy(policies: Sequence[str]):
         if draw(st.integers(0, 3)) == 0:
             sched["waiting_queue_policy"] = draw(st.sampled_from(WAITING_QUEUE_POLICIES))
             sched["max_num_active_requests"] = draw(st.one_of(st.none(), st.integers(1, 6)))
+        kv = raw["kv_cache"]
+        if policy == "MAX_UTILIZATION" and draw(st.booleans()):  # memory pressure: pauses
+            kv["num_blocks"] = max(2, -(-kv["max_seq_len"] // kv["tokens_per_block"])) + draw(st.integers(0, 2))
+            sched["max_num_requests"] = max(sched["max_num_requests"], 4)
+            for r in raw["requests"]:
+                r["arrive_at"] = min(r["arrive_at"], 1)
         if draw(st.booleans()):  # LoRA task 0 is a task (sorted after no LoRA), not "none"
             for r in raw["requests"]:
                 if r["lora_task_id"] == 3:
