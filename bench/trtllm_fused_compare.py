@@ -466,7 +466,8 @@ class Mismatch(Exception):
                  f"in flight in other micro batches: {self.inflight}; free KV blocks: {self.free_blocks}",
                  "state before the step (id: row):"]
         lines += [f"  {rid}: {json.dumps(row)}" for rid, row in self.state.items()]
-        lines += [f"{name:>13}: {text}" for name, text in self.answers.items()]
+        width = max(map(len, self.answers))
+        lines += [f"{name:>{width}}: {text}" for name, text in self.answers.items()]
         return "\n".join(lines)
 
 
