@@ -2,9 +2,12 @@
 #include "adp_router.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
-#include <utility>
+#include <string>
 #include <vector>
+
+#include "errors.h"
 
 namespace tllm {
 
@@ -19,57 +22,159 @@ int64_t adp_tie_priority(int64_t request_id, int32_t rank) {
 }
 
 namespace {
-/// `candidates` in the order of (key1, key2), ties kept in candidate order (what a stable sort
-/// gives): the keys are copied next to each candidate so that the sort touches one array.
-std::vector<int32_t> sorted_by(const int32_t* candidates, int32_t k, const int64_t* key1, const int64_t* key2,
-                               bool key2_descending) {
+
+// ------------------------------------------------------------------ argument checks (before any write)
+
+void check_tokens(Span<const int64_t> tokens) {
+    for (int32_t i = 0; i < tokens.size; ++i)
+        if (tokens[i] <= 0) fail_input("tokens: every request needs at least one token");
+}
+
+void check_candidates(const Span<const int32_t>* candidates, int32_t n) {
+    if (!candidates) return;
+    std::vector<uint8_t> seen(static_cast<size_t>(n), 0);
+    for (int32_t j = 0; j < candidates->size; ++j) {
+        const int32_t i = (*candidates)[j];
+        if (i < 0 || i >= n) fail_input("candidates: index " + std::to_string(i) + " is not a request");
+        if (seen[static_cast<size_t>(i)]++) fail_input("candidates: request " + std::to_string(i) + " is listed twice");
+    }
+}
+
+void check_rank_arrays(Span<const int64_t> rank_tokens, Span<const int64_t> rank_requests) {
+    if (rank_tokens.size == 0 || rank_tokens.size != rank_requests.size)
+        fail_input("rank_tokens and rank_requests must have one entry per rank (at least one)");
+}
+
+/// Request counts below 2**32 (their sums over ranks and candidates are then exact in int64, and
+/// in a double) and a positive cap.
+void check_counts(Span<const int64_t> rank_requests, int64_t max_active) {
+    for (int32_t r = 0; r < rank_requests.size; ++r)
+        if (rank_requests[r] < 0 || rank_requests[r] >= (int64_t{1} << 32))
+            fail_input("rank_requests: every count must be >= 0 and below 2**32");
+    if (max_active <= 0) fail_input("max_active must be positive");
+}
+
+void check_finite(double v, const char* name) {
+    if (!std::isfinite(v) || v < 0) fail_input(std::string(name) + ": must be a finite number >= 0");
+}
+
+/// The per-rank request count the router aims at (TensorRT-LLM's expected_num_active_requests):
+/// min(max(ceil(multiplier * ceil((active + k) / ranks)), busiest rank), max_active), with k
+/// requests to place. Exact for every multiplier: a share of 2**63 or more is above any cap.
+int64_t expected_count(Span<const int64_t> rank_requests, int32_t k, double multiplier, int64_t max_active) {
+    int64_t total = k, busiest = 0;
+    for (int32_t r = 0; r < rank_requests.size; ++r) total += rank_requests[r], busiest = std::max(busiest, rank_requests[r]);
+    const int64_t fair = (total + rank_requests.size - 1) / rank_requests.size;
+    const double share = std::ceil(multiplier * static_cast<double>(fair));
+    const int64_t want = share >= 0x1p63 ? max_active : static_cast<int64_t>(share);
+    return std::min(std::max(want, busiest), max_active);
+}
+
+void check_out(Span<int32_t> ranks, int32_t n) {
+    if (ranks.size != n) fail_input("ranks: expected one entry per request");
+}
+
+/// Every sum of the token counts fits: below 2**62 (load router: int64 loads) or 2**53 (KV router:
+/// its double sums are then exact in any order). `log2_limit` is 62 or 53.
+void check_token_counts(Span<const int64_t> tokens, Span<const int64_t> rank_tokens, int log2_limit) {
+    const int64_t limit = int64_t{1} << log2_limit;
+    int64_t total = 0;  // saturating at the limit: no overflow
+    for (int32_t i = 0; i < tokens.size; ++i) total = std::min(limit, total + std::min(tokens[i], limit));
+    for (int32_t r = 0; r < rank_tokens.size; ++r) {
+        if (rank_tokens[r] < 0) fail_input("rank_tokens: must be >= 0");
+        total = std::min(limit, total + std::min(rank_tokens[r], limit));
+    }
+    if (total >= limit)
+        fail_input("token counts too large: they must sum to less than 2**" + std::to_string(log2_limit));
+}
+
+// ------------------------------------------------------------------ the orderings
+
+int bit_width(uint64_t x) { return x ? 64 - __builtin_clzll(x) : 0; }
+
+/// The candidates (nullptr: 0..n-1) in the order of (group, tokens descending, position in the
+/// list), with group 0 for all when `group` is nullptr: what a stable sort by (group, -tokens)
+/// gives. Each candidate is packed into one 128-bit integer key (group above, tokens descending and
+/// the position below), so std::sort compares integers: 0.6x the time of a struct of three keys
+/// (measured, 256 requests). Tokens and positions too wide to share 64 bits fall back to the struct.
+std::vector<int32_t> ordered(const int64_t* group, Span<const int64_t> tokens, const Span<const int32_t>* candidates) {
+    const int32_t k = candidates ? candidates->size : tokens.size;
+    auto at = [&](int32_t j) { return candidates ? (*candidates)[j] : j; };
+    std::vector<int32_t> order(static_cast<size_t>(k));
+    int64_t max_tokens = 0;
+    for (int32_t j = 0; j < k; ++j) max_tokens = std::max(max_tokens, tokens[at(j)]);
+    const int pos_bits = bit_width(static_cast<uint64_t>(k));
+    const int tok_bits = bit_width(static_cast<uint64_t>(max_tokens));
+    if (pos_bits + tok_bits <= 64) {
+        using u128 = unsigned __int128;
+        const uint64_t tok_max = (uint64_t{1} << tok_bits) - 1;  // tokens > 0: at most 63 bits
+        std::vector<u128> keys(static_cast<size_t>(k));
+        for (int32_t j = 0; j < k; ++j) {
+            const int32_t i = at(j);
+            const uint64_t hi = group ? static_cast<uint64_t>(group[i]) ^ (uint64_t{1} << 63) : 0;  // signed order
+            const uint64_t lo = ((tok_max - static_cast<uint64_t>(tokens[i])) << pos_bits) | static_cast<uint64_t>(j);
+            keys[static_cast<size_t>(j)] = (u128{hi} << 64) | lo;
+        }
+        std::sort(keys.begin(), keys.end());
+        const uint64_t pos_mask = (uint64_t{1} << pos_bits) - 1;
+        for (size_t j = 0; j < keys.size(); ++j) order[j] = at(static_cast<int32_t>(static_cast<uint64_t>(keys[j]) & pos_mask));
+        return order;
+    }
     struct Item {
-        int64_t k1, k2;
-        int32_t position, request;
+        int64_t group, neg_tokens;
+        int32_t position;
     };
     std::vector<Item> items(static_cast<size_t>(k));
-    for (int32_t j = 0; j < k; ++j) {
-        const int32_t i = candidates[j];
-        items[static_cast<size_t>(j)] = {key1 ? key1[i] : 0, key2_descending ? -key2[i] : key2[i], j, i};
-    }
+    for (int32_t j = 0; j < k; ++j) items[static_cast<size_t>(j)] = {group ? group[at(j)] : 0, -tokens[at(j)], j};
     std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
-        return a.k1 != b.k1 ? a.k1 < b.k1 : a.k2 != b.k2 ? a.k2 < b.k2 : a.position < b.position;
+        return a.group != b.group ? a.group < b.group : a.neg_tokens != b.neg_tokens ? a.neg_tokens < b.neg_tokens : a.position < b.position;
     });
-    std::vector<int32_t> order(static_cast<size_t>(k));
-    for (size_t j = 0; j < items.size(); ++j) order[j] = items[j].request;
+    for (size_t j = 0; j < items.size(); ++j) order[j] = at(items[j].position);
     return order;
 }
 
-/// The candidates by tokens, largest first (stable).
-std::vector<int32_t> largest_first(const int64_t* tokens, const int32_t* candidates, int32_t k) {
-    return sorted_by(candidates, k, nullptr, tokens, /*key2_descending=*/true);
-}
 }  // namespace
 
-int32_t adp_round_robin(const int64_t* tokens, const int32_t* candidates, int32_t k, const int64_t* rank_requests,
-                        int32_t num_ranks, int64_t max_active, int32_t start, int32_t* ranks) {
+int32_t adp_round_robin(Span<const int64_t> tokens, const Span<const int32_t>* candidates,
+                        Span<const int64_t> rank_requests, int64_t max_active, int32_t start, Span<int32_t> ranks) {
+    check_tokens(tokens);
+    check_candidates(candidates, tokens.size);
+    if (rank_requests.size == 0 || start < 0 || start >= rank_requests.size)
+        fail_input("round robin: start must be a rank of at least one");
+    check_counts(rank_requests, max_active);
+    check_out(ranks, tokens.size);
+    const int32_t num_ranks = rank_requests.size;
+    const int64_t k = candidates ? candidates->size : tokens.size;
     std::vector<int64_t> room(static_cast<size_t>(num_ranks));
-    int64_t total = 0;
-    for (size_t r = 0; r < room.size(); ++r) total += room[r] = std::max<int64_t>(max_active - rank_requests[r], 0);
+    int64_t total = 0;  // (room capped at k, which no rank can exceed: the total cannot overflow)
+    for (int32_t r = 0; r < num_ranks; ++r)
+        total += room[static_cast<size_t>(r)] = std::min(std::max<int64_t>(max_active - rank_requests[r], 0), k);
     int32_t turn = start;
-    for (int32_t i : largest_first(tokens, candidates, k)) {
+    auto next = [num_ranks](int32_t r) { return r + 1 == num_ranks ? 0 : r + 1; };  // no division
+    for (int32_t i : ordered(nullptr, tokens, candidates)) {
         if (total == 0) break;
-        while (room[static_cast<size_t>(turn)] == 0) turn = (turn + 1) % num_ranks;
+        while (room[static_cast<size_t>(turn)] == 0) turn = next(turn);
         ranks[i] = turn;
         --room[static_cast<size_t>(turn)], --total;
-        turn = (turn + 1) % num_ranks;
+        turn = next(turn);
     }
     return turn;
 }
 
-void adp_balance(const int64_t* tokens, const int32_t* candidates, int32_t k, const int64_t* rank_tokens,
-                 const int64_t* rank_requests, int32_t num_ranks, int64_t expected, int32_t* ranks) {
-    const std::vector<int32_t> order = largest_first(tokens, candidates, k);
-    const size_t R = static_cast<size_t>(num_ranks);
-    std::vector<int64_t> load(rank_tokens, rank_tokens + R), count(rank_requests, rank_requests + R);
+int64_t adp_balance(Span<const int64_t> tokens, const Span<const int32_t>* candidates, Span<const int64_t> rank_tokens,
+                    Span<const int64_t> rank_requests, int64_t max_active, Span<int32_t> ranks) {
+    check_tokens(tokens);
+    check_candidates(candidates, tokens.size);
+    check_rank_arrays(rank_tokens, rank_requests);
+    check_token_counts(tokens, rank_tokens, 62);
+    check_counts(rank_requests, max_active);
+    check_out(ranks, tokens.size);
+    const int64_t expected = expected_count(rank_requests, candidates ? candidates->size : tokens.size, 1.0, max_active);
+    const size_t R = static_cast<size_t>(rank_tokens.size);
+    std::vector<int64_t> load(rank_tokens.data, rank_tokens.data + R), count(rank_requests.data, rank_requests.data + R);
     // A linear scan for the minimum: TensorRT-LLM's heap of (tokens, requests, rank) pops the same
     // rank, and a handful of ranks fit in a cache line.
-    for (int32_t i : order) {
+    for (int32_t i : ordered(nullptr, tokens, candidates)) {
         int32_t best = -1;
         for (size_t r = 0; r < R; ++r) {
             if (count[r] >= expected) continue;
@@ -81,70 +186,91 @@ void adp_balance(const int64_t* tokens, const int32_t* candidates, int32_t k, co
         ++count[static_cast<size_t>(best)];
         ranks[i] = best;
     }
+    return expected;
 }
 
-void adp_kv_route(const int64_t* tokens, const int64_t* request_ids, const int64_t* fingerprints,
-                  const int32_t* candidates, int32_t k, MatchView match, const int64_t* rank_tokens,
-                  const int64_t* rank_requests, int32_t num_ranks, int64_t expected, double weight, double threshold,
-                  int32_t* ranks) {
-    const std::vector<int32_t> order = sorted_by(candidates, k, fingerprints, tokens, /*key2_descending=*/true);
-    const size_t R = static_cast<size_t>(num_ranks);
-    std::vector<double> load(R);
-    std::vector<int64_t> count(rank_requests, rank_requests + R);
+int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids, Span<const int64_t> fingerprints,
+                     const Span<const int32_t>* candidates, MatchView match, Span<const int64_t> rank_tokens,
+                     Span<const int64_t> rank_requests, int64_t max_active, double fair_share_multiplier, double weight,
+                     double threshold, Span<int32_t> ranks) {
+    check_tokens(tokens);
+    if (request_ids.size != tokens.size || fingerprints.size != tokens.size)
+        fail_input("request_ids and fingerprints: expected one entry per request");
+    check_candidates(candidates, tokens.size);
+    check_rank_arrays(rank_tokens, rank_requests);
+    if (match.num_ranks != rank_tokens.size || match.num_requests != tokens.size)
+        fail_input("match: expected shape (ranks, requests) = (" + std::to_string(rank_tokens.size) + ", " +
+                   std::to_string(tokens.size) + ")");
+    check_token_counts(tokens, rank_tokens, 53);
+    check_counts(rank_requests, max_active);
+    check_finite(fair_share_multiplier, "fair_share_multiplier");
+    check_finite(weight, "weight");  // the no-affinity shortcut below needs a score that never falls as the load grows
+    check_finite(threshold, "threshold");
+    check_out(ranks, tokens.size);
+    const int64_t expected =
+        expected_count(rank_requests, candidates ? candidates->size : tokens.size, fair_share_multiplier, max_active);
+
+    const std::vector<int32_t> order = ordered(fingerprints.data, tokens, candidates);
+    // The eligible ranks, their load and request count side by side (the scans read them in a row).
     std::vector<int32_t> eligible;
-    std::vector<double> score(R);
-    for (size_t r = 0; r < R; ++r) {
-        load[r] = static_cast<double>(rank_tokens[r]);
-        if (count[r] < expected) eligible.push_back(static_cast<int32_t>(r));
+    std::vector<double> load;
+    std::vector<int64_t> count;
+    eligible.reserve(static_cast<size_t>(rank_tokens.size)), load.reserve(eligible.capacity()), count.reserve(eligible.capacity());
+    for (int32_t r = 0; r < rank_tokens.size; ++r) {
+        if (rank_requests[r] >= expected) continue;
+        eligible.push_back(r);
+        load.push_back(static_cast<double>(rank_tokens[r]));
+        count.push_back(rank_requests[r]);
     }
-    // Token counts are integers below 2**53 (the binding checks), so every sum of them is exact in a
-    // double in any order: the eligible total is kept up to date instead of re-added per request.
+    std::vector<double> score(eligible.size());
+    // Every sum of token counts is exact (checked above): the eligible total is kept up to date
+    // instead of re-added per request.
     double total = 0.0;
-    for (int32_t r : eligible) total += load[static_cast<size_t>(r)];
-    auto tie_first = [&](int32_t i, int32_t a, int32_t b) {  // a before b among exact ties
-        return adp_tie_priority(request_ids[i], a) < adp_tie_priority(request_ids[i], b);
+    for (double l : load) total += l;
+    auto tie_first = [&](int32_t i, size_t a, size_t b) {  // eligible[a] before eligible[b] among exact ties
+        return adp_tie_priority(request_ids[i], eligible[a]) < adp_tie_priority(request_ids[i], eligible[b]);
     };
     for (int32_t i : order) {
-        if (eligible.empty()) break;
-        const int64_t t = tokens[i];
-        int64_t best_match = 0;
-        for (int32_t r : eligible) best_match = std::max(best_match, match(r, i));
-        const double denom = std::max(total, static_cast<double>(t));
-        const bool affinity = static_cast<double>(best_match) / static_cast<double>(std::max<int64_t>(t, 1)) > threshold;
         const size_t e = eligible.size();
+        if (e == 0) break;
+        const int64_t t = tokens[i];
+        // Most requests match on no rank at all: an OR over every rank's match (independent loads,
+        // no branch) spares them the per-eligible-rank maximum and the division.
+        const int64_t* column = match.data + i * match.request_stride;
+        int64_t any = 0;
+        for (int64_t r = 0; r < match.num_ranks; ++r) any |= column[r * match.rank_stride];
+        int64_t best_match = 0;
+        if (any != 0)
+            for (size_t j = 0; j < e; ++j) best_match = std::max(best_match, match(eligible[j], i));
+        // (threshold >= 0: no match, no affinity)
+        const bool affinity = best_match > 0 && static_cast<double>(best_match) / static_cast<double>(t) > threshold;
         size_t bj = 0;
         if (!affinity) {
             // score = t + weight * (load / denom * t) never decreases as the load grows (weight >= 0,
             // rounding is monotone), and exact ties go to the lower load: the least loaded rank wins.
-            for (size_t j = 1; j < e; ++j) {
-                const double l = load[static_cast<size_t>(eligible[j])], bl = load[static_cast<size_t>(eligible[bj])];
-                if (l < bl || (l == bl && tie_first(i, eligible[j], eligible[bj]))) bj = j;
-            }
+            for (size_t j = 1; j < e; ++j)
+                if (load[j] < load[bj] || (load[j] == load[bj] && tie_first(i, j, bj))) bj = j;
         } else {
-            for (size_t j = 0; j < e; ++j) {  // scores first: the divisions pipeline
-                const int32_t r = eligible[j];
-                score[j] = static_cast<double>(t - match(r, i)) +
-                           weight * (load[static_cast<size_t>(r)] / denom * static_cast<double>(t));
-            }
-            for (size_t j = 1; j < e; ++j) {
-                const double l = load[static_cast<size_t>(eligible[j])], bl = load[static_cast<size_t>(eligible[bj])];
+            const double denom = std::max(total, static_cast<double>(t));
+            for (size_t j = 0; j < e; ++j)  // scores first: the divisions pipeline
+                score[j] = static_cast<double>(t - match(eligible[j], i)) + weight * (load[j] / denom * static_cast<double>(t));
+            for (size_t j = 1; j < e; ++j)
                 if (score[j] < score[bj] ||
-                    (score[j] == score[bj] && (l < bl || (l == bl && tie_first(i, eligible[j], eligible[bj])))))
+                    (score[j] == score[bj] && (load[j] < load[bj] || (load[j] == load[bj] && tie_first(i, j, bj)))))
                     bj = j;
-            }
         }
         const int32_t best = eligible[bj];
-        const size_t b = static_cast<size_t>(best);
         ranks[i] = best;
-        ++count[b];
         const double added = static_cast<double>(std::max<int64_t>(t - match(best, i), 0));
-        load[b] += added;
+        load[bj] += added;
         total += added;
-        if (count[b] >= expected) {
-            eligible.erase(eligible.begin() + static_cast<std::ptrdiff_t>(bj));
-            total -= load[b];
+        if (++count[bj] >= expected) {
+            total -= load[bj];
+            const auto at = static_cast<std::ptrdiff_t>(bj);
+            eligible.erase(eligible.begin() + at), load.erase(load.begin() + at), count.erase(count.begin() + at);
         }
     }
+    return expected;
 }
 
 }  // namespace tllm

@@ -238,33 +238,62 @@ def test_bad_inputs_are_refused():
 
 
 def test_the_cpp_kernels_check_their_inputs():
+    """The core checks every value (ext/adp_router.cpp); the bindings only convert (dtype, None)."""
     from tllm_sched import _core
 
     tok, r0 = np.array([5, 6], dtype=np.int64), np.full(2, -1, dtype=np.int32)
     one = np.zeros(1, dtype=np.int64)
-    with pytest.raises(ValueError, match="listed twice"):
-        _core.adp_balance(tok, np.array([1, 1], dtype=np.int32), one, one, 3, r0)
-    with pytest.raises(ValueError, match="is not a request"):
-        _core.adp_balance(tok, np.array([2], dtype=np.int32), one, one, 3, r0)
-    with pytest.raises(TypeError, match="dtype int32"):
-        _core.adp_balance(tok, np.array([0], dtype=np.int64), one, one, 3, r0)
-    with pytest.raises(ValueError, match="one entry per rank"):
-        _core.adp_balance(tok, np.array([0], dtype=np.int32), one, np.zeros(2, dtype=np.int64), 3, r0)
-    with pytest.raises(ValueError, match="one entry per request"):
-        _core.adp_balance(tok, None, one, one, 3, r0[:1])
-    with pytest.raises(TypeError, match="int32 numpy array or None"):
-        _core.adp_balance(tok, [0], one, one, 3, None)
-    with pytest.raises(ValueError, match="start must be a rank"):
-        _core.adp_round_robin(tok, None, one, 3, 1, None)
-    assert _core.adp_balance(tok, None, one, one, 3, None).tolist() == [0, 0]
-    with pytest.raises(ValueError, match="at least one token"):
-        _core.adp_round_robin(np.array([5, 0], dtype=np.int64), None, one, 3, 0, None)
-    with pytest.raises(ValueError, match=r"expected shape \(ranks, requests\) = \(1, 2\)"):
-        _core.adp_kv_route(tok, tok, tok, np.array([0], dtype=np.int32), np.zeros((2, 2), dtype=np.int64), one, one,
-                           3, 1.0, 0.1, r0)
-    with pytest.raises(ValueError, match="at least one token"):
-        _core.adp_kv_route(np.array([5, 0], dtype=np.int64), tok, tok, np.array([0], dtype=np.int32),
-                           np.zeros((1, 2), dtype=np.int64), one, one, 3, 1.0, 0.1, r0)
+    c0 = np.array([0], dtype=np.int32)
+    m12 = np.zeros((1, 2), dtype=np.int64)
+    kv = lambda **kw: _core.adp_kv_route(*{**dict(  # noqa: E731
+        tokens=tok, request_ids=tok, fingerprints=tok, candidates=c0, match=m12, rank_tokens=one,
+        rank_requests=one, max_active=3, fair_share_multiplier=2.0, weight=1.0, threshold=0.1, ranks=r0), **kw}.values())
+    for call, message in [
+        (lambda: _core.adp_balance(tok, np.array([1, 1], dtype=np.int32), one, one, 3, r0), "request 1 is listed twice"),
+        (lambda: _core.adp_balance(tok, np.array([2], dtype=np.int32), one, one, 3, r0), "index 2 is not a request"),
+        (lambda: _core.adp_balance(tok, c0, one, np.zeros(2, dtype=np.int64), 3, r0), "one entry per rank"),
+        (lambda: _core.adp_balance(tok, None, one, one, 3, r0[:1]), "ranks: expected one entry per request"),
+        (lambda: _core.adp_balance(tok, None, one, one, 0, None), "max_active must be positive"),
+        (lambda: _core.adp_balance(tok, None, one, np.array([-1]), 3, None), "every count must be >= 0 and below"),
+        (lambda: _core.adp_round_robin(tok, None, one, 3, 1, None), "start must be a rank"),
+        (lambda: _core.adp_round_robin(tok, None, np.array([2**32]), 3, 0, None), "every count must be >= 0 and below"),
+        (lambda: _core.adp_round_robin(np.array([5, 0], dtype=np.int64), None, one, 3, 0, None), "at least one token"),
+        (lambda: kv(match=np.zeros((2, 2), dtype=np.int64)), r"expected shape \(ranks, requests\) = \(1, 2\)"),
+        (lambda: kv(tokens=np.array([5, 0], dtype=np.int64)), "at least one token"),
+        (lambda: kv(request_ids=one), "request_ids and fingerprints: expected one entry per request"),
+        (lambda: kv(rank_tokens=np.array([-1])), "rank_tokens: must be >= 0"),
+        (lambda: kv(rank_tokens=np.array([2**53])), "must sum to less than 2\\*\\*53"),
+        (lambda: kv(weight=float("nan")), "weight: must be a finite number >= 0"),
+        (lambda: kv(threshold=-0.5), "threshold: must be a finite number >= 0"),
+        (lambda: kv(fair_share_multiplier=float("inf")), "fair_share_multiplier: must be a finite number >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call()
+    for call, message in [  # conversion: the bindings' own refusals
+        (lambda: _core.adp_balance(tok, np.array([0], dtype=np.int64), one, one, 3, r0), "candidates: .*dtype int32"),
+        (lambda: _core.adp_balance(tok, [0], one, one, 3, None), "int32 numpy array or None"),
+        (lambda: kv(match=np.zeros((1, 2), dtype=np.int32)), "match: expected a numpy array of dtype int64"),
+    ]:
+        with pytest.raises(TypeError, match=message):
+            call()
+    ranks, expected = _core.adp_balance(tok, None, one, one, 3, None)
+    assert ranks.tolist() == [0, 0] and expected == 2  # min(max(ceil((0 + 2) / 1), 0), 3)
+    # a large multiplier aims above any cap: the cap
+    assert kv(fair_share_multiplier=1e300, candidates=None, ranks=None)[1] == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["round-robin", "load", "kv-aware"])
+def test_request_counts_too_large_are_refused_alike(backend, name):
+    # counts come from the gathered records, which allow any non-negative int64; both backends
+    # refuse what the C++ sums would not hold exactly, with one message
+    s = states([2**32, 0], [0, 0], matches=[[0], [0]], queue_len=1)
+    with pytest.raises(ValueError, match="rank_requests: every count must be >= 0 and below 2\\*\\*32"):
+        make_router(name, backend).route(s, new([8]), 4)
+    # the largest count allowed: round-robin deals from rank 0, which has room; the others go to the
+    # less loaded rank (load: expected min(max(ceil(2**32 / 2), 2**32 - 1), cap) = 2**32 - 1 keeps rank 0 out)
+    s = states([2**32 - 1, 0], [100, 0], matches=[[0], [0]], queue_len=1)
+    assert make_router(name, backend).route(s, new([8]), 2**40).ranks.tolist() == [0 if name == "round-robin" else 1]
 
 
 # ------------------------------------------------------------------------------------ hypothesis
@@ -322,3 +351,36 @@ def test_every_rank_routes_alike_in_any_order_with_either_backend(world_case, na
             before = strict_first[:strict_first.index(i)]
             took = sum(1 for j in before if nr.target_rank[j] == t and ranks[j] == t)
             assert active[t] + took >= max_active
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_orderings_of_tokens_too_wide_to_pack(backend):
+    # the C++ sorts packed keys (tokens above the position) while they fit in 64 bits, and a
+    # struct of keys beyond: the same order either way (2**62 needs 63 bits, 3 positions 2 more)
+    s = states([0, 0], [0, 0], matches=[[0] * 3, [0] * 3], queue_len=3)
+    tok = [5, 2**62, 7]
+    # round-robin deals the largest first from rank 0: 2**62 -> 0, 7 -> 1, 5 -> 0
+    assert route("round-robin", backend, s, new(tok), 8) == ([0, 0, 1], 8)
+    # load (sums below 2**62; 2**61 needs 62 bits, 4 positions 3 more): 2**61 -> rank 0, 7 and 6 to
+    # the emptier rank 1, which then has the expected ceil(4 / 2) = 2, so 5 -> rank 0
+    s4 = states([0, 0], [0, 0], matches=[[0] * 4, [0] * 4], queue_len=4)
+    assert route("load", backend, s4, new([5, 2**61, 7, 6]), 8) == ([0, 0, 1, 1], 2)
+    with pytest.raises(ValueError, match="they must sum to less than 2\\*\\*62"):
+        make_router("load", backend).route(s, new([2**61, 2**61, 1]), 8)
+    # KV (sums below 2**53): 2,048 requests need 12 position bits, a 2**52 prompt 53 token bits
+    n = 2048
+    s = states([0, 0], [0, 0], matches=[[0] * n, [0] * n], queue_len=n)
+    big = new([2**52] + [1] * (n - 1), fingerprint=[0] * n)
+    ranks = make_router("kv-aware", backend).route(s, big, 4096).ranks
+    # the big one first (to the tie winner of the two empty ranks); every 1-token request then goes
+    # to the other rank, lighter by far (2,047 of the cap of min(2 * 1,024, 4,096) = 2,048)
+    first = int(ranks[0])
+    assert (ranks[1:] == 1 - first).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_round_robin_with_the_largest_cap(backend):
+    # the ranks' room (cap - active) would overflow an int64 sum; the deal is as with any cap:
+    # largest first from rank 0, 9 -> 0, 7 -> 1, 5 -> 2, 3 -> 0
+    s = states([0, 1, 2], [0, 0, 0])
+    assert route("round-robin", backend, s, new([3, 9, 5, 7]), 2**63 - 1) == ([0, 0, 2, 1], 2**63 - 1)

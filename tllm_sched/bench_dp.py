@@ -9,8 +9,9 @@ With a trace: one replay per (router, context balancing) pair, side by side: the
 step (µs, and its share of each rank's scheduling work per step), collectives per step (exactly 1),
 the balance (mean over steps of mean over max of the ranks' tokens computed, TensorRT-LLM's ratio),
 each rank's reuse hit rate, and the totals. Without a trace: each router's cost with N ranks and
---dp-new new requests, interleaved with one scheduling step of 1,024 decoding requests (cpp backend),
-the cost it must stay under. Writes results.json, report.md and report.png (matplotlib) atomically.
+--dp-new new requests, interleaved with one scheduling step of 1,024 decoding requests (cpp backend,
+a running engine), the cost it must stay under; thread CPU and wall time of each. Writes
+results.json, report.md and report.png (matplotlib) atomically.
 """
 
 from __future__ import annotations
@@ -231,7 +232,8 @@ def cost_case(world: int, n: int, seed: int = 0) -> tuple:
 
     rng = np.random.default_rng(seed)
     ids = np.arange(10_000, 10_000 + n, dtype=np.int64)
-    new = NewRequests.make(ids, rng.integers(512, 16_385, n), fingerprint=rng.integers(0, 8, n))
+    groups = rng.integers(0, 2**63 - 1, 8, dtype=np.int64)  # fingerprints are 63-bit hashes of a prefix
+    new = NewRequests.make(ids, rng.integers(512, 16_385, n), fingerprint=groups[rng.integers(0, 8, n)])
     matches = np.zeros((world, n), dtype=np.int64)
     hit = np.flatnonzero(rng.random(n) < 1 / 3)
     for i in hit:
@@ -247,58 +249,82 @@ def cost_case(world: int, n: int, seed: int = 0) -> tuple:
     return gathered, parse_records(gathered, length=length, step=0), new
 
 
+_YARDSTICK = "decode step, 1,024 active (cpp)"
+
+
+def _timed(f) -> tuple:
+    """(wall ns, thread CPU ns) of one call, read as bench_workloads.SimState.schedule reads them."""
+    c0 = time.thread_time_ns()  # outside the wall-clock window: a thread clock read is a syscall
+    t0 = time.perf_counter_ns()
+    f()
+    t1 = time.perf_counter_ns()
+    c1 = time.thread_time_ns()
+    return t1 - t0, c1 - c0
+
+
 def run_router_cost(args) -> dict:
+    """Each router's cost per step, interleaved round by round with the yardstick: one scheduling
+    step of 1,024 decoding requests (cpp backend, GUARANTEED_NO_EVICT) of a running engine, each
+    step executed before the next (the `sched` time `tllm-sched bench` reports for the decode
+    workload at 1,024 active), all timed alike: wall clock and thread CPU time around one call."""
     from tllm_sched.attention_dp import ContextBalance, ContextBalancer, make_router
     from tllm_sched.attention_dp.rank_state import parse_records
     from tllm_sched.bench_workloads import build_synthetic_state
 
     world, n, reps = args.dp_ranks, args.dp_new, args.dp_repeats
     gathered, states, new = cost_case(world, n, args.seed or 0)
-    step = build_synthetic_state("decode", "GUARANTEED_NO_EVICT", 1024, "cpp")
+    engine = build_synthetic_state("decode", "GUARANTEED_NO_EVICT", 1024, "cpp", steps=reps + 1)  # none finishes
     balancer = ContextBalancer(ContextBalance(), max_batch_size=1024)
     cap = max(256, int(states.active_requests.max()) + n)
-    calls = {"decode step, 1,024 active (cpp)": lambda: step.scheduler.schedule(step.active),
-             "parse records": lambda: parse_records(gathered, length=gathered.shape[1], step=0),
+    calls = {"parse records": lambda: parse_records(gathered, length=gathered.shape[1], step=0),
              "context balance": lambda: balancer.run_contexts(states.context, states.generation)}
     for name in ("round-robin", "load", "kv-aware"):
         for backend in (("cpp",) if name == "round-robin" else ("cpp", "python")):
-            router = make_router(name) if name == "round-robin" else make_router(name, backend)
+            router = make_router(name, backend)
             reps_b = reps if backend == "cpp" else max(20, reps // 20)
             calls[f"router {name} ({backend})"] = (lambda r=router: r.route(states, new, cap), reps_b)
-    samples: Dict[str, list] = {k: [] for k in calls}
     plan = {k: (v if isinstance(v, tuple) else (v, reps)) for k, v in calls.items()}
+    wall: Dict[str, list] = {k: [] for k in [_YARDSTICK, *plan]}
+    cpu: Dict[str, list] = {k: [] for k in wall}
     for f, _ in plan.values():
         f()  # warm up
     t0 = time.perf_counter()
     for i in range(reps):  # interleaved: machine drift hits every contender alike
+        step = engine.step()  # its schedule timed inside, its execution not
+        wall[_YARDSTICK].append(step.sched_ns)
+        cpu[_YARDSTICK].append(step.cpu_ns)
         for k, (f, k_reps) in plan.items():
-            if i % max(1, reps // k_reps) or len(samples[k]) >= k_reps:
+            if i % max(1, reps // k_reps) or len(wall[k]) >= k_reps:
                 continue
-            a = time.perf_counter_ns()
-            f()
-            samples[k].append(time.perf_counter_ns() - a)
-    ref = float(np.median(samples["decode step, 1,024 active (cpp)"])) / 1e3
+            w, c = _timed(f)
+            wall[k].append(w)
+            cpu[k].append(c)
+    us = lambda ns: np.array(ns, dtype=np.int64) / 1e3  # noqa: E731
+    ref = float(np.median(us(cpu[_YARDSTICK])))
     results = []
-    for k, ns in samples.items():
-        a = np.array(ns, dtype=np.int64)
-        med = float(np.median(a)) / 1e3
-        results.append(dict(name=k, calls=int(a.size), median_us=med, mean_us=float(a.mean()) / 1e3,
-                            p99_us=float(np.percentile(a, 99)) / 1e3, ratio_to_decode_step=med / ref))
+    for k in wall:
+        w, c = us(wall[k]), us(cpu[k])
+        results.append(dict(name=k, calls=int(w.size), median_us=float(np.median(w)), mean_us=float(w.mean()),
+                            p99_us=float(np.percentile(w, 99)), cpu_median_us=float(np.median(c)),
+                            cpu_mean_us=float(c.mean()), cpu_p99_us=float(np.percentile(c, 99)),
+                            ratio_to_decode_step=float(np.median(c)) / ref))
     notes = [f"{world} ranks, {n} new requests per step (prompts 512-16,384 tokens, 8 prefix groups, a third "
              f"cached on one or two ranks), per-rank cap {cap}; {reps} rounds interleaved, python backends timed "
              f"on every {max(1, reps // max(20, reps // 20))}th; wall time {time.perf_counter() - t0:.1f} s",
-             "ratio: median over the median of one scheduling step of 1,024 decoding requests (cpp backend, "
-             "GUARANTEED_NO_EVICT), the cost a router step must stay under"]
+             "yardstick: one scheduling step of 1,024 decoding requests (cpp backend, GUARANTEED_NO_EVICT) of a "
+             "running engine, executed between rounds: the sched time `tllm-sched bench` reports for the decode "
+             "workload at 1,024 active; every row is timed alike around one call (wall clock, thread CPU time)",
+             "x decode step: thread CPU median over the yardstick's thread CPU median (the bar: <= 1)"]
     return dict(format=FORMAT, kind="dp-router-cost", created=report.now_iso(), machine=report.machine_info(),
                 config=dict(dp_ranks=world, new_requests=n, repeats=reps, seed=args.seed or 0, cap=cap),
                 notes=notes, results=results)
 
 
 def format_cost_table(results: List[dict]) -> str:
-    rows = [("what", "calls", "median us", "mean us", "p99 us", "x decode step")]
+    rows = [("what", "calls", "cpu med us", "cpu mean", "cpu p99", "wall med us", "wall p99", "x decode step")]
     for r in results:
-        rows.append((r["name"], str(r["calls"]), _f(r["median_us"]), _f(r["mean_us"]), _f(r["p99_us"]),
-                     _f(r["ratio_to_decode_step"], ".2f")))
+        rows.append((r["name"], str(r["calls"]), _f(r["cpu_median_us"]), _f(r["cpu_mean_us"]), _f(r["cpu_p99_us"]),
+                     _f(r["median_us"]), _f(r["p99_us"]), _f(r["ratio_to_decode_step"], ".2f")))
     return _text_table(rows, left=1)
 
 
@@ -348,10 +374,12 @@ def _markdown(doc: dict, drawn: bool) -> str:
                          f"{_f(r['latency_mean_s'], '.2f')} / {_f(r['latency_p99_s'], '.2f')} | "
                          f"{r['requests_done']:,} | {r['simulated_s']:.0f} |")
     else:
-        lines += ["| what | calls | median µs | mean µs | p99 µs | × decode step |", "|---|" + "---:|" * 5]
+        lines += ["| what | calls | CPU µs median | CPU mean | CPU p99 | wall µs median | wall mean | wall p99 | "
+                  "× decode step (CPU) |", "|---|" + "---:|" * 8]
         for r in doc["results"]:
-            lines.append(f"| {r['name']} | {r['calls']} | {_f(r['median_us'])} | {_f(r['mean_us'])} | "
-                         f"{_f(r['p99_us'])} | {_f(r['ratio_to_decode_step'], '.2f')} |")
+            lines.append(f"| {r['name']} | {r['calls']} | {_f(r['cpu_median_us'])} | {_f(r['cpu_mean_us'])} | "
+                         f"{_f(r['cpu_p99_us'])} | {_f(r['median_us'])} | {_f(r['mean_us'])} | {_f(r['p99_us'])} | "
+                         f"{_f(r['ratio_to_decode_step'], '.2f')} |")
     return "\n".join(lines + [""] + report.markdown_tail(doc, drawn))
 
 
@@ -388,10 +416,10 @@ def _plot(doc: dict, path: str) -> bool:
     else:
         fig, ax = plt.subplots(figsize=(10, 5))
         names = [r["name"] for r in res]
-        ax.barh(names, [r["median_us"] for r in res], xerr=None)
-        ref = next(r["median_us"] for r in res if r["name"].startswith("decode step"))
+        ax.barh(names, [r["cpu_median_us"] for r in res], xerr=None)
+        ref = next(r["cpu_median_us"] for r in res if r["name"] == _YARDSTICK)
         ax.axvline(ref, color="red", linestyle=":", label="one decode step, 1,024 active (cpp)")
-        ax.set(xscale="log", xlabel="µs (median)", title=f"router cost: {doc['config']['dp_ranks']} ranks, "
+        ax.set(xscale="log", xlabel="thread CPU µs (median)", title=f"router cost: {doc['config']['dp_ranks']} ranks, "
                f"{doc['config']['new_requests']} new requests")
         ax.legend()
     fig.tight_layout()

@@ -14,9 +14,11 @@ Routers (`make_router(name)`):
   - "kv-aware": KVCacheAwareADPRouter: each request goes to the rank that minimises its uncached
     tokens (prompt minus the prefix that rank's reuse tree holds) plus a load penalty.
 
-Target admission and the caps are array math here; the greedy loops, where each choice depends on
-the one before (and their orderings), run in one C++ call per step (backend "cpp", the default) or
-in plain Python (backend "python", the readable reference; the tests hold both to the same answers).
+Target admission is array math here; the ordering, the per-rank cap and the greedy loop, where each
+choice depends on the one before, run in one C++ call per step (backend "cpp", the default; numpy
+would cost more than the whole call, design.md) or in plain Python as TensorRT-LLM writes them
+(backend "python", the deliberately naive reference; the tests hold both to the same answers and
+the same refusals).
 """
 
 from __future__ import annotations
@@ -127,14 +129,15 @@ class ADPRouter:
         describe). Raises ValueError for a target rank outside the world or a wrong queue length."""
         if max_num_active_requests <= 0:
             raise ValueError(f"max_num_active_requests must be positive, got {max_num_active_requests}")
-        if self.needs_prefix_matches and len(new) != states.queue_len:
+        if self.needs_prefix_matches and new.request_id.size != states.queue_len:
             raise ValueError(f"{len(new)} new requests but the gathered records describe a queue head of "
                              f"{states.queue_len}")
-        world = states.world_size
-        if new.target_rank is not None and new.target_rank.size:
-            bad = (new.target_rank < -1) | (new.target_rank >= world)
+        target = new.target_rank
+        if target is not None and target.size:
+            world = states.world_size
+            bad = (target < -1) | (target >= world)
             if bad.any():
-                raise ValueError(f"target rank {int(new.target_rank[bad.argmax()])} is not a rank of {world}")
+                raise ValueError(f"target rank {int(target[bad.argmax()])} is not a rank of {world}")
         return self._route(states, new, max_num_active_requests)
 
     def _route(self, states: RankStates, new: NewRequests, max_active: int) -> Routing:
@@ -146,6 +149,8 @@ class ADPRouter:
         that name a target rank go there while it has fewer than `max_active` requests. Returns
         (ranks: int32 with -1 where not placed, or None when nothing was; active counts after;
         the other requests' indices in order as int32, or None for all of them in queue order)."""
+        if new.target_rank is None and new.strict is None:  # the common case, first
+            return None, active, None
         order = None if new.strict is None or not new.strict.any() else np.argsort(~new.strict, kind="stable").astype(np.int32)
         if new.target_rank is None or not (new.target_rank >= 0).any():
             return None, active, order
@@ -173,12 +178,12 @@ class RoundRobinRouter(ADPRouter):
 
     def __init__(self, backend: str = "cpp"):
         self.backend = _backend(backend)
+        self._loop = _core.adp_round_robin if backend == "cpp" else _round_robin_python
         self._next = 0  # the rank the next request goes to; evolves identically on every rank
 
     def _route(self, states, new, max_active):
         ranks, active, rest = self._targets(new, states.active_requests, max_active)
-        args = (new.num_tokens, rest, active, max_active, self._next, ranks)
-        ranks, self._next = _core.adp_round_robin(*args) if self.backend == "cpp" else _round_robin_python(*args)
+        ranks, self._next = self._loop(new.num_tokens, rest, active, max_active, self._next, ranks)
         return Routing(ranks, max_active)
 
 
@@ -192,15 +197,11 @@ class LoadBalancedRouter(ADPRouter):
 
     def __init__(self, backend: str = "cpp"):
         self.backend = _backend(backend)
+        self._loop = _core.adp_balance if backend == "cpp" else _balance_python
 
     def _route(self, states, new, max_active):
         ranks, active, rest = self._targets(new, states.active_requests, max_active)
-        n_rest = len(new) if rest is None else rest.size
-        counts = active.tolist()  # a handful of ranks: plain Python beats two numpy reductions
-        expected = min(max(-(-(sum(counts) + n_rest) // states.world_size), max(counts)), max_active)
-        args = (new.num_tokens, rest, states.active_tokens, active, expected, ranks)
-        ranks = _core.adp_balance(*args) if self.backend == "cpp" else _balance_python(*args)
-        return Routing(ranks, expected)
+        return Routing(*self._loop(new.num_tokens, rest, states.active_tokens, active, max_active, ranks))
 
 
 class KVCacheAwareRouter(ADPRouter):
@@ -223,6 +224,7 @@ class KVCacheAwareRouter(ADPRouter):
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
         self.backend = _backend(backend)
+        self._loop = _core.adp_kv_route if backend == "cpp" else _kv_route_python
         self.load_balance_weight = float(load_balance_weight)
         self.match_rate_threshold = float(match_rate_threshold)
         self.fair_share_multiplier = float(fair_share_multiplier)
@@ -234,15 +236,10 @@ class KVCacheAwareRouter(ADPRouter):
             hit = np.flatnonzero(ranks >= 0)
             load = load.copy()
             np.add.at(load, ranks[hit], np.maximum(new.num_tokens[hit] - match[ranks[hit], hit], 0))
-        n_rest = len(new) if rest is None else rest.size
-        counts = active.tolist()
-        fair = -(-(sum(counts) + n_rest) // states.world_size)
-        expected = min(max(math.ceil(self.fair_share_multiplier * fair), max(counts)), max_active)
-        fingerprint = new.fingerprint if new.fingerprint is not None else np.zeros(len(new), dtype=np.int64)
-        args = (new.num_tokens, new.request_id, fingerprint, rest, match, load, active, expected,
-                self.load_balance_weight, self.match_rate_threshold, ranks)
-        ranks = _core.adp_kv_route(*args) if self.backend == "cpp" else _kv_route_python(*args)
-        return Routing(ranks, expected)
+        fingerprint = new.fingerprint if new.fingerprint is not None else np.zeros(new.request_id.size, dtype=np.int64)
+        return Routing(*self._loop(new.num_tokens, new.request_id, fingerprint, rest, match, load, active, max_active,
+                                   self.fair_share_multiplier, self.load_balance_weight, self.match_rate_threshold,
+                                   ranks))
 
 
 def _backend(backend: str) -> str:
@@ -276,8 +273,31 @@ def _initial(ranks, n: int) -> np.ndarray:
     return np.full(n, -1, dtype=np.int32) if ranks is None else ranks.copy()
 
 
+def _check_counts(rank_requests) -> list:
+    counts = rank_requests.tolist()
+    if any(q < 0 or q >= 2**32 for q in counts):
+        raise ValueError("rank_requests: every count must be >= 0 and below 2**32")
+    return counts
+
+
+def _check_token_counts(tokens, rank_tokens, log2_limit: int) -> None:
+    if tokens.size and int(tokens.min()) <= 0:
+        raise ValueError("tokens: every request needs at least one token")
+    if int(rank_tokens.min()) < 0:
+        raise ValueError("rank_tokens: must be >= 0")
+    if sum(tokens.tolist()) + sum(rank_tokens.tolist()) >= 2**log2_limit:  # python ints: no overflow
+        raise ValueError(f"token counts too large: they must sum to less than 2**{log2_limit}")
+
+
+def _expected(counts: list, k: int, multiplier: float, max_active: int) -> int:
+    """TensorRT-LLM's expected_num_active_requests: k requests to place over the ranks' counts."""
+    fair = -(-(sum(counts) + k) // len(counts))
+    return min(max(math.ceil(multiplier * fair), max(counts)), max_active)
+
+
 def _round_robin_python(tokens, candidates, rank_requests, max_active, start, ranks) -> tuple:
     """adp_round_robin in Python: deal largest first, skipping full ranks."""
+    _check_counts(rank_requests)
     room = [max(max_active - q, 0) for q in rank_requests.tolist()]
     out, tok, turn, world = _initial(ranks, tokens.size), tokens.tolist(), start, len(room)
     for i in sorted(_candidates(candidates, tokens.size), key=lambda i: tok[i], reverse=True):
@@ -291,30 +311,30 @@ def _round_robin_python(tokens, candidates, rank_requests, max_active, start, ra
     return out, turn
 
 
-def _balance_python(tokens, candidates, rank_tokens, rank_requests, expected, ranks) -> np.ndarray:
+def _balance_python(tokens, candidates, rank_tokens, rank_requests, max_active, ranks) -> tuple:
     """adp_balance in Python: TensorRT-LLM's heap of (tokens, requests, rank)."""
+    _check_token_counts(tokens, rank_tokens, 62)
+    cand = _candidates(candidates, tokens.size)
+    expected = _expected(_check_counts(rank_requests), len(cand), 1.0, max_active)
     heap = [(t, q, r) for r, (t, q) in enumerate(zip(rank_tokens.tolist(), rank_requests.tolist())) if q < expected]
     heapq.heapify(heap)
     out, tok = _initial(ranks, tokens.size), tokens.tolist()
-    for i in sorted(_candidates(candidates, tokens.size), key=lambda i: tok[i], reverse=True):
+    for i in sorted(cand, key=lambda i: tok[i], reverse=True):
         if not heap:
             break
         t, q, r = heapq.heappop(heap)
         out[i] = r
         if q + 1 < expected:
             heapq.heappush(heap, (t + tok[i], q + 1, r))
-    return out
+    return out, expected
 
 
-def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_tokens, rank_requests, expected,
-                     weight, threshold, ranks) -> np.ndarray:
+def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_tokens, rank_requests, max_active,
+                     fair_share_multiplier, weight, threshold, ranks) -> tuple:
     """adp_kv_route in Python: TensorRT-LLM's scoring loop, ties broken by `tie_priorities`."""
-    if tokens.size and int(tokens.min()) <= 0:
-        raise ValueError("tokens: every request needs at least one token")
-    if int(rank_tokens.min()) < 0:
-        raise ValueError("rank_tokens: must be >= 0")
-    if int(tokens.sum()) + int(rank_tokens.sum()) >= 2**53:  # (python ints: no overflow)
-        raise ValueError("token counts too large: they must sum to less than 2**53")
+    _check_token_counts(tokens, rank_tokens, 53)
+    cand = _candidates(candidates, tokens.size)
+    expected = _expected(_check_counts(rank_requests), len(cand), fair_share_multiplier, max_active)
     world = rank_tokens.size
     load = [float(t) for t in rank_tokens.tolist()]
     count = rank_requests.tolist()
@@ -322,7 +342,7 @@ def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_
     match, tie = match.T.tolist(), tie_priorities(request_ids, world).tolist()
     tok, fp = tokens.tolist(), fingerprints.tolist()
     out = _initial(ranks, tokens.size)
-    for i in sorted(_candidates(candidates, tokens.size), key=lambda i: (fp[i], -tok[i])):
+    for i in sorted(cand, key=lambda i: (fp[i], -tok[i])):
         if not eligible:
             break
         t, m, p = tok[i], match[i], tie[i]
@@ -335,4 +355,4 @@ def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_
         load[best] += max(t - m[best], 0)
         if count[best] >= expected:
             eligible.remove(best)
-    return out
+    return out, expected

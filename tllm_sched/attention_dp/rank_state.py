@@ -135,6 +135,7 @@ class RankStates:
     queue_len: int
     records: np.ndarray  # the gathered (world_size, length) array
     fields: np.ndarray  # (HEADER_LEN, world_size): the headers, one contiguous row per Field
+    matches: np.ndarray  # (world_size, queue_len) match lengths (a view of `records`; zeros without match slots)
 
     @property
     def world_size(self) -> int:
@@ -143,20 +144,13 @@ class RankStates:
     def column(self, field: Field) -> np.ndarray:
         return self.fields[field]
 
-    active_requests = property(lambda self: self.fields[Field.ACTIVE_REQUESTS])
-    active_tokens = property(lambda self: self.fields[Field.ACTIVE_TOKENS])
-    uncached_tokens = property(lambda self: self.fields[Field.UNCACHED_TOKENS])
-    context = property(lambda self: self.fields[Field.CONTEXT])
-    generation = property(lambda self: self.fields[Field.GENERATION])
-    last_tokens = property(lambda self: self.fields[Field.LAST_TOKENS])
-
-    @property
-    def matches(self) -> np.ndarray:
-        """(world_size, queue_len): match length of each queued request on each rank (zeros when
-        the records carry no match slots)."""
-        if self.records.shape[1] == HEADER_LEN:
-            return np.zeros((self.world_size, self.queue_len), dtype=np.int64)
-        return self.records[:, HEADER_LEN:HEADER_LEN + self.queue_len]
+    # (int indices bound once: indexing with an IntEnum costs a conversion on every access)
+    active_requests = property(lambda self, i=int(Field.ACTIVE_REQUESTS): self.fields[i])
+    active_tokens = property(lambda self, i=int(Field.ACTIVE_TOKENS): self.fields[i])
+    uncached_tokens = property(lambda self, i=int(Field.UNCACHED_TOKENS): self.fields[i])
+    context = property(lambda self, i=int(Field.CONTEXT): self.fields[i])
+    generation = property(lambda self, i=int(Field.GENERATION): self.fields[i])
+    last_tokens = property(lambda self, i=int(Field.LAST_TOKENS): self.fields[i])
 
 
 def parse_records(gathered: np.ndarray, *, length: int, step: int) -> RankStates:
@@ -180,7 +174,11 @@ def parse_records(gathered: np.ndarray, *, length: int, step: int) -> RankStates
         _refuse(gathered, length, step)
     fields = head.T.copy()
     fields.flags.writeable = False
-    return RankStates(step, queue_len, gathered, fields)
+    if length == HEADER_LEN:
+        matches = np.zeros((gathered.shape[0], queue_len), dtype=np.int64)
+    else:
+        matches = gathered[:, HEADER_LEN:HEADER_LEN + queue_len]
+    return RankStates(step, queue_len, gathered, fields, matches)
 
 
 _HEADS: dict = {}
