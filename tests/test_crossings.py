@@ -11,7 +11,9 @@ Each expected count is the list of calls the batched Python scheduler makes, wri
     (without reuse or PEFT: `get_remaining_blocks_to_completion_sum` for the running
     generations, the batch form for the contexts only; free blocks are read from a zero-copy
     view), block reuse adds `find_new_context_block_batch` (step A's keys with the first
-    window's; a second window if admission gets past the first), PEFT adds
+    window's; a second window if admission gets past the first) except on the split path (running
+    generations and contexts, no PEFT), where pass 2 with its keys is one `no_evict_admit_contexts`
+    in place of the remaining-blocks questions, PEFT adds
     `determine_num_pages_batch`, and chunked prefill commits chunk sizes and draft discards with
     one `set_context_chunk_sizes`;
   - each MAX_UTILIZATION pause adds one `scheduling_remove_sequence`.
@@ -101,11 +103,10 @@ MIXED = {
     "gne-split": ("GUARANTEED_NO_EVICT", False, False, 3, 100, 4, 2),
     # MU: slots, start_scheduling, get_needed_blocks_one_step_sum, set_context_chunk_sizes.
     "mu-split": ("MAX_UTILIZATION", False, False, 3, 100, 4, 2),
-    # GNE split with block reuse: slots, remaining_batch (generations and contexts in one call),
-    # find_new_context_block_batch (the first window's keys, with step A's if any context were in
-    # progress), set_context_chunk_sizes. The three contexts share a prompt: the first claims its
-    # first new block's key, the other two wait for it (skipped).
-    "gne-split-reuse": ("GUARANTEED_NO_EVICT", True, False, 3, 100, 4, 1),
+    # GNE split with block reuse: slots, no_evict_admit_contexts (pass 2 with its keys and claims,
+    # one C++ call whatever the number of contexts), set_context_chunk_sizes. The three contexts
+    # share a prompt: the first claims its first new block's key, the other two wait for it (skipped).
+    "gne-split-reuse": ("GUARANTEED_NO_EVICT", True, False, 3, 100, 3, 1),
 }
 
 
@@ -236,13 +237,19 @@ def test_the_fused_cpp_backend_is_one_call():
     assert s.last_step_crossings == 1
 
 
-@pytest.mark.parametrize("policy", ["GUARANTEED_NO_EVICT", "MAX_UTILIZATION"])
-def test_key_windows_stay_within_the_budget(policy, monkeypatch):
+# (policy, PEFT): expected crossings, written out in the test's docstring.
+KEY_WINDOW_CASES = {("GUARANTEED_NO_EVICT", True): 8, ("MAX_UTILIZATION", False): 8, ("GUARANTEED_NO_EVICT", False): 3}
+
+
+@pytest.mark.parametrize("policy,peft", KEY_WINDOW_CASES)
+def test_key_windows_stay_within_the_budget(policy, peft, monkeypatch):
     """Skipping lets admission past window after window. With windows of two keys (the
     thresholds lowered), the key questions a step can afford run out and the last one takes the
-    rest of the list: 8 crossings (GNE: slots, remaining_batch, 5 key windows,
-    set_context_chunk_sizes; MU: slots, start_scheduling, needed_batch, 4 key windows,
-    set_context_chunk_sizes), and the decisions of cpp."""
+    rest of the list: 8 crossings (GNE with PEFT, the general path: slots, remaining_batch,
+    determine_num_pages_batch, 4 key windows, set_context_chunk_sizes; MU: slots,
+    start_scheduling, needed_batch, 4 key windows, set_context_chunk_sizes), and the decisions of
+    cpp. GNE's split path (no PEFT) asks no window: slots, no_evict_admit_contexts,
+    set_context_chunk_sizes."""
     from tllm_sched.policies import reuse_skipping
 
     monkeypatch.setattr(reuse_skipping, "WINDOW_CAP", 2)
@@ -251,12 +258,12 @@ def test_key_windows_stay_within_the_budget(policy, monkeypatch):
     decided = {}
     for backend in ("cpp", "python"):
         # Pairs share a prompt: the second of each pair waits for the first.
-        s, lst = _decoding(n, policy, backend, reuse=True, chunking=chunking, contexts=contexts, budget=n + 10_000,
-                           prompt=lambda j: np.full(64, 1000 + j // 2, dtype=np.int32))
+        s, lst = _decoding(n, policy, backend, reuse=True, peft=peft, chunking=chunking, contexts=contexts,
+                           budget=n + 10_000, prompt=lambda j: np.full(64, 1000 + j // 2, dtype=np.int32))
         t = lst.table
         out = s.schedule(lst)
-        decided[backend] = (t.request_ids(out.context).tolist(), t.request_ids(out.generation).tolist())
+        decided[backend] = (t.request_ids(out.context).tolist(), sorted(t.request_ids(out.generation).tolist()))
         if backend == "python":
-            assert s.last_step_crossings == 8
+            assert s.last_step_crossings == KEY_WINDOW_CASES[policy, peft]
     assert decided["python"] == decided["cpp"]
     assert decided["cpp"][0] == list(range(n, n + contexts, 2))

@@ -30,7 +30,8 @@ class PyCapacityScheduler:
     def __init__(self, cols: dict, table, max_num_requests: int, policy: str, kv_cache_manager=None,
                  peft_cache_manager=None, cross_kv_cache_manager=None, two_steps_look_ahead: bool = False,
                  no_schedule_until_state: int = CONTEXT_INIT, no_schedule_after_state: int = GEN_COMPLETE,
-                 reuse: bool = False, max_device_pages: Optional[int] = None):
+                 reuse: bool = False, max_device_pages: Optional[int] = None, counter=None):
+        """The managers may be counting proxies; `counter` counts the module-level C++ calls too."""
         if max_num_requests <= 0:
             raise ValueError(f"max_num_requests must be positive, got {max_num_requests}")
         entry = resolve_capacity_policy(policy, kv_cache_manager is not None)
@@ -39,7 +40,7 @@ class PyCapacityScheduler:
             cols, kv=kv_cache_manager, cross_kv=cross_kv_cache_manager, peft=peft_cache_manager, table=table,
             max_num_requests=max_num_requests, two_steps_look_ahead=two_steps_look_ahead,
             no_schedule_until_state=no_schedule_until_state, no_schedule_after_state=no_schedule_after_state,
-            reuse=reuse, max_device_pages=max_device_pages,
+            reuse=reuse, max_device_pages=max_device_pages, counter=counter,
         )
 
     def schedule(self, slots: np.ndarray):

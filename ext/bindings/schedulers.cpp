@@ -16,6 +16,7 @@
 #include "bindings/common.h"
 #include "capacity_scheduler.h"
 #include "micro_batch_scheduler.h"
+#include "policies/guaranteed_no_evict.h"
 #include "policies/registry.h"
 #include "request_list.h"
 #include "scheduler.h"
@@ -76,6 +77,19 @@ void bind_schedulers(nb::module_& m) {
                                       to_numpy(std::move(out.paused)));
             }, "table"_a, "active_requests"_a, "kv_cache_manager"_a = nb::none(), "peft_cache_manager"_a = nb::none(),
             "cross_kv_cache_manager"_a = nb::none(), "Returns slot arrays (fitting, fitting_disagg_gen_init, paused).");
+
+    m.def("no_evict_admit_contexts", [](KVCacheManager& kv, const ArrayArg& generations, const ArrayArg& others,
+                                        int32_t max_num_requests, int32_t until, int32_t after) {
+            auto [gp, gn] = checked_slots(kv.table(), generations, "generations");
+            auto [op, on] = checked_slots(kv.table(), others, "others");
+            CapacityContext c{kv.table_ptr().get(), op, on, &kv, nullptr, nullptr, max_num_requests, false, until, after};
+            return to_numpy(no_evict_admit_contexts(c, gp, gn));
+        }, "kv_cache_manager"_a, "generations"_a.noconvert(), "others"_a.noconvert(), "max_num_requests"_a,
+        "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
+        "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_COMPLETE),
+        "GUARANTEED_NO_EVICT's pass 2 as the C++ policy runs it (reuse skipping, head-of-line admission), over "
+        "`others`, a list's entries that are not running generations, after pass 1 admitted the running "
+        "generations `generations`; self cache only, no PEFT. Returns the admitted positions of `others`.");
 
     nb::class_<MicroBatchScheduler>(m, "MicroBatchScheduler", "Reference C++ micro-batch scheduler.")
         .def("__init__", [](MicroBatchScheduler* self, std::optional<std::pair<ContextChunkingPolicy, int32_t>> chunking,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from tllm_sched import _core
+from tllm_sched.crossings import counted
 
 S = _core.LlmRequestState
 ENCODER_INIT = int(S.ENCODER_INIT)
@@ -137,10 +138,11 @@ class CapacityContext:
 
     __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
                  "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
-                 "split", "kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids")
+                 "split", "kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids",
+                 "no_evict_admit_contexts")
 
     def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
-                 no_schedule_until_state, no_schedule_after_state, reuse, max_device_pages):
+                 no_schedule_until_state, no_schedule_after_state, reuse, max_device_pages, counter=None):
         """Built once per scheduler; `reset` points it at one step's active list."""
         self.cols = cols  # zero-copy column views of the table
         self.kv, self.cross_kv, self.peft, self.table = kv, cross_kv, peft, table  # managers (maybe proxies)
@@ -155,6 +157,8 @@ class CapacityContext:
         # disagg-gen-init is a context state, so pass-2 lists need no state filter.
         self.pending_are_admissible = no_schedule_until_state >= CONTEXT_INIT and no_schedule_after_state <= GEN_COMPLETE
         self.kinds = KindTable(self._kind_of, 4)
+        # GUARANTEED_NO_EVICT's pass 2 in C++ (the split path's one call), counted into `counter`.
+        self.no_evict_admit_contexts = counted(_core.no_evict_admit_contexts, counter)
         # Free-block counts of the self and cross caches: zero-copy views, read without a call.
         self._free = tuple(None if m is None else m.free_block_counts() for m in (kv, cross_kv))
         self.reset(EMPTY)

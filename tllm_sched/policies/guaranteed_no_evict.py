@@ -15,7 +15,6 @@ import numpy as np
 
 from tllm_sched.policies.common import (
     CONTEXT,
-    IGNORED,
     DISAGG_GEN_INIT,
     EMPTY,
     Split,
@@ -27,7 +26,7 @@ from tllm_sched.policies.common import (
     prefix_within,
     task_ids,
 )
-from tllm_sched.policies.reuse_skipping import ReuseSkipper, make_skipper
+from tllm_sched.policies.reuse_skipping import make_skipper
 
 INT32_MAX = 2**31 - 1
 # Calls a step makes besides key questions (crossing budget 8): the slots, the remaining blocks
@@ -135,25 +134,16 @@ def _schedule_split(ctx: CapacityContext, static_batch: bool):
 def _schedule_split_reusing(ctx: CapacityContext, gens: np.ndarray, n_gen: int):
     """`_schedule_split` with block reuse: a new context whose uncached prefix another context
     computes is passed over (reuse_skipping.py), so the admitted contexts need not be a prefix.
-    The skipper sees only the others: every context in progress among them claims its key."""
-    sp, c = ctx.split, ctx.cols
-    others, o_state = sp.other_slots(), sp.other_state
-    first = c["context_current_position"].take(others) == c["prepopulated_prompt_len"].take(others)
-    if ctx.kind_counts[IGNORED]:
-        skipper = ReuseSkipper(ctx.kv, others, is_context_init(o_state), first, _KEY_CALLS)
-        waiting = (ctx.kinds.of(o_state) == CONTEXT).nonzero()[0]
-    else:  # every other is a context in the gating window
-        skipper = ReuseSkipper(ctx.kv, others, None, first, _KEY_CALLS)
-        waiting = np.arange(others.size)
-    rem = _remaining(ctx.kv, np.concatenate((gens, others)))  # one question for all
-    need = rem[n_gen:]  # per other
-    avail = ctx.free_blocks() - int(rem[:n_gen].sum())
-    state = NoEvictBlocks(ctx, need, None, None, avail, None, INT32_MAX, set(), n_gen, o_state)
-    taken = state.run_skipping(waiting, skipper)
+    Each skip depends on the keys claimed before it and the first context that does not fit stops
+    the list, so this pass 2 is one C++ call: the loop the C++ policy runs (design.md)."""
+    sp = ctx.split
+    others = sp.other_slots()
+    taken = ctx.no_evict_admit_contexts(ctx.kv, gens, others, ctx.max_num_requests, ctx.no_schedule_until_state,
+                                        ctx.no_schedule_after_state)
     if taken.size == 0:
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
     contexts = others.take(taken)
-    return Split(np.concatenate((gens, contexts)), np.arange(n_gen, n_gen + taken.size), o_state.take(taken),
+    return Split(np.concatenate((gens, contexts)), np.arange(n_gen, n_gen + taken.size), sp.other_state.take(taken),
                  gens=gens, contexts=contexts)
 
 
@@ -166,12 +156,10 @@ def _fitting_contexts(ctx: CapacityContext, gens: np.ndarray, contexts: np.ndarr
 
 class NoEvictBlocks:
     """What pass 2 has left (blocks of both caches, LoRA pages, the count) as it admits across its
-    lists; arrays are indexed by position (in the list, or in a split's others). C++ twin:
-    `NoEvictBlocks` (one per cache there)."""
+    lists; arrays are indexed by list position. C++ twin: `NoEvictAdmission`."""
 
-    def __init__(self, ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, count, state=None):
+    def __init__(self, ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, count):
         self.ctx, self.rem, self.rem_cross, self.pages = ctx, rem, rem_cross, pages
-        self.state = ctx.state if state is None else state  # per position, like `rem`
         self.avail, self.avail_cross, self.avail_pages, self.seen, self.count = avail, avail_cross, avail_pages, seen, count
         self.stopped = False  # the current list hit a break (blocks or the count limit)
 
@@ -182,7 +170,7 @@ class NoEvictBlocks:
             order = order[~skip]  # skipped requests are passed over
         if not ctx.pending_are_admissible:
             # Only contexts and disagg-gen-init requests are admitted (other states are ignored).
-            st = self.state.take(order)
+            st = self.ctx.state.take(order)
             order = order[is_context_init(st) | (st == DISAGG_GEN_INIT)]
         room = ctx.max_num_requests - self.count
         if room <= 0 and order.size:
