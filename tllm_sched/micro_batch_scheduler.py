@@ -50,6 +50,8 @@ class PyMicroBatchScheduler:
         self._tallies = tallies  # zero-copy view of the table's tallies (RequestTable.tallies)
         self._table = table  # RequestTable (or a counting proxy): only for commits
         self.chunking_policy = chunking_policy
+        # The policy's scalar chunk sizes (no draft tokens), resolved once.
+        self._chunk_sizes = None if chunking_policy is None else chunking.scalar_policy(chunking_policy)
         self.unit = chunk_unit_size
         self.max_ctx = max_context_length
         self.no_schedule_until_state, self.no_schedule_after_state = no_schedule_until_state, no_schedule_after_state
@@ -232,20 +234,18 @@ class PyMicroBatchScheduler:
         return self._sort(context, last is not None), self._sort_lora(generation)
 
     def _chunk(self, items, d, used, budget):
-        """Chunk sizes of the chunked contexts `items` (draft counts `d`) within what the budget
-        leaves after `used` tokens, committed. Returns the contexts that got a chunk and, if
-        some chunk is partial, their last-chunk flags (else None)."""
+        """Chunk sizes of the chunked contexts `items` (draft counts `d`, None: none anywhere)
+        within what the budget leaves after `used` tokens, committed. Returns the contexts that
+        got a chunk and, if some chunk is partial, their last-chunk flags (else None)."""
         if items.size == 0:
             return items, None
         c = self._c
-        remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
-        want = remaining if d is None else remaining + d  # d None: no draft tokens anywhere
-        if want.size < common.FEW:  # the usual handful: Python ints are cheaper than numpy calls
-            w = want.tolist()
-            too_long, total = self.max_ctx is not None and max(w) > self.max_ctx, sum(w)
-        else:
-            too_long, total = self.max_ctx is not None and bool((want > self.max_ctx).any()), int(want.sum())
-        if not too_long and (budget is None or total <= budget - used):  # every remainder fits
+        remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)  # int32
+        if d is None and items.size < common.FEW:
+            return self._chunk_few(items, remaining, used, budget)
+        want = remaining if d is None else remaining + d
+        too_long = self.max_ctx is not None and bool((want > self.max_ctx).any())
+        if not too_long and (budget is None or int(want.sum()) <= budget - used):  # every remainder fits
             self.commit(items, remaining, None)
             return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
         if d is None:
@@ -261,6 +261,20 @@ class PyMicroBatchScheduler:
         self.commit(items, chunks, discard)
         keep = chunks > 0
         return items[keep], (chunks == remaining)[keep]  # a chunk never exceeds the remainder
+
+    def _chunk_few(self, items, remaining, used, budget):
+        """`_chunk` for the usual handful of contexts without draft tokens: Python ints are
+        cheaper than numpy calls, and with no draft token there is nothing to discard."""
+        rem = remaining.tolist()
+        max_ctx = self.max_ctx
+        if (max_ctx is None or max(rem) <= max_ctx) and (budget is None or sum(rem) <= budget - used):
+            self._table.set_context_chunk_sizes(items, remaining, None)  # every remainder fits
+            return (items if 0 not in rem else items[remaining > 0]), None
+        chunks = self._chunk_sizes(rem, None if budget is None else budget - used, self.unit, max_ctx)
+        self._table.set_context_chunk_sizes(items, np.array(chunks, dtype=np.int32), None)
+        keep = [k for k, ch in enumerate(chunks) if ch]
+        got = items if len(keep) == items.size else items.take(keep)
+        return got, [chunks[k] == rem[k] for k in keep]  # a chunk never exceeds the remainder
 
     def commit(self, items: np.ndarray, chunks, discard) -> None:
         """Writes chunk sizes (clamping setter) and draft discards (None: no discard) in one call."""

@@ -192,6 +192,12 @@ POLICIES = {
 }
 
 
+def scalar_policy(policy: str):
+    """The scalar chunk sizes of a chunking policy: f(remaining, capacity, unit, max_context_length)
+    (no draft tokens: with none, fitting them discards nothing)."""
+    return _policy(policy)[0]
+
+
 def _policy(policy: str):
     """(scalar, array) implementations of a chunking policy."""
     try:

@@ -140,11 +140,14 @@ def _schedule_split_reusing(ctx: CapacityContext, gens: np.ndarray, n_gen: int):
     others = sp.other_slots()
     taken = ctx.no_evict_admit_contexts(ctx.kv, gens, others, ctx.max_num_requests, ctx.no_schedule_until_state,
                                         ctx.no_schedule_after_state)
-    if taken.size == 0:
+    k = taken.size
+    if k == 0:
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
+    positions = np.arange(n_gen, n_gen + k)
+    if int(taken[-1]) == k - 1 and sp.tail:  # the first k others (positions rise): a prefix of the list
+        return Split(ctx.slots[:n_gen + k], positions, sp.other_state[:k], gens=gens, contexts=others[:k])
     contexts = others.take(taken)
-    return Split(np.concatenate((gens, contexts)), np.arange(n_gen, n_gen + taken.size), sp.other_state.take(taken),
-                 gens=gens, contexts=contexts)
+    return Split(np.concatenate((gens, contexts)), positions, sp.other_state.take(taken), gens=gens, contexts=contexts)
 
 
 def _fitting_contexts(ctx: CapacityContext, gens: np.ndarray, contexts: np.ndarray) -> int:
