@@ -272,9 +272,12 @@ class PyMicroBatchScheduler:
             return (items if 0 not in rem else items[remaining > 0]), None
         chunks = self._chunk_sizes(rem, None if budget is None else budget - used, self.unit, max_ctx)
         self._table.set_context_chunk_sizes(items, np.array(chunks, dtype=np.int32), None)
-        keep = [k for k, ch in enumerate(chunks) if ch]
-        got = items if len(keep) == items.size else items.take(keep)
-        return got, [chunks[k] == rem[k] for k in keep]  # a chunk never exceeds the remainder
+        keep, last = [], []
+        for k, ch in enumerate(chunks):
+            if ch:
+                keep.append(k)
+                last.append(ch == rem[k])  # a chunk never exceeds the remainder
+        return (items if len(keep) == items.size else items.take(keep)), last
 
     def commit(self, items: np.ndarray, chunks, discard) -> None:
         """Writes chunk sizes (clamping setter) and draft discards (None: no discard) in one call."""
@@ -305,5 +308,9 @@ class PyMicroBatchScheduler:
                 c["context_current_position"][ctx] + c["context_chunk_size"][ctx] == c["prompt_len"][ctx])
         lora = c["lora_task_id"].take(ctx) if self._tallies[_WITH_LORA] else None
         if lora is None or lora.max() < 0:
+            if isinstance(last, list):  # a few contexts (_chunk_few): plain Python
+                if last == sorted(last):  # already non-last first
+                    return ctx
+                return ctx.take([k for k, done in enumerate(last) if not done] + [k for k, done in enumerate(last) if done])
             return ctx.take(np.argsort(last, kind="stable"))  # non-last first, stable
         return ctx[np.lexsort((lora, last))]  # non-last first, then by LoRA, stable

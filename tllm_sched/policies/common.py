@@ -37,14 +37,17 @@ class Split:
     hands the split of its fitting list to the micro-batch stage, so it is computed once a step.
     """
 
-    __slots__ = ("slots", "other", "other_state", "contexts", "_state", "_gens")
+    __slots__ = ("slots", "other", "other_state", "contexts", "tail", "_state", "_gens")
 
     def __init__(self, slots: np.ndarray, other: np.ndarray, other_state: np.ndarray,
-                 state: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None):
+                 state: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None, tail: bool = True):
         self.slots = slots  # the list, in order
         self.other = other  # ascending list positions of the others
         self.other_state = other_state  # their states
         self.contexts = contexts  # slots of the others when all are known contexts, else None
+        # The others are the end of the list (new requests are appended): slices, no copies.
+        # A fitting list built as generations then contexts always is.
+        self.tail = tail
         self._state = state  # state per entry (or None when `gens` is given)
         self._gens = gens
 
@@ -53,12 +56,7 @@ class Split:
         other = (state != GEN_IN_PROGRESS).nonzero()[0]
         if other.size == 0:
             return cls(slots, NO_POSITIONS, EMPTY, gens=slots)
-        return cls(slots, other, state.take(other), state=state)
-
-    @property
-    def tail(self) -> bool:
-        """The others are the end of the list (new requests are appended): slices, no copies."""
-        return self.other.size == 0 or int(self.other[0]) == self.slots.size - self.other.size
+        return cls(slots, other, state.take(other), state=state, tail=int(other[0]) == slots.size - other.size)
 
     @property
     def gens(self) -> np.ndarray:
