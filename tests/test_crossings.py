@@ -16,7 +16,9 @@ Each expected count is the list of calls the batched Python scheduler makes, wri
     in place of the remaining-blocks questions, PEFT adds
     `determine_num_pages_batch`, and chunked prefill commits chunk sizes and draft discards with
     one `set_context_chunk_sizes`;
-  - each MAX_UTILIZATION pause adds one `scheduling_remove_sequence`.
+  - each MAX_UTILIZATION pause adds one `scheduling_remove_sequence`, except with block reuse
+    and no PEFT, where the whole loop (start_scheduling, keys, pauses) is one
+    `max_utilization_positions`.
 The cpp backend makes exactly one call per step; python-naive makes several per request.
 """
 
@@ -238,17 +240,19 @@ def test_the_fused_cpp_backend_is_one_call():
 
 
 # (policy, PEFT): expected crossings, written out in the test's docstring.
-KEY_WINDOW_CASES = {("GUARANTEED_NO_EVICT", True): 8, ("MAX_UTILIZATION", False): 8, ("GUARANTEED_NO_EVICT", False): 3}
+KEY_WINDOW_CASES = {("GUARANTEED_NO_EVICT", True): 8, ("MAX_UTILIZATION", True): 8,
+                    ("GUARANTEED_NO_EVICT", False): 3, ("MAX_UTILIZATION", False): 3}
 
 
 @pytest.mark.parametrize("policy,peft", KEY_WINDOW_CASES)
 def test_key_windows_stay_within_the_budget(policy, peft, monkeypatch):
     """Skipping lets admission past window after window. With windows of two keys (the
     thresholds lowered), the key questions a step can afford run out and the last one takes the
-    rest of the list: 8 crossings (GNE with PEFT, the general path: slots, remaining_batch,
+    rest of the list: 8 crossings with PEFT (the general paths; GNE: slots, remaining_batch,
     determine_num_pages_batch, 4 key windows, set_context_chunk_sizes; MU: slots,
-    start_scheduling, needed_batch, 4 key windows, set_context_chunk_sizes), and the decisions of
-    cpp. GNE's split path (no PEFT) asks no window: slots, no_evict_admit_contexts,
+    start_scheduling, needed_batch, determine_num_pages_batch, 3 key windows,
+    set_context_chunk_sizes), and the decisions of cpp. Without PEFT no window is asked: slots,
+    no_evict_admit_contexts (GNE's split path) or max_utilization_positions (MU's loop),
     set_context_chunk_sizes."""
     from tllm_sched.policies import reuse_skipping
 

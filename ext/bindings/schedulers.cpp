@@ -17,6 +17,7 @@
 #include "capacity_scheduler.h"
 #include "micro_batch_scheduler.h"
 #include "policies/guaranteed_no_evict.h"
+#include "policies/max_utilization.h"
 #include "policies/registry.h"
 #include "request_list.h"
 #include "scheduler.h"
@@ -90,6 +91,21 @@ void bind_schedulers(nb::module_& m) {
         "GUARANTEED_NO_EVICT's pass 2 as the C++ policy runs it (reuse skipping, head-of-line admission), over "
         "`others`, a list's entries that are not running generations, after pass 1 admitted the running "
         "generations `generations`; self cache only, no PEFT. Returns the admitted positions of `others`.");
+
+    m.def("max_utilization_positions", [](KVCacheManager& kv, const ArrayArg& slots, int32_t max_num_requests,
+                                          bool two_steps_look_ahead, int32_t until, int32_t after) {
+            auto [p, n] = checked_slots(kv.table(), slots, "slots");  // distinct: the caller's checked list
+            CapacityContext c{kv.table_ptr().get(), p, n, &kv, nullptr, nullptr, max_num_requests, two_steps_look_ahead,
+                              until, after};
+            std::vector<int32_t> scheduled, paused;
+            max_utilization_positions(c, scheduled, paused);
+            return nb::make_tuple(to_numpy(std::move(scheduled)), to_numpy(std::move(paused)));
+        }, "kv_cache_manager"_a, "slots"_a.noconvert(), "max_num_requests"_a, "two_steps_look_ahead"_a = false,
+        "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
+        "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_COMPLETE),
+        "MAX_UTILIZATION as the C++ policy runs it (reuse skipping, pausing from the tail; no PEFT) over the list "
+        "`slots`: (admitted positions, paused positions) of `slots`, in admission and pausing order. Starts the "
+        "cache's scheduling pass.");
 
     nb::class_<MicroBatchScheduler>(m, "MicroBatchScheduler", "Reference C++ micro-batch scheduler.")
         .def("__init__", [](MicroBatchScheduler* self, std::optional<std::pair<ContextChunkingPolicy, int32_t>> chunking,

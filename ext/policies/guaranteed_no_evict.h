@@ -1,9 +1,9 @@
 // ext/policies/guaranteed_no_evict.h: GUARANTEED_NO_EVICT's pass 2 as one call for the batched Python scheduler.
 //
-// Pass 2 is sequential by nature: each reuse skip depends on the keys claimed before it, and the
-// first context that does not fit stops the list. The C++ policy (guaranteed_no_evict.cpp) and
-// the batched Python scheduler's split path (tllm_sched/policies/guaranteed_no_evict.py, one call
-// per step) run the same loop, defined once there.
+// With block reuse pass 2 is sequential by nature: each skip depends on the keys claimed before
+// it, and the first context that does not fit stops the list. The C++ policy
+// (guaranteed_no_evict.cpp) and the batched Python scheduler's split path
+// (tllm_sched/policies/guaranteed_no_evict.py, one call a step) run the same loop, defined once.
 #pragma once
 
 #include <vector>

@@ -3,6 +3,8 @@
 // Python twin: tllm_sched/policies/max_utilization.py (fused: policies/fused.py). Mirrors
 // MaxUtilizationScheduler and trySchedulingRequestMaxUtilization, and TensorRT-LLM's 2026 fused
 // MaxUtilizationPolicy. The cross cache is ignored, as TensorRT-LLM's C++ does.
+#include "policies/max_utilization.h"
+
 #include <unordered_set>
 
 #include "policies/registry.h"
@@ -64,6 +66,24 @@ void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out) {
 }
 void schedule_fused_max_utilization(const CapacityContext& c, TokenBudget& budget, CapacityOutput& out) {
     max_utilization<true>(c, &budget, out);
+}
+
+void max_utilization_positions(const CapacityContext& c, std::vector<int32_t>& scheduled, std::vector<int32_t>& paused) {
+    CapacityOutput out;
+    max_utilization<false>(c, nullptr, out);
+    // Slots back to list positions: admissions come in list order, pauses from the tail.
+    scheduled.clear();
+    paused.clear();
+    int32_t i = 0;
+    for (int32_t s : out.scheduled) {
+        while (c.slots[i] != s) ++i;
+        scheduled.push_back(i);
+    }
+    int32_t j = c.num_slots - 1;
+    for (int32_t s : out.paused) {
+        while (c.slots[j] != s) --j;
+        paused.push_back(j);
+    }
 }
 
 }  // namespace tllm

@@ -5,7 +5,8 @@ Mirrors MaxUtilizationScheduler and trySchedulingRequestMaxUtilization. The comm
 everything up to some request fits, is a cumulative sum and a first-failure search; from the first failure on,
 a scalar loop pauses started requests from the tail (one crossing per pause) exactly as C++ does.
 When only generations and contexts are listed (no skipping, no pages), one summed question tells
-whether the whole list fits, the usual answer.
+whether the whole list fits, the usual answer. With block reuse (and no PEFT) the loop is the C++
+policy's, in one call.
 """
 
 from __future__ import annotations
@@ -44,10 +45,15 @@ def _prefix(ctx: CapacityContext, try_pos: np.ndarray, need: np.ndarray, pages: 
 
 
 def schedule(ctx: CapacityContext):
-    free = ctx.kv.start_scheduling()
     n = ctx.slots.size
     whole_list = ctx.all_generation or (
         n and ctx.plain_split and not ctx.reuse and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0)
+    if not whole_list and ctx.reuse and ctx.peft is None:
+        # With reuse skipping the loop is sequential (each skip depends on the keys claimed before
+        # it, each pause on the failure before it): one C++ call, the C++ policy's loop (design.md).
+        return ctx.max_utilization_positions(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.two_steps_look_ahead,
+                                             ctx.no_schedule_until_state, ctx.no_schedule_after_state)
+    free = ctx.kv.start_scheduling()
     if whole_list:
         # Every request is tried in list order, nothing skipped: running generations only, or
         # (without PEFT or reuse) generations and contexts. If the whole list fits, a sum asked
