@@ -12,7 +12,7 @@ Each expected count is the list of calls the batched Python scheduler makes, wri
     generations, the batch form for the contexts only; free blocks are read from a zero-copy
     view), block reuse adds `find_new_context_block_batch` (step A's keys with the first
     window's; a second window if admission gets past the first) except on the split path (running
-    generations and contexts, no PEFT), where pass 2 with its keys is one `no_evict_admit_contexts`
+    generations and contexts, no PEFT), where pass 2 with its keys is one `no_evict_split_fitting`
     in place of the remaining-blocks questions, PEFT adds
     `determine_num_pages_batch`, and chunked prefill commits chunk sizes and draft discards with
     one `set_context_chunk_sizes`;
@@ -105,7 +105,7 @@ MIXED = {
     "gne-split": ("GUARANTEED_NO_EVICT", False, False, 3, 100, 4, 2),
     # MU: slots, start_scheduling, get_needed_blocks_one_step_sum, set_context_chunk_sizes.
     "mu-split": ("MAX_UTILIZATION", False, False, 3, 100, 4, 2),
-    # GNE split with block reuse: slots, no_evict_admit_contexts (pass 2 with its keys and claims,
+    # GNE split with block reuse: slots, no_evict_split_fitting (pass 2 with its keys and claims,
     # one C++ call whatever the number of contexts), set_context_chunk_sizes. The three contexts
     # share a prompt: the first claims its first new block's key, the other two wait for it (skipped).
     "gne-split-reuse": ("GUARANTEED_NO_EVICT", True, False, 3, 100, 3, 1),
@@ -252,7 +252,7 @@ def test_key_windows_stay_within_the_budget(policy, peft, monkeypatch):
     determine_num_pages_batch, 4 key windows, set_context_chunk_sizes; MU: slots,
     start_scheduling, needed_batch, determine_num_pages_batch, 3 key windows,
     set_context_chunk_sizes), and the decisions of cpp. Without PEFT no window is asked: slots,
-    no_evict_admit_contexts (GNE's split path) or max_utilization_positions (MU's loop),
+    no_evict_split_fitting (GNE's split path) or max_utilization_positions (MU's loop),
     set_context_chunk_sizes."""
     from tllm_sched.policies import reuse_skipping
 

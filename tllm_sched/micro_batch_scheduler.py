@@ -51,7 +51,9 @@ class PyMicroBatchScheduler:
         self._table = table  # RequestTable (or a counting proxy): only for commits
         self.chunking_policy = chunking_policy
         # The policy's scalar chunk sizes (no draft tokens), resolved once.
-        self._chunk_sizes = None if chunking_policy is None else chunking.scalar_policy(chunking_policy)
+        self._chunk_sizes = self._chunk_sizes_vec = None
+        if chunking_policy is not None:
+            self._chunk_sizes, self._chunk_sizes_vec = chunking.policy_forms(chunking_policy)
         self.unit = chunk_unit_size
         self.max_ctx = max_context_length
         self.no_schedule_until_state, self.no_schedule_after_state = no_schedule_until_state, no_schedule_after_state
@@ -241,8 +243,9 @@ class PyMicroBatchScheduler:
             return items, None
         c = self._c
         remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)  # int32
-        if d is None and items.size < common.FEW:
-            return self._chunk_few(items, remaining, used, budget)
+        if d is None:
+            return self._chunk_few(items, remaining, used, budget) if items.size < common.FEW else \
+                self._chunk_many(items, remaining, used, budget)
         want = remaining if d is None else remaining + d
         too_long = self.max_ctx is not None and bool((want > self.max_ctx).any())
         if not too_long and (budget is None or int(want.sum()) <= budget - used):  # every remainder fits
@@ -278,6 +281,19 @@ class PyMicroBatchScheduler:
                 keep.append(k)
                 last.append(ch == rem[k])  # a chunk never exceeds the remainder
         return (items if len(keep) == items.size else items.take(keep)), last
+
+    def _chunk_many(self, items, remaining, used, budget):
+        """`_chunk` for many contexts without draft tokens: the policy's array form, nothing to
+        discard."""
+        max_ctx = self.max_ctx
+        if (max_ctx is None or int(remaining.max()) <= max_ctx) and (budget is None or int(remaining.sum()) <= budget - used):
+            self._table.set_context_chunk_sizes(items, remaining, None)  # every remainder fits
+            return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
+        chunks = self._chunk_sizes_vec(remaining.astype(np.int64), None if budget is None else budget - used,
+                                       self.unit, max_ctx)
+        self._table.set_context_chunk_sizes(items, chunks.astype(np.int32), None)
+        keep = chunks.nonzero()[0]
+        return items.take(keep), chunks.take(keep) == remaining.take(keep)  # a chunk never exceeds the remainder
 
     def commit(self, items: np.ndarray, chunks, discard) -> None:
         """Writes chunk sizes (clamping setter) and draft discards (None: no discard) in one call."""

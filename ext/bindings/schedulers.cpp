@@ -79,18 +79,17 @@ void bind_schedulers(nb::module_& m) {
             }, "table"_a, "active_requests"_a, "kv_cache_manager"_a = nb::none(), "peft_cache_manager"_a = nb::none(),
             "cross_kv_cache_manager"_a = nb::none(), "Returns slot arrays (fitting, fitting_disagg_gen_init, paused).");
 
-    m.def("no_evict_admit_contexts", [](KVCacheManager& kv, const ArrayArg& generations, const ArrayArg& others,
-                                        int32_t max_num_requests, int32_t until, int32_t after) {
-            auto [gp, gn] = checked_slots(kv.table(), generations, "generations");
-            auto [op, on] = checked_slots(kv.table(), others, "others");
-            CapacityContext c{kv.table_ptr().get(), op, on, &kv, nullptr, nullptr, max_num_requests, false, until, after};
-            return to_numpy(no_evict_admit_contexts(c, gp, gn));
-        }, "kv_cache_manager"_a, "generations"_a.noconvert(), "others"_a.noconvert(), "max_num_requests"_a,
+    m.def("no_evict_split_fitting", [](KVCacheManager& kv, const ArrayArg& slots, int32_t max_num_requests,
+                                       int32_t until, int32_t after) {
+            auto [p, n] = checked_slots(kv.table(), slots, "slots");  // distinct: the caller's checked list
+            CapacityContext c{kv.table_ptr().get(), p, n, &kv, nullptr, nullptr, max_num_requests, false, until, after};
+            return to_numpy(no_evict_split_fitting(c));
+        }, "kv_cache_manager"_a, "slots"_a.noconvert(), "max_num_requests"_a,
         "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
         "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_COMPLETE),
-        "GUARANTEED_NO_EVICT's pass 2 as the C++ policy runs it (reuse skipping, head-of-line admission), over "
-        "`others`, a list's entries that are not running generations, after pass 1 admitted the running "
-        "generations `generations`; self cache only, no PEFT. Returns the admitted positions of `others`.");
+        "GUARANTEED_NO_EVICT as the C++ policy runs it (reuse skipping, head-of-line admission) over a list of "
+        "running generations and contexts; self cache only, no PEFT. Returns the fitting slots: the running "
+        "generations in list order, then the admitted contexts.");
 
     m.def("max_utilization_positions", [](KVCacheManager& kv, const ArrayArg& slots, int32_t max_num_requests,
                                           bool two_steps_look_ahead, int32_t until, int32_t after) {

@@ -12,16 +12,16 @@
 
 namespace tllm {
 
-/// GUARANTEED_NO_EVICT's pass 2 over the entries of a list that are not running generations
-/// (`c.slots`, in list order), after pass 1 admitted the running generations `generations` (they
-/// reserve their blocks to completion first). Self cache only, no LoRA pages (c.cross_kv and
-/// c.peft must be null). Step A claims the keys of the contexts in progress among `c.slots`; the
-/// entries in the gating window, which must be contexts (pass 1 decides generations), are then
-/// skipped (step B), admitted while their blocks fit and the count (generations included) stays
-/// below c.max_num_requests, or stop the list when their blocks do not fit. Returns the admitted
-/// positions of `c.slots` in order. InputError, before any claim, when an entry in the window is
-/// not a context or the generations reach the count limit (pass 1 would cut the list).
-std::vector<int32_t> no_evict_admit_contexts(const CapacityContext& c, const int32_t* generations,
-                                             int32_t num_generations);
+/// GUARANTEED_NO_EVICT over a list of running generations and contexts (`c.slots`; the batched
+/// Python scheduler's split path), self cache only, no LoRA pages (c.cross_kv and c.peft must be
+/// null). Pass 1 admits the requests in state GENERATION_IN_PROGRESS (they reserve their blocks
+/// to completion); pass 2 runs over the others, the C++ policy's loop: step A claims the keys of
+/// the contexts in progress, then the entries in the gating window are skipped (step B), admitted
+/// while their blocks fit and the count stays below c.max_num_requests, or stop the list when
+/// their blocks do not fit. Returns the fitting list: the generations in list order, then the
+/// admitted contexts. InputError, before any claim, when an entry in the window is neither a
+/// running generation nor a context, or the generations reach the count limit (pass 1 would cut
+/// the list).
+std::vector<int32_t> no_evict_split_fitting(const CapacityContext& c);
 
 }  // namespace tllm

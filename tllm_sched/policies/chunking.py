@@ -192,10 +192,10 @@ POLICIES = {
 }
 
 
-def scalar_policy(policy: str):
-    """The scalar chunk sizes of a chunking policy: f(remaining, capacity, unit, max_context_length)
-    (no draft tokens: with none, fitting them discards nothing)."""
-    return _policy(policy)[0]
+def policy_forms(policy: str):
+    """(scalar, array) chunk sizes of a chunking policy, f(remaining, capacity, unit,
+    max_context_length): for contexts without draft tokens (fitting none discards nothing)."""
+    return _policy(policy)
 
 
 def _policy(policy: str):

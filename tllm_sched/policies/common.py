@@ -137,7 +137,7 @@ class CapacityContext:
     __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
                  "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
                  "split", "kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids",
-                 "no_evict_admit_contexts", "max_utilization_positions")
+                 "no_evict_split_fitting", "max_utilization_positions")
 
     def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
                  no_schedule_until_state, no_schedule_after_state, reuse, max_device_pages, counter=None):
@@ -156,7 +156,7 @@ class CapacityContext:
         self.pending_are_admissible = no_schedule_until_state >= CONTEXT_INIT and no_schedule_after_state <= GEN_COMPLETE
         self.kinds = KindTable(self._kind_of, 4)
         # The C++ loops the policies call once a step with block reuse, counted into `counter`.
-        self.no_evict_admit_contexts = counted(_core.no_evict_admit_contexts, counter)
+        self.no_evict_split_fitting = counted(_core.no_evict_split_fitting, counter)
         self.max_utilization_positions = counted(_core.max_utilization_positions, counter)
         # Free-block counts of the self and cross caches: zero-copy views, read without a call.
         self._free = tuple(None if m is None else m.free_block_counts() for m in (kv, cross_kv))

@@ -113,11 +113,11 @@ def _schedule_split(ctx: CapacityContext, static_batch: bool):
     n_gen = ctx.slots.size - sp.other.size
     if n_gen >= ctx.max_num_requests:
         return None
+    if n_waiting and ctx.reuse and not static_batch:
+        return _schedule_split_reusing(ctx, n_gen)
     gens = sp.gens
     if n_waiting == 0 or (static_batch and n_gen):
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
-    if ctx.reuse and not static_batch:
-        return _schedule_split_reusing(ctx, gens, n_gen)
     if not ignored:
         contexts, others = sp.other_slots(), sp.other_state
     else:
@@ -131,23 +131,20 @@ def _schedule_split(ctx: CapacityContext, static_batch: bool):
     return Split(fitting, np.arange(n_gen, n_gen + n), others[:n], gens=gens, contexts=contexts[:n])
 
 
-def _schedule_split_reusing(ctx: CapacityContext, gens: np.ndarray, n_gen: int):
+def _schedule_split_reusing(ctx: CapacityContext, n_gen: int):
     """`_schedule_split` with block reuse: a new context whose uncached prefix another context
     computes is passed over (reuse_skipping.py), so the admitted contexts need not be a prefix.
     Each skip depends on the keys claimed before it and the first context that does not fit stops
-    the list, so this pass 2 is one C++ call: the loop the C++ policy runs (design.md)."""
-    sp = ctx.split
-    others = sp.other_slots()
-    taken = ctx.no_evict_admit_contexts(ctx.kv, gens, others, ctx.max_num_requests, ctx.no_schedule_until_state,
-                                        ctx.no_schedule_after_state)
-    k = taken.size
+    the list, so the step is one C++ call, the C++ policy's loop (design.md), which returns the
+    fitting list: the generations, then the admitted contexts."""
+    fitting = ctx.no_evict_split_fitting(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.no_schedule_until_state,
+                                         ctx.no_schedule_after_state)
+    k = fitting.size - n_gen
+    gens = fitting[:n_gen]
     if k == 0:
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
-    positions = np.arange(n_gen, n_gen + k)
-    if int(taken[-1]) == k - 1 and sp.tail:  # the first k others (positions rise): a prefix of the list
-        return Split(ctx.slots[:n_gen + k], positions, sp.other_state[:k], gens=gens, contexts=others[:k])
-    contexts = others.take(taken)
-    return Split(np.concatenate((gens, contexts)), positions, sp.other_state.take(taken), gens=gens, contexts=contexts)
+    contexts = fitting[n_gen:]
+    return Split(fitting, np.arange(n_gen, n_gen + k), ctx.cols["state"].take(contexts), gens=gens, contexts=contexts)
 
 
 def _fitting_contexts(ctx: CapacityContext, gens: np.ndarray, contexts: np.ndarray) -> int:
