@@ -95,11 +95,21 @@ class KindTable:
 
     def count(self, states: np.ndarray) -> list:
         """How many of `states` are of each kind."""
-        if states.size >= FEW:
-            return np.bincount(self.array.take(states), minlength=self.n_kinds).tolist()
         counts, table = [0] * self.n_kinds, self.list
-        for st in states.tolist():
-            counts[table[st]] += 1
+        if states.size < FEW or not states.size:
+            for st in states.tolist():
+                counts[table[st]] += 1
+            return counts
+        # Many: usually all in one state (a queue of waiting contexts), one comparison says so.
+        # Few distinct array functions: the first call of each in a step runs cold (np.bincount
+        # would also be slow).
+        first = int(states[0])
+        if np.count_nonzero(states == first) == states.size:
+            counts[table[first]] = states.size
+            return counts
+        kinds = self.array.take(states)
+        for k in range(self.n_kinds):
+            counts[k] = np.count_nonzero(kinds == k)
         return counts
 
 
