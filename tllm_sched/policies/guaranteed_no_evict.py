@@ -6,7 +6,8 @@ disagg-generation-init requests, then contexts, while their blocks to completion
 Without PEFT pass 2 is a cumulative sum and a first-failure search; with PEFT, where a
 page-only failure skips one request, it is a short scalar loop. The serving steady state
 (running generations plus a few new contexts) takes a split path: the generations as one block
-with one summed question, pass 2 over the contexts alone.
+with one summed question, pass 2 over the contexts alone; with block reuse, where each skip
+depends on the claims before it, the whole step is one call to the C++ policy's loop.
 """
 
 from __future__ import annotations
