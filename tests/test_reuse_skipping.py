@@ -134,23 +134,25 @@ def test_no_evict_pass2_without_step_a_claim(backend):
     assert b.capacity(GNE, reqs) == ([9, 0, 2, 3, 4], [], [])
 
 
-def test_pass2_primitives_refuse_what_pass_1_decides():
-    # The split-path primitive takes running generations and contexts only, and the generations
-    # must leave room under the count limit: refused before any claim.
-    import pytest
+def test_pass2_primitives_decline_what_pass_1_decides():
+    # The one-call GNE step takes running generations and contexts only, and the generations must
+    # leave room under the count limit: otherwise it declines (None) before any claim, and the
+    # Python scheduler takes its general path.
     import numpy as np
     import tllm_sched as ts
     from tllm_sched import _core
 
     b, reqs = _pass2_bed("cpp", blocks=12)
     slots = np.array([r.slot for r in reqs], dtype=np.int32)
-    fitting = _core.no_evict_split_fitting(b.kv, slots, 8)
-    assert b.ids(fitting) == [9, 0, 2]
-    with pytest.raises(ValueError, match="pass 1 cuts the list"):
-        _core.no_evict_split_fitting(b.kv, slots, 1)
+    fitting, n_gen = _core.no_evict_split_fitting(b.kv, slots, 8)
+    assert b.ids(fitting) == [9, 0, 2] and n_gen == 1
+    walks = b.kv.num_key_walks
+    assert _core.no_evict_split_fitting(b.kv, slots, 1) is None
     disagg = b.with_state(7, 5, ts.LlmRequestState.DISAGG_GENERATION_INIT)
-    with pytest.raises(ValueError, match="neither a running generation nor a context"):
-        _core.no_evict_split_fitting(b.kv, np.append(slots, np.int32(disagg.slot)), 8)
+    assert _core.no_evict_split_fitting(b.kv, np.append(slots, np.int32(disagg.slot)), 8) is None
+    assert b.kv.num_key_walks == walks  # declined before any key question
+    # Only generations: nothing for pass 2, no key question.
+    assert b.ids(_core.no_evict_split_fitting(b.kv, slots[:1], 8)[0]) == [9] and b.kv.num_key_walks == walks
     # MAX_UTILIZATION's loop: positions of the list, admitted and paused, as the policy decides.
     sched, paused = _core.max_utilization_positions(b.kv, slots, 8)
     fit_cpp, _, paused_cpp = b.capacity(MU, reqs)

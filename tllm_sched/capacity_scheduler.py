@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, OTHER, CapacityContext, Split
+from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, CapacityContext, Split
 from tllm_sched.registry import resolve_capacity_policy
 
 # A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix) or,
@@ -68,7 +68,7 @@ class PyCapacityScheduler:
         if isinstance(scheduled, slice):  # a prefix of the list: views, no copies
             whole = scheduled.stop >= slots.size
             return slots[scheduled], EMPTY, EMPTY, ctx.split if whole else None
-        if ctx.all_generation or not ctx.kind_counts[OTHER]:  # no disagg-gen-init request among them
-            return slots.take(scheduled), EMPTY, slots.take(paused), None
         disagg = ctx.state.take(scheduled) == DISAGG_GEN_INIT
+        if not np.count_nonzero(disagg):
+            return slots.take(scheduled), EMPTY, slots.take(paused), None
         return slots.take(scheduled[~disagg]), slots.take(scheduled[disagg]), slots.take(paused), None

@@ -83,13 +83,17 @@ void bind_schedulers(nb::module_& m) {
                                        int32_t until, int32_t after) {
             auto [p, n] = checked_slots(kv.table(), slots, "slots");  // distinct: the caller's checked list
             CapacityContext c{kv.table_ptr().get(), p, n, &kv, nullptr, nullptr, max_num_requests, false, until, after};
-            return to_numpy(no_evict_split_fitting(c));
+            std::vector<int32_t> fitting;
+            int32_t num_generations = 0;
+            if (!no_evict_split_fitting(c, fitting, num_generations)) return nb::object(nb::none());
+            return nb::object(nb::make_tuple(to_numpy(std::move(fitting)), num_generations));
         }, "kv_cache_manager"_a, "slots"_a.noconvert(), "max_num_requests"_a,
         "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
         "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_COMPLETE),
         "GUARANTEED_NO_EVICT as the C++ policy runs it (reuse skipping, head-of-line admission) over a list of "
-        "running generations and contexts; self cache only, no PEFT. Returns the fitting slots: the running "
-        "generations in list order, then the admitted contexts.");
+        "running generations and contexts; self cache only, no PEFT. Returns (fitting slots: the running "
+        "generations in list order, then the admitted contexts; the number of generations), or None, having "
+        "changed nothing, when the list is not of that shape or the generations reach max_num_requests.");
 
     m.def("max_utilization_positions", [](KVCacheManager& kv, const ArrayArg& slots, int32_t max_num_requests,
                                           bool two_steps_look_ahead, int32_t until, int32_t after) {

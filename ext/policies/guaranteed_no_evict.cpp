@@ -102,33 +102,33 @@ void schedule_no_evict(const CapacityContext& c, bool static_batch, CapacityOutp
 void schedule_guaranteed_no_evict(const CapacityContext& c, CapacityOutput& out) { schedule_no_evict(c, false, out); }
 void schedule_static_batch(const CapacityContext& c, CapacityOutput& out) { schedule_no_evict(c, true, out); }
 
-std::vector<int32_t> no_evict_split_fitting(const CapacityContext& c) {
+bool no_evict_split_fitting(const CapacityContext& c, std::vector<int32_t>& fitting, int32_t& num_generations) {
     RequestTable& t = *c.table;
     if (c.cross_kv || c.peft) throw InputError("no_evict_split_fitting: only the self cache, without PEFT");
-    std::vector<int32_t> fitting, others;  // pass 1's generations first, then the admitted contexts
+    fitting.clear();  // pass 1's generations first, then the admitted contexts
+    std::vector<int32_t> others;
+    bool waiting = false;  // a context in the gating window: pass 2 has work
     for (int32_t i = 0; i < c.num_slots; ++i) {
         int32_t s = c.slots[i], st = t.state[s];
         bool gated = can_be_scheduled_with_disagg_exception(c, st);
         if (gated && st == static_cast<int32_t>(LlmRequestState::kGENERATION_IN_PROGRESS)) {
             fitting.push_back(s);
-        } else if (gated && !state::is_context_init(st)) {
-            throw InputError("no_evict_split_fitting: slot " + std::to_string(s) + " (state " + std::to_string(st) +
-                             ") is neither a running generation nor a context");
-        } else {
-            others.push_back(s);
+            continue;
         }
+        if (gated && !state::is_context_init(st)) return false;  // pass 1 decides it: not this shape
+        waiting = waiting || gated;
+        others.push_back(s);
     }
-    const int32_t num_generations = static_cast<int32_t>(fitting.size());
-    if (num_generations >= c.max_num_requests)
-        throw InputError("no_evict_split_fitting: " + std::to_string(num_generations) +
-                         " generations reach max_num_requests " + std::to_string(c.max_num_requests) +
-                         " (pass 1 cuts the list there)");
+    num_generations = static_cast<int32_t>(fitting.size());
+    if (num_generations >= c.max_num_requests) return false;  // pass 1 cuts the list
+    // Nothing for pass 2: no block count can change the outcome, so none is computed (no claim either).
+    if (!waiting) return true;
     std::unordered_set<int64_t> no_tasks;
     ReuseSkipper skipper(t, c.kv, others.data(), static_cast<int32_t>(others.size()));
     NoEvictAdmission pass{c, skipper, NoEvictBlocks(c.kv), NoEvictBlocks(nullptr), INT32_MAX, no_tasks, num_generations};
     for (int32_t i = 0; i < num_generations; ++i) pass.self.available -= pass.self.need(fitting[static_cast<size_t>(i)]);
     pass.run(others.data(), static_cast<int32_t>(others.size()), [&](int32_t i) { fitting.push_back(others[static_cast<size_t>(i)]); });
-    return fitting;
+    return true;
 }
 
 }  // namespace tllm

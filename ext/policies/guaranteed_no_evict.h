@@ -13,15 +13,16 @@
 namespace tllm {
 
 /// GUARANTEED_NO_EVICT over a list of running generations and contexts (`c.slots`; the batched
-/// Python scheduler's split path), self cache only, no LoRA pages (c.cross_kv and c.peft must be
-/// null). Pass 1 admits the requests in state GENERATION_IN_PROGRESS (they reserve their blocks
-/// to completion); pass 2 runs over the others, the C++ policy's loop: step A claims the keys of
-/// the contexts in progress, then the entries in the gating window are skipped (step B), admitted
-/// while their blocks fit and the count stays below c.max_num_requests, or stop the list when
-/// their blocks do not fit. Returns the fitting list: the generations in list order, then the
-/// admitted contexts. InputError, before any claim, when an entry in the window is neither a
-/// running generation nor a context, or the generations reach the count limit (pass 1 would cut
-/// the list).
-std::vector<int32_t> no_evict_split_fitting(const CapacityContext& c);
+/// Python scheduler's step with block reuse), self cache only, no LoRA pages (c.cross_kv and
+/// c.peft must be null: InputError). Pass 1 admits the requests in state GENERATION_IN_PROGRESS
+/// (they reserve their blocks to completion); pass 2 runs over the others, the C++ policy's loop:
+/// step A claims the keys of the contexts in progress, then the entries in the gating window are
+/// skipped (step B), admitted while their blocks fit and the count stays below
+/// c.max_num_requests, or stop the list when their blocks do not fit. Sets `fitting` to the
+/// generations in list order, then the admitted contexts, and `num_generations`. Returns false,
+/// before any claim, when the list is not of that shape (an entry in the window that is neither
+/// a running generation nor a context, or generations that reach the count limit: pass 1 cuts
+/// the list); the caller then takes the general path.
+bool no_evict_split_fitting(const CapacityContext& c, std::vector<int32_t>& fitting, int32_t& num_generations);
 
 }  // namespace tllm

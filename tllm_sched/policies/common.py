@@ -141,12 +141,14 @@ class CapacityContext:
     """One capacity-scheduling call: the active list's columns and the managers.
 
     Columns are gathered from the zero-copy views only when a policy asks for them (`take` is
-    the cheapest gather), so the common all-generation step touches just the state column.
+    the cheapest gather), so the common all-generation step touches just the state column; the
+    states, their split and kind counts too, so a step the policy hands to one C++ call (block
+    reuse) computes none of them.
     """
 
-    __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
-                 "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
-                 "split", "kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids",
+    __slots__ = ("cols", "slots", "_state", "kv", "cross_kv", "peft", "table", "max_num_requests",
+                 "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "_all_generation", "_gen_window", "pending_are_admissible",
+                 "_split", "_kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids",
                  "no_evict_split_fitting", "max_utilization_positions")
 
     def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
@@ -185,12 +187,38 @@ class CapacityContext:
 
     def reset(self, slots: np.ndarray) -> "CapacityContext":
         self.slots = slots  # int32 slots of the active list, in order
-        st = self.state = self.cols["state"].take(slots)  # state per list entry
-        sp = self.split = Split.of(slots, st)
-        self.kind_counts = self.kinds.count(sp.other_state)  # the others' kinds (capacity gating)
-        self.all_generation = bool(st.size and self._gen_window and self.kind_counts[GENERATION] == sp.other.size)
+        self._state = self._split = self._kind_counts = self._all_generation = None
         self._first_chunk = self._lora = self._ids = None
         return self
+
+    @property
+    def state(self) -> np.ndarray:
+        """int32 state per list entry."""
+        if self._state is None:
+            self._state = self.cols["state"].take(self.slots)
+        return self._state
+
+    @property
+    def split(self) -> Split:
+        """The list's running generations and others."""
+        if self._split is None:
+            self._split = Split.of(self.slots, self.state)
+        return self._split
+
+    @property
+    def kind_counts(self) -> list:
+        """How many of the others are of each capacity kind (gating)."""
+        if self._kind_counts is None:
+            self._kind_counts = self.kinds.count(self.split.other_state)
+        return self._kind_counts
+
+    @property
+    def all_generation(self) -> bool:
+        """Every entry is a generation in the gating window."""
+        if self._all_generation is None:
+            self._all_generation = bool(self.slots.size and self._gen_window
+                                        and self.kind_counts[GENERATION] == self.split.other.size)
+        return self._all_generation
 
     @property
     def first_chunk(self) -> np.ndarray:

@@ -45,14 +45,15 @@ def _prefix(ctx: CapacityContext, try_pos: np.ndarray, need: np.ndarray, pages: 
 
 
 def schedule(ctx: CapacityContext):
+    if ctx.reuse and ctx.peft is None:
+        # With reuse skipping the loop is sequential (each skip depends on the keys claimed before
+        # it, each pause on the failure before it): one C++ call, the C++ policy's loop (design.md),
+        # before any state is read here.
+        return ctx.max_utilization_positions(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.two_steps_look_ahead,
+                                             ctx.no_schedule_until_state, ctx.no_schedule_after_state)
     n = ctx.slots.size
     whole_list = ctx.all_generation or (
         n and ctx.plain_split and not ctx.reuse and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0)
-    if not whole_list and ctx.reuse and ctx.peft is None:
-        # With reuse skipping the loop is sequential (each skip depends on the keys claimed before
-        # it, each pause on the failure before it): one C++ call, the C++ policy's loop (design.md).
-        return ctx.max_utilization_positions(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.two_steps_look_ahead,
-                                             ctx.no_schedule_until_state, ctx.no_schedule_after_state)
     free = ctx.kv.start_scheduling()
     if whole_list:
         # Every request is tried in list order, nothing skipped: running generations only, or
