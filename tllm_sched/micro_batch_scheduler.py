@@ -280,7 +280,9 @@ class PyMicroBatchScheduler:
             if ch:
                 keep.append(k)
                 last.append(ch == rem[k])  # a chunk never exceeds the remainder
-        return (items if len(keep) == items.size else items.take(keep)), last
+        n = len(keep)
+        # The contexts that got a chunk: usually the first n (a slice), or all of them.
+        return (items[:n] if not n or keep[-1] == n - 1 else items.take(keep)), last
 
     def _chunk_many(self, items, remaining, used, budget):
         """`_chunk` for many contexts without draft tokens: the policy's array form, nothing to
