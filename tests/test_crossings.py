@@ -18,7 +18,7 @@ Each expected count is the list of calls the batched Python scheduler makes, wri
     one `set_context_chunk_sizes`;
   - each MAX_UTILIZATION pause adds one `scheduling_remove_sequence`, except with block reuse
     and no PEFT, where the whole loop (start_scheduling, keys, pauses) is one
-    `max_utilization_positions`.
+    `max_utilization_fitting`.
 The cpp backend makes exactly one call per step; python-naive makes several per request.
 """
 
@@ -252,7 +252,7 @@ def test_key_windows_stay_within_the_budget(policy, peft, monkeypatch):
     determine_num_pages_batch, 4 key windows, set_context_chunk_sizes; MU: slots,
     start_scheduling, needed_batch, determine_num_pages_batch, 3 key windows,
     set_context_chunk_sizes), and the decisions of cpp. Without PEFT no window is asked: slots,
-    no_evict_split_fitting (GNE's split path) or max_utilization_positions (MU's loop),
+    no_evict_split_fitting (GNE's split path) or max_utilization_fitting (MU's loop),
     set_context_chunk_sizes."""
     from tllm_sched.policies import reuse_skipping
 

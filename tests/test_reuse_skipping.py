@@ -85,7 +85,7 @@ def test_mu_retry_after_a_pause_skips_the_request_that_claimed_its_key(backend):
 # ============================================ pass 2 as one call (the batched Python scheduler)
 # With running generations and contexts only (no PEFT), the Python backend runs GUARANTEED_NO_EVICT
 # as one C++ call (`no_evict_split_fitting`, the C++ policy's loop); MAX_UTILIZATION with reuse too
-# (`max_utilization_positions`). design.md, "Sequential loops in one call". Set-up shared below:
+# (`max_utilization_fitting`). design.md, "Sequential loops in one call". Set-up shared below:
 # 10 tokens per block, reuse on.
 #   G = G(15 9s), max_new 15: holds 2 blocks; 30 tokens at completion = 3 blocks -> needs 1 more.
 #   K = 30 1s that ran a first chunk of 10 (context in progress: holds its prompt's 3 blocks;
@@ -153,7 +153,6 @@ def test_pass2_primitives_decline_what_pass_1_decides():
     assert b.kv.num_key_walks == walks  # declined before any key question
     # Only generations: nothing for pass 2, no key question.
     assert b.ids(_core.no_evict_split_fitting(b.kv, slots[:1], 8)[0]) == [9] and b.kv.num_key_walks == walks
-    # MAX_UTILIZATION's loop: positions of the list, admitted and paused, as the policy decides.
-    sched, paused = _core.max_utilization_positions(b.kv, slots, 8)
-    fit_cpp, _, paused_cpp = b.capacity(MU, reqs)
-    assert b.ids(slots[sched]) == fit_cpp and b.ids(slots[paused]) == paused_cpp
+    # MAX_UTILIZATION's loop: (fitting, disagg, paused) slots, as the C++ policy decides.
+    fit, disagg_fit, paused = _core.max_utilization_fitting(b.kv, slots, 8)
+    assert (b.ids(fit), b.ids(disagg_fit), b.ids(paused)) == b.capacity(MU, reqs)

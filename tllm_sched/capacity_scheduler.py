@@ -11,11 +11,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, CapacityContext, Split
+from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, CapacityContext, Slots, Split
 from tllm_sched.registry import resolve_capacity_policy
 
-# A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix) or,
-# from a split path, the fitting list itself as a Split.
+# A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix), from a
+# split path the fitting list itself as a Split, or every output as Slots (a C++ loop's).
 CapacityPolicy = Callable[[CapacityContext], tuple]
 
 
@@ -65,6 +65,8 @@ class PyCapacityScheduler:
         """A policy's positions as (fitting, disagg, paused) slot arrays and the fitting Split (or None)."""
         if isinstance(scheduled, Split):
             return scheduled.slots, EMPTY, EMPTY, scheduled
+        if isinstance(scheduled, Slots):  # already slot arrays (a C++ loop's output)
+            return (*scheduled, None)
         if isinstance(scheduled, slice):  # a prefix of the list: views, no copies
             whole = scheduled.stop >= slots.size
             return slots[scheduled], EMPTY, EMPTY, ctx.split if whole else None

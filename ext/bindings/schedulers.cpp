@@ -95,20 +95,21 @@ void bind_schedulers(nb::module_& m) {
         "generations in list order, then the admitted contexts; the number of generations), or None, having "
         "changed nothing, when the list is not of that shape or the generations reach max_num_requests.");
 
-    m.def("max_utilization_positions", [](KVCacheManager& kv, const ArrayArg& slots, int32_t max_num_requests,
-                                          bool two_steps_look_ahead, int32_t until, int32_t after) {
+    m.def("max_utilization_fitting", [](KVCacheManager& kv, const ArrayArg& slots, int32_t max_num_requests,
+                                        bool two_steps_look_ahead, int32_t until, int32_t after) {
             auto [p, n] = checked_slots(kv.table(), slots, "slots");  // distinct: the caller's checked list
             CapacityContext c{kv.table_ptr().get(), p, n, &kv, nullptr, nullptr, max_num_requests, two_steps_look_ahead,
                               until, after};
-            std::vector<int32_t> scheduled, paused;
-            max_utilization_positions(c, scheduled, paused);
-            return nb::make_tuple(to_numpy(std::move(scheduled)), to_numpy(std::move(paused)));
+            CapacityOutput out;
+            max_utilization_fitting(c, out);
+            return nb::make_tuple(to_numpy(std::move(out.fitting)), to_numpy(std::move(out.fitting_disagg_gen_init)),
+                                  to_numpy(std::move(out.paused)));
         }, "kv_cache_manager"_a, "slots"_a.noconvert(), "max_num_requests"_a, "two_steps_look_ahead"_a = false,
         "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
         "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_COMPLETE),
         "MAX_UTILIZATION as the C++ policy runs it (reuse skipping, pausing from the tail; no PEFT) over the list "
-        "`slots`: (admitted positions, paused positions) of `slots`, in admission and pausing order. Starts the "
-        "cache's scheduling pass.");
+        "`slots`: slot arrays (fitting, fitting_disagg_gen_init, paused), as CapacityScheduler.schedule returns. "
+        "Starts the cache's scheduling pass.");
 
     nb::class_<MicroBatchScheduler>(m, "MicroBatchScheduler", "Reference C++ micro-batch scheduler.")
         .def("__init__", [](MicroBatchScheduler* self, std::optional<std::pair<ContextChunkingPolicy, int32_t>> chunking,

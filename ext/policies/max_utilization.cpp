@@ -68,22 +68,10 @@ void schedule_fused_max_utilization(const CapacityContext& c, TokenBudget& budge
     max_utilization<true>(c, &budget, out);
 }
 
-void max_utilization_positions(const CapacityContext& c, std::vector<int32_t>& scheduled, std::vector<int32_t>& paused) {
-    CapacityOutput out;
+void max_utilization_fitting(const CapacityContext& c, CapacityOutput& out) {
+    out.clear();
     max_utilization<false>(c, nullptr, out);
-    // Slots back to list positions: admissions come in list order, pauses from the tail.
-    scheduled.clear();
-    paused.clear();
-    int32_t i = 0;
-    for (int32_t s : out.scheduled) {
-        while (c.slots[i] != s) ++i;
-        scheduled.push_back(i);
-    }
-    int32_t j = c.num_slots - 1;
-    for (int32_t s : out.paused) {
-        while (c.slots[j] != s) --j;
-        paused.push_back(j);
-    }
+    out.split_disagg(*c.table);
 }
 
 }  // namespace tllm

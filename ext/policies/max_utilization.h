@@ -6,15 +6,13 @@
 // (max_utilization.cpp).
 #pragma once
 
-#include <vector>
-
 #include "policies/common.h"
 
 namespace tllm {
 
 /// MAX_UTILIZATION as the C++ policy runs it (step A and B skipping, pausing from the tail) over
-/// `c.slots`: the admitted and the paused requests as positions of `c.slots`, in admission and
-/// pausing order.
-void max_utilization_positions(const CapacityContext& c, std::vector<int32_t>& scheduled, std::vector<int32_t>& paused);
+/// `c.slots`, its output split as CapacityScheduler splits it: fitting, fitting_disagg_gen_init
+/// and paused slots, in admission and pausing order.
+void max_utilization_fitting(const CapacityContext& c, CapacityOutput& out);
 
 }  // namespace tllm

@@ -7,6 +7,8 @@ separates the running generations from the other requests for the policies' spli
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from tllm_sched import _core
@@ -69,6 +71,14 @@ class Split:
     def other_slots(self) -> np.ndarray:
         """Slots of the others, in list order."""
         return self.slots[self.slots.size - self.other.size:] if self.tail else self.slots.take(self.other)
+
+
+class Slots(NamedTuple):
+    """A policy's decisions already as slot arrays (a C++ loop's output, capacity_scheduler.py)."""
+
+    fitting: np.ndarray
+    fitting_disagg_gen_init: np.ndarray
+    paused: np.ndarray
 
 
 # Kinds of state, for classifying a split's others with a lookup table instead of a chain of
@@ -149,7 +159,7 @@ class CapacityContext:
     __slots__ = ("cols", "slots", "_state", "kv", "cross_kv", "peft", "table", "max_num_requests",
                  "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "_all_generation", "_gen_window", "pending_are_admissible",
                  "_split", "_kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids",
-                 "no_evict_split_fitting", "max_utilization_positions")
+                 "no_evict_split_fitting", "max_utilization_fitting")
 
     def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
                  no_schedule_until_state, no_schedule_after_state, reuse, max_device_pages, counter=None):
@@ -169,7 +179,7 @@ class CapacityContext:
         self.kinds = KindTable(self._kind_of, 4)
         # The C++ loops the policies call once a step with block reuse, counted into `counter`.
         self.no_evict_split_fitting = counted(_core.no_evict_split_fitting, counter)
-        self.max_utilization_positions = counted(_core.max_utilization_positions, counter)
+        self.max_utilization_fitting = counted(_core.max_utilization_fitting, counter)
         # Free-block counts of the self and cross caches: zero-copy views, read without a call.
         self._free = tuple(None if m is None else m.free_block_counts() for m in (kv, cross_kv))
         self.reset(EMPTY)

@@ -18,6 +18,7 @@ from tllm_sched.policies.common import (
     IGNORED,
     OTHER,
     CapacityContext,
+    Slots,
     is_context_init,
     is_generation_in_progress,
     new_task_pages,
@@ -49,8 +50,8 @@ def schedule(ctx: CapacityContext):
         # With reuse skipping the loop is sequential (each skip depends on the keys claimed before
         # it, each pause on the failure before it): one C++ call, the C++ policy's loop (design.md),
         # before any state is read here.
-        return ctx.max_utilization_positions(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.two_steps_look_ahead,
-                                             ctx.no_schedule_until_state, ctx.no_schedule_after_state)
+        return Slots(*ctx.max_utilization_fitting(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.two_steps_look_ahead,
+                                                  ctx.no_schedule_until_state, ctx.no_schedule_after_state)), EMPTY
     n = ctx.slots.size
     whole_list = ctx.all_generation or (
         n and ctx.plain_split and not ctx.reuse and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0)
