@@ -38,10 +38,7 @@ void CapacityScheduler::run(RequestTable& t, const int32_t* slots, int32_t n, KV
     CapacityContext c{&t, slots, n, kv, cross_kv, peft, max_num_requests_, two_steps_look_ahead_,
                       no_schedule_until_state_, no_schedule_after_state_};
     policy(c, out);
-    for (int32_t s : out.scheduled) {
-        if (state::is_disagg_generation_init(t.state[s])) out.fitting_disagg_gen_init.push_back(s);
-        else out.fitting.push_back(s);
-    }
+    out.split_disagg(t);
 }
 
 void CapacityScheduler::schedule(RequestTable& t, const int32_t* slots, int32_t n, KVCacheManager* kv,

@@ -11,11 +11,15 @@ Each expected count is the list of calls the batched Python scheduler makes, wri
     (without reuse or PEFT: `get_remaining_blocks_to_completion_sum` for the running
     generations, the batch form for the contexts only; the fused split path asks one sum over
     the whole list and the contexts' batch only when they do not all fit; free blocks are read
-    from a zero-copy view), block reuse adds `find_new_context_block_batch` (step A's keys with the first
-    window's; a second window if admission gets past the first), PEFT adds
+    from a zero-copy view), block reuse adds `find_new_context_block_batch` (step A's keys with
+    the first window's; a second window if admission gets past the first) except on the
+    two-stage split path (running generations and contexts, no PEFT), where pass 2 with its keys
+    is one `no_evict_split_fitting` in place of the remaining-blocks questions, PEFT adds
     `determine_num_pages_batch`, and chunked prefill commits chunk sizes and draft discards with
     one `set_context_chunk_sizes`;
-  - each MAX_UTILIZATION pause adds one `scheduling_remove_sequence`.
+  - each MAX_UTILIZATION pause adds one `scheduling_remove_sequence`, except with block reuse
+    and no PEFT, where the whole loop (start_scheduling, keys, pauses) is one
+    `max_utilization_fitting`.
 The cpp backend makes exactly one call per step; python-naive makes several per request.
 """
 
@@ -102,11 +106,10 @@ MIXED = {
     "gne-split": ("GUARANTEED_NO_EVICT", False, False, 3, 100, 4, 2),
     # MU: slots, start_scheduling, get_needed_blocks_one_step_sum, set_context_chunk_sizes.
     "mu-split": ("MAX_UTILIZATION", False, False, 3, 100, 4, 2),
-    # GNE split with block reuse: slots, remaining_batch (generations and contexts in one call),
-    # find_new_context_block_batch (the first window's keys, with step A's if any context were in
-    # progress), set_context_chunk_sizes. The three contexts share a prompt: the first claims its
-    # first new block's key, the other two wait for it (skipped).
-    "gne-split-reuse": ("GUARANTEED_NO_EVICT", True, False, 3, 100, 4, 1),
+    # GNE split with block reuse: slots, no_evict_split_fitting (pass 2 with its keys and claims,
+    # one C++ call whatever the number of contexts), set_context_chunk_sizes. The three contexts
+    # share a prompt: the first claims its first new block's key, the other two wait for it (skipped).
+    "gne-split-reuse": ("GUARANTEED_NO_EVICT", True, False, 3, 100, 3, 1),
 }
 
 
@@ -239,16 +242,25 @@ def test_the_fused_cpp_backend_is_one_call():
     assert s.last_step_crossings == 1
 
 
-@pytest.mark.parametrize("fused", [False, True])
-@pytest.mark.parametrize("policy", ["GUARANTEED_NO_EVICT", "MAX_UTILIZATION"])
-def test_key_windows_stay_within_the_budget(policy, fused, monkeypatch):
+# (policy, PEFT, fused): expected crossings, written out in the test's docstring.
+KEY_WINDOW_CASES = {("GUARANTEED_NO_EVICT", True, False): 8, ("MAX_UTILIZATION", True, False): 8,
+                    ("GUARANTEED_NO_EVICT", False, False): 3, ("MAX_UTILIZATION", False, False): 3,
+                    ("GUARANTEED_NO_EVICT", False, True): 8, ("MAX_UTILIZATION", False, True): 8}
+
+
+@pytest.mark.parametrize("policy,peft,fused", KEY_WINDOW_CASES)
+def test_key_windows_stay_within_the_budget(policy, peft, fused, monkeypatch):
     """Skipping lets admission past window after window. With windows of two keys (the
     thresholds lowered), the key questions a step can afford run out and the last one takes the
-    rest of the list: 8 crossings (GNE: slots, remaining_batch, 5 key windows,
+    rest of the list: 8 crossings with PEFT (the general paths; GNE: slots, remaining_batch,
+    determine_num_pages_batch, 4 key windows, set_context_chunk_sizes; MU: slots,
+    start_scheduling, needed_batch, determine_num_pages_batch, 3 key windows,
+    set_context_chunk_sizes), and the decisions of cpp. Without PEFT the two-stage mode asks no
+    window: slots, no_evict_split_fitting (GNE's split path) or max_utilization_fitting (MU's
+    loop), set_context_chunk_sizes. The fused mode without PEFT still asks windows, 8 crossings
+    (GNE: slots, one remaining-blocks question over generations and contexts, 5 key windows,
     set_context_chunk_sizes; MU: slots, start_scheduling, needed_batch, 4 key windows,
-    set_context_chunk_sizes), and the decisions of cpp. The same in the fused mode (GNE's split
-    path asks the remaining blocks of generations and contexts in one question; MU walks the
-    tracker over the windows' block-fitting prefix)."""
+    set_context_chunk_sizes; MU walks the tracker over the windows' block-fitting prefix)."""
     from tllm_sched.policies import reuse_skipping
 
     monkeypatch.setattr(reuse_skipping, "WINDOW_CAP", 2)
@@ -257,12 +269,12 @@ def test_key_windows_stay_within_the_budget(policy, fused, monkeypatch):
     decided = {}
     for backend in ("cpp", "python"):
         # Pairs share a prompt: the second of each pair waits for the first.
-        s, lst = _decoding(n, policy, backend, reuse=True, chunking=chunking, contexts=contexts, budget=n + 10_000,
-                           prompt=lambda j: np.full(64, 1000 + j // 2, dtype=np.int32), fused=fused)
+        s, lst = _decoding(n, policy, backend, reuse=True, peft=peft, chunking=chunking, contexts=contexts,
+                           budget=n + 10_000, prompt=lambda j: np.full(64, 1000 + j // 2, dtype=np.int32), fused=fused)
         t = lst.table
         out = s.schedule(lst)
-        decided[backend] = (t.request_ids(out.context).tolist(), t.request_ids(out.generation).tolist())
+        decided[backend] = (t.request_ids(out.context).tolist(), sorted(t.request_ids(out.generation).tolist()))
         if backend == "python":
-            assert s.last_step_crossings == 8
+            assert s.last_step_crossings == KEY_WINDOW_CASES[policy, peft, fused]
     assert decided["python"] == decided["cpp"]
     assert decided["cpp"][0] == list(range(n, n + contexts, 2))

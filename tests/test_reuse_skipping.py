@@ -80,3 +80,79 @@ def test_mu_retry_after_a_pause_skips_the_request_that_claimed_its_key(backend):
     g2 = b2.gen(2, [2] * 10, max_new=5)
     a, bb = b2.new(0, 20, max_new=5), b2.new(1, 10, max_new=5)
     assert b2.capacity(MU, [a, bb, g2]) == ([0], [], [2])
+
+
+# ============================================ pass 2 as one call (the batched Python scheduler)
+# With running generations and contexts only (no PEFT), the Python backend runs GUARANTEED_NO_EVICT
+# as one C++ call (`no_evict_split_fitting`, the C++ policy's loop); MAX_UTILIZATION with reuse too
+# (`max_utilization_fitting`). design.md, "Sequential loops in one call". Set-up shared below:
+# 10 tokens per block, reuse on.
+#   G = G(15 9s), max_new 15: holds 2 blocks; 30 tokens at completion = 3 blocks -> needs 1 more.
+#   K = 30 1s that ran a first chunk of 10 (context in progress: holds its prompt's 3 blocks;
+#       nothing stored yet): key "ten 1s"; 35 tokens at completion = 4 blocks -> needs 1 more.
+#   A = N(25 1s): key "ten 1s", claimed by K in step A -> skipped. Needs 3 (30 tokens).
+#   B = N(25 2s), C = N(25 3s): own keys; need 3 each. D = N(5 4s), max_new 1: no full block,
+#   no key; needs 1.
+
+
+def _pass2_bed(backend, blocks):
+    b = Bed(backend, blocks=blocks, reuse=True)
+    g = b.gen(9, [9] * 15, max_new=15)
+    k = b.chunked(0, 30, first_chunk=10, max_new=5)
+    a, bb = b.new(1, 25, max_new=5), b.new(2, [2] * 25, max_new=5)
+    c, d = b.new(3, [3] * 25, max_new=5), b.new(4, [4] * 5, max_new=1)
+    return b, [g, k, a, bb, c, d]
+
+
+def test_no_evict_pass2_skips_and_stops_head_of_line(backend):
+    # 12 blocks: 12 - 2 (G) - 3 (K) = 7 free; G reserves its 1 more -> 6 available.
+    # K (step A's claim, never skipped itself): 1 <= 6 -> admitted, 5 left. A: skipped (K claimed
+    # "ten 1s"). B: 3 <= 5 -> admitted, 2 left. C: 3 > 2 -> head-of-line: the list stops, so D
+    # (needs 1, would fit) waits. Fitting: generations first, then contexts in order.
+    b, reqs = _pass2_bed(backend, blocks=12)
+    assert b.kv.num_free_blocks == 7
+    assert b.capacity(GNE, reqs) == ([9, 0, 2], [], [])
+    # The same list with the generation last: pass 1 still comes first.
+    assert b.capacity(GNE, reqs[1:] + reqs[:1]) == ([9, 0, 2], [], [])
+
+
+def test_no_evict_pass2_count_room(backend):
+    # As above, max_num_requests 2: G takes one; K the other; A is skipped before the count check
+    # (step B runs first, as in C++); B finds the count reached -> the list stops.
+    b, reqs = _pass2_bed(backend, blocks=12)
+    assert b.capacity(GNE, reqs, max_num_requests=2) == ([9, 0], [], [])
+    # max_num_requests 1: the generation fills it: pass 1 cuts the list, no context is admitted.
+    assert b.capacity(GNE, reqs, max_num_requests=1) == ([9], [], [])
+
+
+def test_no_evict_pass2_without_step_a_claim(backend):
+    # 20 blocks (15 free, 14 available after G). Without K in the list, nothing claims "ten 1s"
+    # before A: A claims it and is admitted (3), then B, C (3 each) and D (1): 10 <= 14.
+    b, reqs = _pass2_bed(backend, blocks=20)
+    assert b.capacity(GNE, [r for r in reqs if r.request_id != 0]) == ([9, 1, 2, 3, 4], [], [])
+    # With K: A is skipped, everyone else fits (K 1 + B 3 + C 3 + D 1 = 8 <= 14).
+    assert b.capacity(GNE, reqs) == ([9, 0, 2, 3, 4], [], [])
+
+
+def test_pass2_primitives_decline_what_pass_1_decides():
+    # The one-call GNE step takes running generations and contexts only, and the generations must
+    # leave room under the count limit: otherwise it declines (None) before any claim, and the
+    # Python scheduler takes its general path.
+    import numpy as np
+    import tllm_sched as ts
+    from tllm_sched import _core
+
+    b, reqs = _pass2_bed("cpp", blocks=12)
+    slots = np.array([r.slot for r in reqs], dtype=np.int32)
+    fitting, n_gen = _core.no_evict_split_fitting(b.kv, slots, 8)
+    assert b.ids(fitting) == [9, 0, 2] and n_gen == 1
+    walks = b.kv.num_key_walks
+    assert _core.no_evict_split_fitting(b.kv, slots, 1) is None
+    disagg = b.with_state(7, 5, ts.LlmRequestState.DISAGG_GENERATION_INIT)
+    assert _core.no_evict_split_fitting(b.kv, np.append(slots, np.int32(disagg.slot)), 8) is None
+    assert b.kv.num_key_walks == walks  # declined before any key question
+    # Only generations: nothing for pass 2, no key question.
+    assert b.ids(_core.no_evict_split_fitting(b.kv, slots[:1], 8)[0]) == [9] and b.kv.num_key_walks == walks
+    # MAX_UTILIZATION's loop: (fitting, disagg, paused) slots, as the C++ policy decides.
+    fit, disagg_fit, paused = _core.max_utilization_fitting(b.kv, slots, 8)
+    assert (b.ids(fit), b.ids(disagg_fit), b.ids(paused)) == b.capacity(MU, reqs)

@@ -11,11 +11,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, CapacityContext, Split
+from tllm_sched.policies.common import CONTEXT_INIT, DISAGG_GEN_INIT, EMPTY, GEN_COMPLETE, CapacityContext, Slots, Split
 from tllm_sched.registry import resolve_capacity_policy
 
-# A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix) or,
-# from a split path, the fitting list itself as a Split.
+# A policy returns (scheduled, paused) list positions; `scheduled` may be a slice (a prefix), from a
+# split path the fitting list itself as a Split, or every output as Slots (a C++ loop's).
 CapacityPolicy = Callable[[CapacityContext], tuple]
 
 
@@ -30,7 +30,8 @@ class PyCapacityScheduler:
     def __init__(self, cols: dict, table, max_num_requests: int, policy: str, kv_cache_manager=None,
                  peft_cache_manager=None, cross_kv_cache_manager=None, two_steps_look_ahead: bool = False,
                  no_schedule_until_state: int = CONTEXT_INIT, no_schedule_after_state: int = GEN_COMPLETE,
-                 reuse: bool = False, max_device_pages: Optional[int] = None):
+                 reuse: bool = False, max_device_pages: Optional[int] = None, counter=None):
+        """The managers may be counting proxies; `counter` counts the module-level C++ calls too."""
         if max_num_requests <= 0:
             raise ValueError(f"max_num_requests must be positive, got {max_num_requests}")
         entry = resolve_capacity_policy(policy, kv_cache_manager is not None)
@@ -39,7 +40,7 @@ class PyCapacityScheduler:
             cols, kv=kv_cache_manager, cross_kv=cross_kv_cache_manager, peft=peft_cache_manager, table=table,
             max_num_requests=max_num_requests, two_steps_look_ahead=two_steps_look_ahead,
             no_schedule_until_state=no_schedule_until_state, no_schedule_after_state=no_schedule_after_state,
-            reuse=reuse, max_device_pages=max_device_pages,
+            reuse=reuse, max_device_pages=max_device_pages, counter=counter,
         )
 
     def schedule(self, slots: np.ndarray):
@@ -66,10 +67,12 @@ class PyCapacityScheduler:
         """A policy's positions as (fitting, disagg, paused) slot arrays and the fitting Split (or None)."""
         if isinstance(scheduled, Split):
             return scheduled.slots, EMPTY, EMPTY, scheduled
+        if isinstance(scheduled, Slots):  # already slot arrays (a C++ loop's output)
+            return (*scheduled, None)
         if isinstance(scheduled, slice):  # a prefix of the list: views, no copies
             whole = scheduled.stop >= slots.size
             return slots[scheduled], EMPTY, EMPTY, ctx.split if whole else None
-        if ctx.all_generation:  # no disagg-gen-init request among them
-            return slots.take(scheduled), EMPTY, slots.take(paused), None
         disagg = ctx.state.take(scheduled) == DISAGG_GEN_INIT
+        if not np.count_nonzero(disagg):
+            return slots.take(scheduled), EMPTY, slots.take(paused), None
         return slots.take(scheduled[~disagg]), slots.take(scheduled[disagg]), slots.take(paused), None

@@ -50,6 +50,10 @@ class PyMicroBatchScheduler:
         self._tallies = tallies  # zero-copy view of the table's tallies (RequestTable.tallies)
         self._table = table  # RequestTable (or a counting proxy): only for commits
         self.chunking_policy = chunking_policy
+        # The policy's scalar chunk sizes (no draft tokens), resolved once.
+        self._chunk_sizes = self._chunk_sizes_vec = None
+        if chunking_policy is not None:
+            self._chunk_sizes, self._chunk_sizes_vec = chunking.policy_forms(chunking_policy)
         self.unit = chunk_unit_size
         self.max_ctx = max_context_length
         self.no_schedule_until_state, self.no_schedule_after_state = no_schedule_until_state, no_schedule_after_state
@@ -232,24 +236,21 @@ class PyMicroBatchScheduler:
         return self._sort(context, last is not None), self._sort_lora(generation)
 
     def _chunk(self, items, d, used, budget):
-        """Chunk sizes of the chunked contexts `items` (draft counts `d`) within what the budget
-        leaves after `used` tokens, committed. Returns the contexts that got a chunk and, if
-        some chunk is partial, their last-chunk flags (else None)."""
+        """Chunk sizes of the chunked contexts `items` (draft counts `d`, None: none anywhere)
+        within what the budget leaves after `used` tokens, committed. Returns the contexts that
+        got a chunk and, if some chunk is partial, their last-chunk flags (else None)."""
         if items.size == 0:
             return items, None
         c = self._c
-        remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)
-        want = remaining if d is None else remaining + d  # d None: no draft tokens anywhere
-        few = want.size < common.FEW
-        if few:  # the usual handful: Python ints are cheaper than numpy calls
-            w = want.tolist()
-            too_long, total = self.max_ctx is not None and max(w) > self.max_ctx, sum(w)
-        else:
-            too_long, total = self.max_ctx is not None and bool((want > self.max_ctx).any()), int(want.sum())
-        if not too_long and (budget is None or total <= budget - used):  # every remainder fits
+        remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)  # int32
+        if d is None:
+            return self._chunk_few(items, remaining, used, budget) if items.size < common.FEW else \
+                self._chunk_many(items, remaining, used, budget)
+        want = remaining if d is None else remaining + d
+        too_long = self.max_ctx is not None and bool((want > self.max_ctx).any())
+        if not too_long and (budget is None or int(want.sum()) <= budget - used):  # every remainder fits
             self.commit(items, remaining, None)
-            all_left = (0 not in w) if few and d is None else np.count_nonzero(remaining) == items.size
-            return (items if all_left else items[remaining > 0]), None
+            return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
         if d is None:
             d = np.zeros(items.size, dtype=np.int32)
         cap = None if budget is None else budget - used
@@ -263,6 +264,38 @@ class PyMicroBatchScheduler:
         self.commit(items, chunks, discard)
         keep = chunks > 0
         return items[keep], (chunks == remaining)[keep]  # a chunk never exceeds the remainder
+
+    def _chunk_few(self, items, remaining, used, budget):
+        """`_chunk` for the usual handful of contexts without draft tokens: Python ints are
+        cheaper than numpy calls, and with no draft token there is nothing to discard."""
+        rem = remaining.tolist()
+        max_ctx = self.max_ctx
+        if (max_ctx is None or max(rem) <= max_ctx) and (budget is None or sum(rem) <= budget - used):
+            self._table.set_context_chunk_sizes(items, remaining, None)  # every remainder fits
+            return (items if 0 not in rem else items[remaining > 0]), None
+        chunks = self._chunk_sizes(rem, None if budget is None else budget - used, self.unit, max_ctx)
+        self._table.set_context_chunk_sizes(items, np.array(chunks, dtype=np.int32), None)
+        keep, last = [], []
+        for k, ch in enumerate(chunks):
+            if ch:
+                keep.append(k)
+                last.append(ch == rem[k])  # a chunk never exceeds the remainder
+        n = len(keep)
+        # The contexts that got a chunk: usually the first n (a slice), or all of them.
+        return (items[:n] if not n or keep[-1] == n - 1 else items.take(keep)), last
+
+    def _chunk_many(self, items, remaining, used, budget):
+        """`_chunk` for many contexts without draft tokens: the policy's array form, nothing to
+        discard."""
+        max_ctx = self.max_ctx
+        if (max_ctx is None or int(remaining.max()) <= max_ctx) and (budget is None or int(remaining.sum()) <= budget - used):
+            self._table.set_context_chunk_sizes(items, remaining, None)  # every remainder fits
+            return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
+        chunks = self._chunk_sizes_vec(remaining.astype(np.int64), None if budget is None else budget - used,
+                                       self.unit, max_ctx)
+        self._table.set_context_chunk_sizes(items, chunks.astype(np.int32), None)
+        keep = chunks.nonzero()[0]
+        return items.take(keep), chunks.take(keep) == remaining.take(keep)  # a chunk never exceeds the remainder
 
     def commit(self, items: np.ndarray, chunks, discard) -> None:
         """Writes chunk sizes (clamping setter) and draft discards (None: no discard) in one call."""
@@ -293,5 +326,9 @@ class PyMicroBatchScheduler:
                 c["context_current_position"][ctx] + c["context_chunk_size"][ctx] == c["prompt_len"][ctx])
         lora = c["lora_task_id"].take(ctx) if self._tallies[_WITH_LORA] else None
         if lora is None or lora.max() < 0:
+            if isinstance(last, list):  # a few contexts (_chunk_few): plain Python
+                if last == sorted(last):  # already non-last first
+                    return ctx
+                return ctx.take([k for k, done in enumerate(last) if not done] + [k for k, done in enumerate(last) if done])
             return ctx.take(np.argsort(last, kind="stable"))  # non-last first, stable
         return ctx[np.lexsort((lora, last))]  # non-last first, then by LoRA, stable

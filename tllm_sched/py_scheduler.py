@@ -35,7 +35,7 @@ class PythonBackend:
         self.capacity = PyCapacityScheduler(
             self.cols, self._table, config.max_num_requests, config.policy, self._kv, self._peft, self._cross,
             config.two_steps_look_ahead, reuse=bool(kv is not None and kv.enable_block_reuse),
-            max_device_pages=None if peft is None else peft.max_device_pages,
+            max_device_pages=None if peft is None else peft.max_device_pages, counter=counter,
         )
         self.micro = PyMicroBatchScheduler(
             self.cols, table.tallies(), self._table, None if ch is None else ch.policy, None if ch is None else ch.unit_size,

@@ -16,6 +16,8 @@
 #include "bindings/common.h"
 #include "capacity_scheduler.h"
 #include "micro_batch_scheduler.h"
+#include "policies/guaranteed_no_evict.h"
+#include "policies/max_utilization.h"
 #include "policies/registry.h"
 #include "request_list.h"
 #include "scheduler.h"
@@ -76,6 +78,38 @@ void bind_schedulers(nb::module_& m) {
                                       to_numpy(std::move(out.paused)));
             }, "table"_a, "active_requests"_a, "kv_cache_manager"_a = nb::none(), "peft_cache_manager"_a = nb::none(),
             "cross_kv_cache_manager"_a = nb::none(), "Returns slot arrays (fitting, fitting_disagg_gen_init, paused).");
+
+    m.def("no_evict_split_fitting", [](KVCacheManager& kv, const ArrayArg& slots, int32_t max_num_requests,
+                                       int32_t until, int32_t after) {
+            auto [p, n] = checked_slots(kv.table(), slots, "slots");  // distinct: the caller's checked list
+            CapacityContext c{kv.table_ptr().get(), p, n, &kv, nullptr, nullptr, max_num_requests, false, until, after};
+            std::vector<int32_t> fitting;
+            int32_t num_generations = 0;
+            if (!no_evict_split_fitting(c, fitting, num_generations)) return nb::object(nb::none());
+            return nb::object(nb::make_tuple(to_numpy(std::move(fitting)), num_generations));
+        }, "kv_cache_manager"_a, "slots"_a.noconvert(), "max_num_requests"_a,
+        "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
+        "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_COMPLETE),
+        "GUARANTEED_NO_EVICT as the C++ policy runs it (reuse skipping, head-of-line admission) over a list of "
+        "running generations and contexts; self cache only, no PEFT. Returns (fitting slots: the running "
+        "generations in list order, then the admitted contexts; the number of generations), or None, having "
+        "changed nothing, when the list is not of that shape or the generations reach max_num_requests.");
+
+    m.def("max_utilization_fitting", [](KVCacheManager& kv, const ArrayArg& slots, int32_t max_num_requests,
+                                        bool two_steps_look_ahead, int32_t until, int32_t after) {
+            auto [p, n] = checked_slots(kv.table(), slots, "slots");  // distinct: the caller's checked list
+            CapacityContext c{kv.table_ptr().get(), p, n, &kv, nullptr, nullptr, max_num_requests, two_steps_look_ahead,
+                              until, after};
+            CapacityOutput out;
+            max_utilization_fitting(c, out);
+            return nb::make_tuple(to_numpy(std::move(out.fitting)), to_numpy(std::move(out.fitting_disagg_gen_init)),
+                                  to_numpy(std::move(out.paused)));
+        }, "kv_cache_manager"_a, "slots"_a.noconvert(), "max_num_requests"_a, "two_steps_look_ahead"_a = false,
+        "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
+        "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_COMPLETE),
+        "MAX_UTILIZATION as the C++ policy runs it (reuse skipping, pausing from the tail; no PEFT) over the list "
+        "`slots`: slot arrays (fitting, fitting_disagg_gen_init, paused), as CapacityScheduler.schedule returns. "
+        "Starts the cache's scheduling pass.");
 
     nb::class_<MicroBatchScheduler>(m, "MicroBatchScheduler", "Reference C++ micro-batch scheduler.")
         .def("__init__", [](MicroBatchScheduler* self, std::optional<std::pair<ContextChunkingPolicy, int32_t>> chunking,

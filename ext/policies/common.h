@@ -43,6 +43,13 @@ struct CapacityOutput {
         fitting_disagg_gen_init.clear();
         paused.clear();
     }
+    /// Splits `scheduled` into `fitting` and `fitting_disagg_gen_init`, in order.
+    void split_disagg(const RequestTable& t) {
+        for (int32_t s : scheduled) {
+            if (state::is_disagg_generation_init(t.state[s])) fitting_disagg_gen_init.push_back(s);
+            else fitting.push_back(s);
+        }
+    }
 };
 
 inline bool can_be_scheduled(const CapacityContext& c, int32_t st) {

@@ -3,6 +3,9 @@
 // Python twin: tllm_sched/policies/guaranteed_no_evict.py. Mirrors GuaranteedNoEvictScheduler
 // (and its STATIC_BATCH variant): running generations are admitted unconditionally and pre-claim their
 // remaining blocks; new contexts are admitted while their remaining blocks to completion fit.
+#include "policies/guaranteed_no_evict.h"
+
+#include <string>
 #include <unordered_set>
 
 #include "policies/registry.h"
@@ -12,9 +15,50 @@ namespace tllm {
 
 namespace {
 
+/// Pass 2: what is left (blocks of both caches, LoRA pages, the count) as it admits list after list.
+struct NoEvictAdmission {
+    const CapacityContext& c;
+    ReuseSkipper& skipper;  ///< never skips for STATIC_BATCH (built without a cache)
+    NoEvictBlocks self, cross;
+    int64_t available_pages;
+    std::unordered_set<int64_t>& task_ids;  ///< LoRA tasks admitted so far
+    int32_t count;                          ///< requests admitted so far (pass 1 included)
+
+    /// One list in order: entries outside the gating window are passed over, first-chunk contexts
+    /// whose key another request claimed are skipped, the rest admitted while they fit (admit(i)
+    /// for position i); a block shortage stops the list, a page shortage skips one request.
+    template <class Admit>
+    void run(const int32_t* list, int32_t n, Admit admit) {
+        RequestTable& t = *c.table;
+        for (int32_t i = 0; i < n; ++i) {
+            int32_t s = list[i], st = t.state[s];
+            if (!can_be_scheduled_with_disagg_exception(c, st)) continue;
+            if (skipper.beneficial_to_skip(s)) continue;
+            if (count >= c.max_num_requests) break;  // this list only
+            bool disagg = state::is_disagg_generation_init(st);
+            if (!state::is_context_init(st) && !disagg) continue;
+            int32_t need_self = self.need(s), need_cross = cross.need(s);
+            bool enough_blocks = need_self <= self.available;
+            bool enough_cross = !cross.kv || need_cross <= cross.available;
+            int64_t task = t.lora_task_id[s];
+            bool new_task = task >= 0 && !task_ids.count(task);
+            int64_t pages = (new_task && c.peft) ? c.peft->determine_num_pages(t, s) : 0;
+            if (enough_blocks && enough_cross && pages <= available_pages) {
+                admit(i);
+                ++count;
+                self.available -= need_self;
+                cross.available -= need_cross;
+                available_pages -= pages;
+                if (new_task) task_ids.insert(task);
+            } else if (!enough_blocks || !enough_cross) {
+                break;  // head-of-line blocking
+            }  // else: only PEFT pages are short; try the next request
+        }
+    }
+};
+
 void schedule_no_evict(const CapacityContext& c, bool static_batch, CapacityOutput& out) {
     RequestTable& t = *c.table;
-    NoEvictBlocks self(c.kv), cross(c.cross_kv);
     const int64_t max_pages = c.peft ? c.peft->max_device_pages() : INT32_MAX;
     int64_t claimed_pages = 0;
     std::unordered_set<int64_t> task_ids;
@@ -40,44 +84,51 @@ void schedule_no_evict(const CapacityContext& c, bool static_batch, CapacityOutp
     if (static_batch && !out.scheduled.empty()) return;
     // Nothing for pass 2: no block count can change the outcome, so none is computed.
     if (pending.empty() && pending_disagg.empty()) return;
-    for (int32_t s : out.scheduled) {  // the running generations reserve their blocks to completion
-        self.available -= self.need(s);
-        cross.available -= cross.need(s);
-    }
 
-    // Pass 2: disagg-generation-init first, then contexts; a block shortage stops the list.
-    int64_t available_pages = max_pages - claimed_pages;
-    // STATIC_BATCH does no reuse skipping at all.
+    // Pass 2: disagg-generation-init first, then contexts. STATIC_BATCH does no reuse skipping.
     ReuseSkipper skipper(t, static_batch ? nullptr : c.kv, c.slots, c.num_slots);
-    for (const std::vector<int32_t>* list : {&pending_disagg, &pending}) {
-        for (int32_t s : *list) {
-            int32_t st = t.state[s];
-            bool disagg = state::is_disagg_generation_init(st);
-            if (!static_batch && !disagg && skipper.beneficial_to_skip(s)) continue;
-            if (count() >= c.max_num_requests) break;  // this list only
-            if (!state::is_context_init(st) && !disagg) continue;
-            int32_t need_self = self.need(s), need_cross = cross.need(s);
-            bool enough_blocks = need_self <= self.available;
-            bool enough_cross = !cross.kv || need_cross <= cross.available;
-            int64_t task = t.lora_task_id[s];
-            bool new_task = task >= 0 && !task_ids.count(task);
-            int64_t pages = (new_task && c.peft) ? c.peft->determine_num_pages(t, s) : 0;
-            if (enough_blocks && enough_cross && pages <= available_pages) {
-                out.scheduled.push_back(s);
-                self.available -= need_self;
-                cross.available -= need_cross;
-                available_pages -= pages;
-                if (new_task) task_ids.insert(task);
-            } else if (!enough_blocks || !enough_cross) {
-                break;  // head-of-line blocking
-            }  // else: only PEFT pages are short; try the next request
-        }
+    NoEvictAdmission pass{c, skipper, NoEvictBlocks(c.kv), NoEvictBlocks(c.cross_kv), max_pages - claimed_pages,
+                          task_ids, count()};
+    for (int32_t s : out.scheduled) {  // the running generations reserve their blocks to completion
+        pass.self.available -= pass.self.need(s);
+        pass.cross.available -= pass.cross.need(s);
     }
+    for (const std::vector<int32_t>* list : {&pending_disagg, &pending})
+        pass.run(list->data(), static_cast<int32_t>(list->size()), [&](int32_t i) { out.scheduled.push_back((*list)[i]); });
 }
 
 }  // namespace
 
 void schedule_guaranteed_no_evict(const CapacityContext& c, CapacityOutput& out) { schedule_no_evict(c, false, out); }
 void schedule_static_batch(const CapacityContext& c, CapacityOutput& out) { schedule_no_evict(c, true, out); }
+
+bool no_evict_split_fitting(const CapacityContext& c, std::vector<int32_t>& fitting, int32_t& num_generations) {
+    RequestTable& t = *c.table;
+    if (c.cross_kv || c.peft) throw InputError("no_evict_split_fitting: only the self cache, without PEFT");
+    fitting.clear();  // pass 1's generations first, then the admitted contexts
+    std::vector<int32_t> others;
+    bool waiting = false;  // a context in the gating window: pass 2 has work
+    for (int32_t i = 0; i < c.num_slots; ++i) {
+        int32_t s = c.slots[i], st = t.state[s];
+        bool gated = can_be_scheduled_with_disagg_exception(c, st);
+        if (gated && st == static_cast<int32_t>(LlmRequestState::kGENERATION_IN_PROGRESS)) {
+            fitting.push_back(s);
+            continue;
+        }
+        if (gated && !state::is_context_init(st)) return false;  // pass 1 decides it: not this shape
+        waiting = waiting || gated;
+        others.push_back(s);
+    }
+    num_generations = static_cast<int32_t>(fitting.size());
+    if (num_generations >= c.max_num_requests) return false;  // pass 1 cuts the list
+    // Nothing for pass 2: no block count can change the outcome, so none is computed (no claim either).
+    if (!waiting) return true;
+    std::unordered_set<int64_t> no_tasks;
+    ReuseSkipper skipper(t, c.kv, others.data(), static_cast<int32_t>(others.size()));
+    NoEvictAdmission pass{c, skipper, NoEvictBlocks(c.kv), NoEvictBlocks(nullptr), INT32_MAX, no_tasks, num_generations};
+    for (int32_t i = 0; i < num_generations; ++i) pass.self.available -= pass.self.need(fitting[static_cast<size_t>(i)]);
+    pass.run(others.data(), static_cast<int32_t>(others.size()), [&](int32_t i) { fitting.push_back(others[static_cast<size_t>(i)]); });
+    return true;
+}
 
 }  // namespace tllm

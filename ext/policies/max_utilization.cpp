@@ -3,6 +3,8 @@
 // Python twin: tllm_sched/policies/max_utilization.py (fused: policies/fused.py). Mirrors
 // MaxUtilizationScheduler and trySchedulingRequestMaxUtilization, and TensorRT-LLM's 2026 fused
 // MaxUtilizationPolicy. The cross cache is ignored, as TensorRT-LLM's C++ does.
+#include "policies/max_utilization.h"
+
 #include <unordered_set>
 
 #include "policies/registry.h"
@@ -64,6 +66,12 @@ void schedule_max_utilization(const CapacityContext& c, CapacityOutput& out) {
 }
 void schedule_fused_max_utilization(const CapacityContext& c, TokenBudget& budget, CapacityOutput& out) {
     max_utilization<true>(c, &budget, out);
+}
+
+void max_utilization_fitting(const CapacityContext& c, CapacityOutput& out) {
+    out.clear();
+    max_utilization<false>(c, nullptr, out);
+    out.split_disagg(*c.table);
 }
 
 }  // namespace tllm

@@ -35,11 +35,11 @@ def _equal_progress(remaining: List[int], cap: Optional[int], unit: int, max_ctx
 def _first_come_first_served(remaining: List[int], cap: Optional[int], unit: int, max_ctx: Optional[int]) -> List[int]:
     chunk, left = [], cap
     for want in remaining:
-        act = want
-        if left is not None:
-            act = min(left, act)
-        if max_ctx is not None:
-            act = min(max_ctx, act)
+        act = want  # comparisons, not min(): this loop runs on every chunked step
+        if left is not None and left < act:
+            act = left
+        if max_ctx is not None and max_ctx < act:
+            act = max_ctx
         if act != want:
             act = act // unit * unit  # a truncated chunk ends on a unit
         chunk.append(act)
@@ -190,6 +190,12 @@ POLICIES = {
     FIRST_COME_FIRST_SERVED: (_first_come_first_served, _first_come_first_served_vec),
     EQUAL_PROGRESS: (_equal_progress, _equal_progress_vec),
 }
+
+
+def policy_forms(policy: str):
+    """(scalar, array) chunk sizes of a chunking policy, f(remaining, capacity, unit,
+    max_context_length): for contexts without draft tokens (fitting none discards nothing)."""
+    return _policy(policy)
 
 
 def _policy(policy: str):

@@ -7,9 +7,12 @@ separates the running generations from the other requests for the policies' spli
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from tllm_sched import _core
+from tllm_sched.crossings import counted
 
 S = _core.LlmRequestState
 ENCODER_INIT = int(S.ENCODER_INIT)
@@ -39,22 +42,23 @@ class Split:
     __slots__ = ("slots", "other", "other_state", "contexts", "tail", "_state", "_gens")
 
     def __init__(self, slots: np.ndarray, other: np.ndarray, other_state: np.ndarray,
-                 state: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None):
+                 state: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None, tail: bool = True):
         self.slots = slots  # the list, in order
         self.other = other  # ascending list positions of the others
         self.other_state = other_state  # their states
         self.contexts = contexts  # slots of the others when all are known contexts, else None
+        # The others are the end of the list (new requests are appended): slices, no copies.
+        # A fitting list built as generations then contexts always is.
+        self.tail = tail
         self._state = state  # state per entry (or None when `gens` is given)
         self._gens = gens
-        # The others are the end of the list (new requests are appended): slices, no copies.
-        self.tail = other.size == 0 or int(other[0]) == slots.size - other.size
 
     @classmethod
     def of(cls, slots: np.ndarray, state: np.ndarray) -> "Split":
         other = (state != GEN_IN_PROGRESS).nonzero()[0]
         if other.size == 0:
             return cls(slots, NO_POSITIONS, EMPTY, gens=slots)
-        return cls(slots, other, state.take(other), state=state)
+        return cls(slots, other, state.take(other), state=state, tail=int(other[0]) == slots.size - other.size)
 
     @property
     def gens(self) -> np.ndarray:
@@ -67,6 +71,14 @@ class Split:
     def other_slots(self) -> np.ndarray:
         """Slots of the others, in list order."""
         return self.slots[self.slots.size - self.other.size:] if self.tail else self.slots.take(self.other)
+
+
+class Slots(NamedTuple):
+    """A policy's decisions already as slot arrays (a C++ loop's output, capacity_scheduler.py)."""
+
+    fitting: np.ndarray
+    fitting_disagg_gen_init: np.ndarray
+    paused: np.ndarray
 
 
 # Kinds of state, for classifying a split's others with a lookup table instead of a chain of
@@ -93,11 +105,21 @@ class KindTable:
 
     def count(self, states: np.ndarray) -> list:
         """How many of `states` are of each kind."""
-        if states.size >= FEW:
-            return np.bincount(self.array.take(states), minlength=self.n_kinds).tolist()
         counts, table = [0] * self.n_kinds, self.list
-        for st in states.tolist():
-            counts[table[st]] += 1
+        if states.size < FEW or not states.size:
+            for st in states.tolist():
+                counts[table[st]] += 1
+            return counts
+        # Many: usually all in one state (a queue of waiting contexts), one comparison says so.
+        # Few distinct array functions: the first call of each in a step runs cold (np.bincount
+        # would also be slow).
+        first = int(states[0])
+        if np.count_nonzero(states == first) == states.size:
+            counts[table[first]] = states.size
+            return counts
+        kinds = self.array.take(states)
+        for k in range(self.n_kinds):
+            counts[k] = np.count_nonzero(kinds == k)
         return counts
 
 
@@ -132,15 +154,18 @@ class CapacityContext:
     """One capacity-scheduling call: the active list's columns and the managers.
 
     Columns are gathered from the zero-copy views only when a policy asks for them (`take` is
-    the cheapest gather), so the common all-generation step touches just the state column.
+    the cheapest gather), so the common all-generation step touches just the state column; the
+    states, their split and kind counts too, so a step the policy hands to one C++ call (block
+    reuse) computes none of them.
     """
 
-    __slots__ = ("cols", "slots", "state", "kv", "cross_kv", "peft", "table", "max_num_requests",
-                 "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "all_generation", "_gen_window", "pending_are_admissible",
-                 "split", "kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids")
+    __slots__ = ("cols", "slots", "_state", "kv", "cross_kv", "peft", "table", "max_num_requests",
+                 "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "_all_generation", "_gen_window", "pending_are_admissible",
+                 "_split", "_kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids",
+                 "no_evict_split_fitting", "max_utilization_fitting")
 
     def __init__(self, cols, *, kv, cross_kv, peft, table, max_num_requests, two_steps_look_ahead,
-                 no_schedule_until_state, no_schedule_after_state, reuse, max_device_pages):
+                 no_schedule_until_state, no_schedule_after_state, reuse, max_device_pages, counter=None):
         """Built once per scheduler; `reset` points it at one step's active list."""
         self.cols = cols  # zero-copy column views of the table
         self.kv, self.cross_kv, self.peft, self.table = kv, cross_kv, peft, table  # managers (maybe proxies)
@@ -155,6 +180,9 @@ class CapacityContext:
         # disagg-gen-init is a context state, so pass-2 lists need no state filter.
         self.pending_are_admissible = no_schedule_until_state >= CONTEXT_INIT and no_schedule_after_state <= GEN_COMPLETE
         self.kinds = KindTable(self._kind_of, 4)
+        # The C++ loops the policies call once a step with block reuse, counted into `counter`.
+        self.no_evict_split_fitting = counted(_core.no_evict_split_fitting, counter)
+        self.max_utilization_fitting = counted(_core.max_utilization_fitting, counter)
         # Free-block counts of the self and cross caches: zero-copy views, read without a call.
         self._free = tuple(None if m is None else m.free_block_counts() for m in (kv, cross_kv))
         self.reset(EMPTY)
@@ -172,12 +200,38 @@ class CapacityContext:
 
     def reset(self, slots: np.ndarray) -> "CapacityContext":
         self.slots = slots  # int32 slots of the active list, in order
-        st = self.state = self.cols["state"].take(slots)  # state per list entry
-        sp = self.split = Split.of(slots, st)
-        self.kind_counts = self.kinds.count(sp.other_state)  # the others' kinds (capacity gating)
-        self.all_generation = bool(st.size and self._gen_window and self.kind_counts[GENERATION] == sp.other.size)
+        self._state = self._split = self._kind_counts = self._all_generation = None
         self._first_chunk = self._lora = self._ids = None
         return self
+
+    @property
+    def state(self) -> np.ndarray:
+        """int32 state per list entry."""
+        if self._state is None:
+            self._state = self.cols["state"].take(self.slots)
+        return self._state
+
+    @property
+    def split(self) -> Split:
+        """The list's running generations and others."""
+        if self._split is None:
+            self._split = Split.of(self.slots, self.state)
+        return self._split
+
+    @property
+    def kind_counts(self) -> list:
+        """How many of the others are of each capacity kind (gating)."""
+        if self._kind_counts is None:
+            self._kind_counts = self.kinds.count(self.split.other_state)
+        return self._kind_counts
+
+    @property
+    def all_generation(self) -> bool:
+        """Every entry is a generation in the gating window."""
+        if self._all_generation is None:
+            self._all_generation = bool(self.slots.size and self._gen_window
+                                        and self.kind_counts[GENERATION] == self.split.other.size)
+        return self._all_generation
 
     @property
     def first_chunk(self) -> np.ndarray:

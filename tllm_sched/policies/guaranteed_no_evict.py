@@ -6,7 +6,8 @@ disagg-generation-init requests, then contexts, while their blocks to completion
 Without PEFT pass 2 is a cumulative sum and a first-failure search; with PEFT, where a
 page-only failure skips one request, it is a short scalar loop. The serving steady state
 (running generations plus a few new contexts) takes a split path: the generations as one block
-with one summed question, pass 2 over the contexts alone.
+with one summed question, pass 2 over the contexts alone; with block reuse, where each skip
+depends on the claims before it, the whole step is one call to the C++ policy's loop.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 
 from tllm_sched.policies.common import (
     CONTEXT,
-    IGNORED,
     DISAGG_GEN_INIT,
     EMPTY,
     Split,
@@ -27,7 +27,7 @@ from tllm_sched.policies.common import (
     prefix_within,
     task_ids,
 )
-from tllm_sched.policies.reuse_skipping import ReuseSkipper, make_skipper
+from tllm_sched.policies.reuse_skipping import make_skipper
 
 INT32_MAX = 2**31 - 1
 # Calls a step makes besides key questions (crossing budget 8): the slots, the remaining blocks
@@ -56,6 +56,10 @@ def _remaining(kv, slots: np.ndarray) -> np.ndarray:
 
 
 def schedule(ctx: CapacityContext, static_batch: bool = False):
+    if ctx.reuse and not static_batch and ctx.plain_split and ctx.cross_kv is None:
+        fitting = _schedule_split_reusing(ctx)
+        if fitting is not None:
+            return fitting, EMPTY
     if ctx.all_generation:
         # Only running generations: pass 1 admits them in order up to the count limit and pass 2
         # has nothing to consider, so no block or page count can change the outcome.
@@ -102,7 +106,7 @@ def schedule(ctx: CapacityContext, static_batch: bool = False):
 def _schedule_split(ctx: CapacityContext, static_batch: bool):
     """Running generations plus a few waiting contexts (the serving steady state), without PEFT:
     pass 1 takes the generations as a block, pass 2 runs over the contexts only (with block
-    reuse: `_schedule_split_reusing`). Returns the fitting list as a Split (generations first,
+    reuse: `_schedule_split_reusing`, tried first). Returns the fitting list as a Split (generations first,
     then the admitted contexts), or None when an other is not a context, a cross cache is
     attached or the count limit cuts pass 1 (the general path decides)."""
     sp = ctx.split
@@ -114,11 +118,11 @@ def _schedule_split(ctx: CapacityContext, static_batch: bool):
     n_gen = ctx.slots.size - sp.other.size
     if n_gen >= ctx.max_num_requests:
         return None
+    if n_waiting and ctx.reuse and not static_batch:
+        return None  # `_schedule_split_reusing` declined this list: the general path skips
     gens = sp.gens
     if n_waiting == 0 or (static_batch and n_gen):
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
-    if ctx.reuse and not static_batch:
-        return _schedule_split_reusing(ctx, gens, n_gen)
     if not ignored:
         contexts, others = sp.other_slots(), sp.other_state
     else:
@@ -132,29 +136,24 @@ def _schedule_split(ctx: CapacityContext, static_batch: bool):
     return Split(fitting, np.arange(n_gen, n_gen + n), others[:n], gens=gens, contexts=contexts[:n])
 
 
-def _schedule_split_reusing(ctx: CapacityContext, gens: np.ndarray, n_gen: int):
-    """`_schedule_split` with block reuse: a new context whose uncached prefix another context
-    computes is passed over (reuse_skipping.py), so the admitted contexts need not be a prefix.
-    The skipper sees only the others: every context in progress among them claims its key."""
-    sp, c = ctx.split, ctx.cols
-    others, o_state = sp.other_slots(), sp.other_state
-    first = c["context_current_position"].take(others) == c["prepopulated_prompt_len"].take(others)
-    if ctx.kind_counts[IGNORED]:
-        skipper = ReuseSkipper(ctx.kv, others, is_context_init(o_state), first, _KEY_CALLS)
-        waiting = (ctx.kinds.of(o_state) == CONTEXT).nonzero()[0]
-    else:  # every other is a context in the gating window
-        skipper = ReuseSkipper(ctx.kv, others, None, first, _KEY_CALLS)
-        waiting = np.arange(others.size)
-    rem = _remaining(ctx.kv, np.concatenate((gens, others)))  # one question for all
-    need = rem[n_gen:]  # per other
-    avail = ctx.free_blocks() - int(rem[:n_gen].sum())
-    state = NoEvictBlocks(ctx, need, None, None, avail, None, INT32_MAX, set(), n_gen, o_state)
-    taken = state.run_skipping(waiting, skipper)
-    if taken.size == 0:
-        return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
-    contexts = others.take(taken)
-    return Split(np.concatenate((gens, contexts)), np.arange(n_gen, n_gen + taken.size), o_state.take(taken),
-                 gens=gens, contexts=contexts)
+def _schedule_split_reusing(ctx: CapacityContext):
+    """The split path with block reuse (running generations and contexts, no PEFT, no cross
+    cache): a new context whose uncached prefix another context computes is passed over
+    (reuse_skipping.py), so the admitted contexts need not be a prefix. Each skip depends on the
+    keys claimed before it and the first context that does not fit stops the list, so the step is
+    one C++ call, the C++ policy's loop (design.md), before any state is read here. Returns the
+    fitting list as a Split, or None when the list is not of that shape (nothing was changed)."""
+    out = ctx.no_evict_split_fitting(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.no_schedule_until_state,
+                                     ctx.no_schedule_after_state)
+    if out is None:
+        return None
+    fitting, n_gen = out
+    k = fitting.size - n_gen
+    if k == 0:
+        return Split(fitting, NO_POSITIONS, EMPTY, gens=fitting)
+    contexts = fitting[n_gen:]
+    return Split(fitting, np.arange(n_gen, fitting.size), ctx.cols["state"].take(contexts), gens=fitting[:n_gen],
+                 contexts=contexts)
 
 
 def _fitting_contexts(ctx: CapacityContext, gens: np.ndarray, contexts: np.ndarray) -> int:
@@ -166,12 +165,10 @@ def _fitting_contexts(ctx: CapacityContext, gens: np.ndarray, contexts: np.ndarr
 
 class NoEvictBlocks:
     """What pass 2 has left (blocks of both caches, LoRA pages, the count) as it admits across its
-    lists; arrays are indexed by position (in the list, or in a split's others). C++ twin:
-    `NoEvictBlocks` (one per cache there)."""
+    lists; arrays are indexed by list position. C++ twin: `NoEvictAdmission`."""
 
-    def __init__(self, ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, count, state=None):
+    def __init__(self, ctx, rem, rem_cross, pages, avail, avail_cross, avail_pages, seen, count):
         self.ctx, self.rem, self.rem_cross, self.pages = ctx, rem, rem_cross, pages
-        self.state = ctx.state if state is None else state  # per position, like `rem`
         self.avail, self.avail_cross, self.avail_pages, self.seen, self.count = avail, avail_cross, avail_pages, seen, count
         self.stopped = False  # the current list hit a break (blocks or the count limit)
 
@@ -182,7 +179,7 @@ class NoEvictBlocks:
             order = order[~skip]  # skipped requests are passed over
         if not ctx.pending_are_admissible:
             # Only contexts and disagg-gen-init requests are admitted (other states are ignored).
-            st = self.state.take(order)
+            st = self.ctx.state.take(order)
             order = order[is_context_init(st) | (st == DISAGG_GEN_INIT)]
         room = ctx.max_num_requests - self.count
         if room <= 0 and order.size:

@@ -5,7 +5,8 @@ Mirrors MaxUtilizationScheduler and trySchedulingRequestMaxUtilization. The comm
 everything up to some request fits, is a cumulative sum and a first-failure search; from the first failure on,
 a scalar loop pauses started requests from the tail (one crossing per pause) exactly as C++ does.
 When only generations and contexts are listed (no skipping, no pages), one summed question tells
-whether the whole list fits, the usual answer.
+whether the whole list fits, the usual answer. With block reuse (and no PEFT) the loop is the C++
+policy's, in one call.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tllm_sched.policies.common import (
     IGNORED,
     OTHER,
     CapacityContext,
+    Slots,
     is_context_init,
     is_generation_in_progress,
     new_task_pages,
@@ -60,10 +62,16 @@ def tried_in_order(ctx: CapacityContext, skipper, gated: np.ndarray, need: np.nd
 
 
 def schedule(ctx: CapacityContext):
-    free = ctx.kv.start_scheduling()
+    if ctx.reuse and ctx.peft is None:
+        # With reuse skipping the loop is sequential (each skip depends on the keys claimed before
+        # it, each pause on the failure before it): one C++ call, the C++ policy's loop (design.md),
+        # before any state is read here.
+        return Slots(*ctx.max_utilization_fitting(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.two_steps_look_ahead,
+                                                  ctx.no_schedule_until_state, ctx.no_schedule_after_state)), EMPTY
     n = ctx.slots.size
     whole_list = ctx.all_generation or (
         n and ctx.plain_split and not ctx.reuse and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0)
+    free = ctx.kv.start_scheduling()
     if whole_list:
         # Every request is tried in list order, nothing skipped: running generations only, or
         # (without PEFT or reuse) generations and contexts. If the whole list fits, a sum asked

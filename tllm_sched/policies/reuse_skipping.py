@@ -13,6 +13,10 @@ C++ loop computes (every request before where admission would stop without skipp
 about in C++ too). Each window is one call; a policy passes how many calls its step can
 spend on keys within the crossing budget, and only the last of them takes the rest of the list.
 
+Without PEFT (GUARANTEED_NO_EVICT's split path, MAX_UTILIZATION) the policies do not ask here:
+they run the C++ policy's loop in one call (design.md, implementation difference 14); these
+windows serve the general paths (PEFT, a cross cache, disagg states).
+
 The cache keeps the keys of one pass and which of them are claimed: each call claims the keys
 of its requests in order and answers per request (no key, claimed now, claimed before: skip), so
 a window's decisions are one call and one comparison, whatever its size.
