@@ -230,14 +230,18 @@ class KVCacheAwareRouter(ADPRouter):
         self.fair_share_multiplier = float(fair_share_multiplier)
 
     def _route(self, states, new, max_active):
-        ranks, active, rest = self._targets(new, states.active_requests, max_active)
         load, match = states.uncached_tokens, states.matches  # match: (ranks, requests), a view of the records
-        if ranks is not None:
-            hit = np.flatnonzero(ranks >= 0)
-            load = load.copy()
-            np.add.at(load, ranks[hit], np.maximum(new.num_tokens[hit] - match[ranks[hit], hit], 0))
+        if new.target_rank is None and new.strict is None:  # the usual case: no targets, no array math
+            ranks, active, rest = None, states.active_requests, None
+        else:
+            ranks, active, rest = self._targets(new, states.active_requests, max_active)
+            if ranks is not None:
+                hit = np.flatnonzero(ranks >= 0)
+                load = load.copy()
+                np.add.at(load, ranks[hit], np.maximum(new.num_tokens[hit] - match[ranks[hit], hit], 0))
         fingerprint = new.fingerprint if new.fingerprint is not None else np.zeros(new.request_id.size, dtype=np.int64)
-        return Routing(*self._loop(new.num_tokens, new.request_id, fingerprint, rest, match, load, active, max_active,
+        # (tuple.__new__: Routing(*result) costs a Python-level __new__)
+        return tuple.__new__(Routing, self._loop(new.num_tokens, new.request_id, fingerprint, rest, match, load, active, max_active,
                                    self.fair_share_multiplier, self.load_balance_weight, self.match_rate_threshold,
                                    ranks))
 
