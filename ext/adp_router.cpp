@@ -129,24 +129,22 @@ bool group_ranks(const int64_t* group, int32_t k, const Span<const int32_t>* can
     return true;
 }
 
-/// The positions 0..k-1 in the order of (key, position): a stable LSD radix sort of keys below
-/// 2**bits (bits <= 32), in as few counting passes of at most 11 bits as cover them.
-std::vector<int32_t> radix_order(const std::vector<uint32_t>& key, int bits) {
-    const int32_t k = static_cast<int32_t>(key.size());
-    std::vector<int32_t> pos(static_cast<size_t>(k)), tmp(static_cast<size_t>(k));
-    for (int32_t j = 0; j < k; ++j) pos[static_cast<size_t>(j)] = j;
+/// Sorts `items` (a key below 2**bits above, bits <= 32, and a payload in the low 32 bits) by key,
+/// stably: an LSD radix sort in as few counting passes of at most 11 bits as cover the key, each
+/// reading the items in a row (the key travels with its payload) and the counts on the stack.
+void radix_sort(std::vector<uint64_t>& items, int bits) {
+    std::vector<uint64_t> tmp(items.size());
     const int passes = std::max(1, (bits + 10) / 11), width = (bits + passes - 1) / passes;
-    const uint32_t mask = (uint32_t{1} << width) - 1;
-    int32_t start[(1 << 11) + 1];
+    const uint64_t mask = (uint64_t{1} << width) - 1;
     const size_t buckets = (size_t{1} << width) + 1;
-    for (int shift = 0; shift < bits; shift += width) {
+    int32_t start[(1 << 11) + 1];
+    for (int shift = 32; shift < 32 + bits; shift += width) {
         std::fill(start, start + buckets, 0);
-        for (int32_t j = 0; j < k; ++j) ++start[((key[static_cast<size_t>(j)] >> shift) & mask) + 1];
+        for (uint64_t item : items) ++start[((item >> shift) & mask) + 1];
         for (size_t d = 1; d < buckets; ++d) start[d] += start[d - 1];
-        for (int32_t j : pos) tmp[static_cast<size_t>(start[(key[static_cast<size_t>(j)] >> shift) & mask]++)] = j;
-        pos.swap(tmp);
+        for (uint64_t item : items) tmp[static_cast<size_t>(start[(item >> shift) & mask]++)] = item;
+        items.swap(tmp);
     }
-    return pos;
 }
 
 /// The candidates (nullptr: 0..n-1) in the order of (group, tokens descending, position in the
@@ -171,13 +169,14 @@ std::vector<int32_t> ordered(const int64_t* group, Span<const int64_t> tokens, c
     int group_bits = 0;
     if (tok_bits <= 28 && (!group || group_ranks(group, k, candidates, rank, num_groups)) &&
         (group_bits = bit_width(static_cast<uint64_t>(num_groups - 1))) + tok_bits <= 32) {
-        std::vector<uint32_t> key(static_cast<size_t>(k));
+        std::vector<uint64_t> items(static_cast<size_t>(k));
         for (int32_t j = 0; j < k; ++j) {
-            const uint32_t g = group ? uint32_t{rank[static_cast<size_t>(j)]} << tok_bits : 0;
-            key[static_cast<size_t>(j)] = g | static_cast<uint32_t>(tok_max - static_cast<uint64_t>(tokens[at(j)]));
+            const uint64_t g = group ? uint64_t{rank[static_cast<size_t>(j)]} << tok_bits : 0;
+            const uint64_t key = g | (tok_max - static_cast<uint64_t>(tokens[at(j)]));
+            items[static_cast<size_t>(j)] = key << 32 | static_cast<uint32_t>(at(j));
         }
-        const std::vector<int32_t> pos = radix_order(key, group_bits + tok_bits);
-        for (int32_t j = 0; j < k; ++j) order[static_cast<size_t>(j)] = at(pos[static_cast<size_t>(j)]);
+        radix_sort(items, group_bits + tok_bits);
+        for (int32_t j = 0; j < k; ++j) order[static_cast<size_t>(j)] = static_cast<int32_t>(static_cast<uint32_t>(items[static_cast<size_t>(j)]));
         return order;
     }
     if (pos_bits + tok_bits <= 64) {
@@ -285,22 +284,25 @@ int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids
         expected_count(rank_requests, candidates ? candidates->size : tokens.size, fair_share_multiplier, max_active);
 
     const std::vector<int32_t> order = ordered(fingerprints.data, tokens, candidates);
-    // The eligible ranks, their load and request count side by side (the scans read them in a row).
+    // The eligible ranks, their load, request count and offset into the match rows side by side
+    // (the scans read them in a row). Loads are integers: every sum of token counts is below 2**53
+    // (checked above), so each converts to the double the scores use exactly, and the eligible
+    // total is kept up to date instead of re-added per request.
     std::vector<int32_t> eligible;
-    std::vector<double> load;
-    std::vector<int64_t> count;
-    eligible.reserve(static_cast<size_t>(rank_tokens.size)), load.reserve(eligible.capacity()), count.reserve(eligible.capacity());
+    std::vector<int64_t> load, count, offset;
+    const size_t world = static_cast<size_t>(rank_tokens.size);
+    eligible.reserve(world), load.reserve(world), count.reserve(world), offset.reserve(world);
     for (int32_t r = 0; r < rank_tokens.size; ++r) {
         if (rank_requests[r] >= expected) continue;
         eligible.push_back(r);
-        load.push_back(static_cast<double>(rank_tokens[r]));
+        load.push_back(rank_tokens[r]);
         count.push_back(rank_requests[r]);
+        offset.push_back(r * match.rank_stride);
     }
+    std::vector<int64_t> matched(eligible.size());
     std::vector<double> score(eligible.size());
-    // Every sum of token counts is exact (checked above): the eligible total is kept up to date
-    // instead of re-added per request.
-    double total = 0.0;
-    for (double l : load) total += l;
+    int64_t total = 0;
+    for (int64_t l : load) total += l;
     auto tie_first = [&](int32_t i, size_t a, size_t b) {  // eligible[a] before eligible[b] among exact ties
         return adp_tie_priority(request_ids[i], eligible[a]) < adp_tie_priority(request_ids[i], eligible[b]);
     };
@@ -308,14 +310,10 @@ int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids
         const size_t e = eligible.size();
         if (e == 0) break;
         const int64_t t = tokens[i];
-        // Most requests match on no rank at all: an OR over every rank's match (independent loads,
-        // no branch) spares them the per-eligible-rank maximum and the division.
+        // The request's match on each eligible rank, gathered once (independent loads, no branch).
         const int64_t* column = match.data + i * match.request_stride;
-        int64_t any = 0;
-        for (int64_t r = 0; r < match.num_ranks; ++r) any |= column[r * match.rank_stride];
         int64_t best_match = 0;
-        if (any != 0)
-            for (size_t j = 0; j < e; ++j) best_match = std::max(best_match, match(eligible[j], i));
+        for (size_t j = 0; j < e; ++j) best_match = std::max(best_match, matched[j] = column[offset[j]]);
         // (threshold >= 0: no match, no affinity)
         const bool affinity = best_match > 0 && static_cast<double>(best_match) / static_cast<double>(t) > threshold;
         size_t bj = 0;
@@ -325,23 +323,24 @@ int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids
             for (size_t j = 1; j < e; ++j)
                 if (load[j] < load[bj] || (load[j] == load[bj] && tie_first(i, j, bj))) bj = j;
         } else {
-            const double denom = std::max(total, static_cast<double>(t));
+            const double denom = std::max(static_cast<double>(total), static_cast<double>(t));
             for (size_t j = 0; j < e; ++j)  // scores first: the divisions pipeline
-                score[j] = static_cast<double>(t - match(eligible[j], i)) + weight * (load[j] / denom * static_cast<double>(t));
+                score[j] = static_cast<double>(t - matched[j]) +
+                           weight * (static_cast<double>(load[j]) / denom * static_cast<double>(t));
             for (size_t j = 1; j < e; ++j)
                 if (score[j] < score[bj] ||
                     (score[j] == score[bj] && (load[j] < load[bj] || (load[j] == load[bj] && tie_first(i, j, bj)))))
                     bj = j;
         }
-        const int32_t best = eligible[bj];
-        ranks[i] = best;
-        const double added = static_cast<double>(std::max<int64_t>(t - match(best, i), 0));
+        ranks[i] = eligible[bj];
+        const int64_t added = std::max<int64_t>(t - matched[bj], 0);
         load[bj] += added;
         total += added;
         if (++count[bj] >= expected) {
             total -= load[bj];
             const auto at = static_cast<std::ptrdiff_t>(bj);
             eligible.erase(eligible.begin() + at), load.erase(load.begin() + at), count.erase(count.begin() + at);
+            offset.erase(offset.begin() + at);
         }
     }
     return expected;
