@@ -246,8 +246,9 @@ def test_the_cpp_kernels_check_their_inputs():
     c0 = np.array([0], dtype=np.int32)
     m12 = np.zeros((1, 2), dtype=np.int64)
     kv = lambda **kw: _core.adp_kv_route(*{**dict(  # noqa: E731
-        tokens=tok, request_ids=tok, fingerprints=tok, candidates=c0, match=m12, rank_tokens=one,
-        rank_requests=one, max_active=3, fair_share_multiplier=2.0, weight=1.0, threshold=0.1, ranks=r0), **kw}.values())
+        tokens=tok, request_ids=tok, fingerprints=tok, candidates=c0, match=m12, rank_fields=np.zeros((2, 1), dtype=np.int64),
+        load_row=0, requests_row=1, max_active=3, fair_share_multiplier=2.0, weight=1.0, threshold=0.1, ranks=r0),
+        **kw}.values())
     for call, message in [
         (lambda: _core.adp_balance(tok, np.array([1, 1], dtype=np.int32), one, one, 3, r0), "request 1 is listed twice"),
         (lambda: _core.adp_balance(tok, np.array([2], dtype=np.int32), one, one, 3, r0), "index 2 is not a request"),
@@ -261,8 +262,11 @@ def test_the_cpp_kernels_check_their_inputs():
         (lambda: kv(match=np.zeros((2, 2), dtype=np.int64)), r"expected shape \(ranks, requests\) = \(1, 2\)"),
         (lambda: kv(tokens=np.array([5, 0], dtype=np.int64)), "at least one token"),
         (lambda: kv(request_ids=one), "request_ids and fingerprints: expected one entry per request"),
-        (lambda: kv(rank_tokens=np.array([-1])), "rank_tokens: must be >= 0"),
-        (lambda: kv(rank_tokens=np.array([2**53])), "must sum to less than 2\\*\\*53"),
+        (lambda: kv(rank_fields=np.array([[-1], [0]])), "rank_tokens: must be >= 0"),
+        (lambda: kv(rank_fields=np.array([[2**53], [0]])), "must sum to less than 2\\*\\*53"),
+        (lambda: kv(rank_fields=np.array([[0], [-1]])), "every count must be >= 0 and below"),
+        (lambda: kv(requests_row=2), "rank_fields: row 2 is not one of its 2"),
+        (lambda: kv(load_row=-1), "rank_fields: row -1 is not one of its 2"),
         (lambda: kv(weight=float("nan")), "weight: must be a finite number >= 0"),
         (lambda: kv(threshold=-0.5), "threshold: must be a finite number >= 0"),
         (lambda: kv(fair_share_multiplier=float("inf")), "fair_share_multiplier: must be a finite number >= 0"),
@@ -273,6 +277,9 @@ def test_the_cpp_kernels_check_their_inputs():
         (lambda: _core.adp_balance(tok, np.array([0], dtype=np.int64), one, one, 3, r0), "candidates: .*dtype int32"),
         (lambda: _core.adp_balance(tok, [0], one, one, 3, None), "int32 numpy array or None"),
         (lambda: kv(match=np.zeros((1, 2), dtype=np.int32)), "match: expected a numpy array of dtype int64"),
+        (lambda: kv(rank_fields=np.zeros((2, 1), dtype=np.int32)), "rank_fields: expected a numpy array of dtype int64"),
+        (lambda: kv(rank_fields=np.zeros((2, 4), dtype=np.int64)[:, ::2], match=np.zeros((2, 2), dtype=np.int64)),
+         "rank_fields: rows must be contiguous"),
     ]:
         with pytest.raises(TypeError, match=message):
             call()
