@@ -391,3 +391,32 @@ def test_round_robin_with_the_largest_cap(backend):
     # largest first from rank 0, 9 -> 0, 7 -> 1, 5 -> 2, 3 -> 0
     s = states([0, 1, 2], [0, 0, 0])
     assert route("round-robin", backend, s, new([3, 9, 5, 7]), 2**63 - 1) == ([0, 0, 2, 1], 2**63 - 1)
+
+
+@pytest.mark.parametrize("name", ["round-robin", "load", "kv-aware"])
+@pytest.mark.parametrize("groups, max_tokens", [
+    (1, 9000),  # radix sort, one group
+    (16, 2**28 - 1),  # radix sort: 4 group bits above 28 token bits fill the 32-bit key
+    (16, 2**28),  # 29 token bits: the 128-bit keys
+    (17, 9000),  # more groups than the radix sort's table: the 128-bit keys
+    (200, 9000),
+])
+def test_every_ordering_path_routes_as_the_python_reference(name, groups, max_tokens):
+    # The C++ orders the candidates (fingerprint, tokens descending, position) by a radix sort while
+    # the key fits 32 bits and at most 16 distinct fingerprints occur, else by 128-bit keys; the
+    # plain-Python reference sorts tuples. Negative and near-equal fingerprints (hash collisions in
+    # the radix sort's group table), repeated token counts (stability) and targets (a candidate subset).
+    rng = np.random.default_rng(groups * 1000 + max_tokens % 997)
+    world, n = 5, 300
+    pool = np.concatenate([rng.integers(-2**63, 2**63 - 1, groups // 2, dtype=np.int64),
+                           np.arange(groups - groups // 2, dtype=np.int64) * 64])  # 0, 64, 128, ...: nearby values
+    tokens = np.where(rng.random(n) < 0.3, rng.choice([7, 512, max_tokens], n), rng.integers(1, max_tokens + 1, n))
+    matches = np.where(rng.random((world, n)) < 0.2, rng.integers(0, 2, (world, n)) * tokens // 2, 0)
+    s = states(rng.integers(0, 40, world).tolist(), [10**9 // world] * world,
+               rng.integers(0, 10**9 // world, world).tolist(), matches.tolist(), queue_len=n)
+    nr = new(tokens, np.where(rng.random(n) < 0.1, rng.integers(0, world, n), -1), rng.random(n) < 0.1,
+             pool[rng.integers(0, groups, n)], ids=rng.choice(2**40, n, replace=False))
+    cpp, ref = (make_router(name, b).route(s, nr, 200) for b in BACKENDS)
+    assert cpp.ranks.tolist() == ref.ranks.tolist()
+    assert cpp.expected_num_active_requests == ref.expected_num_active_requests
+    assert (cpp.ranks >= 0).sum() > n // 2  # most are placed: the order decides the routing
