@@ -284,36 +284,34 @@ int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids
         expected_count(rank_requests, candidates ? candidates->size : tokens.size, fair_share_multiplier, max_active);
 
     const std::vector<int32_t> order = ordered(fingerprints.data, tokens, candidates);
-    // The eligible ranks, their load, request count and offset into the match rows side by side
-    // (the scans read them in a row). Loads are integers: every sum of token counts is below 2**53
-    // (checked above), so each converts to the double the scores use exactly, and the eligible
-    // total is kept up to date instead of re-added per request.
-    std::vector<int32_t> eligible;
-    std::vector<int64_t> load, count, offset;
-    const size_t world = static_cast<size_t>(rank_tokens.size);
-    eligible.reserve(world), load.reserve(world), count.reserve(world), offset.reserve(world);
+    // The eligible ranks, each with its load, request count, offset into the match rows and the
+    // current request's match and score, in one small array (one allocation). Loads are integers:
+    // every sum of token counts is below 2**53 (checked above), so each converts to the double the
+    // scores use exactly, and the eligible total is kept up to date instead of re-added per request.
+    struct Eligible {
+        int64_t load, count, offset, matched;
+        double score;
+        int32_t rank;
+    };
+    std::vector<Eligible> el;
+    el.reserve(static_cast<size_t>(rank_tokens.size));
+    int64_t total = 0;
     for (int32_t r = 0; r < rank_tokens.size; ++r) {
         if (rank_requests[r] >= expected) continue;
-        eligible.push_back(r);
-        load.push_back(rank_tokens[r]);
-        count.push_back(rank_requests[r]);
-        offset.push_back(r * match.rank_stride);
+        el.push_back({rank_tokens[r], rank_requests[r], r * match.rank_stride, 0, 0.0, r});
+        total += rank_tokens[r];
     }
-    std::vector<int64_t> matched(eligible.size());
-    std::vector<double> score(eligible.size());
-    int64_t total = 0;
-    for (int64_t l : load) total += l;
-    auto tie_first = [&](int32_t i, size_t a, size_t b) {  // eligible[a] before eligible[b] among exact ties
-        return adp_tie_priority(request_ids[i], eligible[a]) < adp_tie_priority(request_ids[i], eligible[b]);
+    auto tie_first = [&](int32_t i, size_t a, size_t b) {  // el[a] before el[b] among exact ties
+        return adp_tie_priority(request_ids[i], el[a].rank) < adp_tie_priority(request_ids[i], el[b].rank);
     };
     for (int32_t i : order) {
-        const size_t e = eligible.size();
+        const size_t e = el.size();
         if (e == 0) break;
         const int64_t t = tokens[i];
         // The request's match on each eligible rank, gathered once (independent loads, no branch).
         const int64_t* column = match.data + i * match.request_stride;
         int64_t best_match = 0;
-        for (size_t j = 0; j < e; ++j) best_match = std::max(best_match, matched[j] = column[offset[j]]);
+        for (Eligible& x : el) best_match = std::max(best_match, x.matched = column[x.offset]);
         // (threshold >= 0: no match, no affinity)
         const bool affinity = best_match > 0 && static_cast<double>(best_match) / static_cast<double>(t) > threshold;
         size_t bj = 0;
@@ -321,26 +319,26 @@ int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids
             // score = t + weight * (load / denom * t) never decreases as the load grows (weight >= 0,
             // rounding is monotone), and exact ties go to the lower load: the least loaded rank wins.
             for (size_t j = 1; j < e; ++j)
-                if (load[j] < load[bj] || (load[j] == load[bj] && tie_first(i, j, bj))) bj = j;
+                if (el[j].load < el[bj].load || (el[j].load == el[bj].load && tie_first(i, j, bj))) bj = j;
         } else {
             const double denom = std::max(static_cast<double>(total), static_cast<double>(t));
-            for (size_t j = 0; j < e; ++j)  // scores first: the divisions pipeline
-                score[j] = static_cast<double>(t - matched[j]) +
-                           weight * (static_cast<double>(load[j]) / denom * static_cast<double>(t));
-            for (size_t j = 1; j < e; ++j)
-                if (score[j] < score[bj] ||
-                    (score[j] == score[bj] && (load[j] < load[bj] || (load[j] == load[bj] && tie_first(i, j, bj)))))
+            for (Eligible& x : el)  // scores first: the divisions pipeline
+                x.score = static_cast<double>(t - x.matched) + weight * (static_cast<double>(x.load) / denom * static_cast<double>(t));
+            for (size_t j = 1; j < e; ++j) {
+                const Eligible &x = el[j], &b = el[bj];
+                if (x.score < b.score ||
+                    (x.score == b.score && (x.load < b.load || (x.load == b.load && tie_first(i, j, bj)))))
                     bj = j;
+            }
         }
-        ranks[i] = eligible[bj];
-        const int64_t added = std::max<int64_t>(t - matched[bj], 0);
-        load[bj] += added;
+        Eligible& best = el[bj];
+        ranks[i] = best.rank;
+        const int64_t added = std::max<int64_t>(t - best.matched, 0);
+        best.load += added;
         total += added;
-        if (++count[bj] >= expected) {
-            total -= load[bj];
-            const auto at = static_cast<std::ptrdiff_t>(bj);
-            eligible.erase(eligible.begin() + at), load.erase(load.begin() + at), count.erase(count.begin() + at);
-            offset.erase(offset.begin() + at);
+        if (++best.count >= expected) {
+            total -= best.load;
+            el.erase(el.begin() + static_cast<std::ptrdiff_t>(bj));
         }
     }
     return expected;
