@@ -106,7 +106,7 @@ void bind_attention_dp(nb::module_& m) {
         "match"_a.noconvert(), "rank_fields"_a.noconvert(), "load_row"_a, "requests_row"_a, "max_active"_a,
         "fair_share_multiplier"_a, "weight"_a, "threshold"_a, "ranks"_a.none(),
         "KVCacheAwareADPRouter's loop; match is (ranks, requests) int64, any strides; rank_fields a (fields, ranks) "
-        "int64 matrix with contiguous rows (RankStates.fields, as gathered: one array for both per-rank inputs) "
+        "int64 matrix with contiguous rows (e.g. RankStates.fields: one array for both per-rank inputs) "
         "whose rows load_row and requests_row hold each rank's load and active requests. (A copy of `ranks` with "
         "each candidate's rank set (left as is: no rank was eligible), the expected per-rank count).");
 }
