@@ -149,12 +149,12 @@ void radix_sort(std::vector<uint64_t>& items, int bits) {
 
 /// The candidates (nullptr: 0..n-1) in the order of (group, tokens descending, position in the
 /// list), with group 0 for all when `group` is nullptr: what a stable sort by (group, -tokens)
-/// gives. The usual case (token counts below 2**32, at most 16 distinct groups) is a radix sort:
-/// stable counting passes over the descending token count, a byte at a time, then over the group's
-/// rank; no comparisons, so no mispredicted branches (std::sort of 256 random keys costs 2 us,
-/// mostly mispredictions). Otherwise each candidate packs into one 128-bit integer key (group
-/// above, tokens descending and the position below) for std::sort; tokens and positions too wide to
-/// share 64 bits fall back to a sort of structs.
+/// gives. The usual case (token counts of at most 28 bits, at most 16 distinct groups) is a radix
+/// sort of a 32-bit key, the group's rank above the descending token count: no comparisons, so no
+/// mispredicted branches (std::sort of 256 random keys costs about 2 us, mostly mispredictions; the
+/// radix sort 1.2 us, 1.9 us with the group lookup, measured hot). Otherwise each candidate packs
+/// into one 128-bit integer key (group above, tokens descending and the position below) for
+/// std::sort; tokens and positions too wide to share 64 bits fall back to a sort of structs.
 std::vector<int32_t> ordered(const int64_t* group, Span<const int64_t> tokens, const Span<const int32_t>* candidates) {
     const int32_t k = candidates ? candidates->size : tokens.size;
     auto at = [&](int32_t j) { return candidates ? (*candidates)[j] : j; };
