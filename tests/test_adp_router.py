@@ -246,8 +246,9 @@ def test_the_cpp_kernels_check_their_inputs():
     c0 = np.array([0], dtype=np.int32)
     m12 = np.zeros((1, 2), dtype=np.int64)
     kv = lambda **kw: _core.adp_kv_route(*{**dict(  # noqa: E731
-        tokens=tok, request_ids=tok, fingerprints=tok, candidates=c0, match=m12, rank_tokens=one,
-        rank_requests=one, max_active=3, fair_share_multiplier=2.0, weight=1.0, threshold=0.1, ranks=r0), **kw}.values())
+        tokens=tok, request_ids=tok, fingerprints=tok, candidates=c0, match=m12, rank_fields=np.zeros((2, 1), dtype=np.int64),
+        load_row=0, requests_row=1, max_active=3, fair_share_multiplier=2.0, weight=1.0, threshold=0.1, ranks=r0),
+        **kw}.values())
     for call, message in [
         (lambda: _core.adp_balance(tok, np.array([1, 1], dtype=np.int32), one, one, 3, r0), "request 1 is listed twice"),
         (lambda: _core.adp_balance(tok, np.array([2], dtype=np.int32), one, one, 3, r0), "index 2 is not a request"),
@@ -261,8 +262,11 @@ def test_the_cpp_kernels_check_their_inputs():
         (lambda: kv(match=np.zeros((2, 2), dtype=np.int64)), r"expected shape \(ranks, requests\) = \(1, 2\)"),
         (lambda: kv(tokens=np.array([5, 0], dtype=np.int64)), "at least one token"),
         (lambda: kv(request_ids=one), "request_ids and fingerprints: expected one entry per request"),
-        (lambda: kv(rank_tokens=np.array([-1])), "rank_tokens: must be >= 0"),
-        (lambda: kv(rank_tokens=np.array([2**53])), "must sum to less than 2\\*\\*53"),
+        (lambda: kv(rank_fields=np.array([[-1], [0]])), "rank_tokens: must be >= 0"),
+        (lambda: kv(rank_fields=np.array([[2**53], [0]])), "must sum to less than 2\\*\\*53"),
+        (lambda: kv(rank_fields=np.array([[0], [-1]])), "every count must be >= 0 and below"),
+        (lambda: kv(requests_row=2), "rank_fields: row 2 is not one of its 2"),
+        (lambda: kv(load_row=-1), "rank_fields: row -1 is not one of its 2"),
         (lambda: kv(weight=float("nan")), "weight: must be a finite number >= 0"),
         (lambda: kv(threshold=-0.5), "threshold: must be a finite number >= 0"),
         (lambda: kv(fair_share_multiplier=float("inf")), "fair_share_multiplier: must be a finite number >= 0"),
@@ -273,6 +277,9 @@ def test_the_cpp_kernels_check_their_inputs():
         (lambda: _core.adp_balance(tok, np.array([0], dtype=np.int64), one, one, 3, r0), "candidates: .*dtype int32"),
         (lambda: _core.adp_balance(tok, [0], one, one, 3, None), "int32 numpy array or None"),
         (lambda: kv(match=np.zeros((1, 2), dtype=np.int32)), "match: expected a numpy array of dtype int64"),
+        (lambda: kv(rank_fields=np.zeros((2, 1), dtype=np.int32)), "rank_fields: expected a numpy array of dtype int64"),
+        (lambda: kv(rank_fields=np.zeros((2, 4), dtype=np.int64)[:, ::2], match=np.zeros((2, 2), dtype=np.int64)),
+         "rank_fields: rows must be contiguous"),
     ]:
         with pytest.raises(TypeError, match=message):
             call()
@@ -384,3 +391,32 @@ def test_round_robin_with_the_largest_cap(backend):
     # largest first from rank 0, 9 -> 0, 7 -> 1, 5 -> 2, 3 -> 0
     s = states([0, 1, 2], [0, 0, 0])
     assert route("round-robin", backend, s, new([3, 9, 5, 7]), 2**63 - 1) == ([0, 0, 2, 1], 2**63 - 1)
+
+
+@pytest.mark.parametrize("name", ["round-robin", "load", "kv-aware"])
+@pytest.mark.parametrize("groups, max_tokens", [
+    (1, 9000),  # radix sort, one group
+    (16, 2**28 - 1),  # radix sort: 4 group bits above 28 token bits fill the 32-bit key
+    (16, 2**28),  # 29 token bits: the 128-bit keys
+    (17, 9000),  # more groups than the radix sort's table: the 128-bit keys
+    (200, 9000),
+])
+def test_every_ordering_path_routes_as_the_python_reference(name, groups, max_tokens):
+    # The C++ orders the candidates (fingerprint, tokens descending, position) by a radix sort while
+    # the key fits 32 bits and at most 16 distinct fingerprints occur, else by 128-bit keys; the
+    # plain-Python reference sorts tuples. Negative and near-equal fingerprints (hash collisions in
+    # the radix sort's group table), repeated token counts (stability) and targets (a candidate subset).
+    rng = np.random.default_rng(groups * 1000 + max_tokens % 997)
+    world, n = 5, 300
+    pool = np.concatenate([rng.integers(-2**63, 2**63 - 1, groups // 2, dtype=np.int64),
+                           np.arange(groups - groups // 2, dtype=np.int64) * 64])  # 0, 64, 128, ...: nearby values
+    tokens = np.where(rng.random(n) < 0.3, rng.choice([7, 512, max_tokens], n), rng.integers(1, max_tokens + 1, n))
+    matches = np.where(rng.random((world, n)) < 0.2, rng.integers(0, 2, (world, n)) * tokens // 2, 0)
+    s = states(rng.integers(0, 40, world).tolist(), [10**9 // world] * world,
+               rng.integers(0, 10**9 // world, world).tolist(), matches.tolist(), queue_len=n)
+    nr = new(tokens, np.where(rng.random(n) < 0.1, rng.integers(0, world, n), -1), rng.random(n) < 0.1,
+             pool[rng.integers(0, groups, n)], ids=rng.choice(2**40, n, replace=False))
+    cpp, ref = (make_router(name, b).route(s, nr, 200) for b in BACKENDS)
+    assert cpp.ranks.tolist() == ref.ranks.tolist()
+    assert cpp.expected_num_active_requests == ref.expected_num_active_requests
+    assert (cpp.ranks >= 0).sum() > n // 2  # most are placed: the order decides the routing

@@ -49,6 +49,16 @@ MatchView match_view(const Matrix& m) {
                      static_cast<int64_t>(m.shape(1)), m.stride(0), m.stride(1)};
 }
 
+/// Row `row` of a (rows, ranks) int64 matrix whose rows are contiguous.
+Span<const int64_t> matrix_row(const Matrix& m, int64_t row) {
+    if (m.dtype() != nb::dtype<int64_t>())
+        throw TypeInputError("rank_fields: expected a numpy array of dtype int64 (no silent conversion), got " + dtype_str(m.dtype()));
+    if (m.shape(1) > 1 && m.stride(1) != 1) throw TypeInputError("rank_fields: rows must be contiguous");
+    if (row < 0 || row >= static_cast<int64_t>(m.shape(0)))
+        throw InputError("rank_fields: row " + std::to_string(row) + " is not one of its " + std::to_string(m.shape(0)));
+    return {static_cast<const int64_t*>(m.data()) + row * m.stride(0), static_cast<int32_t>(m.shape(1))};
+}
+
 const Span<const int32_t>* ptr(const std::optional<Span<const int32_t>>& o) { return o ? &*o : nullptr; }
 
 }  // namespace
@@ -80,22 +90,24 @@ void bind_attention_dp(nb::module_& m) {
         "DefaultADPRouter's balance: (a copy of `ranks` with each candidate's rank set (left as is: none was "
         "left), the expected per-rank count).");
     m.def("adp_kv_route", [](const AnyArray& tokens, const AnyArray& request_ids, const AnyArray& fingerprints,
-                             nb::handle candidates, const Matrix& match, const AnyArray& rank_tokens,
-                             const AnyArray& rank_requests, int64_t max_active, double fair_share_multiplier,
-                             double weight, double threshold, nb::handle ranks) {
+                             nb::handle candidates, const Matrix& match, const Matrix& rank_fields, int64_t load_row,
+                             int64_t requests_row, int64_t max_active, double fair_share_multiplier, double weight,
+                             double threshold, nb::handle ranks) {
             Span<const int64_t> tok = span<int64_t>(tokens, "tokens"), ids = span<int64_t>(request_ids, "request_ids"),
                                 fp = span<int64_t>(fingerprints, "fingerprints");
             auto cand = optional_i32(candidates, "candidates");
             MatchView mv = match_view(match);
-            Span<const int64_t> rt = span<int64_t>(rank_tokens, "rank_tokens"), rq = span<int64_t>(rank_requests, "rank_requests");
+            Span<const int64_t> rt = matrix_row(rank_fields, load_row), rq = matrix_row(rank_fields, requests_row);
             std::vector<int32_t> out = initial_ranks(ranks, tok.size);
             int64_t expected = adp_kv_route(tok, ids, fp, ptr(cand), mv, rt, rq, max_active, fair_share_multiplier, weight,
                                             threshold, out_span(out));
             return nb::make_tuple(to_numpy(std::move(out)), expected);
         }, "tokens"_a.noconvert(), "request_ids"_a.noconvert(), "fingerprints"_a.noconvert(), "candidates"_a.none(),
-        "match"_a.noconvert(), "rank_tokens"_a.noconvert(), "rank_requests"_a.noconvert(), "max_active"_a,
+        "match"_a.noconvert(), "rank_fields"_a.noconvert(), "load_row"_a, "requests_row"_a, "max_active"_a,
         "fair_share_multiplier"_a, "weight"_a, "threshold"_a, "ranks"_a.none(),
-        "KVCacheAwareADPRouter's loop; match is (ranks, requests) int64, any strides. (A copy of `ranks` with "
+        "KVCacheAwareADPRouter's loop; match is (ranks, requests) int64, any strides; rank_fields a (fields, ranks) "
+        "int64 matrix with contiguous rows (e.g. RankStates.fields: one array for both per-rank inputs) "
+        "whose rows load_row and requests_row hold each rank's load and active requests. (A copy of `ranks` with "
         "each candidate's rank set (left as is: no rank was eligible), the expected per-rank count).");
 }
 

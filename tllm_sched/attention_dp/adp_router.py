@@ -31,7 +31,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from tllm_sched import _core
-from tllm_sched.attention_dp.rank_state import RankStates
+from tllm_sched.attention_dp.rank_state import Field, RankStates
 
 __all__ = ["ADPRouter", "BACKENDS", "KVCacheAwareRouter", "LoadBalancedRouter", "NewRequests", "ROUTERS",
            "RoundRobinRouter", "Routing", "make_router", "tie_priorities"]
@@ -230,16 +230,26 @@ class KVCacheAwareRouter(ADPRouter):
         self.fair_share_multiplier = float(fair_share_multiplier)
 
     def _route(self, states, new, max_active):
-        ranks, active, rest = self._targets(new, states.active_requests, max_active)
-        load, match = states.uncached_tokens, states.matches  # match: (ranks, requests), a view of the records
+        # The per-rank inputs go as one array, the gathered header, with the rows to read (fewer
+        # arrays across the binding); match: (ranks, requests), a view of the records.
+        fields, match = states.fields, states.matches
+        if new.target_rank is not None or new.strict is not None:
+            ranks, active, rest = self._targets(new, fields[_ACTIVE], max_active)
+        else:  # the usual case: no targets, no array math
+            ranks, rest = None, None
         if ranks is not None:
             hit = np.flatnonzero(ranks >= 0)
-            load = load.copy()
-            np.add.at(load, ranks[hit], np.maximum(new.num_tokens[hit] - match[ranks[hit], hit], 0))
+            fields = fields.copy()
+            fields[_ACTIVE] = active
+            np.add.at(fields[_UNCACHED], ranks[hit], np.maximum(new.num_tokens[hit] - match[ranks[hit], hit], 0))
         fingerprint = new.fingerprint if new.fingerprint is not None else np.zeros(new.request_id.size, dtype=np.int64)
-        return Routing(*self._loop(new.num_tokens, new.request_id, fingerprint, rest, match, load, active, max_active,
-                                   self.fair_share_multiplier, self.load_balance_weight, self.match_rate_threshold,
-                                   ranks))
+        # (tuple.__new__: Routing(*result) costs a Python-level __new__)
+        return tuple.__new__(Routing, self._loop(
+            new.num_tokens, new.request_id, fingerprint, rest, match, fields, _UNCACHED, _ACTIVE, max_active,
+            self.fair_share_multiplier, self.load_balance_weight, self.match_rate_threshold, ranks))
+
+
+_UNCACHED, _ACTIVE = int(Field.UNCACHED_TOKENS), int(Field.ACTIVE_REQUESTS)
 
 
 def _backend(backend: str) -> str:
@@ -329,9 +339,10 @@ def _balance_python(tokens, candidates, rank_tokens, rank_requests, max_active, 
     return out, expected
 
 
-def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_tokens, rank_requests, max_active,
-                     fair_share_multiplier, weight, threshold, ranks) -> tuple:
+def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_fields, load_row, requests_row,
+                     max_active, fair_share_multiplier, weight, threshold, ranks) -> tuple:
     """adp_kv_route in Python: TensorRT-LLM's scoring loop, ties broken by `tie_priorities`."""
+    rank_tokens, rank_requests = rank_fields[load_row], rank_fields[requests_row]
     _check_token_counts(tokens, rank_tokens, 53)
     cand = _candidates(candidates, tokens.size)
     expected = _expected(_check_counts(rank_requests), len(cand), fair_share_multiplier, max_active)
