@@ -117,12 +117,12 @@ class PyMicroBatchScheduler:
         whole list within the batch size and the token budget, so the walk takes everything and
         only the contexts need work. None when that does not hold (the general walk decides)."""
         c = self._c
-        os = sp.other_state
-        if os.size == 0:
+        items = sp.contexts
+        if (items if items is not None else sp.other_state).size == 0:
             gen = self._generations_only(sp.gens, max_batch_size, budget)
             return None if gen is None else (_EMPTY, gen)
-        items = sp.contexts
         if items is None:
+            os = sp.other_state
             outside, _, n_other = self._kinds.count(os)
             if n_other:
                 return None  # another schedulable state (a disagg generation) among the others
