@@ -148,6 +148,8 @@ def _schedule_split_reusing(ctx: CapacityContext):
     if out is None:
         return None
     fitting, n_gen = out
+    if n_gen == fitting.size:  # no context admitted (a decode step): no slicing
+        return Split.known(fitting, fitting, EMPTY)
     return Split.known(fitting, fitting[:n_gen], fitting[n_gen:])
 
 
