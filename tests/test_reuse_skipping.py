@@ -154,5 +154,14 @@ def test_pass2_primitives_decline_what_pass_1_decides():
     # Only generations: nothing for pass 2, no key question.
     assert b.ids(_core.no_evict_split_fitting(b.kv, slots[:1], 8)[0]) == [9] and b.kv.num_key_walks == walks
     # MAX_UTILIZATION's loop: (fitting, disagg, paused) slots, as the C++ policy decides.
-    fit, disagg_fit, paused = _core.max_utilization_fitting(b.kv, slots, 8)
+    fit, disagg_fit, paused, _ = _core.max_utilization_fitting(b.kv, slots, 8)
     assert (b.ids(fit), b.ids(disagg_fit), b.ids(paused)) == b.capacity(MU, reqs)
+    # ... and the fitting list's split for the micro-batch stage, both parts in list order. With the
+    # generation listed last, one step's blocks: K holds its prompt's (0 more), A skipped, B 3, C 3,
+    # D 1 (7 of 7 free), G's next token fits its 2 blocks (0): contexts K, B, C, D, then G.
+    fit, _, _, (gens, contexts) = _core.max_utilization_fitting(b.kv, np.append(slots[1:], slots[:1]), 8)
+    assert (b.ids(fit), b.ids(gens), b.ids(contexts)) == ([0, 2, 3, 4, 9], [9], [0, 2, 3, 4])
+    # A fitting entry that is neither (a generation to complete): no split.
+    reqs[0].set_state(ts.LlmRequestState.GENERATION_TO_COMPLETE)
+    fit, _, _, split = _core.max_utilization_fitting(b.kv, slots, 8)
+    assert 9 in b.ids(fit) and split is None

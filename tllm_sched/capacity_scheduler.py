@@ -68,7 +68,7 @@ class PyCapacityScheduler:
         if isinstance(scheduled, Split):
             return scheduled.slots, EMPTY, EMPTY, scheduled
         if isinstance(scheduled, Slots):  # already slot arrays (a C++ loop's output)
-            return (*scheduled, None)
+            return scheduled
         if isinstance(scheduled, slice):  # a prefix of the list: views, no copies
             whole = scheduled.stop >= slots.size
             return slots[scheduled], EMPTY, EMPTY, ctx.split if whole else None

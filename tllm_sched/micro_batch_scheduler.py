@@ -30,6 +30,8 @@ from tllm_sched.policies.common import (
 )
 
 _EMPTY = np.zeros(0, dtype=np.int32)
+_WHOLE = np.full(common.FEW, np.iinfo(np.int32).max, dtype=np.int32)  # chunk sizes the setter clamps to each remainder
+_WHOLE.flags.writeable = False
 _OUTSIDE, _CONTEXT, _OTHER = range(3)  # kinds of a split's others
 _WITH_LORA, _WITH_DRAFTS, _WIDE_BEAMS = range(3)  # RequestTable.tallies() entries
 
@@ -117,12 +119,12 @@ class PyMicroBatchScheduler:
         whole list within the batch size and the token budget, so the walk takes everything and
         only the contexts need work. None when that does not hold (the general walk decides)."""
         c = self._c
-        os = sp.other_state
-        if os.size == 0:
+        items = sp.contexts
+        if (items if items is not None else sp.other_state).size == 0:
             gen = self._generations_only(sp.gens, max_batch_size, budget)
             return None if gen is None else (_EMPTY, gen)
-        items = sp.contexts
         if items is None:
+            os = sp.other_state
             outside, _, n_other = self._kinds.count(os)
             if n_other:
                 return None  # another schedulable state (a disagg generation) among the others
@@ -241,11 +243,12 @@ class PyMicroBatchScheduler:
         got a chunk and, if some chunk is partial, their last-chunk flags (else None)."""
         if items.size == 0:
             return items, None
+        if d is None and items.size < common.FEW:
+            return self._chunk_few(items, used, budget)
         c = self._c
         remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)  # int32
         if d is None:
-            return self._chunk_few(items, remaining, used, budget) if items.size < common.FEW else \
-                self._chunk_many(items, remaining, used, budget)
+            return self._chunk_many(items, remaining, used, budget)
         want = remaining if d is None else remaining + d
         too_long = self.max_ctx is not None and bool((want > self.max_ctx).any())
         if not too_long and (budget is None or int(want.sum()) <= budget - used):  # every remainder fits
@@ -265,14 +268,18 @@ class PyMicroBatchScheduler:
         keep = chunks > 0
         return items[keep], (chunks == remaining)[keep]  # a chunk never exceeds the remainder
 
-    def _chunk_few(self, items, remaining, used, budget):
+    def _chunk_few(self, items, used, budget):
         """`_chunk` for the usual handful of contexts without draft tokens: Python ints are
-        cheaper than numpy calls, and with no draft token there is nothing to discard."""
-        rem = remaining.tolist()
+        cheaper than numpy calls (the first call of each array function in a step runs
+        cache-cold, so the remainders are read element by element), and with no draft token there
+        is nothing to discard."""
+        prompt, pos = self._c["prompt_len"], self._c["context_current_position"]
+        rem = [prompt.item(s) - pos.item(s) for s in items.tolist()]
         max_ctx = self.max_ctx
         if (max_ctx is None or max(rem) <= max_ctx) and (budget is None or sum(rem) <= budget - used):
-            self._table.set_context_chunk_sizes(items, remaining, None)  # every remainder fits
-            return (items if 0 not in rem else items[remaining > 0]), None
+            # Every remainder fits: each takes all it has left (the setter clamps to the remainder).
+            self._table.set_context_chunk_sizes(items, _WHOLE[:items.size], None)
+            return (items if 0 not in rem else items.take([k for k, r in enumerate(rem) if r])), None
         chunks = self._chunk_sizes(rem, None if budget is None else budget - used, self.unit, max_ctx)
         self._table.set_context_chunk_sizes(items, np.array(chunks, dtype=np.int32), None)
         keep, last = [], []

@@ -101,15 +101,19 @@ void bind_schedulers(nb::module_& m) {
             CapacityContext c{kv.table_ptr().get(), p, n, &kv, nullptr, nullptr, max_num_requests, two_steps_look_ahead,
                               until, after};
             CapacityOutput out;
-            max_utilization_fitting(c, out);
+            std::vector<int32_t> generations, contexts;
+            nb::object split = nb::none();
+            if (max_utilization_fitting(c, out, generations, contexts))
+                split = nb::make_tuple(to_numpy(std::move(generations)), to_numpy(std::move(contexts)));
             return nb::make_tuple(to_numpy(std::move(out.fitting)), to_numpy(std::move(out.fitting_disagg_gen_init)),
-                                  to_numpy(std::move(out.paused)));
+                                  to_numpy(std::move(out.paused)), split);
         }, "kv_cache_manager"_a, "slots"_a.noconvert(), "max_num_requests"_a, "two_steps_look_ahead"_a = false,
         "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
         "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_COMPLETE),
         "MAX_UTILIZATION as the C++ policy runs it (reuse skipping, pausing from the tail; no PEFT) over the list "
-        "`slots`: slot arrays (fitting, fitting_disagg_gen_init, paused), as CapacityScheduler.schedule returns. "
-        "Starts the cache's scheduling pass.");
+        "`slots`: slot arrays (fitting, fitting_disagg_gen_init, paused), as CapacityScheduler.schedule returns, and "
+        "fitting's split for the micro-batch stage: (its running generations, its contexts), both in list order, "
+        "or None when an entry is neither. Starts the cache's scheduling pass.");
 
     nb::class_<MicroBatchScheduler>(m, "MicroBatchScheduler", "Reference C++ micro-batch scheduler.")
         .def("__init__", [](MicroBatchScheduler* self, std::optional<std::pair<ContextChunkingPolicy, int32_t>> chunking,

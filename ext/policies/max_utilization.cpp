@@ -68,10 +68,26 @@ void schedule_fused_max_utilization(const CapacityContext& c, TokenBudget& budge
     max_utilization<true>(c, &budget, out);
 }
 
-void max_utilization_fitting(const CapacityContext& c, CapacityOutput& out) {
+bool max_utilization_fitting(const CapacityContext& c, CapacityOutput& out, std::vector<int32_t>& generations,
+                             std::vector<int32_t>& contexts) {
     out.clear();
     max_utilization<false>(c, nullptr, out);
     out.split_disagg(*c.table);
+    generations.clear();
+    contexts.clear();
+    for (int32_t s : out.fitting) {
+        int32_t st = c.table->state[s];
+        if (st == static_cast<int32_t>(LlmRequestState::kGENERATION_IN_PROGRESS)) {
+            generations.push_back(s);
+        } else if (state::is_context_init(st)) {
+            contexts.push_back(s);
+        } else {
+            generations.clear();
+            contexts.clear();
+            return false;
+        }
+    }
+    return true;
 }
 
 }  // namespace tllm

@@ -7,7 +7,7 @@ separates the running generations from the other requests for the policies' spli
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -44,8 +44,8 @@ class Split:
     def __init__(self, slots: np.ndarray, other: np.ndarray, other_state: np.ndarray,
                  state: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None, tail: bool = True):
         self.slots = slots  # the list, in order
-        self.other = other  # ascending list positions of the others
-        self.other_state = other_state  # their states
+        self.other = other  # ascending list positions of the others (None from `known`)
+        self.other_state = other_state  # their states (None from `known`)
         self.contexts = contexts  # slots of the others when all are known contexts, else None
         # The others are the end of the list (new requests are appended): slices, no copies.
         # A fitting list built as generations then contexts always is.
@@ -59,6 +59,13 @@ class Split:
         if other.size == 0:
             return cls(slots, NO_POSITIONS, EMPTY, gens=slots)
         return cls(slots, other, state.take(other), state=state, tail=int(other[0]) == slots.size - other.size)
+
+    @classmethod
+    def known(cls, slots: np.ndarray, gens: np.ndarray, contexts: np.ndarray) -> "Split":
+        """The split of a list of running generations and contexts given as their slots (a C++
+        loop's output): no array work. Positions and states of the others are not known (None);
+        the micro-batch stage, its user, reads `gens` and `contexts` only."""
+        return cls(slots, None, None, gens=gens, contexts=contexts)
 
     @property
     def gens(self) -> np.ndarray:
@@ -74,11 +81,13 @@ class Split:
 
 
 class Slots(NamedTuple):
-    """A policy's decisions already as slot arrays (a C++ loop's output, capacity_scheduler.py)."""
+    """A policy's decisions already as slot arrays (a C++ loop's output, capacity_scheduler.py),
+    with the fitting list's Split when the loop gave it (else None)."""
 
     fitting: np.ndarray
     fitting_disagg_gen_init: np.ndarray
     paused: np.ndarray
+    split: Optional[Split] = None
 
 
 # Kinds of state, for classifying a split's others with a lookup table instead of a chain of

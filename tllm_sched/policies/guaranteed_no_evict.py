@@ -148,12 +148,9 @@ def _schedule_split_reusing(ctx: CapacityContext):
     if out is None:
         return None
     fitting, n_gen = out
-    k = fitting.size - n_gen
-    if k == 0:
-        return Split(fitting, NO_POSITIONS, EMPTY, gens=fitting)
-    contexts = fitting[n_gen:]
-    return Split(fitting, np.arange(n_gen, fitting.size), ctx.cols["state"].take(contexts), gens=fitting[:n_gen],
-                 contexts=contexts)
+    if n_gen == fitting.size:  # no context admitted (a decode step): no slicing
+        return Split.known(fitting, fitting, EMPTY)
+    return Split.known(fitting, fitting[:n_gen], fitting[n_gen:])
 
 
 def _fitting_contexts(ctx: CapacityContext, gens: np.ndarray, contexts: np.ndarray) -> int:

@@ -19,6 +19,7 @@ from tllm_sched.policies.common import (
     OTHER,
     CapacityContext,
     Slots,
+    Split,
     is_context_init,
     is_generation_in_progress,
     new_task_pages,
@@ -65,9 +66,11 @@ def schedule(ctx: CapacityContext):
     if ctx.reuse and ctx.peft is None:
         # With reuse skipping the loop is sequential (each skip depends on the keys claimed before
         # it, each pause on the failure before it): one C++ call, the C++ policy's loop (design.md),
-        # before any state is read here.
-        return Slots(*ctx.max_utilization_fitting(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.two_steps_look_ahead,
-                                                  ctx.no_schedule_until_state, ctx.no_schedule_after_state)), EMPTY
+        # before any state is read here. It also splits the fitting list for the micro-batch stage.
+        fit, disagg, paused, kinds = ctx.max_utilization_fitting(
+            ctx.kv, ctx.slots, ctx.max_num_requests, ctx.two_steps_look_ahead, ctx.no_schedule_until_state,
+            ctx.no_schedule_after_state)
+        return Slots(fit, disagg, paused, None if kinds is None else Split.known(fit, *kinds)), EMPTY
     n = ctx.slots.size
     whole_list = ctx.all_generation or (
         n and ctx.plain_split and not ctx.reuse and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0)
