@@ -265,7 +265,7 @@ int64_t adp_balance(Span<const int64_t> tokens, const Span<const int32_t>* candi
 int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids, Span<const int64_t> fingerprints,
                      const Span<const int32_t>* candidates, MatchView match, Span<const int64_t> rank_tokens,
                      Span<const int64_t> rank_requests, int64_t max_active, double fair_share_multiplier, double weight,
-                     double threshold, Span<int32_t> ranks) {
+                     double threshold, Span<int32_t> ranks, bool reset) {
     check_tokens(tokens);
     if (request_ids.size != tokens.size || fingerprints.size != tokens.size)
         fail_input("request_ids and fingerprints: expected one entry per request");
@@ -280,6 +280,7 @@ int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids
     check_finite(weight, "weight");  // the no-affinity shortcut below needs a score that never falls as the load grows
     check_finite(threshold, "threshold");
     check_out(ranks, tokens.size);
+    if (reset) std::fill(ranks.data, ranks.data + ranks.size, -1);
     const int64_t expected =
         expected_count(rank_requests, candidates ? candidates->size : tokens.size, fair_share_multiplier, max_active);
 

@@ -63,10 +63,11 @@ int64_t adp_balance(Span<const int64_t> tokens, const Span<const int32_t>* candi
 /// and the match counts only when the best eligible match exceeds `threshold` of the tokens. A
 /// rank stops being eligible at the expected count; a placed request adds its uncached tokens.
 /// `rank_tokens` (>= 0) and the request tokens must sum to less than 2**53 (the loop's double sums
-/// are then exact in any order).
+/// are then exact in any order). With `reset`, every entry of `ranks` is set to -1 first (after the
+/// checks), so a caller can hand in a reused buffer.
 int64_t adp_kv_route(Span<const int64_t> tokens, Span<const int64_t> request_ids, Span<const int64_t> fingerprints,
                      const Span<const int32_t>* candidates, MatchView match, Span<const int64_t> rank_tokens,
                      Span<const int64_t> rank_requests, int64_t max_active, double fair_share_multiplier, double weight,
-                     double threshold, Span<int32_t> ranks);
+                     double threshold, Span<int32_t> ranks, bool reset = false);
 
 }  // namespace tllm

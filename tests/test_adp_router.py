@@ -247,8 +247,8 @@ def test_the_cpp_kernels_check_their_inputs():
     m12 = np.zeros((1, 2), dtype=np.int64)
     kv = lambda **kw: _core.adp_kv_route(*{**dict(  # noqa: E731
         tokens=tok, request_ids=tok, fingerprints=tok, candidates=c0, match=m12, rank_fields=np.zeros((2, 1), dtype=np.int64),
-        load_row=0, requests_row=1, max_active=3, fair_share_multiplier=2.0, weight=1.0, threshold=0.1, ranks=r0),
-        **kw}.values())
+        load_row=0, requests_row=1, max_active=3, fair_share_multiplier=2.0, weight=1.0, threshold=0.1, ranks=r0,
+        reset=False), **kw}.values())
     for call, message in [
         (lambda: _core.adp_balance(tok, np.array([1, 1], dtype=np.int32), one, one, 3, r0), "request 1 is listed twice"),
         (lambda: _core.adp_balance(tok, np.array([2], dtype=np.int32), one, one, 3, r0), "index 2 is not a request"),
@@ -280,13 +280,21 @@ def test_the_cpp_kernels_check_their_inputs():
         (lambda: kv(rank_fields=np.zeros((2, 1), dtype=np.int32)), "rank_fields: expected a numpy array of dtype int64"),
         (lambda: kv(rank_fields=np.zeros((2, 4), dtype=np.int64)[:, ::2], match=np.zeros((2, 2), dtype=np.int64)),
          "rank_fields: rows must be contiguous"),
+        (lambda: kv(ranks=None), "ranks: expected a 1-D int32 numpy array"),
+        (lambda: kv(ranks=np.zeros(2, dtype=np.int64)), "ranks: expected a 1-D int32 .* got dtype int64"),
+        (lambda: kv(ranks=np.broadcast_to(np.int32(-1), (2,))), "ranks: the buffer is read-only"),
     ]:
         with pytest.raises(TypeError, match=message):
             call()
     ranks, expected = _core.adp_balance(tok, None, one, one, 3, None)
     assert ranks.tolist() == [0, 0] and expected == 2  # min(max(ceil((0 + 2) / 1), 0), 3)
     # a large multiplier aims above any cap: the cap
-    assert kv(fair_share_multiplier=1e300, candidates=None, ranks=None)[1] == 3
+    out = np.array([7, 7], dtype=np.int32)
+    assert kv(fair_share_multiplier=1e300, candidates=None, ranks=out, reset=True) == 3
+    assert out.tolist() == [0, 0]  # written in place, every entry reset first
+    with pytest.raises(ValueError, match="at least one token"):
+        kv(tokens=np.array([5, 0], dtype=np.int64), ranks=out, reset=True)
+    assert out.tolist() == [0, 0]  # a refused call writes nothing
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -420,3 +428,21 @@ def test_every_ordering_path_routes_as_the_python_reference(name, groups, max_to
     assert cpp.ranks.tolist() == ref.ranks.tolist()
     assert cpp.expected_num_active_requests == ref.expected_num_active_requests
     assert (cpp.ranks >= 0).sum() > n // 2  # most are placed: the order decides the routing
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kv_route_reuses_its_buffer_but_never_overwrites_a_kept_result(backend):
+    # the result array is the router's buffer, reused only while no caller holds an earlier result
+    s = states([0, 0], [0, 0], matches=[[0, 0], [0, 0]], queue_len=2)
+    router = make_router("kv-aware", backend)
+    kept = router.route(s, new([8, 3]), 4)
+    first = kept.ranks.tolist()
+    again = router.route(s, new([8, 3]), 4)
+    assert again.ranks is not kept.ranks and kept.ranks.tolist() == first == again.ranks.tolist()
+    view = again.ranks[:1]  # a view keeps it alive too
+    del again
+    third = router.route(s, new([8, 3]), 4)
+    assert not np.shares_memory(third.ranks, view) and view.tolist() == first[:1]
+    del third
+    held = id(router._ranks)  # (an id holds no reference)
+    assert id(router.route(s, new([8, 3]), 4).ranks) == held  # no earlier result alive: reused

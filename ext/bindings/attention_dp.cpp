@@ -5,6 +5,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -92,23 +93,25 @@ void bind_attention_dp(nb::module_& m) {
     m.def("adp_kv_route", [](const AnyArray& tokens, const AnyArray& request_ids, const AnyArray& fingerprints,
                              nb::handle candidates, const Matrix& match, const Matrix& rank_fields, int64_t load_row,
                              int64_t requests_row, int64_t max_active, double fair_share_multiplier, double weight,
-                             double threshold, nb::handle ranks) {
+                             double threshold, nb::handle ranks, bool reset) {
             Span<const int64_t> tok = span<int64_t>(tokens, "tokens"), ids = span<int64_t>(request_ids, "request_ids"),
                                 fp = span<int64_t>(fingerprints, "fingerprints");
             auto cand = optional_i32(candidates, "candidates");
             MatchView mv = match_view(match);
             Span<const int64_t> rt = matrix_row(rank_fields, load_row), rq = matrix_row(rank_fields, requests_row);
-            std::vector<int32_t> out = initial_ranks(ranks, tok.size);
-            int64_t expected = adp_kv_route(tok, ids, fp, ptr(cand), mv, rt, rq, max_active, fair_share_multiplier, weight,
-                                            threshold, out_span(out));
-            return nb::make_tuple(to_numpy(std::move(out)), expected);
+            OutBuffer out = out_buffer(ranks, "ranks", 1, false);
+            if (out.rows > std::numeric_limits<int32_t>::max()) throw InputError("ranks: too long");
+            return adp_kv_route(tok, ids, fp, ptr(cand), mv, rt, rq, max_active, fair_share_multiplier, weight, threshold,
+                                {static_cast<int32_t*>(out.data), static_cast<int32_t>(out.rows)}, reset);
         }, "tokens"_a.noconvert(), "request_ids"_a.noconvert(), "fingerprints"_a.noconvert(), "candidates"_a.none(),
         "match"_a.noconvert(), "rank_fields"_a.noconvert(), "load_row"_a, "requests_row"_a, "max_active"_a,
-        "fair_share_multiplier"_a, "weight"_a, "threshold"_a, "ranks"_a.none(),
+        "fair_share_multiplier"_a, "weight"_a, "threshold"_a, "ranks"_a.none(), "reset"_a,
         "KVCacheAwareADPRouter's loop; match is (ranks, requests) int64, any strides; rank_fields a (fields, ranks) "
         "int64 matrix with contiguous rows (e.g. RankStates.fields: one array for both per-rank inputs) "
-        "whose rows load_row and requests_row hold each rank's load and active requests. (A copy of `ranks` with "
-        "each candidate's rank set (left as is: no rank was eligible), the expected per-rank count).");
+        "whose rows load_row and requests_row hold each rank's load and active requests. `ranks`, a writable int32 "
+        "array of one entry per request, is the routing so far (all -1 first with `reset`): each candidate's rank is "
+        "written there in place (left as is: no rank was eligible); nothing is written when the arguments are refused. "
+        "Returns the expected per-rank count.");
 }
 
 }  // namespace tllm::bindings

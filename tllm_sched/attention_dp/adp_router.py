@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -228,25 +229,47 @@ class KVCacheAwareRouter(ADPRouter):
         self.load_balance_weight = float(load_balance_weight)
         self.match_rate_threshold = float(match_rate_threshold)
         self.fair_share_multiplier = float(fair_share_multiplier)
+        # The result buffer, reused while no earlier Routing (or a view of one) still holds it: a
+        # result a caller keeps is never overwritten. _free_refs: its reference count when only we
+        # hold it, counted the way `route` counts (attribute + local + argument).
+        self._ranks = buf = np.empty(0, dtype=np.int32)
+        self._free_refs = sys.getrefcount(buf)
+
+    def route(self, states, new, max_num_active_requests):
+        # The usual step (no targets, no strict requests, valid arguments) in one frame: the checks
+        # and the target pass are the base class's (ADPRouter.route -> _route) otherwise.
+        n = new.request_id.size
+        if (new.target_rank is not None or new.strict is not None or max_num_active_requests <= 0
+                or n != states.queue_len):
+            return ADPRouter.route(self, states, new, max_num_active_requests)
+        buf = self._ranks
+        if buf.size != n or sys.getrefcount(buf) != self._free_refs:
+            self._ranks = buf = np.empty(n, dtype=np.int32)
+        fp = new.fingerprint
+        # (tuple.__new__: Routing(...) costs a Python-level __new__)
+        return tuple.__new__(Routing, (buf, self._loop(
+            new.num_tokens, new.request_id, fp if fp is not None else np.zeros(n, dtype=np.int64), None,
+            states.matches, states.fields, _UNCACHED, _ACTIVE, max_num_active_requests, self.fair_share_multiplier,
+            self.load_balance_weight, self.match_rate_threshold, buf, True)))
 
     def _route(self, states, new, max_active):
         # The per-rank inputs go as one array, the gathered header, with the rows to read (fewer
         # arrays across the binding); match: (ranks, requests), a view of the records.
         fields, match = states.fields, states.matches
-        if new.target_rank is not None or new.strict is not None:
-            ranks, active, rest = self._targets(new, fields[_ACTIVE], max_active)
-        else:  # the usual case: no targets, no array math
-            ranks, rest = None, None
-        if ranks is not None:
+        ranks, active, rest = self._targets(new, fields[_ACTIVE], max_active)
+        reset = ranks is None
+        if not reset:
             hit = np.flatnonzero(ranks >= 0)
             fields = fields.copy()
             fields[_ACTIVE] = active
             np.add.at(fields[_UNCACHED], ranks[hit], np.maximum(new.num_tokens[hit] - match[ranks[hit], hit], 0))
+        else:
+            ranks = np.empty(new.request_id.size, dtype=np.int32)
         fingerprint = new.fingerprint if new.fingerprint is not None else np.zeros(new.request_id.size, dtype=np.int64)
-        # (tuple.__new__: Routing(*result) costs a Python-level __new__)
-        return tuple.__new__(Routing, self._loop(
-            new.num_tokens, new.request_id, fingerprint, rest, match, fields, _UNCACHED, _ACTIVE, max_active,
-            self.fair_share_multiplier, self.load_balance_weight, self.match_rate_threshold, ranks))
+        expected = self._loop(new.num_tokens, new.request_id, fingerprint, rest, match, fields, _UNCACHED, _ACTIVE,
+                              max_active, self.fair_share_multiplier, self.load_balance_weight,
+                              self.match_rate_threshold, ranks, reset)
+        return Routing(ranks, expected)
 
 
 _UNCACHED, _ACTIVE = int(Field.UNCACHED_TOKENS), int(Field.ACTIVE_REQUESTS)
@@ -340,8 +363,9 @@ def _balance_python(tokens, candidates, rank_tokens, rank_requests, max_active, 
 
 
 def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_fields, load_row, requests_row,
-                     max_active, fair_share_multiplier, weight, threshold, ranks) -> tuple:
-    """adp_kv_route in Python: TensorRT-LLM's scoring loop, ties broken by `tie_priorities`."""
+                     max_active, fair_share_multiplier, weight, threshold, ranks, reset) -> int:
+    """adp_kv_route in Python: TensorRT-LLM's scoring loop, ties broken by `tie_priorities`; writes into
+    `ranks` in place (all -1 first with `reset`), returns the expected per-rank count."""
     rank_tokens, rank_requests = rank_fields[load_row], rank_fields[requests_row]
     _check_token_counts(tokens, rank_tokens, 53)
     cand = _candidates(candidates, tokens.size)
@@ -352,7 +376,11 @@ def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_
     eligible = [r for r in range(world) if count[r] < expected]
     match, tie = match.T.tolist(), tie_priorities(request_ids, world).tolist()
     tok, fp = tokens.tolist(), fingerprints.tolist()
-    out = _initial(ranks, tokens.size)
+    if ranks.size != tokens.size:
+        raise ValueError("ranks: expected one entry per request")
+    out = ranks
+    if reset:
+        out[:] = -1
     for i in sorted(cand, key=lambda i: (fp[i], -tok[i])):
         if not eligible:
             break
@@ -366,4 +394,4 @@ def _kv_route_python(tokens, request_ids, fingerprints, candidates, match, rank_
         load[best] += max(t - m[best], 0)
         if count[best] >= expected:
             eligible.remove(best)
-    return out, expected
+    return expected
