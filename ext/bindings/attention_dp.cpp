@@ -143,7 +143,23 @@ void bind_attention_dp(nb::module_& m) {
             auto cand = optional_i32(candidates, "candidates");
             MatchView mv{match_a.data, match_a.shape[0], match_a.shape[1], match_a.stride[0], match_a.stride[1]};
             Span<const int64_t> rt = matrix_row(fields_a, load_row), rq = matrix_row(fields_a, requests_row);
-            OutBuffer out = out_buffer(ranks, "ranks", 1, false);
+            // The output likewise: a writable native int32 buffer, else nanobind's checks and messages.
+            OutBuffer out;
+            Py_buffer view{};
+            const bool buffered = PyObject_GetBuffer(ranks.ptr(), &view, PyBUF_RECORDS) == 0;
+            if (!buffered) PyErr_Clear();
+            const bool fast = buffered && view.ndim == 1 && view.itemsize == 4 && view.format && view.format[0] == 'i' &&
+                              view.format[1] == 0 && (view.shape[0] <= 1 || view.strides[0] == 4);
+            if (fast) {
+                out.data = view.buf, out.rows = view.shape[0];
+            } else {
+                if (buffered) PyBuffer_Release(&view);
+                out = out_buffer(ranks, "ranks", 1, false);
+            }
+            struct Release {
+                Py_buffer* v;
+                ~Release() { if (v) PyBuffer_Release(v); }
+            } release{fast ? &view : nullptr};
             if (out.rows > std::numeric_limits<int32_t>::max()) throw InputError("ranks: too long");
             return adp_kv_route(tok, ids, fp, ptr(cand), mv, rt, rq, max_active, fair_share_multiplier, weight, threshold,
                                 {static_cast<int32_t*>(out.data), static_cast<int32_t>(out.rows)}, reset);
