@@ -77,14 +77,15 @@ void check_out(Span<int32_t> ranks, int32_t n) {
 /// Every sum of the token counts fits: below 2**62 (load router: int64 loads) or 2**53 (KV router:
 /// its double sums are then exact in any order). `log2_limit` is 62 or 53.
 void check_token_counts(Span<const int64_t> tokens, Span<const int64_t> rank_tokens, int log2_limit) {
-    const int64_t limit = int64_t{1} << log2_limit;
-    int64_t total = 0;  // saturating at the limit: no overflow
-    for (int32_t i = 0; i < tokens.size; ++i) total = std::min(limit, total + std::min(tokens[i], limit));
-    for (int32_t r = 0; r < rank_tokens.size; ++r) {
+    for (int32_t r = 0; r < rank_tokens.size; ++r)
         if (rank_tokens[r] < 0) fail_input("rank_tokens: must be >= 0");
-        total = std::min(limit, total + std::min(rank_tokens[r], limit));
-    }
-    if (total >= limit)
+    // A 128-bit sum of values clamped to the limit (< 2**63 each, fewer than 2**32 of them) cannot
+    // overflow; its adds form a shorter dependency chain than a saturating int64 sum.
+    const int64_t limit = int64_t{1} << log2_limit;
+    unsigned __int128 total = 0;
+    for (int32_t i = 0; i < tokens.size; ++i) total += static_cast<uint64_t>(std::min(tokens[i], limit));
+    for (int32_t r = 0; r < rank_tokens.size; ++r) total += static_cast<uint64_t>(std::min(rank_tokens[r], limit));
+    if (total >= static_cast<uint64_t>(limit))
         fail_input("token counts too large: they must sum to less than 2**" + std::to_string(log2_limit));
 }
 
