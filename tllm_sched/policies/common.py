@@ -169,7 +169,7 @@ class CapacityContext:
     """
 
     __slots__ = ("cols", "slots", "_state", "kv", "cross_kv", "peft", "table", "max_num_requests",
-                 "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "_all_generation", "_gen_window", "pending_are_admissible",
+                 "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "_all_generation", "_gen_window", "plain_split", "pending_are_admissible",
                  "_split", "_kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids",
                  "no_evict_split_fitting", "max_utilization_fitting")
 
@@ -185,6 +185,9 @@ class CapacityContext:
         self.reuse = reuse  # the self cache has block reuse on
         self.max_device_pages = max_device_pages  # PEFT capacity, None without PEFT
         self._gen_window = no_schedule_until_state <= DISAGG_GEN_TRANS_COMPLETE and no_schedule_after_state > GEN_TO_COMPLETE
+        # The split paths apply: running generations are pass-1 generations (gen window open)
+        # and no per-request page rule is in play (a policy checks `reuse` for itself).
+        self.plain_split = self._gen_window and peft is None
         # In the default window every schedulable state that is neither a generation nor
         # disagg-gen-init is a context state, so pass-2 lists need no state filter.
         self.pending_are_admissible = no_schedule_until_state >= CONTEXT_INIT and no_schedule_after_state <= GEN_COMPLETE
@@ -269,12 +272,6 @@ class CapacityContext:
 
     def can_be_scheduled_with_disagg_exception(self) -> np.ndarray:
         return self.can_be_scheduled() | (self.state == DISAGG_GEN_INIT)
-
-    @property
-    def plain_split(self) -> bool:
-        """The split paths apply: running generations are pass-1 generations (gen window open)
-        and no per-request page rule is in play (a policy checks `reuse` for itself)."""
-        return self._gen_window and self.peft is None
 
     def pages(self, idx: np.ndarray) -> np.ndarray:
         """LoRA pages of the requests at list positions `idx` (one crossing; zeros without PEFT)."""
