@@ -32,6 +32,7 @@ from tllm_sched.policies.common import (
 _EMPTY = np.zeros(0, dtype=np.int32)
 _WHOLE = np.full(common.FEW, np.iinfo(np.int32).max, dtype=np.int32)  # chunk sizes the setter clamps to each remainder
 _WHOLE.flags.writeable = False
+_WHOLE_OF = [_WHOLE[:n] for n in range(common.FEW)]  # by count: no view made in a step
 _OUTSIDE, _CONTEXT, _OTHER = range(3)  # kinds of a split's others
 _WITH_LORA, _WITH_DRAFTS, _WIDE_BEAMS = range(3)  # RequestTable.tallies() entries
 
@@ -63,7 +64,9 @@ class PyMicroBatchScheduler:
         self._split_window = (ENCODER_INIT < no_schedule_until_state <= CONTEXT_INIT
                               and no_schedule_after_state > GEN_IN_PROGRESS)
         self._kinds = KindTable(self._kind_of, 3)
-        self._few_chunks = np.zeros(common.FEW, dtype=np.int32)  # _chunk_few's chunk sizes, copied by the setter
+        # _chunk_few's chunk sizes (copied by the setter), as a view per count: no array made in a step.
+        few_chunks = np.zeros(common.FEW, dtype=np.int32)
+        self._few_chunks = [few_chunks[:n] for n in range(common.FEW)]
 
     def _kind_of(self, st: int) -> int:
         """Kind of a split's other: outside the window, a context, or anything else."""
@@ -128,7 +131,15 @@ class PyMicroBatchScheduler:
             return None  # a beam-width mismatch: the scalar walk skips requests
         items = sp.contexts
         if (items if items is not None else sp.other_state).size == 0:
-            gen = self._generations_only(gens, per_gen, max_batch_size, budget)
+            # The decode step: the token-budget prefix of the generations.
+            b, total, draft = per_gen
+            k = gens.size
+            if budget is not None and total > budget:
+                if draft is not None:
+                    k = int((draft.astype(np.int64) + b).cumsum().searchsorted(budget, side="right"))  # totals only grow
+                else:
+                    k = max(0, budget // b) if b > 0 else 0
+            gen = gens if k <= max_batch_size and k == gens.size else gens[:min(k, max_batch_size)]
             return _EMPTY, (self._sort_lora(gen) if with_lora else gen)
         if items is None:
             os = sp.other_state
@@ -149,23 +160,12 @@ class PyMicroBatchScheduler:
             return self._sort_lora(items), self._sort_lora(gens)
         if budget is not None and used > budget:
             return None
-        context, last = self._chunk(items, d, used, budget)
+        # _chunk's dispatch for the usual handful of contexts without drafts, a frame fewer.
+        context, last = self._chunk_few(items, used, budget) if d is None and items.size < common.FEW else (
+            self._chunk(items, d, used, budget))
         if context.size > 1:
             context = self._sort(context, last is not None, last)
         return context, (self._sort_lora(gens) if with_lora else gens)
-
-    @staticmethod
-    def _generations_only(gens, per_gen, max_batch_size, budget):
-        """The decode step: the token-budget prefix of the equal-beam generations `gens`
-        (`per_gen`: their _generation_tokens), unsorted."""
-        b, total, draft = per_gen
-        k = gens.size
-        if budget is not None and total > budget:
-            if draft is not None:
-                k = int((draft.astype(np.int64) + b).cumsum().searchsorted(budget, side="right"))  # totals only grow
-            else:
-                k = max(0, budget // b) if b > 0 else 0
-        return gens[: min(k, max_batch_size)]
 
     def _generation_tokens(self, gens):
         """(beam width, budget tokens, draft counts or None when none) of the generations
@@ -281,19 +281,21 @@ class PyMicroBatchScheduler:
         max_ctx = self.max_ctx
         if (max_ctx is None or max(rem) <= max_ctx) and (budget is None or sum(rem) <= budget - used):
             # Every remainder fits: each takes all it has left (the setter clamps to the remainder).
-            self._table.set_context_chunk_sizes(items, _WHOLE[:items.size], None)
+            self._table.set_context_chunk_sizes(items, _WHOLE_OF[items.size], None)
             return (items if 0 not in rem else items.take([k for k, r in enumerate(rem) if r])), None
         chunks = self._chunk_sizes(rem, None if budget is None else budget - used, self.unit, max_ctx)
-        buf = self._few_chunks  # element writes: no array construction
+        buf = self._few_chunks[items.size]
         keep, last = [], []
         for k, ch in enumerate(chunks):
             buf[k] = ch
             if ch:
                 keep.append(k)
                 last.append(ch == rem[k])  # a chunk never exceeds the remainder
-        self._table.set_context_chunk_sizes(items, buf[:items.size], None)
+        self._table.set_context_chunk_sizes(items, buf, None)
         n = len(keep)
-        # The contexts that got a chunk: usually the first n (a slice), or all of them.
+        # The contexts that got a chunk: usually all of them or the first n (a slice).
+        if n == items.size:
+            return items, last
         return (items[:n] if not n or keep[-1] == n - 1 else items.take(keep)), last
 
     def _chunk_many(self, items, remaining, used, budget):

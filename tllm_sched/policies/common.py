@@ -41,11 +41,14 @@ class Split:
 
     __slots__ = ("slots", "other", "other_state", "contexts", "tail", "_state", "_gens")
 
-    def __init__(self, slots: np.ndarray, other: np.ndarray, other_state: np.ndarray,
+    def __init__(self, slots: np.ndarray, other: np.ndarray = None, other_state: np.ndarray = None,
                  state: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None, tail: bool = True):
+        """Given only `gens` and `contexts` (slots), the split of a list of running generations and
+        contexts (a C++ loop's output): no array work. Positions and states of the others are then
+        not known (None); the micro-batch stage, its user, reads `gens` and `contexts` only."""
         self.slots = slots  # the list, in order
-        self.other = other  # ascending list positions of the others (None from `known`)
-        self.other_state = other_state  # their states (None from `known`)
+        self.other = other  # ascending list positions of the others (None: not known)
+        self.other_state = other_state  # their states (None: not known)
         self.contexts = contexts  # slots of the others when all are known contexts, else None
         # The others are the end of the list (new requests are appended): slices, no copies.
         # A fitting list built as generations then contexts always is.
@@ -59,13 +62,6 @@ class Split:
         if other.size == 0:
             return cls(slots, NO_POSITIONS, EMPTY, gens=slots)
         return cls(slots, other, state.take(other), state=state, tail=int(other[0]) == slots.size - other.size)
-
-    @classmethod
-    def known(cls, slots: np.ndarray, gens: np.ndarray, contexts: np.ndarray) -> "Split":
-        """The split of a list of running generations and contexts given as their slots (a C++
-        loop's output): no array work. Positions and states of the others are not known (None);
-        the micro-batch stage, its user, reads `gens` and `contexts` only."""
-        return cls(slots, None, None, gens=gens, contexts=contexts)
 
     @property
     def gens(self) -> np.ndarray:

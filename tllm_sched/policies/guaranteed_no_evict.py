@@ -149,8 +149,8 @@ def _schedule_split_reusing(ctx: CapacityContext):
         return None
     fitting, n_gen = out
     if n_gen == fitting.size:  # no context admitted (a decode step): no slicing
-        return Split.known(fitting, fitting, EMPTY)
-    return Split.known(fitting, fitting[:n_gen], fitting[n_gen:])
+        return Split(fitting, gens=fitting, contexts=EMPTY)
+    return Split(fitting, gens=fitting[:n_gen], contexts=fitting[n_gen:])
 
 
 def _fitting_contexts(ctx: CapacityContext, gens: np.ndarray, contexts: np.ndarray) -> int:
