@@ -275,11 +275,15 @@ class PyMicroBatchScheduler:
         cache-cold, so the remainders are read element by element), and with no draft token there
         is nothing to discard."""
         prompt, pos = self._c["prompt_len"], self._c["context_current_position"]
-        rem = []
-        for s in items.tolist():  # a loop, not a comprehension: one frame fewer
-            rem.append(prompt.item(s) - pos.item(s))
+        rem, longest, total = [], 0, 0
+        for s in items.tolist():  # a loop, not a comprehension or max/sum calls: fewer cold calls
+            r = prompt.item(s) - pos.item(s)
+            rem.append(r)
+            total += r
+            if r > longest:
+                longest = r
         max_ctx = self.max_ctx
-        if (max_ctx is None or max(rem) <= max_ctx) and (budget is None or sum(rem) <= budget - used):
+        if (max_ctx is None or longest <= max_ctx) and (budget is None or total <= budget - used):
             # Every remainder fits: each takes all it has left (the setter clamps to the remainder).
             self._table.set_context_chunk_sizes(items, _WHOLE_OF[items.size], None)
             return (items if 0 not in rem else items.take([k for k, r in enumerate(rem) if r])), None

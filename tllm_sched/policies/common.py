@@ -39,7 +39,7 @@ class Split:
     hands the split of its fitting list to the micro-batch stage, so it is computed once a step.
     """
 
-    __slots__ = ("slots", "other", "other_state", "contexts", "tail", "_state", "_gens")
+    __slots__ = ("slots", "other", "other_state", "contexts", "tail", "gens")
 
     def __init__(self, slots: np.ndarray, other: np.ndarray = None, other_state: np.ndarray = None,
                  state: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None, tail: bool = True):
@@ -53,8 +53,10 @@ class Split:
         # The others are the end of the list (new requests are appended): slices, no copies.
         # A fitting list built as generations then contexts always is.
         self.tail = tail
-        self._state = state  # state per entry (or None when `gens` is given)
-        self._gens = gens
+        # Slots of the running generations, in list order: an attribute, not a property (a frame
+        # a step); from `state` (per entry) unless given.
+        self.gens = gens if gens is not None else (
+            slots[:slots.size - other.size] if tail else slots[state == GEN_IN_PROGRESS])
 
     @classmethod
     def of(cls, slots: np.ndarray, state: np.ndarray) -> "Split":
@@ -62,14 +64,6 @@ class Split:
         if other.size == 0:
             return cls(slots, NO_POSITIONS, EMPTY, gens=slots)
         return cls(slots, other, state.take(other), state=state, tail=int(other[0]) == slots.size - other.size)
-
-    @property
-    def gens(self) -> np.ndarray:
-        """Slots of the running generations, in list order."""
-        if self._gens is None:
-            self._gens = (self.slots[:self.slots.size - self.other.size] if self.tail
-                          else self.slots[self._state == GEN_IN_PROGRESS])
-        return self._gens
 
     def other_slots(self) -> np.ndarray:
         """Slots of the others, in list order."""
