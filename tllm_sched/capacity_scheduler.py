@@ -51,7 +51,10 @@ class PyCapacityScheduler:
         """`schedule` plus the Split of the fitting list when it comes for free (else None),
         for the micro-batch stage."""
         ctx = self._ctx.reset(slots)
-        return self._to_slots(ctx, slots, *self._policy(ctx))
+        scheduled, paused = self._policy(ctx)
+        if isinstance(scheduled, Split):  # a split path's fitting list (nothing paused)
+            return scheduled.slots, EMPTY, EMPTY, scheduled
+        return self._to_slots(ctx, slots, scheduled, paused)
 
     def schedule_fused(self, slots: np.ndarray, budget, inflight_ids):
         """The fused pass's capacity loop: (fitting, fitting_disagg_gen_init, paused), asking the

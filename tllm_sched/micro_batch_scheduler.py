@@ -32,6 +32,7 @@ from tllm_sched.policies.common import (
 _EMPTY = np.zeros(0, dtype=np.int32)
 _WHOLE = np.full(common.FEW, np.iinfo(np.int32).max, dtype=np.int32)  # chunk sizes the setter clamps to each remainder
 _WHOLE.flags.writeable = False
+_WHOLE_OF = [_WHOLE[:n] for n in range(common.FEW)]  # by count: no view made in a step
 _OUTSIDE, _CONTEXT, _OTHER = range(3)  # kinds of a split's others
 _WITH_LORA, _WITH_DRAFTS, _WIDE_BEAMS = range(3)  # RequestTable.tallies() entries
 
@@ -63,6 +64,9 @@ class PyMicroBatchScheduler:
         self._split_window = (ENCODER_INIT < no_schedule_until_state <= CONTEXT_INIT
                               and no_schedule_after_state > GEN_IN_PROGRESS)
         self._kinds = KindTable(self._kind_of, 3)
+        # _chunk_few's chunk sizes (copied by the setter), as a view per count: no array made in a step.
+        few_chunks = np.zeros(common.FEW, dtype=np.int32)
+        self._few_chunks = [few_chunks[:n] for n in range(common.FEW)]
 
     def _kind_of(self, st: int) -> int:
         """Kind of a split's other: outside the window, a context, or anything else."""
@@ -117,28 +121,38 @@ class PyMicroBatchScheduler:
     def _schedule_split(self, sp: Split, max_batch_size: int, budget: Optional[int]):
         """The serving steady state: running generations (equal beams) and a few contexts, the
         whole list within the batch size and the token budget, so the walk takes everything and
-        only the contexts need work. None when that does not hold (the general walk decides)."""
-        c = self._c
+        only the contexts need work. None when that does not hold (the general walk decides).
+        Few frames and numpy calls: a cold step pays for each (the tallies are read once, as ints)."""
+        with_lora, with_drafts, wide_beams = self._tallies.tolist()
+        gens = sp.gens
+        # (beam width, budget tokens, draft counts or None): one token each without beams or drafts.
+        per_gen = self._generation_tokens(gens) if with_drafts or wide_beams else (1, gens.size, None)
+        if per_gen is None:
+            return None  # a beam-width mismatch: the scalar walk skips requests
         items = sp.contexts
         if (items if items is not None else sp.other_state).size == 0:
-            gen = self._generations_only(sp.gens, max_batch_size, budget)
-            return None if gen is None else (_EMPTY, gen)
+            # The decode step: the token-budget prefix of the generations.
+            b, total, draft = per_gen
+            k = gens.size
+            if budget is not None and total > budget:
+                if draft is not None:
+                    k = int((draft.astype(np.int64) + b).cumsum().searchsorted(budget, side="right"))  # totals only grow
+                else:
+                    k = max(0, budget // b) if b > 0 else 0
+            gen = gens if k <= max_batch_size and k == gens.size else gens[:min(k, max_batch_size)]
+            return _EMPTY, (self._sort_lora(gen) if with_lora else gen)
         if items is None:
             os = sp.other_state
             outside, _, n_other = self._kinds.count(os)
             if n_other:
                 return None  # another schedulable state (a disagg generation) among the others
             items = sp.other_slots() if not outside else sp.slots.take(sp.other[self._kinds.of(os) == _CONTEXT])
-        gens = sp.gens
         if gens.size + items.size > max_batch_size:
             return None
-        per_gen = self._generation_tokens(gens)
-        if per_gen is None:
-            return None  # a beam-width mismatch: the scalar walk skips requests
         used = per_gen[1]
-        d = c["num_draft_tokens"].take(items) if self._tallies[_WITH_DRAFTS] else None
+        d = self._c["num_draft_tokens"].take(items) if with_drafts else None
         if self.chunking_policy is None:
-            tokens = c["num_tokens"].take(items) + (0 if d is None else d)
+            tokens = self._c["num_tokens"].take(items) + (0 if d is None else d)
             used += int(tokens.sum())
             if budget is not None and used > budget:
                 return None
@@ -146,25 +160,12 @@ class PyMicroBatchScheduler:
             return self._sort_lora(items), self._sort_lora(gens)
         if budget is not None and used > budget:
             return None
-        context, last = self._chunk(items, d, used, budget)
-        return self._sort(context, last is not None, last), self._sort_lora(gens)
-
-    def _generations_only(self, gens, max_batch_size, budget):
-        """The decode step: a token-budget prefix of equal-beam generations, or None when beams
-        differ (the general walk handles the skipping)."""
-        if gens.size == 0:
-            return gens
-        per_gen = self._generation_tokens(gens)
-        if per_gen is None:
-            return None
-        b, total, draft = per_gen
-        k = gens.size
-        if budget is not None and total > budget:
-            if draft is not None:
-                k = int((draft.astype(np.int64) + b).cumsum().searchsorted(budget, side="right"))  # totals only grow
-            else:
-                k = max(0, budget // b) if b > 0 else 0
-        return self._sort_lora(gens[: min(k, max_batch_size)])
+        # _chunk's dispatch for the usual handful of contexts without drafts, a frame fewer.
+        context, last = self._chunk_few(items, used, budget) if d is None and items.size < common.FEW else (
+            self._chunk(items, d, used, budget))
+        if context.size > 1:
+            context = self._sort(context, last is not None, last)
+        return context, (self._sort_lora(gens) if with_lora else gens)
 
     def _generation_tokens(self, gens):
         """(beam width, budget tokens, draft counts or None when none) of the generations
@@ -274,21 +275,31 @@ class PyMicroBatchScheduler:
         cache-cold, so the remainders are read element by element), and with no draft token there
         is nothing to discard."""
         prompt, pos = self._c["prompt_len"], self._c["context_current_position"]
-        rem = [prompt.item(s) - pos.item(s) for s in items.tolist()]
+        rem, longest, total = [], 0, 0
+        for s in items.tolist():  # a loop, not a comprehension or max/sum calls: fewer cold calls
+            r = prompt.item(s) - pos.item(s)
+            rem.append(r)
+            total += r
+            if r > longest:
+                longest = r
         max_ctx = self.max_ctx
-        if (max_ctx is None or max(rem) <= max_ctx) and (budget is None or sum(rem) <= budget - used):
+        if (max_ctx is None or longest <= max_ctx) and (budget is None or total <= budget - used):
             # Every remainder fits: each takes all it has left (the setter clamps to the remainder).
-            self._table.set_context_chunk_sizes(items, _WHOLE[:items.size], None)
+            self._table.set_context_chunk_sizes(items, _WHOLE_OF[items.size], None)
             return (items if 0 not in rem else items.take([k for k, r in enumerate(rem) if r])), None
         chunks = self._chunk_sizes(rem, None if budget is None else budget - used, self.unit, max_ctx)
-        self._table.set_context_chunk_sizes(items, np.array(chunks, dtype=np.int32), None)
+        buf = self._few_chunks[items.size]
         keep, last = [], []
         for k, ch in enumerate(chunks):
+            buf[k] = ch
             if ch:
                 keep.append(k)
                 last.append(ch == rem[k])  # a chunk never exceeds the remainder
+        self._table.set_context_chunk_sizes(items, buf, None)
         n = len(keep)
-        # The contexts that got a chunk: usually the first n (a slice), or all of them.
+        # The contexts that got a chunk: usually all of them or the first n (a slice).
+        if n == items.size:
+            return items, last
         return (items[:n] if not n or keep[-1] == n - 1 else items.take(keep)), last
 
     def _chunk_many(self, items, remaining, used, budget):

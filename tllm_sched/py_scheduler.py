@@ -56,7 +56,7 @@ class PythonBackend:
             return SchedulerOutput(fit, disagg, paused, ctx, gen, num_fitting)
         fit, disagg, paused, split = self.capacity.schedule_split(slots)
         ctx, gen = self.micro.schedule(fit, inflight_ids, self.config.max_batch_size, self.config.max_num_tokens, split)
-        return SchedulerOutput(fit, disagg, paused, ctx, gen)
+        return SchedulerOutput(fit, disagg, paused, ctx, gen, fit.size)
 
     def fetch_new_requests(self, active) -> int:
         if self._waiting is None:

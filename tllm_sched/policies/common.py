@@ -39,19 +39,24 @@ class Split:
     hands the split of its fitting list to the micro-batch stage, so it is computed once a step.
     """
 
-    __slots__ = ("slots", "other", "other_state", "contexts", "tail", "_state", "_gens")
+    __slots__ = ("slots", "other", "other_state", "contexts", "tail", "gens")
 
-    def __init__(self, slots: np.ndarray, other: np.ndarray, other_state: np.ndarray,
+    def __init__(self, slots: np.ndarray, other: np.ndarray = None, other_state: np.ndarray = None,
                  state: np.ndarray = None, gens: np.ndarray = None, contexts: np.ndarray = None, tail: bool = True):
+        """Given only `gens` and `contexts` (slots), the split of a list of running generations and
+        contexts (a C++ loop's output): no array work. Positions and states of the others are then
+        not known (None); the micro-batch stage, its user, reads `gens` and `contexts` only."""
         self.slots = slots  # the list, in order
-        self.other = other  # ascending list positions of the others (None from `known`)
-        self.other_state = other_state  # their states (None from `known`)
+        self.other = other  # ascending list positions of the others (None: not known)
+        self.other_state = other_state  # their states (None: not known)
         self.contexts = contexts  # slots of the others when all are known contexts, else None
         # The others are the end of the list (new requests are appended): slices, no copies.
         # A fitting list built as generations then contexts always is.
         self.tail = tail
-        self._state = state  # state per entry (or None when `gens` is given)
-        self._gens = gens
+        # Slots of the running generations, in list order: an attribute, not a property (a frame
+        # a step); from `state` (per entry) unless given.
+        self.gens = gens if gens is not None else (
+            slots[:slots.size - other.size] if tail else slots[state == GEN_IN_PROGRESS])
 
     @classmethod
     def of(cls, slots: np.ndarray, state: np.ndarray) -> "Split":
@@ -59,21 +64,6 @@ class Split:
         if other.size == 0:
             return cls(slots, NO_POSITIONS, EMPTY, gens=slots)
         return cls(slots, other, state.take(other), state=state, tail=int(other[0]) == slots.size - other.size)
-
-    @classmethod
-    def known(cls, slots: np.ndarray, gens: np.ndarray, contexts: np.ndarray) -> "Split":
-        """The split of a list of running generations and contexts given as their slots (a C++
-        loop's output): no array work. Positions and states of the others are not known (None);
-        the micro-batch stage, its user, reads `gens` and `contexts` only."""
-        return cls(slots, None, None, gens=gens, contexts=contexts)
-
-    @property
-    def gens(self) -> np.ndarray:
-        """Slots of the running generations, in list order."""
-        if self._gens is None:
-            self._gens = (self.slots[:self.slots.size - self.other.size] if self.tail
-                          else self.slots[self._state == GEN_IN_PROGRESS])
-        return self._gens
 
     def other_slots(self) -> np.ndarray:
         """Slots of the others, in list order."""
@@ -169,7 +159,7 @@ class CapacityContext:
     """
 
     __slots__ = ("cols", "slots", "_state", "kv", "cross_kv", "peft", "table", "max_num_requests",
-                 "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "_all_generation", "_gen_window", "pending_are_admissible",
+                 "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "_all_generation", "_gen_window", "plain_split", "pending_are_admissible",
                  "_split", "_kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids",
                  "no_evict_split_fitting", "max_utilization_fitting")
 
@@ -185,6 +175,9 @@ class CapacityContext:
         self.reuse = reuse  # the self cache has block reuse on
         self.max_device_pages = max_device_pages  # PEFT capacity, None without PEFT
         self._gen_window = no_schedule_until_state <= DISAGG_GEN_TRANS_COMPLETE and no_schedule_after_state > GEN_TO_COMPLETE
+        # The split paths apply: running generations are pass-1 generations (gen window open)
+        # and no per-request page rule is in play (a policy checks `reuse` for itself).
+        self.plain_split = self._gen_window and peft is None
         # In the default window every schedulable state that is neither a generation nor
         # disagg-gen-init is a context state, so pass-2 lists need no state filter.
         self.pending_are_admissible = no_schedule_until_state >= CONTEXT_INIT and no_schedule_after_state <= GEN_COMPLETE
@@ -269,12 +262,6 @@ class CapacityContext:
 
     def can_be_scheduled_with_disagg_exception(self) -> np.ndarray:
         return self.can_be_scheduled() | (self.state == DISAGG_GEN_INIT)
-
-    @property
-    def plain_split(self) -> bool:
-        """The split paths apply: running generations are pass-1 generations (gen window open)
-        and no per-request page rule is in play (a policy checks `reuse` for itself)."""
-        return self._gen_window and self.peft is None
 
     def pages(self, idx: np.ndarray) -> np.ndarray:
         """LoRA pages of the requests at list positions `idx` (one crossing; zeros without PEFT)."""

@@ -57,9 +57,20 @@ def _remaining(kv, slots: np.ndarray) -> np.ndarray:
 
 def schedule(ctx: CapacityContext, static_batch: bool = False):
     if ctx.reuse and not static_batch and ctx.plain_split and ctx.cross_kv is None:
-        fitting = _schedule_split_reusing(ctx)
-        if fitting is not None:
-            return fitting, EMPTY
+        # The split path with block reuse (running generations and contexts, no PEFT, no cross
+        # cache), inline (a frame a step): a new context whose uncached prefix another context
+        # computes is passed over (reuse_skipping.py), so the admitted contexts need not be a
+        # prefix. Each skip depends on the keys claimed before it and the first context that does
+        # not fit stops the list, so the step is one C++ call, the C++ policy's loop (design.md),
+        # before any state is read here. It returns None (nothing changed) when the list is not of
+        # that shape; else the fitting list, generations first, as a Split.
+        out = ctx.no_evict_split_fitting(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.no_schedule_until_state,
+                                         ctx.no_schedule_after_state)
+        if out is not None:
+            fitting, n_gen = out
+            if n_gen == fitting.size:  # no context admitted (a decode step): no slicing
+                return Split(fitting, gens=fitting, contexts=EMPTY), EMPTY
+            return Split(fitting, gens=fitting[:n_gen], contexts=fitting[n_gen:]), EMPTY
     if ctx.all_generation:
         # Only running generations: pass 1 admits them in order up to the count limit and pass 2
         # has nothing to consider, so no block or page count can change the outcome.
@@ -106,7 +117,7 @@ def schedule(ctx: CapacityContext, static_batch: bool = False):
 def _schedule_split(ctx: CapacityContext, static_batch: bool):
     """Running generations plus a few waiting contexts (the serving steady state), without PEFT:
     pass 1 takes the generations as a block, pass 2 runs over the contexts only (with block
-    reuse: `_schedule_split_reusing`, tried first). Returns the fitting list as a Split (generations first,
+    reuse: the C++ loop `schedule` tries first). Returns the fitting list as a Split (generations first,
     then the admitted contexts), or None when an other is not a context, a cross cache is
     attached or the count limit cuts pass 1 (the general path decides)."""
     sp = ctx.split
@@ -119,7 +130,7 @@ def _schedule_split(ctx: CapacityContext, static_batch: bool):
     if n_gen >= ctx.max_num_requests:
         return None
     if n_waiting and ctx.reuse and not static_batch:
-        return None  # `_schedule_split_reusing` declined this list: the general path skips
+        return None  # the reuse split loop (`schedule`) declined this list: the general path skips
     gens = sp.gens
     if n_waiting == 0 or (static_batch and n_gen):
         return Split(gens, NO_POSITIONS, EMPTY, gens=gens)
@@ -134,23 +145,6 @@ def _schedule_split(ctx: CapacityContext, static_batch: bool):
     # Generations, then the admitted contexts: a prefix of the list when the contexts are its tail.
     fitting = ctx.slots[:n_gen + n] if not ignored and sp.tail else np.concatenate((gens, contexts[:n]))
     return Split(fitting, np.arange(n_gen, n_gen + n), others[:n], gens=gens, contexts=contexts[:n])
-
-
-def _schedule_split_reusing(ctx: CapacityContext):
-    """The split path with block reuse (running generations and contexts, no PEFT, no cross
-    cache): a new context whose uncached prefix another context computes is passed over
-    (reuse_skipping.py), so the admitted contexts need not be a prefix. Each skip depends on the
-    keys claimed before it and the first context that does not fit stops the list, so the step is
-    one C++ call, the C++ policy's loop (design.md), before any state is read here. Returns the
-    fitting list as a Split, or None when the list is not of that shape (nothing was changed)."""
-    out = ctx.no_evict_split_fitting(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.no_schedule_until_state,
-                                     ctx.no_schedule_after_state)
-    if out is None:
-        return None
-    fitting, n_gen = out
-    if n_gen == fitting.size:  # no context admitted (a decode step): no slicing
-        return Split.known(fitting, fitting, EMPTY)
-    return Split.known(fitting, fitting[:n_gen], fitting[n_gen:])
 
 
 def _fitting_contexts(ctx: CapacityContext, gens: np.ndarray, contexts: np.ndarray) -> int:

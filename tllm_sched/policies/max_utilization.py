@@ -70,7 +70,7 @@ def schedule(ctx: CapacityContext):
         fit, disagg, paused, kinds = ctx.max_utilization_fitting(
             ctx.kv, ctx.slots, ctx.max_num_requests, ctx.two_steps_look_ahead, ctx.no_schedule_until_state,
             ctx.no_schedule_after_state)
-        return Slots(fit, disagg, paused, None if kinds is None else Split.known(fit, *kinds)), EMPTY
+        return Slots(fit, disagg, paused, None if kinds is None else Split(fit, gens=kinds[0], contexts=kinds[1])), EMPTY
     n = ctx.slots.size
     whole_list = ctx.all_generation or (
         n and ctx.plain_split and not ctx.reuse and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0)
