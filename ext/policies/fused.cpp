@@ -1,8 +1,8 @@
 // ext/policies/fused.cpp: TokenBudget (TensorRT-LLM's TokenBudgetTracker) and the fused loops.
 #include "policies/fused.h"
 
+#include "policies/guaranteed_no_evict.h"
 #include "policies/registry.h"
-#include "policies/reuse_skipping.h"
 
 namespace tllm {
 
@@ -97,15 +97,6 @@ void schedule_fused_no_evict(const CapacityContext& c, TokenBudget& budget, bool
     std::unordered_set<int64_t> task_ids;
     std::vector<int32_t> pending_disagg, pending;
     auto count = [&] { return static_cast<int32_t>(out.scheduled.size()); };
-    auto claim_task = [&](int32_t s, int64_t& pages_left) -> bool {  // false: not enough pages
-        int64_t task = t.lora_task_id[s];
-        bool new_task = task >= 0 && !task_ids.count(task);
-        int64_t pages = (new_task && c.peft) ? c.peft->determine_num_pages(t, s) : 0;
-        if (pages > pages_left) return false;
-        pages_left -= pages;
-        if (new_task) task_ids.insert(task);
-        return true;
-    };
 
     // Pass 1: classify; running generations are admitted while the token budget lasts. The state is
     // tested exactly (GENERATION_IN_PROGRESS), as TensorRT-LLM's fused loop does.
@@ -130,44 +121,21 @@ void schedule_fused_no_evict(const CapacityContext& c, TokenBudget& budget, bool
     if (budget.batch_full() || count() >= c.max_num_requests) return;
     if (static_batch && !out.scheduled.empty()) return;
 
-    // Only the generations pass 1 admitted reserve their blocks to completion.
-    NoEvictBlocks self(c.kv), cross(c.cross_kv);
-    for (int32_t s : out.scheduled) {
-        self.available -= self.need(s);
-        cross.available -= cross.need(s);
-    }
-    int64_t pages_left = max_pages - claimed_pages;
-    auto blocks_fit = [&](int32_t s, int32_t& need_self, int32_t& need_cross) {
-        need_self = self.need(s);
-        need_cross = cross.need(s);
-        return need_self <= self.available && (!cross.kv || need_cross <= cross.available);
+    // Pass 2, GUARANTEED_NO_EVICT's loop with the token budget inside: disagg-generation-init
+    // first (the tracker passes them over), then the contexts, with reuse skipping (not
+    // STATIC_BATCH). Only the generations pass 1 admitted reserve their blocks to completion.
+    struct Budget {
+        TokenBudget& b;
+        bool accept(int32_t s) { return b.try_add_context(s); }
+        bool full() const { return b.batch_full(); }
     };
-    int32_t need_self = 0, need_cross = 0;
-
-    // Pass 2, disagg-generation-init first: blocks and pages only (the tracker passes them over).
-    for (int32_t s : pending_disagg) {
-        if (count() >= c.max_num_requests) break;
-        if (!blocks_fit(s, need_self, need_cross)) break;  // head-of-line blocking
-        if (!claim_task(s, pages_left)) continue;
-        budget.try_add_context(s);
-        out.scheduled.push_back(s);
-        self.available -= need_self;
-        cross.available -= need_cross;
-    }
-    // Then the contexts, with reuse skipping (not STATIC_BATCH) and the token budget.
     ReuseSkipper skipper(t, static_batch ? nullptr : c.kv, c.slots, c.num_slots);
-    for (int32_t s : pending) {
-        if (!static_batch && skipper.beneficial_to_skip(s)) continue;
-        if (count() >= c.max_num_requests) break;
-        if (!state::is_context_init(t.state[s])) continue;
-        if (!blocks_fit(s, need_self, need_cross)) break;
-        if (!claim_task(s, pages_left)) continue;
-        if (!budget.try_add_context(s)) break;
-        out.scheduled.push_back(s);
-        self.available -= need_self;
-        cross.available -= need_cross;
-        if (budget.batch_full()) break;
-    }
+    NoEvictAdmission pass{c, skipper, NoEvictBlocks(c.kv), NoEvictBlocks(c.cross_kv), max_pages - claimed_pages,
+                          task_ids, count()};
+    pass.reserve(out.scheduled);
+    for (const std::vector<int32_t>* list : {&pending_disagg, &pending})
+        pass.run(list->data(), static_cast<int32_t>(list->size()), [&](int32_t i) { out.scheduled.push_back((*list)[i]); },
+                 Budget{budget});
 }
 
 }  // namespace

@@ -9,53 +9,10 @@
 #include <unordered_set>
 
 #include "policies/registry.h"
-#include "policies/reuse_skipping.h"
 
 namespace tllm {
 
 namespace {
-
-/// Pass 2: what is left (blocks of both caches, LoRA pages, the count) as it admits list after list.
-struct NoEvictAdmission {
-    const CapacityContext& c;
-    ReuseSkipper& skipper;  ///< never skips for STATIC_BATCH (built without a cache)
-    NoEvictBlocks self, cross;
-    int64_t available_pages;
-    std::unordered_set<int64_t>& task_ids;  ///< LoRA tasks admitted so far
-    int32_t count;                          ///< requests admitted so far (pass 1 included)
-
-    /// One list in order: entries outside the gating window are passed over, first-chunk contexts
-    /// whose key another request claimed are skipped, the rest admitted while they fit (admit(i)
-    /// for position i); a block shortage stops the list, a page shortage skips one request.
-    template <class Admit>
-    void run(const int32_t* list, int32_t n, Admit admit) {
-        RequestTable& t = *c.table;
-        for (int32_t i = 0; i < n; ++i) {
-            int32_t s = list[i], st = t.state[s];
-            if (!can_be_scheduled_with_disagg_exception(c, st)) continue;
-            if (skipper.beneficial_to_skip(s)) continue;
-            if (count >= c.max_num_requests) break;  // this list only
-            bool disagg = state::is_disagg_generation_init(st);
-            if (!state::is_context_init(st) && !disagg) continue;
-            int32_t need_self = self.need(s), need_cross = cross.need(s);
-            bool enough_blocks = need_self <= self.available;
-            bool enough_cross = !cross.kv || need_cross <= cross.available;
-            int64_t task = t.lora_task_id[s];
-            bool new_task = task >= 0 && !task_ids.count(task);
-            int64_t pages = (new_task && c.peft) ? c.peft->determine_num_pages(t, s) : 0;
-            if (enough_blocks && enough_cross && pages <= available_pages) {
-                admit(i);
-                ++count;
-                self.available -= need_self;
-                cross.available -= need_cross;
-                available_pages -= pages;
-                if (new_task) task_ids.insert(task);
-            } else if (!enough_blocks || !enough_cross) {
-                break;  // head-of-line blocking
-            }  // else: only PEFT pages are short; try the next request
-        }
-    }
-};
 
 void schedule_no_evict(const CapacityContext& c, bool static_batch, CapacityOutput& out) {
     RequestTable& t = *c.table;
@@ -89,10 +46,7 @@ void schedule_no_evict(const CapacityContext& c, bool static_batch, CapacityOutp
     ReuseSkipper skipper(t, static_batch ? nullptr : c.kv, c.slots, c.num_slots);
     NoEvictAdmission pass{c, skipper, NoEvictBlocks(c.kv), NoEvictBlocks(c.cross_kv), max_pages - claimed_pages,
                           task_ids, count()};
-    for (int32_t s : out.scheduled) {  // the running generations reserve their blocks to completion
-        pass.self.available -= pass.self.need(s);
-        pass.cross.available -= pass.cross.need(s);
-    }
+    pass.reserve(out.scheduled);
     for (const std::vector<int32_t>* list : {&pending_disagg, &pending})
         pass.run(list->data(), static_cast<int32_t>(list->size()), [&](int32_t i) { out.scheduled.push_back((*list)[i]); });
 }
@@ -126,7 +80,7 @@ bool no_evict_split_fitting(const CapacityContext& c, std::vector<int32_t>& fitt
     std::unordered_set<int64_t> no_tasks;
     ReuseSkipper skipper(t, c.kv, others.data(), static_cast<int32_t>(others.size()));
     NoEvictAdmission pass{c, skipper, NoEvictBlocks(c.kv), NoEvictBlocks(nullptr), INT32_MAX, no_tasks, num_generations};
-    for (int32_t i = 0; i < num_generations; ++i) pass.self.available -= pass.self.need(fitting[static_cast<size_t>(i)]);
+    pass.reserve(fitting);  // only the generations so far
     pass.run(others.data(), static_cast<int32_t>(others.size()), [&](int32_t i) { fitting.push_back(others[static_cast<size_t>(i)]); });
     return true;
 }
