@@ -250,13 +250,11 @@ class PyMicroBatchScheduler:
         remaining = c["prompt_len"].take(items) - c["context_current_position"].take(items)  # int32
         if d is None:
             return self._chunk_many(items, remaining, used, budget)
-        want = remaining if d is None else remaining + d
+        want = remaining + d
         too_long = self.max_ctx is not None and bool((want > self.max_ctx).any())
         if not too_long and (budget is None or int(want.sum()) <= budget - used):  # every remainder fits
             self.commit(items, remaining, None)
             return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
-        if d is None:
-            d = np.zeros(items.size, dtype=np.int32)
         cap = None if budget is None else budget - used
         if items.size >= chunking.VECTOR_MIN_ITEMS:
             chunks, discard = chunking.set_ctx_requests_chunk_size_vec(
