@@ -2,7 +2,8 @@
 8 per step, independent of the number of requests, plus one per pause).
 
 Each expected count is the list of calls the batched Python scheduler makes, written out:
-  - every step reads the active list's slots once (`RequestList.slots`);
+  - every step reads the active list's slots once (`RequestList.slots`), except a step handed
+    whole to one C++ loop (block reuse without PEFT, below), which reads the list in place;
   - GUARANTEED_NO_EVICT with only running generations decides without any cache question
     (pass 1 admits them unconditionally and pass 2 is empty);
   - MAX_UTILIZATION: `start_scheduling` + `get_needed_blocks_one_step_sum` (when the whole list
@@ -33,7 +34,7 @@ from tllm_sched.scheduler import Scheduler
 
 
 def _decoding(n, policy, backend, *, reuse=False, peft=False, chunking=None, contexts=0, budget=None, fused=False,
-              prompt=lambda j: np.full(64, 7, dtype=np.int32)):
+              prompt=lambda j: np.full(64, 7, dtype=np.int32), max_num_requests=None):
     """n running generations (their context step done), then `contexts` new requests (prompt(j))."""
     t = ts.RequestTable(n + contexts + 4)
     kv = ts.KVCacheManager(t, 16, (n + contexts) * 12 + 16, 1024, enable_block_reuse=reuse)
@@ -42,7 +43,7 @@ def _decoding(n, policy, backend, *, reuse=False, peft=False, chunking=None, con
     for i in range(n):
         lst.append(t.add_request(i, np.arange(i * 40, i * 40 + 40, dtype=np.int32), 100,  # unique prompts
                                  lora_task_id=(i % 3) if peft else None))
-    cfg = SchedulerConfig(policy=policy, max_num_requests=n + contexts, max_batch_size=n + contexts,
+    cfg = SchedulerConfig(policy=policy, max_num_requests=max_num_requests or n + contexts, max_batch_size=n + contexts,
                           max_num_tokens=budget, chunking=chunking, fused=fused)
     # Everyone's context step, unbudgeted, then the scheduler under test on the same state.
     warm = Scheduler(SchedulerConfig(policy=policy, max_num_requests=n), t, kv, None, pm, backend="cpp")
@@ -106,10 +107,11 @@ MIXED = {
     "gne-split": ("GUARANTEED_NO_EVICT", False, False, 3, 100, 4, 2),
     # MU: slots, start_scheduling, get_needed_blocks_one_step_sum, set_context_chunk_sizes.
     "mu-split": ("MAX_UTILIZATION", False, False, 3, 100, 4, 2),
-    # GNE split with block reuse: slots, no_evict_split_fitting (pass 2 with its keys and claims,
-    # one C++ call whatever the number of contexts), set_context_chunk_sizes. The three contexts
-    # share a prompt: the first claims its first new block's key, the other two wait for it (skipped).
-    "gne-split-reuse": ("GUARANTEED_NO_EVICT", True, False, 3, 100, 3, 1),
+    # GNE split with block reuse: no_evict_split_fitting (the list read in place, pass 2 with its
+    # keys and claims, one C++ call whatever the number of contexts), set_context_chunk_sizes. The
+    # three contexts share a prompt: the first claims its first new block's key, the other two
+    # wait for it (skipped).
+    "gne-split-reuse": ("GUARANTEED_NO_EVICT", True, False, 3, 100, 2, 1),
 }
 
 
@@ -124,6 +126,25 @@ def test_mixed_prefill(n, case):
     assert out.generation.size == n
     assert out.context.size == scheduled
     assert s.last_step_crossings == expected <= 8
+
+
+@pytest.mark.parametrize("backend", ["python", "cpp"])
+def test_reuse_reads_the_list_only_when_the_cpp_loop_declines(backend):
+    """With block reuse the GNE split path hands the step to no_evict_split_fitting, which reads
+    the list in place: a decode step is that one call. When the loop declines, changing nothing
+    (the running generations reach max_num_requests, so pass 1 may cut the list), the general
+    path reads the slots (`RequestList.slots`): two calls, and the decisions of cpp (every
+    generation, no context)."""
+    s, lst = _decoding(16, "GUARANTEED_NO_EVICT", backend, reuse=True, max_num_requests=17)
+    for _ in range(2):  # the first step also checks the list's table once
+        assert s.schedule(lst).generation.size == 16
+    assert s.last_step_crossings == 1
+    s, lst = _decoding(16, "GUARANTEED_NO_EVICT", backend, reuse=True, contexts=2, max_num_requests=16,
+                       chunking=ChunkingConfig("FIRST_COME_FIRST_SERVED", 16), budget=1000)
+    for _ in range(2):
+        out = s.schedule(lst)
+    assert (out.generation.size, out.context.size, out.fitting.size) == (16, 0, 16)
+    assert s.last_step_crossings == (2 if backend == "python" else 1)
 
 
 def test_each_pause_adds_one_crossing():
@@ -244,7 +265,7 @@ def test_the_fused_cpp_backend_is_one_call():
 
 # (policy, PEFT, fused): expected crossings, written out in the test's docstring.
 KEY_WINDOW_CASES = {("GUARANTEED_NO_EVICT", True, False): 8, ("MAX_UTILIZATION", True, False): 8,
-                    ("GUARANTEED_NO_EVICT", False, False): 3, ("MAX_UTILIZATION", False, False): 3,
+                    ("GUARANTEED_NO_EVICT", False, False): 2, ("MAX_UTILIZATION", False, False): 2,
                     ("GUARANTEED_NO_EVICT", False, True): 8, ("MAX_UTILIZATION", False, True): 8}
 
 
@@ -256,8 +277,9 @@ def test_key_windows_stay_within_the_budget(policy, peft, fused, monkeypatch):
     determine_num_pages_batch, 4 key windows, set_context_chunk_sizes; MU: slots,
     start_scheduling, needed_batch, determine_num_pages_batch, 3 key windows,
     set_context_chunk_sizes), and the decisions of cpp. Without PEFT the two-stage mode asks no
-    window: slots, no_evict_split_fitting (GNE's split path) or max_utilization_fitting (MU's
-    loop), set_context_chunk_sizes. The fused mode without PEFT still asks windows, 8 crossings
+    window and reads no slots: no_evict_split_fitting (GNE's split path) or
+    max_utilization_fitting (MU's loop), each reading the list in place, then
+    set_context_chunk_sizes. The fused mode without PEFT still asks windows, 8 crossings
     (GNE: slots, one remaining-blocks question over generations and contexts, 5 key windows,
     set_context_chunk_sizes; MU: slots, start_scheduling, needed_batch, 4 key windows,
     set_context_chunk_sizes; MU walks the tracker over the windows' block-fitting prefix)."""

@@ -27,7 +27,7 @@ _EMPTY = np.zeros(0, dtype=np.int32)
 _EMPTY.flags.writeable = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class SchedulerOutput:
     """One step's decisions, as request slots of the table."""
 
@@ -40,9 +40,12 @@ class SchedulerOutput:
     # requests that passed both the capacity and the token-budget checks.
     num_fitting: Optional[int] = None
 
-    def __post_init__(self) -> None:
-        if self.num_fitting is None:
-            self.num_fitting = int(self.fitting.size)
+    def __init__(self, fitting: np.ndarray, fitting_disagg_gen_init: np.ndarray, paused: np.ndarray,
+                 context: np.ndarray, generation: np.ndarray, num_fitting: Optional[int] = None) -> None:
+        # Written out, not generated with a __post_init__: one frame a step, not two.
+        self.fitting, self.fitting_disagg_gen_init, self.paused = fitting, fitting_disagg_gen_init, paused
+        self.context, self.generation = context, generation
+        self.num_fitting = int(fitting.size) if num_fitting is None else num_fitting
 
     @classmethod
     def make_empty(cls) -> "SchedulerOutput":

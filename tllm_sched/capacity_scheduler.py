@@ -47,14 +47,15 @@ class PyCapacityScheduler:
         """(fitting, fitting_disagg_gen_init, paused) slot arrays."""
         return self.schedule_split(slots)[:3]
 
-    def schedule_split(self, slots: np.ndarray):
+    def schedule_split(self, slots: Optional[np.ndarray], active=None):
         """`schedule` plus the Split of the fitting list when it comes for free (else None),
-        for the micro-batch stage."""
-        ctx = self._ctx.reset(slots)
+        for the micro-batch stage. Given the RequestList `active` instead of `slots` (None), the
+        list is read only if the policy needs its slots (CapacityContext.reset)."""
+        ctx = self._ctx.reset(slots, active)
         scheduled, paused = self._policy(ctx)
         if isinstance(scheduled, Split):  # a split path's fitting list (nothing paused)
             return scheduled.slots, EMPTY, EMPTY, scheduled
-        return self._to_slots(ctx, slots, scheduled, paused)
+        return self._to_slots(ctx, scheduled, paused)
 
     def schedule_fused(self, slots: np.ndarray, budget, inflight_ids):
         """The fused pass's capacity loop: (fitting, fitting_disagg_gen_init, paused), asking the
@@ -63,15 +64,16 @@ class PyCapacityScheduler:
         scheduled, paused = self._fused(ctx, budget.reset(ctx, inflight_ids))
         if isinstance(scheduled, slice):  # the serving step: a prefix of the list
             return slots[scheduled], EMPTY, EMPTY
-        return self._to_slots(ctx, slots, scheduled, paused)[:3]
+        return self._to_slots(ctx, scheduled, paused)[:3]
 
     @staticmethod
-    def _to_slots(ctx, slots, scheduled, paused):
+    def _to_slots(ctx, scheduled, paused):
         """A policy's positions as (fitting, disagg, paused) slot arrays and the fitting Split (or None)."""
         if isinstance(scheduled, Split):
             return scheduled.slots, EMPTY, EMPTY, scheduled
-        if isinstance(scheduled, Slots):  # already slot arrays (a C++ loop's output)
+        if isinstance(scheduled, Slots):  # already slot arrays (a C++ loop's output): the list is not read
             return scheduled
+        slots = ctx.slots
         if isinstance(scheduled, slice):  # a prefix of the list: views, no copies
             whole = scheduled.stop >= slots.size
             return slots[scheduled], EMPTY, EMPTY, ctx.split if whole else None

@@ -33,6 +33,9 @@ _EMPTY = np.zeros(0, dtype=np.int32)
 _WHOLE = np.full(common.FEW, np.iinfo(np.int32).max, dtype=np.int32)  # chunk sizes the setter clamps to each remainder
 _WHOLE.flags.writeable = False
 _WHOLE_OF = [_WHOLE[:n] for n in range(common.FEW)]  # by count: no view made in a step
+# By count n: positions n-1, 0, ..., n-2 (the last one first), a gather's index without a list.
+_LAST_FIRST = [np.array([n - 1, *range(n - 1)], dtype=np.intp) for n in range(1, common.FEW)]
+_LAST_FIRST.insert(0, np.zeros(0, dtype=np.intp))
 _OUTSIDE, _CONTEXT, _OTHER = range(3)  # kinds of a split's others
 _WITH_LORA, _WITH_DRAFTS, _WIDE_BEAMS = range(3)  # RequestTable.tallies() entries
 
@@ -67,6 +70,12 @@ class PyMicroBatchScheduler:
         # _chunk_few's chunk sizes (copied by the setter), as a view per count: no array made in a step.
         few_chunks = np.zeros(common.FEW, dtype=np.int32)
         self._few_chunks = [few_chunks[:n] for n in range(common.FEW)]
+        # Scalar reads and writes of a few values go through memoryviews: Python's own code, where
+        # numpy's scalar paths (item, tolist, setitem) run cache-cold on a cold step.
+        self._few_chunks_mv = memoryview(few_chunks)
+        self._tallies_mv = memoryview(tallies)
+        self._prompt_mv = memoryview(cols["prompt_len"])
+        self._pos_mv = memoryview(cols["context_current_position"])
 
     def _kind_of(self, st: int) -> int:
         """Kind of a split's other: outside the window, a context, or anything else."""
@@ -123,7 +132,7 @@ class PyMicroBatchScheduler:
         whole list within the batch size and the token budget, so the walk takes everything and
         only the contexts need work. None when that does not hold (the general walk decides).
         Few frames and numpy calls: a cold step pays for each (the tallies are read once, as ints)."""
-        with_lora, with_drafts, wide_beams = self._tallies.tolist()
+        with_lora, with_drafts, wide_beams = self._tallies_mv.tolist()
         gens = sp.gens
         # (beam width, budget tokens, draft counts or None): one token each without beams or drafts.
         per_gen = self._generation_tokens(gens) if with_drafts or wide_beams else (1, gens.size, None)
@@ -161,10 +170,14 @@ class PyMicroBatchScheduler:
         if budget is not None and used > budget:
             return None
         # _chunk's dispatch for the usual handful of contexts without drafts, a frame fewer.
-        context, last = self._chunk_few(items, used, budget) if d is None and items.size < common.FEW else (
-            self._chunk(items, d, used, budget))
-        if context.size > 1:
-            context = self._sort(context, last is not None, last)
+        if d is None and items.size < common.FEW:
+            context, last = self._chunk_few(items, used, budget)  # non-last chunks first already
+            if with_lora and context.size > 1:
+                context = self._sort(context, last is not None, last)
+        else:
+            context, last = self._chunk(items, d, used, budget)
+            if context.size > 1:
+                context = self._sort(context, last is not None, last)
         return context, (self._sort_lora(gens) if with_lora else gens)
 
     def _generation_tokens(self, gens):
@@ -241,7 +254,9 @@ class PyMicroBatchScheduler:
     def _chunk(self, items, d, used, budget):
         """Chunk sizes of the chunked contexts `items` (draft counts `d`, None: none anywhere)
         within what the budget leaves after `used` tokens, committed. Returns the contexts that
-        got a chunk and, if some chunk is partial, their last-chunk flags (else None)."""
+        got a chunk and, if some chunk is partial, their last-chunk flags (else None). The
+        contexts are in list order, or (a few, `_chunk_few`) already with non-last chunks first:
+        either way `_sort` puts them in output order."""
         if items.size == 0:
             return items, None
         if d is None and items.size < common.FEW:
@@ -272,10 +287,10 @@ class PyMicroBatchScheduler:
         cheaper than numpy calls (the first call of each array function in a step runs
         cache-cold, so the remainders are read element by element), and with no draft token there
         is nothing to discard."""
-        prompt, pos = self._c["prompt_len"], self._c["context_current_position"]
+        prompt, pos = self._prompt_mv, self._pos_mv
         rem, longest, total = [], 0, 0
         for s in items.tolist():  # a loop, not a comprehension or max/sum calls: fewer cold calls
-            r = prompt.item(s) - pos.item(s)
+            r = prompt[s] - pos[s]
             rem.append(r)
             total += r
             if r > longest:
@@ -286,19 +301,23 @@ class PyMicroBatchScheduler:
             self._table.set_context_chunk_sizes(items, _WHOLE_OF[items.size], None)
             return (items if 0 not in rem else items.take([k for k, r in enumerate(rem) if r])), None
         chunks = self._chunk_sizes(rem, None if budget is None else budget - used, self.unit, max_ctx)
-        buf = self._few_chunks[items.size]
-        keep, last = [], []
+        buf = self._few_chunks_mv
+        partial, whole = [], []  # positions with a chunk: non-last chunks (output first), last chunks
         for k, ch in enumerate(chunks):
             buf[k] = ch
             if ch:
-                keep.append(k)
-                last.append(ch == rem[k])  # a chunk never exceeds the remainder
-        self._table.set_context_chunk_sizes(items, buf, None)
-        n = len(keep)
-        # The contexts that got a chunk: usually all of them or the first n (a slice).
-        if n == items.size:
-            return items, last
-        return (items[:n] if not n or keep[-1] == n - 1 else items.take(keep)), last
+                (whole if ch == rem[k] else partial).append(k)  # a chunk never exceeds the remainder
+        self._table.set_context_chunk_sizes(items, self._few_chunks[items.size], None)
+        order = partial + whole
+        last = [False] * len(partial) + [True] * len(whole)
+        n = len(order)
+        # Usually the first n in list order (a slice), else one gather into output order.
+        if (not partial or not whole or partial[-1] < whole[0]) and (not n or order[-1] == n - 1):
+            return (items if n == items.size else items[:n]), last
+        if len(partial) == 1 and partial[0] == n - 1 and order[-1] == n - 2:
+            # First come first served: the budget ends in the last chunk taken, which goes first.
+            return items.take(_LAST_FIRST[n]), last
+        return items.take(order), last
 
     def _chunk_many(self, items, remaining, used, budget):
         """`_chunk` for many contexts without draft tokens: the policy's array form, nothing to

@@ -47,14 +47,15 @@ class PythonBackend:
     def schedule(self, active, inflight_ids):
         if self._waiting is not None:
             self.fetch_new_requests(active)
-        # The one read of the list, copied: outputs may be slices of it and must not change
-        # when the list does.
-        slots = self._list_slots(active).copy()
         if self.config.fused:
-            fit, disagg, paused = self.capacity.schedule_fused(slots, self._budget, inflight_ids)
+            # The one read of the list, copied: outputs may be slices of it and must not change
+            # when the list does.
+            fit, disagg, paused = self.capacity.schedule_fused(self._list_slots(active).copy(), self._budget, inflight_ids)
             ctx, gen, num_fitting = self._budget.finalize()
             return SchedulerOutput(fit, disagg, paused, ctx, gen, num_fitting)
-        fit, disagg, paused, split = self.capacity.schedule_split(slots)
+        # The list is read (and copied) only if the capacity policy needs its slots; a step handed
+        # to one C++ loop (block reuse) reads it there, in place.
+        fit, disagg, paused, split = self.capacity.schedule_split(None, active)
         ctx, gen = self.micro.schedule(fit, inflight_ids, self.config.max_batch_size, self.config.max_num_tokens, split)
         return SchedulerOutput(fit, disagg, paused, ctx, gen, fit.size)
 

@@ -43,6 +43,17 @@ std::pair<const int32_t*, int32_t> list_or_slots(const RequestTable& t, nb::hand
     throw TypeInputError("active_requests: expected a RequestList or an int32 array of slots, got " + describe(active));
 }
 
+/// The C++ loops' list for the Python backend: a RequestList read in place (no view made), or an
+/// int32 array of live slots the caller has checked to be distinct.
+std::pair<const int32_t*, int32_t> listed_slots(const RequestTable& t, nb::handle obj) {
+    if (nb::isinstance<RequestList>(obj)) {
+        RequestList& l = nb::cast<RequestList&>(obj);
+        l.check_table(t);
+        return {l.data(), l.size()};
+    }
+    return checked_slots(t, ArrayArg{obj}, "slots");
+}
+
 std::pair<const int64_t*, int32_t> inflight_ids(nb::handle obj) {
     if (obj.is_none()) return {nullptr, 0};
     if (!nb::isinstance<AnyArray>(obj))
@@ -79,9 +90,9 @@ void bind_schedulers(nb::module_& m) {
             }, "table"_a, "active_requests"_a, "kv_cache_manager"_a = nb::none(), "peft_cache_manager"_a = nb::none(),
             "cross_kv_cache_manager"_a = nb::none(), "Returns slot arrays (fitting, fitting_disagg_gen_init, paused).");
 
-    m.def("no_evict_split_fitting", [](KVCacheManager& kv, const ArrayArg& slots, int32_t max_num_requests,
+    m.def("no_evict_split_fitting", [](KVCacheManager& kv, nb::handle slots, int32_t max_num_requests,
                                        int32_t until, int32_t after) {
-            auto [p, n] = checked_slots(kv.table(), slots, "slots");  // distinct: the caller's checked list
+            auto [p, n] = listed_slots(kv.table(), slots);
             CapacityContext c{kv.table_ptr().get(), p, n, &kv, nullptr, nullptr, max_num_requests, false, until, after};
             std::vector<int32_t> fitting;
             int32_t num_generations = 0;
@@ -91,13 +102,13 @@ void bind_schedulers(nb::module_& m) {
         "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
         "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_COMPLETE),
         "GUARANTEED_NO_EVICT as the C++ policy runs it (reuse skipping, head-of-line admission) over a list of "
-        "running generations and contexts; self cache only, no PEFT. Returns (fitting slots: the running "
+        "running generations and contexts (`slots`: a RequestList, read in place, or an int32 array of distinct live slots); self cache only, no PEFT. Returns (fitting slots: the running "
         "generations in list order, then the admitted contexts; the number of generations), or None, having "
         "changed nothing, when the list is not of that shape or the generations reach max_num_requests.");
 
-    m.def("max_utilization_fitting", [](KVCacheManager& kv, const ArrayArg& slots, int32_t max_num_requests,
+    m.def("max_utilization_fitting", [](KVCacheManager& kv, nb::handle slots, int32_t max_num_requests,
                                         bool two_steps_look_ahead, int32_t until, int32_t after) {
-            auto [p, n] = checked_slots(kv.table(), slots, "slots");  // distinct: the caller's checked list
+            auto [p, n] = listed_slots(kv.table(), slots);
             CapacityContext c{kv.table_ptr().get(), p, n, &kv, nullptr, nullptr, max_num_requests, two_steps_look_ahead,
                               until, after};
             CapacityOutput out;
@@ -111,7 +122,7 @@ void bind_schedulers(nb::module_& m) {
         "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
         "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_COMPLETE),
         "MAX_UTILIZATION as the C++ policy runs it (reuse skipping, pausing from the tail; no PEFT) over the list "
-        "`slots`: slot arrays (fitting, fitting_disagg_gen_init, paused), as CapacityScheduler.schedule returns, and "
+        "`slots` (a RequestList, read in place, or an int32 array of distinct live slots): slot arrays (fitting, fitting_disagg_gen_init, paused), as CapacityScheduler.schedule returns, and "
         "fitting's split for the micro-batch stage: (its running generations, its contexts), both in list order, "
         "or None when an entry is neither. Starts the cache's scheduling pass.");
 

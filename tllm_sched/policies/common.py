@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from tllm_sched import _core
+from tllm_sched.backend import list_slots
 from tllm_sched.crossings import counted
 
 S = _core.LlmRequestState
@@ -57,6 +58,14 @@ class Split:
         # a step); from `state` (per entry) unless given.
         self.gens = gens if gens is not None else (
             slots[:slots.size - other.size] if tail else slots[state == GEN_IN_PROGRESS])
+
+    @classmethod
+    def of_parts(cls, slots: np.ndarray, gens: np.ndarray, contexts: np.ndarray) -> "Split":
+        """`Split(slots, gens=gens, contexts=contexts)` for a C++ loop's output, built without the
+        constructor's call machinery (keyword matching, type call): a cold step pays for it."""
+        sp = object.__new__(cls)
+        sp.slots, sp.gens, sp.contexts, sp.other, sp.other_state, sp.tail = slots, gens, contexts, None, None, True
+        return sp
 
     @classmethod
     def of(cls, slots: np.ndarray, state: np.ndarray) -> "Split":
@@ -158,7 +167,7 @@ class CapacityContext:
     reuse) computes none of them.
     """
 
-    __slots__ = ("cols", "slots", "_state", "kv", "cross_kv", "peft", "table", "max_num_requests",
+    __slots__ = ("cols", "slots", "listed", "_active", "_read_list", "_state", "kv", "cross_kv", "peft", "table", "max_num_requests",
                  "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "_all_generation", "_gen_window", "plain_split", "pending_are_admissible",
                  "_split", "_kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids",
                  "no_evict_split_fitting", "max_utilization_fitting")
@@ -185,6 +194,8 @@ class CapacityContext:
         # The C++ loops the policies call once a step with block reuse, counted into `counter`.
         self.no_evict_split_fitting = counted(_core.no_evict_split_fitting, counter)
         self.max_utilization_fitting = counted(_core.max_utilization_fitting, counter)
+        self._read_list = counted(list_slots, counter)
+        self._active = None  # the RequestList whose slots are not read yet
         # Free-block counts of the self and cross caches: zero-copy views, read without a call.
         self._free = tuple(None if m is None else m.free_block_counts() for m in (kv, cross_kv))
         self.reset(EMPTY)
@@ -200,11 +211,28 @@ class CapacityContext:
             return CONTEXT
         return GENERATION if is_generation_in_progress(st) else OTHER
 
-    def reset(self, slots: np.ndarray) -> "CapacityContext":
-        self.slots = slots  # int32 slots of the active list, in order
+    def reset(self, slots: Optional[np.ndarray], active=None) -> "CapacityContext":
+        """Points the context at one step's list: the int32 slot array `slots`, or (slots None) the
+        RequestList `active`, whose slots are read (copied) only when a policy first uses `slots`:
+        a step handed whole to a C++ loop, which reads the list in place (`listed`), makes no view."""
+        if slots is None:
+            if self._active is None:  # the last step's slots were set (no exception raised here: a cold step pays for one)
+                del self.slots
+            self.listed = self._active = active
+        else:
+            self.slots = self.listed = slots  # int32 slots of the active list, in order
+            self._active = None
         self._state = self._split = self._kind_counts = self._all_generation = None
         self._first_chunk = self._lora = self._ids = None
         return self
+
+    def __getattr__(self, name: str):
+        # Reached only for an unset attribute: `slots` of a step given its RequestList, on first use.
+        if name != "slots" or self._active is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self.slots = slots = self._read_list(self._active).copy()  # outputs may be slices: never of the list
+        self._active = None  # read
+        return slots
 
     @property
     def state(self) -> np.ndarray:

@@ -64,13 +64,13 @@ def schedule(ctx: CapacityContext, static_batch: bool = False):
         # not fit stops the list, so the step is one C++ call, the C++ policy's loop (design.md),
         # before any state is read here. It returns None (nothing changed) when the list is not of
         # that shape; else the fitting list, generations first, as a Split.
-        out = ctx.no_evict_split_fitting(ctx.kv, ctx.slots, ctx.max_num_requests, ctx.no_schedule_until_state,
+        out = ctx.no_evict_split_fitting(ctx.kv, ctx.listed, ctx.max_num_requests, ctx.no_schedule_until_state,
                                          ctx.no_schedule_after_state)
         if out is not None:
             fitting, n_gen = out
             if n_gen == fitting.size:  # no context admitted (a decode step): no slicing
-                return Split(fitting, gens=fitting, contexts=EMPTY), EMPTY
-            return Split(fitting, gens=fitting[:n_gen], contexts=fitting[n_gen:]), EMPTY
+                return Split.of_parts(fitting, fitting, EMPTY), EMPTY
+            return Split.of_parts(fitting, fitting[:n_gen], fitting[n_gen:]), EMPTY
     if ctx.all_generation:
         # Only running generations: pass 1 admits them in order up to the count limit and pass 2
         # has nothing to consider, so no block or page count can change the outcome.

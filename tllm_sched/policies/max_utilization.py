@@ -68,9 +68,9 @@ def schedule(ctx: CapacityContext):
         # it, each pause on the failure before it): one C++ call, the C++ policy's loop (design.md),
         # before any state is read here. It also splits the fitting list for the micro-batch stage.
         fit, disagg, paused, kinds = ctx.max_utilization_fitting(
-            ctx.kv, ctx.slots, ctx.max_num_requests, ctx.two_steps_look_ahead, ctx.no_schedule_until_state,
+            ctx.kv, ctx.listed, ctx.max_num_requests, ctx.two_steps_look_ahead, ctx.no_schedule_until_state,
             ctx.no_schedule_after_state)
-        return Slots(fit, disagg, paused, None if kinds is None else Split(fit, gens=kinds[0], contexts=kinds[1])), EMPTY
+        return Slots(fit, disagg, paused, None if kinds is None else Split.of_parts(fit, kinds[0], kinds[1])), EMPTY
     n = ctx.slots.size
     whole_list = ctx.all_generation or (
         n and ctx.plain_split and not ctx.reuse and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0)
