@@ -216,7 +216,7 @@ class CapacityContext:
         RequestList `active`, whose slots are read (copied) only when a policy first uses `slots`:
         a step handed whole to a C++ loop, which reads the list in place (`listed`), makes no view."""
         if slots is None:
-            if self._active is None:  # the last step's slots were set (no exception raised here: a cold step pays for one)
+            if self._active is None:  # slots set last step: unset (checked, not try/except: a raise is costly)
                 del self.slots
             self.listed = self._active = active
         else:
