@@ -50,7 +50,7 @@ class PyCapacityScheduler:
     def schedule_split(self, slots: Optional[np.ndarray], active=None):
         """`schedule` plus the Split of the fitting list when it comes for free (else None),
         for the micro-batch stage. Given the RequestList `active` instead of `slots` (None), the
-        list is read only if the policy needs its slots (CapacityContext.reset)."""
+        list is read only by a policy's Python path (CapacityContext.read_slots)."""
         ctx = self._ctx.reset(slots, active)
         scheduled, paused = self._policy(ctx)
         if isinstance(scheduled, Split):  # a split path's fitting list (nothing paused)

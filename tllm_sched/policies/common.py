@@ -167,7 +167,7 @@ class CapacityContext:
     reuse) computes none of them.
     """
 
-    __slots__ = ("cols", "slots", "listed", "_active", "_read_list", "_state", "kv", "cross_kv", "peft", "table", "max_num_requests",
+    __slots__ = ("cols", "slots", "listed", "_read_list", "_state", "kv", "cross_kv", "peft", "table", "max_num_requests",
                  "two_steps_look_ahead", "no_schedule_until_state", "no_schedule_after_state", "reuse", "max_device_pages", "_all_generation", "_gen_window", "plain_split", "pending_are_admissible",
                  "_split", "_kind_counts", "kinds", "_free", "_first_chunk", "_lora", "_ids",
                  "no_evict_split_fitting", "max_utilization_fitting")
@@ -195,7 +195,6 @@ class CapacityContext:
         self.no_evict_split_fitting = counted(_core.no_evict_split_fitting, counter)
         self.max_utilization_fitting = counted(_core.max_utilization_fitting, counter)
         self._read_list = counted(list_slots, counter)
-        self._active = None  # the RequestList whose slots are not read yet
         # Free-block counts of the self and cross caches: zero-copy views, read without a call.
         self._free = tuple(None if m is None else m.free_block_counts() for m in (kv, cross_kv))
         self.reset(EMPTY)
@@ -213,26 +212,19 @@ class CapacityContext:
 
     def reset(self, slots: Optional[np.ndarray], active=None) -> "CapacityContext":
         """Points the context at one step's list: the int32 slot array `slots`, or (slots None) the
-        RequestList `active`, whose slots are read (copied) only when a policy first uses `slots`:
-        a step handed whole to a C++ loop, which reads the list in place (`listed`), makes no view."""
-        if slots is None:
-            if self._active is None:  # slots set last step: unset (checked, not try/except: a raise is costly)
-                del self.slots
-            self.listed = self._active = active
-        else:
-            self.slots = self.listed = slots  # int32 slots of the active list, in order
-            self._active = None
+        RequestList `active`. A C++ loop reads the list in place (`listed`); a policy's Python
+        path calls `read_slots` first, so a step handed whole to a C++ loop makes no view."""
+        self.slots = slots  # int32 slots of the active list, in order (None: not read yet)
+        self.listed = active if slots is None else slots
         self._state = self._split = self._kind_counts = self._all_generation = None
         self._first_chunk = self._lora = self._ids = None
         return self
 
-    def __getattr__(self, name: str):
-        # Reached only for an unset attribute: `slots` of a step given its RequestList, on first use.
-        if name != "slots" or self._active is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        self.slots = slots = self._read_list(self._active).copy()  # outputs may be slices: never of the list
-        self._active = None  # read
-        return slots
+    def read_slots(self) -> None:
+        """Reads the list's slots into `slots` if the step was given only its RequestList, copied:
+        outputs may be slices of them and must not change when the list does."""
+        if self.slots is None:
+            self.slots = self._read_list(self.listed).copy()
 
     @property
     def state(self) -> np.ndarray:

@@ -71,6 +71,7 @@ def schedule(ctx: CapacityContext, static_batch: bool = False):
             if n_gen == fitting.size:  # no context admitted (a decode step): no slicing
                 return Split.of_parts(fitting, fitting, EMPTY), EMPTY
             return Split.of_parts(fitting, fitting[:n_gen], fitting[n_gen:]), EMPTY
+    ctx.read_slots()  # the Python paths
     if ctx.all_generation:
         # Only running generations: pass 1 admits them in order up to the count limit and pass 2
         # has nothing to consider, so no block or page count can change the outcome.

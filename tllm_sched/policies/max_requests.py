@@ -11,6 +11,7 @@ from tllm_sched.policies.common import ENCODER_INIT, EMPTY, CapacityContext, is_
 
 
 def schedule(ctx: CapacityContext):
+    ctx.read_slots()
     if ctx.all_generation:
         return slice(0, min(ctx.slots.size, ctx.max_num_requests)), EMPTY
     st = ctx.state

@@ -71,6 +71,7 @@ def schedule(ctx: CapacityContext):
             ctx.kv, ctx.listed, ctx.max_num_requests, ctx.two_steps_look_ahead, ctx.no_schedule_until_state,
             ctx.no_schedule_after_state)
         return Slots(fit, disagg, paused, None if kinds is None else Split.of_parts(fit, kinds[0], kinds[1])), EMPTY
+    ctx.read_slots()  # the Python paths
     n = ctx.slots.size
     whole_list = ctx.all_generation or (
         n and ctx.plain_split and not ctx.reuse and ctx.kind_counts[IGNORED] == ctx.kind_counts[OTHER] == 0)
