@@ -30,9 +30,6 @@ from tllm_sched.policies.common import (
 )
 
 _EMPTY = np.zeros(0, dtype=np.int32)
-_WHOLE = np.full(common.FEW, np.iinfo(np.int32).max, dtype=np.int32)  # chunk sizes the setter clamps to each remainder
-_WHOLE.flags.writeable = False
-_WHOLE_OF = [_WHOLE[:n] for n in range(common.FEW)]  # by count: no view made in a step
 # By count n: positions n-1, 0, ..., n-2 (the last one first), a gather's index without a list.
 _LAST_FIRST = [np.array([n - 1, *range(n - 1)], dtype=np.intp) for n in range(1, common.FEW)]
 _LAST_FIRST.insert(0, np.zeros(0, dtype=np.intp))
@@ -70,6 +67,11 @@ class PyMicroBatchScheduler:
         # _chunk_few's chunk sizes (copied by the setter), as a view per count: no array made in a step.
         few_chunks = np.zeros(common.FEW, dtype=np.int32)
         self._few_chunks = [few_chunks[:n] for n in range(common.FEW)]
+        # Chunk sizes the setter clamps to each remainder (every context whole), by count. Writable
+        # though never written: numpy refuses a read-only array's unversioned DLPack export and the
+        # binding's retry costs a raised exception every step.
+        whole = np.full(common.FEW, np.iinfo(np.int32).max, dtype=np.int32)
+        self._whole_of = [whole[:n] for n in range(common.FEW)]
         # Scalar reads and writes of a few values go through memoryviews: Python's own code, where
         # numpy's scalar paths (item, tolist, setitem) run cache-cold on a cold step.
         self._few_chunks_mv = memoryview(few_chunks)
@@ -298,7 +300,7 @@ class PyMicroBatchScheduler:
         max_ctx = self.max_ctx
         if (max_ctx is None or longest <= max_ctx) and (budget is None or total <= budget - used):
             # Every remainder fits: each takes all it has left (the setter clamps to the remainder).
-            self._table.set_context_chunk_sizes(items, _WHOLE_OF[items.size], None)
+            self._table.set_context_chunk_sizes(items, self._whole_of[items.size], None)
             return (items if 0 not in rem else items.take([k for k, r in enumerate(rem) if r])), None
         chunks = self._chunk_sizes(rem, None if budget is None else budget - used, self.unit, max_ctx)
         buf = self._few_chunks_mv
