@@ -1,7 +1,7 @@
 """bench/cold_step.py: what one scheduling step costs each backend on cold caches, deterministically.
 
-    python bench/cold_step.py [--trace FILE] [--limit 300] [--after 300] [--contexts 2] [--repeats 12]
-                              [--top 25] [--keep DIR]
+    python bench/cold_step.py [--trace FILE] [--policy GNE|MU] [--limit 300] [--after 300] [--contexts 2]
+                              [--repeats 12] [--top 25] [--keep DIR]
 
 The p99 of a trace run is made of cold steps: an arrival or a finished prefill lets the executor
 touch megabytes between two scheduling calls, and the next call pays for every cache line it
@@ -34,19 +34,20 @@ from pathlib import Path
 import numpy as np
 
 MARKER = "getppid"
+POLICIES = {"GNE": "GUARANTEED_NO_EVICT", "MU": "MAX_UTILIZATION"}
 EVENTS = "Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw".split()
 WEIGHT = np.array([1, 0, 0, 14, 14, 14, 60, 60, 60])  # Ir, L1 misses ~14 cycles, L2 misses ~60
 CACHES = ["--I1=32768,8,64", "--D1=49152,12,64", "--LL=2097152,16,64"]
 DEFAULT_TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mooncake_conversation_trace.jsonl"
 
 
-def child(trace: str, limit: int, after: int, contexts: int, repeats: int, labels_path: str) -> None:
+def child(trace: str, policy: str, limit: int, after: int, contexts: int, repeats: int, labels_path: str) -> None:
     """Runs under valgrind: replay, freeze, then evict / mark / schedule / mark, per backend."""
     from tllm_sched import bench_workloads as bw
     from tllm_sched.traces import load_trace
 
     tr = load_trace(trace, limit=limit)
-    opt = bw.TraceOptions()
+    opt = bw.TraceOptions(policy=policy)
     engine = bw.trace_engine(tr, opt)
     backends = ("cpp", "python")
     prompts = bw._PromptCache(tr, len(backends))
@@ -137,6 +138,7 @@ def _self_costs(files) -> collections.Counter:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trace", default=str(DEFAULT_TRACE), help="a Mooncake JSONL trace (default: ../shared/data's)")
+    ap.add_argument("--policy", choices=sorted(POLICIES), default="GNE", help="capacity policy (default GNE)")
     ap.add_argument("--limit", type=int, default=300, help="requests replayed (default 300)")
     ap.add_argument("--after", type=int, default=300, help="steps replayed before a state is chosen (default 300)")
     ap.add_argument("--contexts", type=int, default=2, help="contexts the chosen step schedules (default 2)")
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        child(a.trace, a.limit, a.after, a.contexts, a.repeats, a.child[0])
+        child(a.trace, POLICIES[a.policy], a.limit, a.after, a.contexts, a.repeats, a.child[0])
         return 0
     for name in ("limit", "after", "contexts", "repeats"):
         if getattr(a, name) < (0 if name in ("after", "contexts") else 1):
@@ -165,7 +167,7 @@ def main(argv=None) -> int:
             old.unlink()
         cmd = ["valgrind", "--tool=callgrind", "--cache-sim=yes", *CACHES, f"--dump-before={MARKER}",
                "--dump-line=no", f"--callgrind-out-file={d / 'cg.out'}", sys.executable, __file__,
-               "--trace", a.trace, "--limit", str(a.limit), "--after", str(a.after), "--contexts", str(a.contexts),
+               "--trace", a.trace, "--policy", a.policy, "--limit", str(a.limit), "--after", str(a.after), "--contexts", str(a.contexts),
                "--repeats", str(a.repeats), "--child", str(d / "labels.txt")]
         run = subprocess.run(cmd, env={**os.environ, "PYTHONHASHSEED": "0"}, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)

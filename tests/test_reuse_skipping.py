@@ -154,9 +154,13 @@ def test_pass2_primitives_decline_what_pass_1_decides():
     # Only generations: nothing for pass 2, no key question.
     assert b.ids(_core.no_evict_split_fitting(b.kv, slots[:1], 8)[0]) == [9] and b.kv.num_key_walks == walks
     # MAX_UTILIZATION's loop: (fitting, disagg, paused) slots, as the C++ policy decides.
-    fit, disagg_fit, paused, _ = _core.max_utilization_fitting(b.kv, slots, 8)
-    assert (b.ids(fit), b.ids(disagg_fit), b.ids(paused)) == b.capacity(MU, reqs)
-    # ... and the fitting list's split for the micro-batch stage, both parts in list order. With the
+    fit, disagg_fit, paused, n_gen = _core.max_utilization_fitting(b.kv, slots, 8)
+    empty = np.zeros(0, dtype=np.int32)
+    assert (b.ids(fit), b.ids(empty if disagg_fit is None else disagg_fit),
+            b.ids(empty if paused is None else paused)) == b.capacity(MU, reqs)
+    # The generation listed first: the split is the count of leading generations (1: G), then contexts.
+    assert n_gen == 1 and b.ids(fit)[0] == 9
+    # ... and otherwise the fitting list's split as two lists, both parts in list order. With the
     # generation listed last, one step's blocks: K holds its prompt's (0 more), A skipped, B 3, C 3,
     # D 1 (7 of 7 free), G's next token fits its 2 blocks (0): contexts K, B, C, D, then G.
     fit, _, _, (gens, contexts) = _core.max_utilization_fitting(b.kv, np.append(slots[1:], slots[:1]), 8)

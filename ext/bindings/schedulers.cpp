@@ -114,17 +114,26 @@ void bind_schedulers(nb::module_& m) {
             CapacityOutput out;
             std::vector<int32_t> generations, contexts;
             nb::object split = nb::none();
-            if (max_utilization_fitting(c, out, generations, contexts))
-                split = nb::make_tuple(to_numpy(std::move(generations)), to_numpy(std::move(contexts)));
-            return nb::make_tuple(to_numpy(std::move(out.fitting)), to_numpy(std::move(out.fitting_disagg_gen_init)),
-                                  to_numpy(std::move(out.paused)), split);
+            if (max_utilization_fitting(c, out, generations, contexts)) {
+                // Generations first (the usual list order): their count, so no arrays are made for it.
+                if (std::equal(generations.begin(), generations.end(), out.fitting.begin()))
+                    split = nb::int_(generations.size());
+                else
+                    split = nb::make_tuple(to_numpy(std::move(generations)), to_numpy(std::move(contexts)));
+            }
+            // Usually empty: None, not an array (each array made costs a cold step microseconds).
+            auto or_none = [](std::vector<int32_t>&& v) { return v.empty() ? nb::none() : nb::cast(to_numpy(std::move(v))); };
+            return nb::make_tuple(to_numpy(std::move(out.fitting)), or_none(std::move(out.fitting_disagg_gen_init)),
+                                  or_none(std::move(out.paused)), split);
         }, "kv_cache_manager"_a, "slots"_a.noconvert(), "max_num_requests"_a, "two_steps_look_ahead"_a = false,
         "no_schedule_until_state"_a = static_cast<int32_t>(LlmRequestState::kCONTEXT_INIT),
         "no_schedule_after_state"_a = static_cast<int32_t>(LlmRequestState::kGENERATION_COMPLETE),
         "MAX_UTILIZATION as the C++ policy runs it (reuse skipping, pausing from the tail; no PEFT) over the list "
-        "`slots` (a RequestList, read in place, or an int32 array of distinct live slots): slot arrays (fitting, fitting_disagg_gen_init, paused), as CapacityScheduler.schedule returns, and "
-        "fitting's split for the micro-batch stage: (its running generations, its contexts), both in list order, "
-        "or None when an entry is neither. Starts the cache's scheduling pass.");
+        "`slots` (a RequestList, read in place, or an int32 array of distinct live slots): (fitting, "
+        "fitting_disagg_gen_init, paused) as CapacityScheduler.schedule returns them, except that an empty "
+        "fitting_disagg_gen_init or paused is None, and fitting's split for the micro-batch stage: the number of its "
+        "running generations when they come first and only contexts follow, else (its running generations, its "
+        "contexts), both in list order, or None when an entry is neither. Starts the cache's scheduling pass.");
 
     nb::class_<MicroBatchScheduler>(m, "MicroBatchScheduler", "Reference C++ micro-batch scheduler.")
         .def("__init__", [](MicroBatchScheduler* self, std::optional<std::pair<ContextChunkingPolicy, int32_t>> chunking,

@@ -70,7 +70,9 @@ def schedule(ctx: CapacityContext):
         fit, disagg, paused, kinds = ctx.max_utilization_fitting(
             ctx.kv, ctx.listed, ctx.max_num_requests, ctx.two_steps_look_ahead, ctx.no_schedule_until_state,
             ctx.no_schedule_after_state)
-        return Slots(fit, disagg, paused, None if kinds is None else Split.of_parts(fit, kinds[0], kinds[1])), EMPTY
+        if kinds is not None:  # the count of leading generations (then contexts only), or both lists
+            kinds = Split.of_parts(fit, fit[:kinds], fit[kinds:]) if type(kinds) is int else Split.of_parts(fit, *kinds)
+        return Slots(fit, EMPTY if disagg is None else disagg, EMPTY if paused is None else paused, kinds), EMPTY
     ctx.read_slots()  # the Python paths
     n = ctx.slots.size
     whole_list = ctx.all_generation or (
