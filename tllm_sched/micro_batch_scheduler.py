@@ -257,8 +257,8 @@ class PyMicroBatchScheduler:
         """Chunk sizes of the chunked contexts `items` (draft counts `d`, None: none anywhere)
         within what the budget leaves after `used` tokens, committed. Returns the contexts that
         got a chunk and, if some chunk is partial, their last-chunk flags (else None). The
-        contexts are in list order, or (a few, `_chunk_few`) already with non-last chunks first:
-        either way `_sort` puts them in output order."""
+        contexts are in list order, or (`_chunk_few`, and `_chunk_many`'s first come first served
+        prefix) already with non-last chunks first: either way `_sort` puts them in output order."""
         if items.size == 0:
             return items, None
         if d is None and items.size < common.FEW:
@@ -323,8 +323,21 @@ class PyMicroBatchScheduler:
 
     def _chunk_many(self, items, remaining, used, budget):
         """`_chunk` for many contexts without draft tokens: the policy's array form, nothing to
-        discard."""
+        discard. First come first served's usual outcome (a prefix whole, the next one partial or
+        nothing) is found and committed with a few array calls, in output order."""
         max_ctx = self.max_ctx
+        if budget is not None and max_ctx is None and self.chunking_policy == chunking.FIRST_COME_FIRST_SERVED:
+            prefix = chunking.first_come_first_served_prefix(remaining, budget - used, self.unit)
+            if prefix is not None:
+                k, act = prefix
+                chunks = np.zeros(items.size, dtype=np.int32)
+                chunks[:k] = remaining[:k]
+                chunks[k] = act
+                self._table.set_context_chunk_sizes(items, chunks, None)
+                if not act:
+                    return items[:k], None
+                # The partial chunk first (non-last chunks lead the output), then the whole ones.
+                return np.concatenate((items[k:k + 1], items[:k])), [False] + [True] * k
         if (max_ctx is None or int(remaining.max()) <= max_ctx) and (budget is None or int(remaining.sum()) <= budget - used):
             self._table.set_context_chunk_sizes(items, remaining, None)  # every remainder fits
             return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
