@@ -27,12 +27,13 @@ from tllm_sched.policies.common import (
     KindTable,
     Split,
     is_context_init,
+    prefix_within,
 )
 
 _EMPTY = np.zeros(0, dtype=np.int32)
 # By count n: positions n-1, 0, ..., n-2 (the last one first), a gather's index without a list.
-_LAST_FIRST = [np.array([n - 1, *range(n - 1)], dtype=np.intp) for n in range(1, common.FEW)]
-_LAST_FIRST.insert(0, np.zeros(0, dtype=np.intp))
+_LAST_FIRST = [np.roll(np.arange(n, dtype=np.intp), 1) for n in range(common.FEW)]
+_FIRST_FIT_HEAD = 32  # first come first served scans this many remainders in plain Python first
 _OUTSIDE, _CONTEXT, _OTHER = range(3)  # kinds of a split's others
 _WITH_LORA, _WITH_DRAFTS, _WIDE_BEAMS = range(3)  # RequestTable.tallies() entries
 
@@ -173,13 +174,12 @@ class PyMicroBatchScheduler:
             return None
         # _chunk's dispatch for the usual handful of contexts without drafts, a frame fewer.
         if d is None and items.size < common.FEW:
-            context, last = self._chunk_few(items, used, budget)  # non-last chunks first already
-            if with_lora and context.size > 1:
-                context = self._sort(context, last is not None, last)
+            context, last = self._chunk_few(items, used, budget)
         else:
             context, last = self._chunk(items, d, used, budget)
-            if context.size > 1:
-                context = self._sort(context, last is not None, last)
+        # Flags as a list come with the contexts in output order already; LoRA order needs _sort.
+        if context.size > 1 and (with_lora or isinstance(last, np.ndarray)):
+            context = self._sort(context, last is not None, last)
         return context, (self._sort_lora(gens) if with_lora else gens)
 
     def _generation_tokens(self, gens):
@@ -256,9 +256,9 @@ class PyMicroBatchScheduler:
     def _chunk(self, items, d, used, budget):
         """Chunk sizes of the chunked contexts `items` (draft counts `d`, None: none anywhere)
         within what the budget leaves after `used` tokens, committed. Returns the contexts that
-        got a chunk and, if some chunk is partial, their last-chunk flags (else None). The
-        contexts are in list order, or (`_chunk_few`, and `_chunk_many`'s first come first served
-        prefix) already with non-last chunks first: either way `_sort` puts them in output order."""
+        got a chunk and, if some chunk is partial, their last-chunk flags (else None). Flags given
+        as a list come with the contexts already in output order (non-last chunks first:
+        `_chunk_few`, `_first_come_first_served`); as an array, with the contexts in list order."""
         if items.size == 0:
             return items, None
         if d is None and items.size < common.FEW:
@@ -323,21 +323,10 @@ class PyMicroBatchScheduler:
 
     def _chunk_many(self, items, remaining, used, budget):
         """`_chunk` for many contexts without draft tokens: the policy's array form, nothing to
-        discard. First come first served's usual outcome (a prefix whole, the next one partial or
-        nothing) is found and committed with a few array calls, in output order."""
+        discard; first come first served without a maximum length by `_first_come_first_served`."""
         max_ctx = self.max_ctx
         if budget is not None and max_ctx is None and self.chunking_policy == chunking.FIRST_COME_FIRST_SERVED:
-            prefix = chunking.first_come_first_served_prefix(remaining, budget - used, self.unit)
-            if prefix is not None:
-                k, act = prefix
-                chunks = np.zeros(items.size, dtype=np.int32)
-                chunks[:k] = remaining[:k]
-                chunks[k] = act
-                self._table.set_context_chunk_sizes(items, chunks, None)
-                if not act:
-                    return items[:k], None
-                # The partial chunk first (non-last chunks lead the output), then the whole ones.
-                return np.concatenate((items[k:k + 1], items[:k])), [False] + [True] * k
+            return self._first_come_first_served(items, remaining, budget - used)
         if (max_ctx is None or int(remaining.max()) <= max_ctx) and (budget is None or int(remaining.sum()) <= budget - used):
             self._table.set_context_chunk_sizes(items, remaining, None)  # every remainder fits
             return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
@@ -346,6 +335,31 @@ class PyMicroBatchScheduler:
         self._table.set_context_chunk_sizes(items, chunks.astype(np.int32), None)
         keep = chunks.nonzero()[0]
         return items.take(keep), chunks.take(keep) == remaining.take(keep)  # a chunk never exceeds the remainder
+
+    def _first_come_first_served(self, items, remaining, cap):
+        """First come first served over many contexts without draft tokens or a maximum length,
+        committed (the fused pass's finalize uses it too): whole remainders while `cap` lasts (the
+        budget left usually holds a few of the many: found by a plain loop), the next one cut down
+        to a unit, then the few whole remainders that fit what is left (chunking.py's policy). In
+        the usual outcome, no such tail, the contexts come in output order (the one partial chunk
+        first) with their last-chunk flags as a list; otherwise in list order with an array."""
+        j = prefix_within(remaining, cap, _FIRST_FIT_HEAD)
+        if j == items.size:  # every remainder fits whole: no partial chunk
+            self._table.set_context_chunk_sizes(items, remaining, None)
+            return (items if np.count_nonzero(remaining) == items.size else items[remaining > 0]), None
+        chunks = np.zeros(items.size, dtype=np.int32)
+        chunks[:j] = remaining[:j]
+        left = cap - (int(remaining[:j].sum()) if j else 0)  # below remaining[j]
+        part = left // self.unit * self.unit
+        chunks[j] = part
+        tail = chunking._greedy_tail(remaining, None, j + 1, left - part, chunks) != left - part
+        self._table.set_context_chunk_sizes(items, chunks, None)
+        if not tail and (j == 0 or remaining[:j].min() > 0):
+            if not part:
+                return items[:j], None
+            return np.concatenate((items[j:j + 1], items[:j])), [False] + [True] * j
+        keep = chunks > 0
+        return items[keep], (chunks == remaining)[keep]  # a chunk never exceeds the remainder
 
     def commit(self, items: np.ndarray, chunks, discard) -> None:
         """Writes chunk sizes (clamping setter) and draft discards (None: no discard) in one call."""
@@ -376,9 +390,7 @@ class PyMicroBatchScheduler:
                 c["context_current_position"][ctx] + c["context_chunk_size"][ctx] == c["prompt_len"][ctx])
         lora = c["lora_task_id"].take(ctx) if self._tallies[_WITH_LORA] else None
         if lora is None or lora.max() < 0:
-            if isinstance(last, list):  # a few contexts (_chunk_few): plain Python
-                if last == sorted(last):  # already non-last first
-                    return ctx
-                return ctx.take([k for k, done in enumerate(last) if not done] + [k for k, done in enumerate(last) if done])
+            if isinstance(last, list):  # flags as a list: already in output order (_chunk)
+                return ctx
             return ctx.take(np.argsort(last, kind="stable"))  # non-last first, stable
         return ctx[np.lexsort((lora, last))]  # non-last first, then by LoRA, stable

@@ -115,26 +115,6 @@ def _first_come_first_served_vec(want, cap, unit, max_ctx) -> np.ndarray:
     return out
 
 
-def first_come_first_served_prefix(want: np.ndarray, cap: int, unit: int):
-    """First come first served's usual outcome under a binding capacity, in three array calls:
-    (k, act) when requests 0..k-1 take their whole remainder, request k takes `act` (less than its
-    remainder: 0 or whole units) and no later request takes anything; None when the outcome is
-    not of that shape (a zero remainder, everything fits, or a later small remainder fits what is
-    left), for `_first_come_first_served_vec` to decide. No maximum context length."""
-    if cap < 0:
-        return None
-    total = want.cumsum()
-    k = int(total.searchsorted(cap, side="right"))
-    if k == want.size or int(want.min()) <= 0:
-        return None
-    left = cap - (int(total[k - 1]) if k else 0)  # below want[k]
-    act = left // unit * unit
-    left -= act  # now below one unit
-    if left > 0 and k + 1 < want.size and int(want[k + 1:].min()) <= left:
-        return None  # a later request's whole remainder fits: the greedy tail
-    return k, act
-
-
 def _equal_progress_vec(remaining, cap, unit, max_ctx) -> np.ndarray:
     chunk = np.zeros(remaining.size, dtype=np.int64)
     num, progress = 0, 1

@@ -51,7 +51,6 @@ _NO_EVICT_KEY_CALLS = 8 - 3
 _NO_EVICT_SPLIT_KEY_CALLS = 8 - 3
 _MAX_UTILIZATION_KEY_CALLS = 8 - 4
 
-_FIRST_FIT_HEAD = 32  # finalize's chunking scans this many remainders in plain Python first
 
 INT32_MAX = 2**31 - 1
 FULL, OVER_BUDGET, CONTINUE = -1, 0, 1  # try_add_generation's answers (TensorRT-LLM's rc)
@@ -314,37 +313,13 @@ class TokenBudget:
                     micro._table.set_context_chunk_sizes(items, remaining, None)
                     return micro._sort_lora(items if 0 not in w else items[remaining > 0]), generation, self.num_fitting
             elif micro.chunking_policy == chunking.FIRST_COME_FIRST_SERVED:
-                # Many waiting contexts (few take the plain loops of micro._chunk faster).
-                return self._first_come_first_served(items, remaining), generation, self.num_fitting
+                # Many waiting contexts (few take the plain loops of micro._chunk faster); the
+                # budget's limit is never tighter than the capacity's.
+                context, last = micro._first_come_first_served(items, remaining, self.budget - self.used)
+                return micro._sort(context, last is not None, last), generation, self.num_fitting
         d = self.ctx.cols["num_draft_tokens"].take(items) if self.tallies[_WITH_DRAFTS] else None
         context, last = micro._chunk(items, d, self.used, self.budget)
         return micro._sort(context, last is not None, last), generation, self.num_fitting
-
-    def _first_come_first_served(self, items: np.ndarray, remaining: np.ndarray) -> np.ndarray:
-        """finalize's chunking in the serving step (FIRST_COME_FIRST_SERVED, no draft tokens, no
-        configured max_context_length; the budget's is never tighter than the capacity): whole
-        remainders while the budget lasts, the next one cut down to a unit, then the few whole
-        remainders that fit what is left (chunking.py's policy, with what it cannot meet here left
-        out). Committed in one call; the contexts that got a chunk, in output order."""
-        micro = self.micro
-        cap = self.budget - self.used
-        # The budget left usually holds a few contexts of the many: found by a plain loop.
-        j = prefix_within(remaining, cap, _FIRST_FIT_HEAD)
-        if j == items.size:  # every remainder fits whole: no partial chunk
-            micro.commit(items, remaining, None)
-            return micro._sort_lora(items if np.count_nonzero(remaining) == items.size else items[remaining > 0])
-        chunks = np.zeros(items.size, dtype=np.int32)
-        chunks[:j] = remaining[:j]
-        left = cap - (int(remaining[:j].sum()) if j else 0)  # below remaining[j]
-        part = left // micro.unit * micro.unit
-        chunks[j] = part
-        tail = chunking._greedy_tail(remaining, None, j + 1, left - part, chunks) != left - part
-        micro.commit(items, chunks, None)
-        if not (tail or self.tallies[_WITH_LORA]) and (j == 0 or remaining[:j].min() > 0):
-            # The output order directly: the one partial chunk (not a last chunk) first.
-            return items[:j] if part == 0 else np.concatenate((items[j:j + 1], items[:j]))
-        keep = chunks > 0
-        return micro._sort(items[keep], True, (chunks == remaining)[keep])
 
 
 def _concat(parts: list) -> np.ndarray:
